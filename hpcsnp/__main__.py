@@ -1,0 +1,3 @@
+from hpcsnp.cli import main
+
+main()

@@ -1,0 +1,245 @@
+"""The command line: a thin click skin over the package's functions.
+
+Each verb parses options, calls one function and prints its result to
+stdout; logs and progress go to stderr.  Heavy libraries (TensorFlow, Dask,
+matplotlib) are imported inside the verbs that need them, so ``--help`` and
+``ingest`` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from hpcsnp import __version__
+from hpcsnp.errors import HpcsnpError
+
+VERBOSE = {"level": 0}
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HpcsnpError as e:
+            if VERBOSE["level"]:
+                raise
+            click.echo(f"hpcsnp: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("hpcsnp: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # an internal failure: short by default, full with -v
+            if VERBOSE["level"]:
+                raise
+            click.echo(f"hpcsnp: internal error: {type(e).__name__}: {e} (run with -v for the traceback)",
+                       err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def _progress_default():
+    return sys.stderr.isatty()
+
+
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Progress bars on stderr (default: when stderr is a terminal).")
+threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), default=None,
+                              help="Cores to use (default: SLURM_CPUS_PER_TASK, else the CPU affinity).")
+
+
+def config_options(fn):
+    """Hyperparameter options shared by train and cv; unset ones keep the Config default."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                     help="JSON file of hyperparameters (as written to RUN/config.json)."),
+        click.option("--epochs", "max_epochs", type=click.IntRange(min=1), help="Maximum epochs [1000]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Training batch size [4]."),
+        click.option("--patience", type=click.IntRange(min=0), help="Early-stopping patience in epochs [10]."),
+        click.option("--lr", "learning_rate", type=float, help="Adam learning rate [0.001]."),
+        click.option("--dropout", type=float, help="Dropout rate [0.75]."),
+        click.option("--alpha", type=float, help="ISRU alpha [0.03]."),
+        click.option("--seed", type=int, help="Random seed [0]."),
+        click.option("--standardize/--no-standardize", default=None,
+                     help="Standardise the target with the training folds' mean/sd [on]."),
+        click.option("--cache", type=click.Choice(["auto", "always", "never"]),
+                     help="Hold the fold's int8 genotypes in memory [auto: when under --cache-limit-mb]."),
+        click.option("--cache-limit-mb", type=click.IntRange(min=0), help="Cache limit in MiB [256]."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _build_config(config_path=None, **overrides):
+    from hpcsnp.config import Config
+
+    base = Config.load(config_path) if config_path else Config()
+    return base.replace(**overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hpcsnp")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+def cli(verbose):
+    """Predict phenotypes from SNPs with a residual CNN, explain them with saliency,
+    and run cross-validation out of core, locally or as a SLURM array.
+
+    \b
+    Typical run:
+      hpcsnp ingest height_imp.tsv.gz -o imp.zarr
+      hpcsnp ingest height_qa.tsv.gz  -o qa.zarr
+      hpcsnp cv imp.zarr qa.zarr --run runs/height      # all folds, then reduce
+      hpcsnp query runs/height Gm03_1592339
+    """
+    VERBOSE["level"] = verbose
+
+
+@cli.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(), help="Store to write [DATA's name with .zarr, here].")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing store.")
+@click.option("--strict", is_flag=True, help="Treat NA/nan/. genotype cells as errors, not missing.")
+@click.option("--drop-missing-phenotype", is_flag=True, help="Drop rows whose phenotype is missing.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), help="Samples per genotype chunk [~1 MiB].")
+@progress_option
+@_handle_errors
+def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, progress):
+    """Validate a genotype table and convert it to an int8 Zarr store.
+
+    DATA is tab-separated text (plain or gzip): a header, then per sample the
+    fold (1..K), the phenotype and one genotype code per SNP (0, 1, 2; -1 or
+    NA for missing).  An optional first column named id/sample/strain holds
+    sample ids.  Prints a summary of what was stored.
+    """
+    from hpcsnp.ingest import ingest_tsv
+
+    if out is None:
+        name = Path(data).name
+        for suffix in (".gz", ".tsv", ".txt", ".tab"):
+            name = name[: -len(suffix)] if name.endswith(suffix) else name
+        out = name + ".zarr"
+    report = ingest_tsv(data, out, force=force, strict=strict,
+                        drop_missing_phenotype=drop_missing_phenotype, chunk_rows=chunk_rows,
+                        progress=_progress_default() if progress is None else progress)
+    click.echo(report.summary())
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--fold", "-k", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("-f", "--force", is_flag=True, help="Redo a finished fold.")
+@threads_option
+@config_options
+@_handle_errors
+def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
+    """Train, evaluate and explain one fold of one store.
+
+    Writes RUN/<name>/fold_<i>/ (model.keras, predictions.csv, metrics.json,
+    saliency.zarr) when the fold is complete.  Checkpoints every epoch: a
+    killed fold, rerun, resumes.  A finished fold is skipped unless --force.
+    """
+    from hpcsnp.resources import cap_threads
+
+    n = cap_threads(threads)
+    cfg = _build_config(config_path, **hyper)
+    from hpcsnp.train import train_fold
+
+    result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n)
+    m = result.metrics
+    click.echo(f"{result.dataset}\tfold {fold}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}\tmae {m['mae']:.4g}"
+               f"\t{result.path}")
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
+@click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
+@threads_option
+@progress_option
+@config_options
+@_handle_errors
+def cv(stores, run_dir, top, force, threads, progress, config_path, **hyper):
+    """Cross-validate: every fold of every STORE in a fresh process, then reduce.
+
+    Typical use: the imputed and the QA store of the same individuals.
+    Finished folds are skipped, so rerunning after a crash does only the rest.
+    """
+    from hpcsnp.cv import run_cv
+    from hpcsnp.reduce import reduce_run
+
+    cfg = _build_config(config_path, **hyper)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.json")
+    run_cv(stores, run, config_path=run / "config.json", threads=threads, force=force,
+           verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress)
+    _print_reduce(reduce_run(run, top=top), run)
+
+
+def _print_reduce(result, run):
+    s = result["summary"]
+    click.echo(s.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo("")
+    click.echo(result["top"].groupby("dataset").head(10).to_string(index=False))
+    click.echo(f"\noutputs in {run}/: fold_pcc_log.csv fold_pcc_summary.csv top_saliency_snps.csv "
+               "avg_saliency.csv avg_saliency_across_folds.png")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
+@click.option("--no-plot", is_flag=True, help="Skip the genome plot.")
+@_handle_errors
+def reduce(run_dir, top, no_plot):
+    """Merge all folds of a run: mean saliency, CV summary, top SNPs, plot.
+
+    Refuses a run with missing or half-written folds and prints the
+    commands that redo them.
+    """
+    from hpcsnp.reduce import reduce_run
+
+    _print_reduce(reduce_run(run_dir, top=top, plot=not no_plot), run_dir)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("snps", nargs=-1, required=True)
+@_handle_errors
+def query(run_dir, snps):
+    """Mean saliency and rank of the named SNPs, per data set (after reduce)."""
+    from hpcsnp.reduce import query as do_query
+
+    click.echo(do_query(run_dir, list(snps)).to_csv(sep="\t", index=False, float_format="%.6g"), nl=False)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--samples", type=click.IntRange(min=6), default=600, show_default=True)
+@click.option("--snps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--causal", type=click.IntRange(min=1), default=5, show_default=True, help="Planted causal SNPs.")
+@click.option("--folds", type=click.IntRange(3, 10), default=5, show_default=True)
+@click.option("--missing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of calls set missing (-1) at random.")
+@click.option("--heritability", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_handle_errors
+def simulate(out, samples, snps, causal, folds, missing, heritability, seed):
+    """Write a simulated data set with planted causal SNPs (OUT, plus OUT.causal.tsv)."""
+    from hpcsnp.simulate import simulate as sim
+
+    truth = sim(out, samples=samples, snps=snps, causal=causal, folds=folds, missing=missing,
+                heritability=heritability, seed=seed)
+    click.echo(f"wrote {out}: {samples} samples x {snps} SNPs, {folds} folds; causal SNPs "
+               f"({out}.causal.tsv): {', '.join(truth.causal)}")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="hpcsnp")

@@ -1,0 +1,91 @@
+"""Hyperparameters: one dataclass whose defaults are the publication's.
+
+Everything that changes a result lives here, so it can be written next to
+the outputs (``metrics.json``) and read back (``--config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from hpcsnp.errors import InputError
+
+
+@dataclass
+class Config:
+    # model (SPEC section 3)
+    filters: int = 10
+    kernel_1: int = 4
+    kernel_2: int = 20
+    kernel_shortcut: int = 4
+    kernel_3: int = 4
+    dropout: float = 0.75
+    alpha: float = 0.03  # ISRU bound is +-1/sqrt(alpha), on the standardised target
+    l2_kernel: float = 0.1
+    l2_bias: float = 0.01
+    # training (SPEC section 4)
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    patience: int = 10
+    max_epochs: int = 1000
+    min_delta: float = 0.0
+    restore_best: bool = True  # keep the weights of the best validation epoch
+    standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
+    seed: int = 0
+    # saliency (SPEC section 5)
+    saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
+    # input pipeline
+    eval_batch_size: int = 256
+    cache: str = "auto"  # auto | always | never: keep the fold's int8 rows in memory
+    cache_limit_mb: int = 256
+    window_chunks: int = 4  # store chunks shuffled together when streaming
+
+    def __post_init__(self):
+        problems = []
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("filters", "kernel_1", "kernel_2", "kernel_shortcut", "kernel_3",
+                     "batch_size", "max_epochs", "eval_batch_size", "window_chunks"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            problems.append(f"patience must be >= 0, got {self.patience}")
+        if self.alpha <= 0:
+            problems.append(f"alpha must be > 0, got {self.alpha}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.cache not in ("auto", "always", "never"):
+            problems.append(f"cache must be auto, always or never, got {self.cache!r}")
+        if problems:
+            raise InputError("bad configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown configuration keys: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path) -> "Config":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read configuration: {e}") from None
+        return cls.from_dict(data.get("config", data))
+
+    def save(self, path) -> None:
+        from hpcsnp.store import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

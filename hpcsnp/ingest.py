@@ -1,0 +1,435 @@
+"""Text genotype table -> int8 Zarr store, streaming, with validation.
+
+Reads the SPEC section 1 format (fold, phenotype, one column per SNP; an
+optional leading sample-id column) row by row, so memory holds one chunk of
+rows plus per-SNP counters, never the whole matrix.  Every problem is an
+``InputError`` naming file, line and column.  Deliberate handlings (all
+reported in the summary and stored in the store's attributes):
+
+* gzip is detected from the file's first bytes, not its name;
+* a UTF-8 byte-order mark and CRLF line ends are removed;
+* genotype cells ``NA``, ``NaN``/``nan``, ``N/A`` and ``.`` are read as
+  missing (-1) and counted (``--strict`` makes them errors);
+* ``0.0``/``1.0``/``2.0``/``-1.0`` are read as the integer codes;
+* blank lines at the end of the file are ignored; a blank line inside is an error;
+* rows with a missing phenotype are an error unless
+  ``--drop-missing-phenotype`` is given, which drops them and counts them;
+* constant SNP columns are kept and reported as a warning.
+
+This module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpcsnp import __version__
+from hpcsnp.errors import InputError, ParseError
+from hpcsnp.store import (ARRAYS, COMPLETE_KEY, FORMAT_KEY, FORMAT_VERSION, default_chunk_rows,
+                          parse_marker_name, tmp_name)
+
+MISSING_TOKENS = frozenset({b"NA", b"NaN", b"nan", b"NAN", b"N/A", b"."})
+ID_COLUMN_NAMES = frozenset({"id", "sample", "sample_id", "sampleid", "iid", "strain", "line", "taxa"})
+_CODES = {b"0": 0, b"1": 1, b"2": 2, b"-1": -1,
+          b"0.0": 0, b"1.0": 1, b"2.0": 2, b"-1.0": -1}
+_BAD = 127
+_LUT = np.full(256, _BAD, dtype=np.int8)
+_LUT[ord("0")], _LUT[ord("1")], _LUT[ord("2")], _LUT[ord("m")] = 0, 1, 2, -1
+MIN_FOLDS, MAX_FOLDS = 3, 10
+
+
+class _Tap(io.RawIOBase):
+    """A raw reader that hashes every byte it passes on and feeds a progress bar."""
+
+    def __init__(self, raw, progress=None):
+        self.raw, self.progress, self.sha = raw, progress, hashlib.sha256()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = self.raw.readinto(buf)
+        if n:
+            self.sha.update(memoryview(buf)[:n])
+            if self.progress is not None:
+                self.progress.update(n)
+        return n
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+def open_text(path: Path, progress=None) -> tuple[io.BufferedReader, _Tap]:
+    """A binary line reader over a plain or gzip file (sniffed, not by name)."""
+    raw = open(path, "rb")  # noqa: SIM115 - closed through the returned reader
+    magic = raw.read(2)
+    raw.seek(0)
+    tap = _Tap(raw, progress)
+    buffered = io.BufferedReader(tap, buffer_size=1 << 20)
+    if magic == b"\x1f\x8b":
+        return io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=1 << 20), tap
+    return buffered, tap
+
+
+@dataclass
+class IngestReport:
+    store: str
+    source: str
+    n_samples: int
+    n_variants: int
+    n_folds: int
+    fold_sizes: dict
+    missing_rate: float
+    phenotype_mean: float
+    phenotype_sd: float
+    na_cells: int = 0
+    dropped_missing_phenotype: int = 0
+    constant_snps: list = field(default_factory=list)
+    parsed_positions: int = 0
+    chunk_rows: int = 0
+    seconds: float = 0.0
+    bytes_read: int = 0
+    id_column: bool = False
+
+    def summary(self) -> str:
+        lines = [f"store        {self.store}",
+                 f"source       {self.source}",
+                 f"samples      {self.n_samples:,}" + ("  (ids from first column)" if self.id_column else ""),
+                 f"SNPs         {self.n_variants:,}  ({self.parsed_positions:,} with chromosome/position parsed from the name)",
+                 f"folds        K={self.n_folds}: " + ", ".join(f"{k}:{v}" for k, v in self.fold_sizes.items()),
+                 f"missing      {100 * self.missing_rate:.2f} % of genotype calls",
+                 f"phenotype    mean {self.phenotype_mean:.4g}, sd {self.phenotype_sd:.4g}"]
+        if self.na_cells:
+            lines.append(f"NA cells     {self.na_cells:,} cells written as NA/nan/. were read as missing (-1)")
+        if self.dropped_missing_phenotype:
+            lines.append(f"dropped      {self.dropped_missing_phenotype:,} rows with a missing phenotype")
+        if self.constant_snps:
+            lines.append(f"constant     {len(self.constant_snps):,} SNPs have one value in every sample")
+        mb = self.bytes_read / 1e6
+        rate = mb / self.seconds if self.seconds > 0 else float("nan")
+        lines.append(f"chunks       {self.chunk_rows} samples x all SNPs, int8")
+        lines.append(f"time         {self.seconds:.1f} s ({mb:.1f} MB read, {rate:.1f} MB/s)")
+        return "\n".join(lines)
+
+
+class StoreWriter:
+    """Creates a store under a temporary name; ``finish`` renames it into place.
+
+    Genotype rows are appended one chunk at a time; the small per-sample
+    arrays are written at the end.  Used by every ingest path and by the
+    simulator, so all stores share one layout.
+    """
+
+    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None):
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        self.path = Path(path)
+        if self.path.exists() and not force:
+            raise InputError(f"{self.path} already exists; use --force to overwrite it")
+        self.tmp = tmp_name(self.path)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        n = len(variant_ids)
+        self.chunk_rows = chunk_rows or default_chunk_rows(n)
+        self.group = zarr.open_group(str(self.tmp), mode="w")
+        self.group.attrs.update({FORMAT_KEY: FORMAT_VERSION, COMPLETE_KEY: False})
+        self.gt = self.group.create_array(
+            "call_dosage", shape=(0, n), chunks=(self.chunk_rows, n), dtype="int8",
+            fill_value=-1, dimension_names=ARRAYS["call_dosage"][0],
+            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+        contig_pos = [parse_marker_name(v) for v in variant_ids]
+        self._small("variant_id", np.asarray(variant_ids, dtype=object))
+        self._small("variant_contig", np.asarray([c for c, _ in contig_pos], dtype=object))
+        self._small("variant_position", np.asarray([p for _, p in contig_pos], dtype=np.int64))
+        self.parsed_positions = sum(p >= 0 for _, p in contig_pos)
+        self.buffer = np.empty((self.chunk_rows, n), dtype=np.int8)
+        self.fill = 0
+        self.n_rows = 0
+        self.missing = 0
+
+    def _small(self, name, data):
+        dims, dtype, meaning = ARRAYS[name]
+        if dtype == "str":
+            data = np.asarray([str(x) for x in data], dtype=np.dtypes.StringDType())
+        else:
+            data = np.asarray(data, dtype=dtype)
+        arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype,
+                                      dimension_names=dims, chunks=(max(1, len(data)),))
+        arr[:] = data
+        arr.attrs["description"] = meaning
+
+    def add_row(self, codes: np.ndarray) -> None:
+        self.buffer[self.fill] = codes
+        self.fill += 1
+        if self.fill == self.chunk_rows:
+            self.flush()
+
+    def add_block(self, block: np.ndarray) -> None:
+        for start in range(0, len(block), self.chunk_rows):
+            part = block[start:start + self.chunk_rows]
+            if self.fill == 0 and len(part) == self.chunk_rows:
+                self._append(part)
+            else:
+                for row in part:
+                    self.add_row(row)
+
+    def flush(self) -> None:
+        if self.fill:
+            self._append(self.buffer[:self.fill])
+            self.fill = 0
+
+    def _append(self, block):
+        self.gt.append(block, axis=0)
+        self.n_rows += len(block)
+        self.missing += int(np.count_nonzero(block == -1))
+
+    def finish(self, sample_id, phenotype, fold, attrs: dict) -> None:
+        from hpcsnp.resources import provenance
+
+        self.flush()
+        self._small("sample_id", np.asarray(sample_id, dtype=object))
+        self._small("sample_phenotype", phenotype)
+        self._small("sample_fold", fold)
+        n_cells = self.n_rows * self.gt.shape[1]
+        self.group.attrs.update({
+            **attrs, "n_samples": self.n_rows, "n_variants": int(self.gt.shape[1]),
+            "missing_rate": self.missing / n_cells if n_cells else 0.0,
+            "hpcsnp_version": __version__, "provenance": provenance(),
+        })
+        self.group.attrs[COMPLETE_KEY] = True  # last write: marks the store usable
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _strip_eol(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line
+
+
+def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
+    if line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+    try:
+        text = _strip_eol(line).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParseError(path, 1, f"header is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    cols = text.split("\t")
+    if len(cols) < 3:
+        hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if "," in text else ""
+        raise ParseError(path, 1, f"header has {len(cols)} tab-separated column(s); expected fold, "
+                                  f"phenotype and at least one SNP column{hint}")
+    id_col = cols[0].strip().lower() in ID_COLUMN_NAMES
+    snps = cols[3:] if id_col else cols[2:]
+    if not snps:
+        raise ParseError(path, 1, "header has no SNP columns")
+    seen = {}
+    first = 4 if id_col else 3
+    for j, name in enumerate(snps):
+        col = j + first
+        if not name.strip():
+            raise ParseError(path, 1, "empty SNP name in header", column=col)
+        if name in seen:
+            raise ParseError(path, 1, f"duplicate SNP name {name!r} (also column {seen[name]})",
+                             column=col, column_name=name)
+        seen[name] = col
+    return id_col, snps
+
+
+def _parse_genotypes_slow(path, lineno, fields, snps, first_col, strict):
+    """Cell by cell, for lines the fast path refused: locate the problem or read NA tokens."""
+    out = np.empty(len(snps), dtype=np.int8)
+    na = 0
+    for j, tok in enumerate(fields):
+        tok = tok.strip()
+        code = _CODES.get(tok)
+        if code is None:
+            if tok in MISSING_TOKENS and not strict:
+                code, na = -1, na + 1
+            else:
+                shown = tok.decode("utf-8", "replace") if tok else "an empty cell"
+                what = repr(shown) if tok else shown
+                raise ParseError(path, lineno, f"genotype {what} is not one of -1, 0, 1, 2"
+                                 + ("" if strict else " (or NA/./nan for missing)"),
+                                 column=j + first_col, column_name=snps[j])
+        out[j] = code
+    return out, na
+
+
+def _parse_float(path, lineno, col, name, tok: bytes):
+    t = tok.strip()
+    if not t or t in MISSING_TOKENS:
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        raise ParseError(path, lineno, f"{name} {t.decode('utf-8', 'replace')!r} is not a number",
+                         column=col, column_name=name) from None
+    if not math.isfinite(v):
+        raise ParseError(path, lineno, f"{name} {t.decode()!r} is not finite", column=col, column_name=name)
+    return v
+
+
+def _parse_fold(path, lineno, col, tok: bytes) -> int:
+    t = tok.strip()
+    try:
+        v = int(t)
+    except ValueError:
+        shown = t.decode("utf-8", "replace") if t else "empty"
+        raise ParseError(path, lineno, f"fold {shown!r} is not an integer 1..K",
+                         column=col, column_name="fold") from None
+    if not 1 <= v <= MAX_FOLDS:
+        raise ParseError(path, lineno, f"fold {v} is outside 1..K (K must be {MIN_FOLDS}..{MAX_FOLDS})",
+                         column=col, column_name="fold")
+    return v
+
+
+def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
+               chunk_rows=None, progress=True, warn=None) -> IngestReport:
+    """Validate a SPEC section 1 text file and write it as a store at ``out``."""
+    from tqdm import tqdm
+
+    path, out = Path(path), Path(out)
+    warn = warn or (lambda msg: print(f"hpcsnp: warning: {msg}", file=sys.stderr))
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; use --force to overwrite it")
+    t0 = time.perf_counter()
+    size = path.stat().st_size
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"ingest {path.name}",
+               disable=not progress, file=sys.stderr, leave=False)
+    reader, tap = open_text(path, bar)
+    writer = None
+    try:
+        header = reader.readline()
+        if not header.strip():
+            raise ParseError(path, 1, "file is empty (expected a header row)")
+        id_col, snps = _parse_header(path, header)
+        n = len(snps)
+        lead = 3 if id_col else 2  # leading columns before the first SNP
+        writer = StoreWriter(out, snps, force=force, chunk_rows=chunk_rows)
+        ids, phen, folds = [], [], []
+        col_min = np.full(n, 127, dtype=np.int8)
+        col_max = np.full(n, -128, dtype=np.int8)
+        na_cells = dropped = 0
+        expected_len = 2 * n - 1
+        lineno = 1
+        blank_at = None
+        for raw in reader:
+            lineno += 1
+            line = _strip_eol(raw)
+            if not line.strip():
+                blank_at = blank_at or lineno
+                continue
+            if blank_at is not None:
+                raise ParseError(path, blank_at, "blank line inside the data")
+            parts = line.split(b"\t", lead)
+            if len(parts) <= lead:
+                raise ParseError(path, lineno, f"row has {len(parts)} column(s), header has {n + lead}")
+            rest = parts[lead]
+            # Fast path: every cell one of 0/1/2/-1, one tab between cells.
+            r = rest.replace(b"-1", b"m")
+            codes = None
+            if len(r) == expected_len:
+                a = np.frombuffer(r, dtype=np.uint8)
+                codes = _LUT[a[0::2]]
+                if (codes == _BAD).any() or (n > 1 and (a[1::2] != 9).any()):
+                    codes = None
+            if codes is None:
+                fields_ = rest.split(b"\t")
+                if len(fields_) != n:
+                    raise ParseError(path, lineno, f"row has {len(fields_) + lead} columns, header has {n + lead}")
+                codes, na = _parse_genotypes_slow(path, lineno, fields_, snps, lead + 1, strict)
+                na_cells += na
+            fold = _parse_fold(path, lineno, lead - 1, parts[lead - 2])
+            y = _parse_float(path, lineno, lead, "phenotype", parts[lead - 1])
+            if y is None:
+                if not drop_missing_phenotype:
+                    raise ParseError(path, lineno, "phenotype is missing (use --drop-missing-phenotype "
+                                     "to drop such rows)", column=lead, column_name="phenotype")
+                dropped += 1
+                continue
+            if id_col:
+                sid = parts[0].strip().decode("utf-8", "replace")
+                if not sid:
+                    raise ParseError(path, lineno, "empty sample id", column=1)
+                ids.append(sid)
+            else:
+                ids.append(str(lineno - 1))
+            phen.append(y)
+            folds.append(fold)
+            np.minimum(col_min, codes, out=col_min)
+            np.maximum(col_max, codes, out=col_max)
+            writer.add_row(codes)
+        if not phen:
+            raise ParseError(path, lineno, "no data rows after the header"
+                             + (f" ({dropped} dropped for a missing phenotype)" if dropped else ""))
+        if id_col and len(set(ids)) != len(ids):
+            seen, dup = set(), None
+            for s in ids:
+                if s in seen:
+                    dup = s
+                    break
+                seen.add(s)
+            raise InputError(f"{path}: sample id {dup!r} occurs more than once")
+        fold_arr = np.asarray(folds, dtype=np.int8)
+        k = int(fold_arr.max())
+        if k < MIN_FOLDS:
+            raise InputError(f"{path}: folds go up to {k}; K-fold CV needs K = {MIN_FOLDS}..{MAX_FOLDS} folds")
+        sizes = np.bincount(fold_arr, minlength=k + 1)[1:]
+        empty = [str(i + 1) for i, s in enumerate(sizes) if s == 0]
+        if empty:
+            raise InputError(f"{path}: fold(s) {', '.join(empty)} have no samples; folds must be 1..{k} "
+                             "with every fold used")
+        y = np.asarray(phen, dtype=np.float64)
+        constant = [snps[j] for j in np.flatnonzero(col_min == col_max)]
+        if constant:
+            shown = ", ".join(constant[:5]) + (", ..." if len(constant) > 5 else "")
+            warn(f"{len(constant)} SNP column(s) are constant (kept; they carry no information): {shown}")
+        if float(y.std()) == 0.0:
+            warn("the phenotype is the same for every sample")
+        reader.close()
+        report = IngestReport(
+            store=str(out), source=str(path), n_samples=len(y), n_variants=n, n_folds=k,
+            fold_sizes={i + 1: int(s) for i, s in enumerate(sizes)}, missing_rate=0.0,
+            phenotype_mean=float(y.mean()), phenotype_sd=float(y.std(ddof=1)) if len(y) > 1 else 0.0,
+            na_cells=na_cells, dropped_missing_phenotype=dropped, constant_snps=constant,
+            parsed_positions=writer.parsed_positions, chunk_rows=writer.chunk_rows,
+            bytes_read=size, id_column=id_col)
+        writer.flush()
+        report.missing_rate = writer.missing / (writer.n_rows * n)
+        writer.finish(ids, y.astype(np.float32), fold_arr, {
+            "n_folds": k, "source": {"path": str(path.resolve()), "name": path.name,
+                                     "sha256": tap.sha.hexdigest(), "bytes": size},
+            "na_cells_read_as_missing": na_cells, "dropped_missing_phenotype": dropped,
+            "constant_snps": len(constant), "fold_sizes": [int(s) for s in sizes],
+            "phenotype_mean": report.phenotype_mean, "phenotype_sd": report.phenotype_sd,
+        })
+        report.seconds = time.perf_counter() - t0
+        return report
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+        reader.close()

@@ -1,0 +1,198 @@
+"""Dask reduction of fold outputs: mean saliency, CV summary, top SNPs, plot, query.
+
+Reads only finished fold directories (``fold_<i>`` with all files; a
+``.partial`` one is half-written) and refuses a run with any fold missing,
+naming the folds and the commands that redo them.  It is the only writer of
+the run-level files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpcsnp.errors import IncompleteRunError, InputError
+from hpcsnp.store import atomic_write_text
+
+LOG_CSV = "fold_pcc_log.csv"
+SUMMARY_CSV = "fold_pcc_summary.csv"
+TOP_CSV = "top_saliency_snps.csv"
+SALIENCY_CSV = "avg_saliency.csv"
+PLOT_PNG = "avg_saliency_across_folds.png"
+
+
+def datasets_in(run_dir: Path) -> list[dict]:
+    found = []
+    for info in sorted(Path(run_dir).glob("*/dataset.json")):
+        found.append(json.loads(info.read_text()))
+    if not found:
+        raise InputError(f"{run_dir}: no data sets found (expected RUN/<dataset>/dataset.json; "
+                         "run `hpcsnp train` or `hpcsnp cv` first)")
+    return found
+
+
+def check_complete(run_dir: Path, datasets: list[dict]) -> None:
+    from hpcsnp.train import fold_dir, is_complete
+
+    missing = []
+    for ds in datasets:
+        for i in range(1, ds["n_folds"] + 1):
+            d = fold_dir(run_dir, ds["dataset"], i)
+            if not is_complete(d):
+                state = "half-written" if d.with_name(d.name + ".partial").exists() else "missing"
+                missing.append((ds, i, state))
+    if not missing:
+        return
+    lines = [f"{run_dir}: {len(missing)} fold(s) not finished:"]
+    for ds, i, state in missing:
+        lines.append(f"  {ds['dataset']} fold {i} ({state}):  hpcsnp train {ds['store']} --fold {i} "
+                     f"--run {run_dir}" + (f" --name {ds['dataset']}" if _needs_name(ds) else ""))
+    folds = sorted({i for _, i, _ in missing})
+    lines.append(f"  or on SLURM:  sbatch --array={','.join(map(str, folds))} slurm/cv_array.sh {run_dir} "
+                 + " ".join(sorted({ds['store'] for ds, _, _ in missing})))
+    raise IncompleteRunError("\n".join(lines), missing=[(ds["dataset"], i) for ds, i, _ in missing])
+
+
+def _needs_name(ds) -> bool:
+    name = Path(ds["store"]).name
+    return (name[:-5] if name.endswith(".zarr") else name) != ds["dataset"]
+
+
+def mean_saliency(run_dir: Path, dataset: str, n_folds: int) -> tuple[np.ndarray, int]:
+    """S_bar over every test sample of every fold: (sum of shard sums) / (sum of counts), by Dask."""
+    import dask.array as da
+    import zarr
+
+    shards = [zarr.open_array(str(Path(run_dir) / dataset / f"fold_{i}" / "saliency.zarr"), mode="r")
+              for i in range(1, n_folds + 1)]
+    total = da.stack([da.from_zarr(s) for s in shards]).sum(axis=0)
+    count = sum(int(s.attrs["n_samples"]) for s in shards)
+    return (total / count).compute(), count
+
+
+def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run directory")
+    datasets = datasets_in(run_dir)
+    check_complete(run_dir, datasets)
+    log_rows, sal_frames, top_frames = [], [], []
+    for ds in datasets:
+        name = ds["dataset"]
+        for i in range(1, ds["n_folds"] + 1):
+            m = json.loads((run_dir / name / f"fold_{i}" / "metrics.json").read_text())
+            log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
+                             "mae": m["mae"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
+                             "seconds": round(m["seconds"], 2),
+                             "saliency_seconds": round(m["saliency_seconds"], 2),
+                             "n_test": m["n_test"], "peak_rss_mb": m.get("peak_rss_mb")})
+        sal, count = mean_saliency(run_dir, name, ds["n_folds"])
+        var = pd.read_csv(run_dir / name / "variants.csv", keep_default_na=False,
+                          dtype={"snp": str, "chrom": str})
+        if count != ds["n_samples"]:
+            raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds['n_samples']}")
+        frame = var.assign(dataset=name, saliency=sal)
+        frame["rank"] = frame["saliency"].rank(ascending=False, method="first").astype(int)
+        sal_frames.append(frame[["dataset", "snp", "chrom", "pos", "saliency", "rank"]])
+        top_frames.append(frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]])
+    log = pd.DataFrame(log_rows)
+    summary = summarize(log)
+    saliency = pd.concat(sal_frames, ignore_index=True)
+    tops = pd.concat(top_frames, ignore_index=True)
+    _write_csv(log, run_dir / LOG_CSV)
+    _write_csv(summary, run_dir / SUMMARY_CSV)
+    _write_csv(saliency, run_dir / SALIENCY_CSV)
+    _write_csv(tops, run_dir / TOP_CSV)
+    if plot:
+        plot_saliency(saliency, run_dir / PLOT_PNG, label_top=min(top, 10))
+    return {"log": log, "summary": summary, "top": tops, "saliency": saliency}
+
+
+def summarize(log: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (name, model), g in log.groupby(["dataset", "model"], sort=False):
+        row = {"dataset": name, "model": model, "n_folds": len(g)}
+        for k in ("pcc", "mse", "mae"):
+            row[f"{k}_mean"] = g[k].mean()
+            row[f"{k}_sd"] = g[k].std(ddof=1) if len(g) > 1 else float("nan")
+        row["seconds_total"] = g["seconds"].sum() + g["saliency_seconds"].sum()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """x coordinate along the genome: chromosome blocks in file order, positions within;
+    SNP index where names gave no position.  Returns x and (label, centre) ticks."""
+    if (frame["pos"] < 0).any():
+        return np.arange(len(frame), dtype=float), []
+    x = np.empty(len(frame))
+    ticks, offset = [], 0.0
+    for chrom, g in frame.groupby("chrom", sort=False):
+        pos = g["pos"].to_numpy(float)
+        x[g.index.to_numpy() - frame.index[0]] = offset + pos - pos.min()
+        span = max(pos.max() - pos.min(), 1.0)
+        ticks.append((chrom, offset + span / 2))
+        offset += span * 1.02
+    return x, ticks
+
+
+def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(saliency["dataset"]))
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        f = saliency[saliency["dataset"] == name].reset_index(drop=True)
+        x, ticks = genome_x(f)
+        chrom_idx = pd.factorize(f["chrom"])[0]
+        colours = np.where(chrom_idx % 2 == 0, "#1f4e79", "#7fa7cf")
+        ax.scatter(x, f["saliency"], c=colours, s=6, linewidths=0)
+        for _, r in f.nsmallest(label_top, "rank").iterrows():
+            i = r.name
+            ax.annotate(r["snp"], (x[i], r["saliency"]), fontsize=7, rotation=30,
+                        xytext=(2, 3), textcoords="offset points")
+        ax.set_title(f"{name}: mean saliency over all test samples of all folds")
+        ax.set_ylabel("mean max|df/dx|")
+        if ticks:
+            ax.set_xticks([t for _, t in ticks], [c for c, _ in ticks], fontsize=7, rotation=90)
+        else:
+            ax.set_xlabel("SNP index")
+        ax.set_xlim(x.min() - 1, x.max() + 1)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def query(run_dir, snps: list[str]) -> pd.DataFrame:
+    run_dir = Path(run_dir)
+    path = run_dir / SALIENCY_CSV
+    if not path.exists():
+        raise InputError(f"{path} not found; run `hpcsnp reduce {run_dir}` first")
+    sal = pd.read_csv(path, keep_default_na=False, dtype={"snp": str, "chrom": str})
+    known = set(sal["snp"])
+    unknown = [s for s in snps if s not in known]
+    if unknown:
+        hints = []
+        for s in unknown:
+            close = difflib.get_close_matches(s, known, n=3, cutoff=0.6)
+            hints.append(f"{s!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise InputError(f"unknown SNP name(s): {'; '.join(hints)}")
+    n = sal.groupby("dataset")["snp"].transform("size")
+    out = sal.assign(of=n)[sal["snp"].isin(snps)]
+    order = {s: i for i, s in enumerate(snps)}
+    return out.sort_values(["snp", "dataset"], key=lambda c: c.map(order) if c.name == "snp" else c)[
+        ["dataset", "snp", "chrom", "pos", "saliency", "rank", "of"]]

@@ -1,0 +1,93 @@
+"""What the scheduler granted this process, and capping threads to it.
+
+One small object reads the SLURM_* environment (as submitit does); the
+same code runs without a scheduler.  ``cap_threads`` must run before
+TensorFlow or a BLAS library is imported: thread pools are sized at import.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+              "TF_NUM_INTEROP_THREADS")
+
+
+@dataclass(frozen=True)
+class Slurm:
+    job_id: str | None
+    array_job_id: str | None
+    array_task_id: int | None
+    cpus_per_task: int | None
+    restart_count: int
+
+    @classmethod
+    def from_env(cls, env=None) -> "Slurm":
+        env = os.environ if env is None else env
+
+        def as_int(name):
+            value = env.get(name, "")
+            return int(value) if value.isdigit() else None
+
+        return cls(job_id=env.get("SLURM_JOB_ID"),
+                   array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+                   array_task_id=as_int("SLURM_ARRAY_TASK_ID"),
+                   cpus_per_task=as_int("SLURM_CPUS_PER_TASK"),
+                   restart_count=as_int("SLURM_RESTART_COUNT") or 0)
+
+
+def granted_cpus(threads: int | None = None, env=None) -> int:
+    """Cores this process may use: --threads, else SLURM_CPUS_PER_TASK, else
+    the CPU affinity mask (which also honours taskset and cgroup cpusets)."""
+    if threads:
+        return max(1, int(threads))
+    slurm = Slurm.from_env(env)
+    if slurm.cpus_per_task:
+        return slurm.cpus_per_task
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cap_threads(threads: int | None = None) -> int:
+    """Set every thread-pool size we know of to the granted cores; returns it."""
+    n = granted_cpus(threads)
+    for name in THREAD_ENV:
+        os.environ[name] = str(n)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return n
+
+
+def configure_tensorflow(n: int) -> None:
+    """Apply the cap to TensorFlow's own pools (call once, before any op runs)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+    except RuntimeError:  # already initialised in this process (tests); keep what is set
+        pass
+
+
+def provenance() -> dict:
+    """Where and with what a step ran; goes into every output's metadata."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("hpcsnp", "numpy", "zarr", "tensorflow", "tensorflow-cpu", "keras",
+                "dask", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    slurm = Slurm.from_env()
+    return {"versions": versions, "host": socket.gethostname(),
+            "command": " ".join(sys.argv),
+            "slurm_job_id": slurm.job_id, "slurm_array_task_id": slurm.array_task_id,
+            "slurm_restart_count": slurm.restart_count}

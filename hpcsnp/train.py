@@ -1,0 +1,243 @@
+"""One cross-validation fold: fit, early stop, save model, predictions, metrics, shard.
+
+``train_fold`` trains test fold i of one store in this process only and
+writes ``RUN/<dataset>/fold_<i>/`` atomically: everything is written into
+``fold_<i>.partial/`` and renamed when complete, so a directory named
+``fold_<i>`` is always a finished fold.  At the end of every epoch the
+model, optimiser and early-stopping state are checkpointed into the partial
+directory; a rerun of the same fold resumes from there.  A finished fold is
+skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcsnp.config import Config
+from hpcsnp.data import RowSource, fold_split, should_cache
+from hpcsnp.errors import InputError
+from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
+from hpcsnp.store import atomic_replace_dir, atomic_write_text, open_store
+
+FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
+
+
+def fold_dir(run_dir, dataset: str, fold: int) -> Path:
+    return Path(run_dir) / dataset / f"fold_{fold}"
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / f).exists() for f in FOLD_FILES)
+
+
+@dataclass
+class FoldResult:
+    dataset: str
+    fold: int
+    path: Path
+    metrics: dict
+    skipped: bool = False
+
+
+def regression_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:
+    truth = np.asarray(truth, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    err = pred - truth
+    if len(truth) > 1 and np.std(pred) > 0 and np.std(truth) > 0:
+        pcc = float(np.corrcoef(pred, truth)[0, 1])
+    else:
+        pcc = float("nan")  # undefined for constant predictions; reported, not hidden
+    return {"pcc": pcc, "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
+
+
+def write_dataset_info(run_dir: Path, dataset: str, store) -> None:
+    """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
+    Every fold task writes the same content by atomic rename, so concurrent tasks agree."""
+    d = Path(run_dir) / dataset
+    d.mkdir(parents=True, exist_ok=True)
+    info = {"dataset": dataset, "store": str(store.path.resolve()), "n_folds": store.n_folds,
+            "n_samples": store.n_samples, "n_variants": store.n_variants,
+            "store_source": store.attrs.get("source", {})}
+    atomic_write_text(d / "dataset.json", json.dumps(info, indent=2) + "\n")
+    if not (d / "variants.csv").exists():
+        tmp = d / f"variants.csv.tmp-{os.getpid()}"
+        store.variants_frame().to_csv(tmp, index=False)
+        os.replace(tmp, d / "variants.csv")
+
+
+def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
+               force: bool = False, threads: int | None = None, log=None) -> FoldResult:
+    cfg = cfg or Config()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    store = open_store(store_path)
+    dataset = dataset or store.name
+    split = fold_split(store.fold, store.n_folds, fold)
+    run_dir = Path(run_dir)
+    final = fold_dir(run_dir, dataset, fold)
+    if is_complete(final) and not force:
+        metrics = json.loads((final / "metrics.json").read_text())
+        log(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
+        return FoldResult(dataset, fold, final, metrics, skipped=True)
+    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        if len(rows) == 0:
+            raise InputError(f"{store.path}: fold {fold} has no {name} samples")
+    write_dataset_info(run_dir, dataset, store)
+    partial = final.with_name(final.name + ".partial")
+    if force:
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+
+    n_threads = granted_cpus(threads)
+    configure_tensorflow(n_threads)
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.model import build_model
+    from hpcsnp.saliency import fold_saliency
+
+    t_start = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed * 1009 + fold)
+    y = store.phenotype
+    if cfg.standardize:
+        mu, sd = float(y[split.train].mean()), float(y[split.train].std())
+        sd = sd if sd > 0 else 1.0
+    else:
+        mu, sd = 0.0, 1.0
+        bound = 1.0 / np.sqrt(cfg.alpha)
+        if np.abs(y[split.train]).max() >= bound:
+            log(f"[{dataset} fold {fold}] warning: |phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU "
+                f"bound {bound:.3g}; predictions will saturate (drop --no-standardize)")
+    z = ((y - mu) / sd).astype(np.float32)
+    n_var = store.n_variants
+    need = len(split.train) + len(split.val) + len(split.test)
+    cache = should_cache(cfg, need, n_var)
+    mk = lambda rows: RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)  # noqa: E731
+    train_src, val_src, test_src = mk(split.train), mk(split.val), mk(split.test)
+
+    model = build_model(n_var, cfg)
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, t):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)[:, 0]
+            mse = tf.reduce_mean(tf.square(pred - t))
+            loss = mse + tf.add_n(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return mse
+
+    @tf.function(reduce_retracing=True)
+    def predict_step(x):
+        return model(x, training=False)[:, 0]
+
+    def predict(src):
+        preds, rows = [], []
+        for x, _, r in src.dataset(cfg.eval_batch_size, shuffle=False, threads=n_threads):
+            preds.append(predict_step(x).numpy())
+            rows.append(r.numpy())
+        return np.concatenate(preds) * sd + mu, np.concatenate(rows)
+
+    # Resume state: checkpoint of the current and of the best weights, plus early-stopping counters.
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    best_ckpt = tf.train.Checkpoint(model=model)
+    state_path = partial / "state.json"
+    state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0}
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        ckpt.read(str(partial / "ckpt" / "last")).assert_consumed()
+        log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
+            f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
+    log(f"[{dataset} fold {fold}] test fold {fold} ({len(split.test)}), validation fold {split.val_fold} "
+        f"({len(split.val)}), training {len(split.train)} samples x {n_var} SNPs; "
+        f"{'cached int8' if cache else 'streamed from store'}, {n_threads} thread(s)")
+
+    while state["epoch"] < cfg.max_epochs and state["wait"] <= cfg.patience:
+        t0 = time.perf_counter()
+        epoch = state["epoch"] + 1
+        losses = [float(train_step(x, t)) for x, t, _ in
+                  train_src.dataset(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                    threads=n_threads)]
+        vp, vr = predict(val_src)
+        val_mae = float(np.mean(np.abs(vp - y[vr])))
+        improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
+        if improved:
+            state.update(best_mae=val_mae, best_epoch=epoch, wait=0)
+            best_ckpt.write(str(partial / "ckpt" / "best"))
+        else:
+            state["wait"] += 1
+        state["epoch"] = epoch
+        state["train_seconds"] += time.perf_counter() - t0
+        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae})
+        ckpt.write(str(partial / "ckpt" / "last"))
+        atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
+        log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
+            f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s")
+        if state["wait"] >= cfg.patience:
+            break
+    if cfg.restore_best and state["best_epoch"]:
+        best_ckpt.read(str(partial / "ckpt" / "best")).expect_partial()
+    train_seconds = state["train_seconds"]
+
+    tp, tr = predict(test_src)
+    metrics = regression_metrics(y[tr], tp)
+    import pandas as pd
+
+    pd.DataFrame({"sample_id": store.sample_id[tr], "fold": fold, "truth": y[tr],
+                  "prediction": tp}).to_csv(partial / "predictions.csv", index=False)
+
+    t_sal = time.perf_counter()
+    sal_sum, sal_n = fold_saliency(
+        model, test_src.dataset(cfg.eval_batch_size, shuffle=False, threads=n_threads), n_var,
+        training=cfg.saliency_dropout)
+    sal_seconds = time.perf_counter() - t_sal
+    import zarr
+
+    shard = zarr.create_array(str(partial / "saliency.zarr"), shape=(n_var,), dtype="float64",
+                              chunks=(n_var,), dimension_names=("variants",), overwrite=True)
+    shard[:] = sal_sum
+    shard.attrs.update({"n_samples": sal_n, "dataset": dataset, "fold": fold,
+                        "quantity": "sum over test samples of max_c |d f / d x[i, c]|",
+                        "scale": "standardised phenotype" if cfg.standardize else "phenotype"})
+    model.save(partial / "model.keras")
+
+    metrics.update({
+        "dataset": dataset, "fold": fold, "val_fold": split.val_fold,
+        "epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_mae": state["best_mae"],
+        "seconds": train_seconds, "saliency_seconds": sal_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+        "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+        "saliency_n": sal_n, "cached": bool(cache), "threads": n_threads,
+        "target_mean": mu, "target_sd": sd, "seed": cfg.seed,
+        "store": str(store.path.resolve()), "store_sha256": store.attrs.get("source", {}).get("sha256"),
+        "config": cfg.to_dict(), "history": state["history"], **provenance(),
+    })
+    rss = _peak_rss_mb()
+    if rss:
+        metrics["peak_rss_mb"] = rss
+    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(partial / "ckpt", ignore_errors=True)
+    state_path.unlink(missing_ok=True)
+    atomic_replace_dir(partial, final)
+    log(f"[{dataset} fold {fold}] test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  "
+        f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
+        f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
+    return FoldResult(dataset, fold, final, metrics)
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:
+        return None
