@@ -181,7 +181,8 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         ckpt.write(str(partial / "ckpt" / "last"))
         atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
         log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
-            f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s")
+            f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s"
+            f"  rss {_rss_mb('VmRSS'):.0f} MB")
         if state["wait"] >= cfg.patience:
             break
     if cfg.restore_best and state["best_epoch"]:
@@ -232,6 +233,18 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
         f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
     return FoldResult(dataset, fold, final, metrics)
+
+
+def _rss_mb(field: str = "VmHWM") -> float:
+    """Resident memory of this process from /proc (VmRSS now, VmHWM peak); nan elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _peak_rss_mb() -> float | None:

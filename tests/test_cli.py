@@ -1,0 +1,97 @@
+"""Through the CLI, as a user runs it: simulate -> ingest -> cv -> reduce -> query."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from hpcsnp.resources import cap_threads, granted_cpus
+
+QUICK = ["--epochs", "40", "--patience", "8", "--batch-size", "16", "--lr", "0.003", "--dropout", "0.5"]
+
+
+def test_end_to_end_finds_planted_snps(tmp_path):
+    run_cli("simulate", tmp_path / "sim.tsv.gz", "--samples", 900, "--snps", 200, "--causal", 5,
+            "--folds", 3, "--missing", 0.05, "--seed", 7)
+    causal = pd.read_csv(tmp_path / "sim.tsv.gz.causal.tsv", sep="\t")["snp"].tolist()
+    ingest = run_cli("ingest", tmp_path / "sim.tsv.gz", cwd=tmp_path)
+    assert "samples      900" in ingest.stdout and (tmp_path / "sim.zarr").exists()
+    cv = run_cli("cv", tmp_path / "sim.zarr", "--run", tmp_path / "run", *QUICK)
+    assert "pcc_mean" in cv.stdout
+    summary = pd.read_csv(tmp_path / "run" / "fold_pcc_summary.csv")
+    assert summary.loc[0, "n_folds"] == 3
+    assert summary.loc[0, "pcc_mean"] > 0.2, summary
+    top = pd.read_csv(tmp_path / "run" / "top_saliency_snps.csv")
+    assert len(top) == 20
+    assert set(causal) <= set(top["snp"]), (causal, top["snp"].tolist())
+    q = run_cli("query", tmp_path / "run", causal[0])
+    rows = [line.split("\t") for line in q.stdout.strip().splitlines()]
+    assert rows[0] == ["dataset", "snp", "chrom", "pos", "saliency", "rank", "of"]
+    assert rows[1][1] == causal[0] and int(rows[1][5]) <= 20 and rows[1][6] == "200"
+    # rerunning cv redoes nothing: every fold is finished
+    again = run_cli("cv", tmp_path / "sim.zarr", "--run", tmp_path / "run", *QUICK)
+    assert "fold 1: PCC" not in again.stderr
+    logs = sorted(p.name for p in (tmp_path / "run" / "logs").iterdir())
+    assert logs == ["sim_fold1.log", "sim_fold2.log", "sim_fold3.log"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["batch_size"] == 16 and saved["dropout"] == 0.5
+
+
+def test_train_one_fold_and_reduce_refusal_through_cli(sim_store, tmp_path):
+    store, _ = sim_store
+    out = run_cli("train", store, "--fold", 2, "--run", tmp_path, "--epochs", 1, "--batch-size", 32)
+    assert out.stdout.startswith("sim\tfold 2\tpcc ")
+    assert "epoch    1" in out.stderr  # progress on stderr, result on stdout
+    proc = run_cli("reduce", tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "sim fold 1 (missing)" in proc.stderr and "hpcsnp train" in proc.stderr
+    bad = run_cli("train", store, "--fold", 4, "--run", tmp_path, check=False)
+    assert bad.returncode == 2 and "fold 4 is outside 1..3" in bad.stderr
+
+
+def test_query_unknown_snp_suggests_close_names(tmp_path):
+    (tmp_path / "avg_saliency.csv").write_text(
+        "dataset,snp,chrom,pos,saliency,rank\nd,Gm03_1592339,Gm03,1592339,0.1,1\nd,Gm03_1592,Gm03,1592,0.05,2\n")
+    proc = run_cli("query", tmp_path, "Gm03_159233", check=False)
+    assert proc.returncode == 2 and "did you mean Gm03_1592339" in proc.stderr
+    missing = run_cli("query", tmp_path / "nothing", "x", check=False)
+    assert missing.returncode == 2 and "hpcsnp reduce" in missing.stderr
+
+
+def test_help_and_ingest_do_not_import_tensorflow(tmp_path):
+    from hpcsnp.simulate import simulate
+
+    simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
+    code = ("import sys; from hpcsnp.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    for args in (["--help"], ["ingest", "--help"], ["ingest", str(tmp_path / "s.tsv"), "-o", str(tmp_path / "s.zarr")]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_help_explains_every_verb():
+    for verb in ("ingest", "train", "cv", "reduce", "query", "simulate"):
+        out = run_cli(verb, "--help").stdout
+        assert "Usage: hpcsnp " + verb in out and len(out.splitlines()) > 5
+
+
+@pytest.mark.parametrize("env,flag,expect", [
+    ({"SLURM_CPUS_PER_TASK": "3"}, None, 3),
+    ({"SLURM_CPUS_PER_TASK": "3"}, 1, 1),
+    ({}, None, None),
+])
+def test_threads_come_from_flag_then_slurm_then_affinity(monkeypatch, env, flag, expect):
+    import os
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    n = cap_threads(flag)
+    assert n == (expect or len(os.sched_getaffinity(0))) == granted_cpus(flag)
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["TF_NUM_INTRAOP_THREADS"] == str(n)

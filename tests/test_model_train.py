@@ -1,0 +1,175 @@
+"""Model shape, one fold's outputs, saliency averaging and the reduce contract."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpcsnp.config import Config
+from hpcsnp.errors import IncompleteRunError, InputError
+
+FAST = Config(max_epochs=3, batch_size=16, patience=2, dropout=0.5, learning_rate=3e-3)
+
+
+def test_model_follows_the_spec():
+    from hpcsnp.model import build_model
+
+    m = build_model(100, Config())
+    names = [layer.name for layer in m.layers]
+    for name in ("conv1", "conv2", "dropout1", "shortcut", "residual", "conv3", "dropout2",
+                 "flatten", "dropout3", "dense", "isru"):
+        assert name in names
+    convs = {n: m.get_layer(n) for n in ("conv1", "conv2", "shortcut", "conv3")}
+    assert {n: c.kernel_size[0] for n, c in convs.items()} == {"conv1": 4, "conv2": 20, "shortcut": 4, "conv3": 4}
+    assert all(c.filters == 10 and c.padding == "same" for c in convs.values())
+    assert m.get_layer("dense").input.shape[-1] == 100 * 10
+    assert m.get_layer("dropout1").rate == 0.75
+    # conv1 4*4*10+10, conv2 20*10*10+10, shortcut 4*4*10+10, conv3 4*10*10+10, dense 1000+1
+    assert m.count_params() == 170 + 2010 + 170 + 410 + 1001
+
+
+def test_isru_is_bounded_by_alpha():
+    from hpcsnp.model import ISRU
+
+    y = ISRU(0.03)(np.array([[-1e6], [0.0], [1.0], [1e6]], np.float32)).numpy().ravel()
+    assert y[1] == 0 and y[2] == pytest.approx(1 / np.sqrt(1.03))
+    assert abs(y[0]) == pytest.approx(1 / np.sqrt(0.03), rel=1e-4) == y[3]
+
+
+@pytest.fixture(scope="module")
+def run(sim_store, tmp_path_factory):
+    """All three folds of the simulated store, trained in this process."""
+    from hpcsnp.train import train_fold
+
+    path, _ = sim_store
+    run = tmp_path_factory.mktemp("run")
+    results = [train_fold(path, i, run, FAST, log=lambda m: None) for i in (1, 2, 3)]
+    return run, results
+
+
+def test_fold_outputs(run, sim_store):
+    import keras
+
+    from hpcsnp.store import open_store
+
+    run_dir, results = run
+    store = open_store(sim_store[0])
+    r = results[0]
+    assert r.path == run_dir / "sim" / "fold_1" and not (run_dir / "sim" / "fold_1.partial").exists()
+    m = json.loads((r.path / "metrics.json").read_text())
+    for key in ("pcc", "mse", "mae", "epochs", "seconds", "seed", "config", "versions", "target_mean"):
+        assert key in m
+    assert m["config"]["batch_size"] == 16 and m["val_fold"] == 2 and m["epochs"] <= 3
+    pred = pd.read_csv(r.path / "predictions.csv", dtype={"sample_id": str})
+    assert len(pred) == m["n_test"] == int((store.fold == 1).sum())
+    assert set(pred["fold"]) == {1}
+    # predictions are un-scaled back to the phenotype's units (the sim's mean is 100)
+    assert abs(pred["prediction"].mean() - pred["truth"].mean()) < 5 * pred["truth"].std()
+    assert pred["prediction"].mean() > 50
+    # the saved model reloads and reproduces the predictions
+    from hpcsnp.data import one_hot
+
+    model = keras.models.load_model(r.path / "model.keras")
+    rows = [int(np.flatnonzero(store.sample_id == s)[0]) for s in pred["sample_id"]]
+    x = one_hot(store.genotypes[:][rows])
+    again = model(x, training=False).numpy()[:, 0] * m["target_sd"] + m["target_mean"]
+    np.testing.assert_allclose(again, pred["prediction"], rtol=1e-4, atol=1e-3)
+
+
+def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
+    from hpcsnp.train import train_fold
+
+    run_dir, results = run
+    before = (results[0].path / "metrics.json").stat().st_mtime_ns
+    again = train_fold(sim_store[0], 1, run_dir, FAST, log=lambda m: None)
+    assert again.skipped and (results[0].path / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_shard_average_equals_direct_mean_over_all_test_samples(run, sim_store):
+    """SPEC 5: S_bar_i = (1/M) sum_j max_c |df/dx[i, c]| over every test sample of every fold,
+    computed here one sample at a time, with no batching."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.data import one_hot
+    from hpcsnp.reduce import reduce_run
+    from hpcsnp.store import open_store
+
+    run_dir, _ = run
+    out = reduce_run(run_dir, top=5, plot=False)
+    store = open_store(sim_store[0])
+    g = store.genotypes[:]
+    total, m = np.zeros(store.n_variants), 0
+    for i in (1, 2, 3):
+        model = keras.models.load_model(run_dir / "sim" / f"fold_{i}" / "model.keras")
+        for row in np.flatnonzero(store.fold == i):
+            x = tf.constant(one_hot(g[row:row + 1]))
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = model(x, training=False)
+            total += np.abs(tape.gradient(y, x).numpy()[0]).max(-1)
+            m += 1
+    assert m == store.n_samples
+    got = out["saliency"].set_index("snp").loc[list(store.variant_id), "saliency"].to_numpy()
+    np.testing.assert_allclose(got, total / m, rtol=1e-4, atol=1e-9)
+    stored = pd.read_csv(run_dir / "avg_saliency.csv")
+    np.testing.assert_allclose(stored["saliency"], got, rtol=1e-5)
+
+
+def test_reduce_outputs_and_summary(run):
+    from hpcsnp.reduce import reduce_run
+
+    run_dir, results = run
+    out = reduce_run(run_dir, top=7, plot=True)
+    log = pd.read_csv(run_dir / "fold_pcc_log.csv")
+    assert log["fold"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(log["pcc"], [r.metrics["pcc"] for r in results], rtol=1e-5)
+    summary = pd.read_csv(run_dir / "fold_pcc_summary.csv")
+    assert list(summary.columns[:5]) == ["dataset", "model", "n_folds", "pcc_mean", "pcc_sd"]
+    assert summary.loc[0, "pcc_mean"] == pytest.approx(np.mean([r.metrics["pcc"] for r in results]), rel=1e-5)
+    assert summary.loc[0, "pcc_sd"] == pytest.approx(np.std([r.metrics["pcc"] for r in results], ddof=1), rel=1e-4)
+    top = pd.read_csv(run_dir / "top_saliency_snps.csv")
+    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency"]
+    assert top["rank"].tolist() == list(range(1, 8)) and top["saliency"].is_monotonic_decreasing
+    png = (run_dir / "avg_saliency_across_folds.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_reduce_refuses_missing_and_half_written_folds(run, tmp_path):
+    from hpcsnp.reduce import reduce_run
+
+    run_dir, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "sim" / "fold_2")
+    (copy / "sim" / "fold_3").rename(copy / "sim" / "fold_3.partial")
+    with pytest.raises(IncompleteRunError) as e:
+        reduce_run(copy)
+    msg = str(e.value)
+    assert "sim fold 2 (missing)" in msg and "sim fold 3 (half-written)" in msg
+    assert f"--fold 2 --run {copy}" in msg and "sbatch --array=2,3 slurm/cv_array.sh" in msg
+    assert e.value.missing == [("sim", 2), ("sim", 3)]
+
+
+def test_query(run):
+    from hpcsnp.reduce import query, reduce_run
+
+    run_dir, _ = run
+    out = reduce_run(run_dir, top=5, plot=False)
+    best = out["top"].iloc[0]
+    q = query(run_dir, [best["snp"]])
+    assert q.iloc[0]["rank"] == 1 and q.iloc[0]["saliency"] == pytest.approx(best["saliency"])
+    assert q.iloc[0]["of"] == 60
+    with pytest.raises(InputError, match="did you mean"):
+        query(run_dir, [best["snp"][:-1]])
+
+
+def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path):
+    from hpcsnp.train import train_fold
+
+    logs = []
+    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32),
+               log=logs.append)
+    assert any("beyond the ISRU bound" in line for line in logs)
