@@ -147,14 +147,15 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
             rows.append(r.numpy())
         return np.concatenate(preds) * sd + mu, np.concatenate(rows)
 
-    # Resume state: checkpoint of the current and of the best weights, plus early-stopping counters.
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    best_ckpt = tf.train.Checkpoint(model=model)
+    # Resume state: every variable of the model (weights and the dropout layers' RNG
+    # states) and of the optimiser, plus the early-stopping counters in state.json.
+    # (tf.train.Checkpoint on a Keras 3 model misses the model's own variables.)
+    run_vars = list(model.variables) + list(optimizer.variables)
     state_path = partial / "state.json"
     state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0}
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        ckpt.read(str(partial / "ckpt" / "last")).assert_consumed()
+        load_variables(partial / "last.npz", run_vars)
         log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
             f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
     log(f"[{dataset} fold {fold}] test fold {fold} ({len(split.test)}), validation fold {split.val_fold} "
@@ -172,13 +173,13 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
         if improved:
             state.update(best_mae=val_mae, best_epoch=epoch, wait=0)
-            best_ckpt.write(str(partial / "ckpt" / "best"))
+            save_variables(partial / "best.npz", model.variables)
         else:
             state["wait"] += 1
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0
         state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae})
-        ckpt.write(str(partial / "ckpt" / "last"))
+        save_variables(partial / "last.npz", run_vars)
         atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
         log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
             f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s"
@@ -186,7 +187,7 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         if state["wait"] >= cfg.patience:
             break
     if cfg.restore_best and state["best_epoch"]:
-        best_ckpt.read(str(partial / "ckpt" / "best")).expect_partial()
+        load_variables(partial / "best.npz", model.variables)
     train_seconds = state["train_seconds"]
 
     tp, tr = predict(test_src)
@@ -226,13 +227,30 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
     if rss:
         metrics["peak_rss_mb"] = rss
     (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    shutil.rmtree(partial / "ckpt", ignore_errors=True)
-    state_path.unlink(missing_ok=True)
+    for name in ("last.npz", "best.npz", "state.json"):
+        (partial / name).unlink(missing_ok=True)
     atomic_replace_dir(partial, final)
     log(f"[{dataset} fold {fold}] test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  "
         f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
         f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
     return FoldResult(dataset, fold, final, metrics)
+
+
+def save_variables(path: Path, variables) -> None:
+    """Values of ``variables`` in order, written atomically (a kill leaves the old file)."""
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, *[np.asarray(v.numpy()) for v in variables])
+    os.replace(tmp, path)
+
+
+def load_variables(path: Path, variables) -> None:
+    with np.load(path) as data:
+        values = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if len(values) != len(variables):
+        raise InputError(f"{path}: checkpoint holds {len(values)} variables, the model has "
+                         f"{len(variables)}; remove {path.parent} or use --force")
+    for v, value in zip(variables, values):
+        v.assign(value)
 
 
 def _rss_mb(field: str = "VmHWM") -> float:
