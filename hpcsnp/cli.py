@@ -197,16 +197,43 @@ def _print_reduce(result, run):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
 @click.option("--no-plot", is_flag=True, help="Skip the genome plot.")
+@click.option("--scheduler", default="threads", show_default=True,
+              help="Dask scheduler: threads, processes, synchronous, or the address of a "
+                   "distributed scheduler (tcp://HOST:PORT, e.g. one started by dask-jobqueue).")
+@threads_option
 @_handle_errors
-def reduce(run_dir, top, no_plot):
+def reduce(run_dir, top, no_plot, scheduler, threads):
     """Merge all folds of a run: mean saliency, CV summary, top SNPs, plot.
 
     Refuses a run with missing or half-written folds and prints the
-    commands that redo them.
+    commands that redo them (one `hpcsnp train` per fold, or one sbatch line).
     """
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.reduce import dask_context, reduce_run
 
-    _print_reduce(reduce_run(run_dir, top=top, plot=not no_plot), run_dir)
+    with dask_context(scheduler, threads):
+        result = reduce_run(run_dir, top=top, plot=not no_plot)
+    _print_reduce(result, run_dir)
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--folds", "folds_only", is_flag=True, help="Print only K, the number of folds (for scripts).")
+@_handle_errors
+def info(store, folds_only):
+    """Describe a store: sizes, folds, missing rate, source and format version."""
+    from hpcsnp.store import open_store
+
+    s = open_store(store)
+    if folds_only:
+        click.echo(s.n_folds)
+        return
+    a = s.attrs
+    sizes = ", ".join(f"{i + 1}:{n}" for i, n in enumerate(a.get("fold_sizes", [])))
+    click.echo(f"store        {s.path}\nformat       version {a['hpcsnp_format_version']}, written by "
+               f"hpcsnp {a.get('hpcsnp_version')}\nsamples      {s.n_samples:,}\nSNPs         {s.n_variants:,}"
+               f"\nfolds        K={s.n_folds}: {sizes}\nmissing      {100 * a.get('missing_rate', 0):.2f} %"
+               f"\nchunks       {s.chunk_rows} samples x all SNPs\nsource       "
+               f"{a.get('source', {}).get('path', '?')} (sha256 {a.get('source', {}).get('sha256', '?')})")
 
 
 @cli.command()
@@ -287,4 +314,7 @@ def demo(out_dir, samples, snps, threads, progress):
 
 
 def main(argv=None):
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
     cli.main(args=argv, prog_name="hpcsnp")

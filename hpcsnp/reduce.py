@@ -8,6 +8,7 @@ the run-level files.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 from pathlib import Path
@@ -60,6 +61,30 @@ def check_complete(run_dir: Path, datasets: list[dict]) -> None:
 def _needs_name(ds) -> bool:
     name = Path(ds["store"]).name
     return (name[:-5] if name.endswith(".zarr") else name) != ds["dataset"]
+
+
+@contextlib.contextmanager
+def dask_context(scheduler: str = "threads", threads: int | None = None):
+    """Run the reduction's Dask graphs on local threads (default), processes, synchronously,
+    or on a distributed scheduler given by address (a dask-jobqueue SLURMCluster's, say)."""
+    import dask
+
+    if "://" in scheduler or scheduler.endswith(".json"):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise InputError("--scheduler with an address needs dask.distributed "
+                             "(pip install 'dask[distributed]')") from None
+        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+        with Client(**kw, timeout="60s") as client:
+            yield client
+        return
+    if scheduler not in ("threads", "processes", "synchronous"):
+        raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous or an address")
+    from hpcsnp.resources import granted_cpus
+
+    with dask.config.set(scheduler=scheduler, num_workers=granted_cpus(threads)):
+        yield None
 
 
 def mean_saliency(run_dir: Path, dataset: str, n_folds: int) -> tuple[np.ndarray, int]:

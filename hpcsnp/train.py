@@ -162,6 +162,7 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         f"({len(split.val)}), training {len(split.train)} samples x {n_var} SNPs; "
         f"{'cached int8' if cache else 'streamed from store'}, {n_threads} thread(s)")
 
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     while state["epoch"] < cfg.max_epochs and state["wait"] <= cfg.patience:
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
@@ -189,6 +190,8 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
     if cfg.restore_best and state["best_epoch"]:
         load_variables(partial / "best.npz", model.variables)
     train_seconds = state["train_seconds"]
+    # CPU seconds per wall second of this process's epochs: at most the granted cores
+    cpu_utilisation = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
 
     tp, tr = predict(test_src)
     metrics = regression_metrics(y[tr], tp)
@@ -219,6 +222,7 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
         "total_seconds": time.perf_counter() - t_start,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         "saliency_n": sal_n, "cached": bool(cache), "threads": n_threads,
+        "train_cpu_utilisation": cpu_utilisation,
         "target_mean": mu, "target_sd": sd, "seed": cfg.seed,
         "store": str(store.path.resolve()), "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),

@@ -84,8 +84,8 @@ start() {
 }
 
 wait_idle() {
-  local state i
-  for i in $(seq 1 60); do
+  local state
+  for _ in $(seq 1 60); do
     state="$(sinfo -h -n "$host" -o %T 2>/dev/null || true)"
     case "$state" in
       idle*|mixed*|allocated*) echo "local-cluster: node $host is $state" >&2; return 0 ;;

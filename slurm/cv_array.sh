@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=hpcsnp-cv
+#SBATCH --array=1-10
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=2G
+#SBATCH --time=04:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%A_%a.out
+#
+# One cross-validation fold per array task:  task i runs, for each STORE,
+#     hpcsnp train STORE --fold i --run RUN_DIR
+# Usage:
+#     sbatch [--array=1-K] slurm/cv_array.sh RUN_DIR STORE [STORE ...]
+#     (slurm/submit.sh RUN_DIR STORE ... submits this and the dependent reduce)
+#
+# The #SBATCH lines above are defaults; override them on the sbatch command line
+# (--array=1-5 for K=5, --cpus-per-task, --mem, --time, --partition, ...).
+# Threads: hpcsnp caps TensorFlow, OMP, MKL, OpenBLAS and tf.data to
+# SLURM_CPUS_PER_TASK.  Output goes to RUN_DIR/logs/<jobid>_<task>.log (the
+# %x-%A_%a.out file in the submit directory is removed when it stays empty).
+#
+# Nothing is lost when a task dies: a fold checkpoints every epoch and resumes
+# when the task is requeued (--requeue; `scontrol requeue`) or resubmitted; a
+# finished fold is skipped, so resubmitting the whole array redoes only what is
+# missing.  Set HPCSNP_TRAIN_ARGS=--force to redo finished folds.
+#
+# Environment:
+#   HPCSNP_TRAIN_ARGS  extra `hpcsnp train` options, e.g. "--config run.json" or "--epochs 200"
+#   HPCSNP_IMAGE       run hpcsnp inside this Apptainer/Singularity image (.sif)
+#   HPCSNP_CONTAINER   apptainer or singularity [the first one found]
+#   HPCSNP_BIND        extra bind paths for the container, e.g. /scratch,/projects
+#   HPCSNP             the hpcsnp command when not in a container [hpcsnp]
+set -euo pipefail
+
+if [ $# -lt 2 ]; then
+  echo "usage: sbatch slurm/cv_array.sh RUN_DIR STORE [STORE ...]" >&2
+  exit 2
+fi
+run_dir="$1"; shift
+task="${SLURM_ARRAY_TASK_ID:?this script runs as a SLURM array task (sbatch --array=1-K)}"
+job="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}"
+
+mkdir -p "$run_dir/logs"
+log="$run_dir/logs/${job}_${task}.log"
+boot="$(readlink -f /proc/$$/fd/1 2>/dev/null || true)"
+if [ "$boot" != "$(readlink -f "$log")" ]; then
+  exec >>"$log" 2>&1
+  case "$boot" in *.out) trap '[ -f "$boot" ] && [ ! -s "$boot" ] && rm -f "$boot"' EXIT ;; esac
+fi
+
+if [ -n "${HPCSNP_IMAGE:-}" ]; then
+  runtime="${HPCSNP_CONTAINER:-$(command -v apptainer || command -v singularity || echo apptainer)}"
+  binds="$(readlink -f "$run_dir")"
+  for s in "$@"; do binds="$binds,$(dirname "$(readlink -f "$s")")"; done
+  hpcsnp=("$runtime" exec --bind "$binds${HPCSNP_BIND:+,$HPCSNP_BIND}" "$HPCSNP_IMAGE" hpcsnp)
+else
+  hpcsnp=("${HPCSNP:-hpcsnp}")
+fi
+
+echo "== hpcsnp-cv task $task of job $job on $(hostname) at $(date -Is); restart ${SLURM_RESTART_COUNT:-0}; cpus ${SLURM_CPUS_PER_TASK:-?}"
+status=0
+for store in "$@"; do
+  # word splitting of HPCSNP_TRAIN_ARGS is intended: it holds several options
+  # shellcheck disable=SC2086
+  "${hpcsnp[@]}" train "$store" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
+done
+echo "== task $task done at $(date -Is), exit $status"
+exit "$status"

@@ -1,0 +1,130 @@
+"""On a real SLURM scheduler (slurm/local-cluster.sh): the fold array, the dependent
+reduce, requeue and resubmission.  Marked `slurm`; CI starts the cluster first."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parents[1]
+SLURM = ROOT / "slurm"
+TRAIN = ["--epochs", "4", "--batch-size", "16", "--dropout", "0.5", "--patience", "10"]
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("sbatch") is None and os.environ.get("HPCSNP_REQUIRE_SLURM") != "1":
+        pytest.skip("no SLURM here; run slurm/local-cluster.sh up (as root) to test against one")
+    proc = subprocess.run([str(SLURM / "local-cluster.sh"), "up"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("HPCSNP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"local SLURM cluster did not come up:\n{proc.stderr}")
+        pytest.skip(f"local SLURM cluster did not come up: {proc.stderr.strip()}")
+
+
+def states(job):
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job)], capture_output=True, text=True).stdout
+    return re.findall(r"JobState=(\S+)", out)
+
+
+def wait(job, timeout=300, want=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = states(job)
+        if want and want(s):
+            return s
+        if s and not want and all(x in TERMINAL for x in s):
+            return s
+        time.sleep(1)
+    raise AssertionError(f"job {job} still {states(job)} after {timeout}s")
+
+
+def submit(run_dir, store, cpus=1, env_extra=None):
+    env = {**os.environ, "HPCSNP_SBATCH_ARGS": f"--cpus-per-task={cpus} --mem=1500M",
+           "HPCSNP_TRAIN_ARGS": " ".join(TRAIN), **(env_extra or {})}
+    out = subprocess.run([str(SLURM / "submit.sh"), str(run_dir), str(store)], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    array_id, reduce_id = (run_dir / "logs" / "jobs.txt").read_text().split()
+    assert f"job {array_id}" in out and f"job {reduce_id}" in out
+    return array_id, reduce_id
+
+
+@pytest.fixture(scope="module")
+def local_cv(sim_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("local") / "run"
+    run_cli("cv", sim_store[0], "--run", run, "--threads", 1, *TRAIN)
+    return run
+
+
+def test_array_then_dependent_reduce_matches_local_cv(cluster, sim_store, local_cv, tmp_path):
+    run = tmp_path / "run"
+    array_id, reduce_id = submit(run, sim_store[0])
+    assert set(wait(array_id)) == {"COMPLETED"}
+    assert wait(reduce_id) == ["COMPLETED"]
+    for name in ("fold_pcc_log.csv", "avg_saliency.csv", "top_saliency_snps.csv"):
+        a, b = pd.read_csv(local_cv / name), pd.read_csv(run / name)
+        cols = [c for c in a.columns if "seconds" not in c and c != "peak_rss_mb"]
+        pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=False, rtol=1e-6)
+    logs = sorted(p.name for p in (run / "logs").glob(f"{array_id}_*.log"))
+    assert logs == [f"{array_id}_1.log", f"{array_id}_2.log", f"{array_id}_3.log"]
+    m = json.loads((run / "sim" / "fold_1" / "metrics.json").read_text())
+    assert m["slurm_job_id"] and m["threads"] == 1  # from SLURM_CPUS_PER_TASK=1
+    assert m["train_cpu_utilisation"] < 1.25, m["train_cpu_utilisation"]
+
+    # resubmitting the finished run redoes nothing
+    before = {p: p.stat().st_mtime_ns for p in run.glob("sim/fold_*/metrics.json")}
+    array2, reduce2 = submit(run, sim_store[0])
+    assert set(wait(array2)) == {"COMPLETED"} and wait(reduce2) == ["COMPLETED"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    for i in (1, 2, 3):
+        assert "already finished" in (run / "logs" / f"{array2}_{i}.log").read_text()
+
+
+def test_requeued_task_resumes_and_matches_uninterrupted(cluster, sim_store, tmp_path):
+    args = ["--epochs", "40", "--patience", "40", "--batch-size", "4", "--dropout", "0.5"]
+    whole = tmp_path / "whole"
+    run_cli("train", sim_store[0], "--fold", 2, "--run", whole, "--threads", 1, *args)
+    run = tmp_path / "run"
+    env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(args)}
+    job = subprocess.run(["sbatch", "--parsable", "--array=2", "--cpus-per-task=1", "--mem=1500M",
+                          str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    state = run / "sim" / "fold_2.partial" / "state.json"
+    deadline = time.time() + 180
+    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 3):
+        assert time.time() < deadline and "COMPLETED" not in states(job), "task ended before the requeue"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job}_2", "StartTime=now"], check=False)
+    subprocess.run(["scontrol", "release", f"{job}_2"], check=False)
+    assert wait(job, timeout=300) == ["COMPLETED"]
+    log = (run / "logs" / f"{job}_2.log").read_text()
+    assert "restart 1" in log and re.search(r"resuming after epoch ([3-9]|\d\d)", log), log[-2000:]
+    assert ((run / "sim" / "fold_2" / "predictions.csv").read_bytes()
+            == (whole / "sim" / "fold_2" / "predictions.csv").read_bytes())
+
+
+def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(TRAIN)}
+    job = subprocess.run(["sbatch", "--parsable", "--array=1-2", "--cpus-per-task=1", "--mem=1500M",
+                          str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    red = subprocess.run(["sbatch", "--parsable", f"--dependency=afterok:{job}", "--mem=1G",
+                          str(SLURM / "reduce.sh"), str(run)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert set(wait(job)) == {"COMPLETED"}
+    assert wait(red) == ["FAILED"]
+    log = (run / "logs" / f"reduce_{red}.log").read_text()
+    assert "sim fold 3 (missing)" in log and "sbatch --array=3 slurm/cv_array.sh" in log
