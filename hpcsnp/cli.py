@@ -158,19 +158,54 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 
 
 @cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--fold", "-k", "folds", type=click.IntRange(min=1), multiple=True,
+              help="Test fold(s) [all].  Repeat for several.")
+@click.option("--encoding", type=click.Choice(["dosage", "onehot", "both"]), default="both", show_default=True,
+              help="dosage: centred 0/1/2, missing -> mean; onehot: the CNN's channels, missing a category.")
+@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
+@threads_option
+@_handle_errors
+def baseline(store, run_dir, folds, encoding, name, force, threads):
+    """Linear baseline on the same folds: GBLUP/rrBLUP with REML shrinkage.
+
+    Fitted on the training and validation folds, evaluated on the test fold;
+    writes RUN/<name>/baseline_<encoding>/fold_<i>/ (predictions.csv,
+    metrics.json).  `reduce` reports it beside the CNN.
+    """
+    from hpcsnp.resources import cap_threads
+
+    cap_threads(threads)
+    from hpcsnp.baseline import ENCODINGS, baseline_fold
+    from hpcsnp.store import open_store
+
+    encs = ENCODINGS if encoding == "both" else (encoding,)
+    k = open_store(store).n_folds
+    for i in folds or range(1, k + 1):
+        for m in baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force):
+            click.echo(f"{m['dataset']}\tfold {i}\t{m['model']}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}"
+                       f"\tmae {m['mae']:.4g}")
+
+
+@cli.command()
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also fit the linear baseline (GBLUP, both encodings) on the same folds.")
 @threads_option
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, threads, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, threads, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
     Finished folds are skipped, so rerunning after a crash does only the rest.
+    The linear baseline runs on the same folds unless --no-baseline.
     """
     from hpcsnp.cv import run_cv
     from hpcsnp.reduce import reduce_run
@@ -180,13 +215,17 @@ def cv(stores, run_dir, top, force, threads, progress, config_path, **hyper):
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.json")
     run_cv(stores, run, config_path=run / "config.json", threads=threads, force=force,
-           verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress)
+           verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
+           baseline=baseline)
     _print_reduce(reduce_run(run, top=top), run)
 
 
 def _print_reduce(result, run):
     s = result["summary"]
     click.echo(s.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(result["paired"]):
+        click.echo("\nCNN minus the better linear baseline, paired by fold (PCC):")
+        click.echo(result["paired"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo("")
     click.echo(result["top"].groupby("dataset").head(10).to_string(index=False))
     click.echo(f"\noutputs in {run}/: fold_pcc_log.csv fold_pcc_summary.csv top_saliency_snps.csv "

@@ -21,7 +21,7 @@ from hpcsnp.train import fold_dir, is_complete
 
 
 def run_cv(stores, run_dir, *, config_path: Path, threads=None, force=False, verbose=False,
-           progress=True, echo=None) -> list[dict]:
+           progress=True, echo=None, baseline=False) -> list[dict]:
     from tqdm import tqdm
 
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -59,6 +59,14 @@ def run_cv(stores, run_dir, *, config_path: Path, threads=None, force=False, ver
             bar.write(f"{name} fold {i}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, "
                       f"{time.perf_counter() - t0:.0f}s")
         bar.update()
+    if baseline:
+        from hpcsnp.baseline import baseline_fold
+
+        for store, i in jobs:
+            try:
+                baseline_fold(store.path, i, run_dir, force=force, log=bar.write)
+            except MemoryError:
+                bar.write(f"{store.name} fold {i}: baseline skipped, out of memory (it needs O(n^2 + n p))")
     bar.close()
     if failed:
         lines = [f"{len(failed)} fold(s) failed:"] + [f"  {n} fold {i}: see {p}" for n, i, p in failed]

@@ -24,6 +24,7 @@ SUMMARY_CSV = "fold_pcc_summary.csv"
 TOP_CSV = "top_saliency_snps.csv"
 SALIENCY_CSV = "avg_saliency.csv"
 PLOT_PNG = "avg_saliency_across_folds.png"
+PAIRED_CSV = "paired_comparison.csv"
 
 
 def datasets_in(run_dir: Path) -> list[dict]:
@@ -115,6 +116,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
                              "seconds": round(m["seconds"], 2),
                              "saliency_seconds": round(m["saliency_seconds"], 2),
                              "n_test": m["n_test"], "peak_rss_mb": m.get("peak_rss_mb")})
+        log_rows += baseline_rows(run_dir, ds)
         sal, count = mean_saliency(run_dir, name, ds["n_folds"])
         var = pd.read_csv(run_dir / name / "variants.csv", keep_default_na=False,
                           dtype={"snp": str, "chrom": str})
@@ -126,15 +128,64 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         top_frames.append(frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]])
     log = pd.DataFrame(log_rows)
     summary = summarize(log)
+    paired = paired_comparison(log)
     saliency = pd.concat(sal_frames, ignore_index=True)
     tops = pd.concat(top_frames, ignore_index=True)
     _write_csv(log, run_dir / LOG_CSV)
     _write_csv(summary, run_dir / SUMMARY_CSV)
     _write_csv(saliency, run_dir / SALIENCY_CSV)
     _write_csv(tops, run_dir / TOP_CSV)
+    if len(paired):
+        _write_csv(paired, run_dir / PAIRED_CSV)
     if plot:
         plot_saliency(saliency, run_dir / PLOT_PNG, label_top=min(top, 10))
-    return {"log": log, "summary": summary, "top": tops, "saliency": saliency}
+    return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
+
+
+def baseline_rows(run_dir: Path, ds: dict, warn=None) -> list[dict]:
+    """Fold-log rows of each baseline that is complete for this data set; a partial one
+    is left out with a warning naming the command that completes it."""
+    import sys
+
+    from hpcsnp.baseline import ENCODINGS
+
+    warn = warn or (lambda m: print(f"hpcsnp: warning: {m}", file=sys.stderr))
+    rows = []
+    for enc in ENCODINGS:
+        paths = [run_dir / ds["dataset"] / f"baseline_{enc}" / f"fold_{i}" / "metrics.json"
+                 for i in range(1, ds["n_folds"] + 1)]
+        have = [p for p in paths if p.exists()]
+        if not have:
+            continue
+        if len(have) < len(paths):
+            warn(f"{ds['dataset']}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
+                 f"(complete it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc})")
+            continue
+        for i, p in enumerate(paths, start=1):
+            m = json.loads(p.read_text())
+            rows.append({"dataset": ds["dataset"], "model": f"gblup_{enc}", "fold": i, "pcc": m["pcc"],
+                         "mse": m["mse"], "mae": m["mae"], "seconds": round(m["seconds"], 2),
+                         "saliency_seconds": 0.0, "n_test": m["n_test"]})
+    return rows
+
+
+def paired_comparison(log: pd.DataFrame) -> pd.DataFrame:
+    """Per data set: CNN PCC minus the better baseline's (higher mean PCC), fold by fold."""
+    rows = []
+    for name, g in log.groupby("dataset", sort=False):
+        cnn = g[g["model"] == "cnn"].set_index("fold")["pcc"]
+        base = g[g["model"] != "cnn"]
+        if base.empty or cnn.empty:
+            continue
+        best = base.groupby("model")["pcc"].mean().idxmax()
+        b = base[base["model"] == best].set_index("fold")["pcc"]
+        d = (cnn - b).dropna()
+        rows.append({"dataset": name, "baseline": best, "n_folds": len(d), "cnn_pcc_mean": cnn.mean(),
+                     "baseline_pcc_mean": b.mean(), "diff_mean": d.mean(),
+                     "diff_sd": d.std(ddof=1) if len(d) > 1 else float("nan"),
+                     "diff_se": d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"),
+                     "folds_cnn_better": int((d > 0).sum())})
+    return pd.DataFrame(rows)
 
 
 def summarize(log: pd.DataFrame) -> pd.DataFrame:
@@ -144,7 +195,7 @@ def summarize(log: pd.DataFrame) -> pd.DataFrame:
         for k in ("pcc", "mse", "mae"):
             row[f"{k}_mean"] = g[k].mean()
             row[f"{k}_sd"] = g[k].std(ddof=1) if len(g) > 1 else float("nan")
-        row["seconds_total"] = g["seconds"].sum() + g["saliency_seconds"].sum()
+        row["seconds_total"] = g["seconds"].sum() + g["saliency_seconds"].fillna(0).sum()
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from dataclasses import dataclass
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -40,17 +41,42 @@ class Slurm:
 
 
 def granted_cpus(threads: int | None = None, env=None) -> int:
-    """Cores this process may use: --threads, else SLURM_CPUS_PER_TASK, else
-    the CPU affinity mask (which also honours taskset and cgroup cpusets)."""
+    """Cores this process may use: --threads, else HPCSNP_THREADS, else
+    SLURM_CPUS_PER_TASK, else the CPU affinity mask (taskset, cgroup cpusets)
+    further limited by a cgroup CPU quota (docker --cpus)."""
+    env = os.environ if env is None else env
     if threads:
         return max(1, int(threads))
+    if env.get("HPCSNP_THREADS", "").isdigit() and int(env["HPCSNP_THREADS"]) > 0:
+        return int(env["HPCSNP_THREADS"])
     slurm = Slurm.from_env(env)
     if slurm.cpus_per_task:
         return slurm.cpus_per_task
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(n, quota)) if quota else n
+
+
+def _cgroup_cpu_quota(root="/sys/fs/cgroup") -> int | None:
+    """CPUs allowed by a cgroup CPU quota (docker --cpus), None when unlimited:
+    cgroup v2 ``cpu.max`` ("150000 100000" -> 2) or v1 ``cpu/cpu.cfs_quota_us``."""
+    import math
+
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit():
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def cap_threads(threads: int | None = None) -> int:

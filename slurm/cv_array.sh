@@ -27,6 +27,7 @@
 #
 # Environment:
 #   HPCSNP_TRAIN_ARGS  extra `hpcsnp train` options, e.g. "--config run.json" or "--epochs 200"
+#   HPCSNP_BASELINE    1 (default): also fit the linear baseline (GBLUP) on the same fold; 0: skip
 #   HPCSNP_IMAGE       run hpcsnp inside this Apptainer/Singularity image (.sif)
 #   HPCSNP_CONTAINER   apptainer or singularity [the first one found]
 #   HPCSNP_BIND        extra bind paths for the container, e.g. /scratch,/projects
@@ -64,6 +65,9 @@ for store in "$@"; do
   # word splitting of HPCSNP_TRAIN_ARGS is intended: it holds several options
   # shellcheck disable=SC2086
   "${hpcsnp[@]}" train "$store" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
+  if [ "${HPCSNP_BASELINE:-1}" != 0 ]; then
+    "${hpcsnp[@]}" baseline "$store" --fold "$task" --run "$run_dir" || status=$?
+  fi
 done
 echo "== task $task done at $(date -Is), exit $status"
 exit "$status"

@@ -13,6 +13,17 @@ host="$(hostname -s)"
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
 
+stop() {
+  pkill -x slurmd 2>/dev/null || true
+  pkill -x slurmctld 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    running slurmctld || running slurmd || return 0
+    sleep 0.5
+  done
+  pkill -9 -x slurmd 2>/dev/null || true
+  pkill -9 -x slurmctld 2>/dev/null || true
+}
+
 install() {
   if command -v slurmctld >/dev/null && command -v munged >/dev/null; then return; fi
   if [ "${HPCSNP_SLURM_INSTALL:-1}" = 0 ]; then echo "local-cluster: slurm-wlm/munge not installed" >&2; exit 1; fi
@@ -24,8 +35,10 @@ install() {
 
 configure() {
   local cpus mem
-  cpus="$(nproc)"
-  mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
+  # what slurmd itself detects (nproc would follow OMP_NUM_THREADS)
+  cpus="$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)"
+  # whole GiB, 90 %: MemTotal drifts by a few MB on VMs, and any change restarts the daemons
+  mem="$(awk '/MemTotal/ {print int($2 / 1048576 * 0.9) * 1024}' /proc/meminfo)"
   mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge
   local want
   want="$(cat <<CONF
@@ -64,10 +77,8 @@ CONF
 )"
   if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
     printf '%s\n' "$want" > "$conf"
-    # a changed configuration needs restarted daemons
-    pkill -x slurmctld 2>/dev/null || true
-    pkill -x slurmd 2>/dev/null || true
-    sleep 1
+    # a changed configuration needs restarted daemons; wait until the old ones are gone
+    stop
   fi
   if [ ! -s /etc/munge/munge.key ]; then
     mkdir -p /etc/munge
@@ -99,7 +110,7 @@ wait_idle() {
 
 case "$cmd" in
   up) install; configure; start; wait_idle ;;
-  down) pkill -x slurmd || true; pkill -x slurmctld || true ;;
+  down) stop ;;
   status) sinfo; squeue ;;
   *) echo "usage: $0 [up|down|status]" >&2; exit 2 ;;
 esac

@@ -87,11 +87,31 @@ def test_help_explains_every_verb():
 def test_threads_come_from_flag_then_slurm_then_affinity(monkeypatch, env, flag, expect):
     import os
 
+    from hpcsnp.resources import THREAD_ENV
+
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("HPCSNP_THREADS", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "OPENBLAS_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)
+    for name in THREAD_ENV:  # cap_threads writes these: let monkeypatch restore them afterwards
+        monkeypatch.setenv(name, "unset-by-test")
     n = cap_threads(flag)
     assert n == (expect or len(os.sched_getaffinity(0))) == granted_cpus(flag)
     assert os.environ["OMP_NUM_THREADS"] == os.environ["TF_NUM_INTRAOP_THREADS"] == str(n)
+
+
+def test_hpcsnp_threads_env_and_cgroup_quota(monkeypatch, tmp_path):
+    from hpcsnp.resources import _cgroup_cpu_quota
+
+    monkeypatch.setenv("HPCSNP_THREADS", "5")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert granted_cpus() == 5 and granted_cpus(2) == 2
+    v2, unlimited, v1 = tmp_path / "v2", tmp_path / "max", tmp_path / "v1"
+    for d in (v2, unlimited, v1 / "cpu"):
+        d.mkdir(parents=True)
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    (unlimited / "cpu.max").write_text("max 100000\n")
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(v2) == 2 and _cgroup_cpu_quota(unlimited) is None
+    assert _cgroup_cpu_quota(v1) == 1 and _cgroup_cpu_quota(tmp_path / "absent") is None

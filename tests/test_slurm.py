@@ -33,8 +33,10 @@ def cluster():
 
 
 def states(job):
-    out = subprocess.run(["scontrol", "show", "job", "-o", str(job)], capture_output=True, text=True).stdout
-    return re.findall(r"JobState=(\S+)", out)
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job)], capture_output=True, text=True)
+    if "Unable to contact slurm controller" in proc.stderr:
+        raise AssertionError(f"the SLURM controller is down: {proc.stderr.strip()}")
+    return re.findall(r"JobState=(\S+)", proc.stdout)
 
 
 def wait(job, timeout=300, want=None):
