@@ -11,9 +11,11 @@ skipped unless ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -23,9 +25,13 @@ import numpy as np
 
 from hpcsnp.config import Config
 from hpcsnp.data import RowSource, fold_split, should_cache
-from hpcsnp.errors import InputError
+from hpcsnp.errors import HpcsnpError, InputError
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
 from hpcsnp.store import atomic_replace_dir, atomic_write_text, open_store
+
+class FoldBusyError(HpcsnpError):
+    """The fold is locked by another live process."""
+
 
 FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
 
@@ -91,10 +97,44 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
             raise InputError(f"{store.path}: fold {fold} has no {name} samples")
     write_dataset_info(run_dir, dataset, store)
     partial = final.with_name(final.name + ".partial")
-    if force:
-        shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True, exist_ok=True)
+    with fold_lock(final, dataset, fold):
+        if is_complete(final) and not force:  # finished by another process while we waited
+            return train_fold(store_path, fold, run_dir, cfg, dataset=dataset, threads=threads, log=log)
+        if force:
+            shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        return _train(store, split, dataset, fold, final, partial, run_dir, cfg, threads, log)
 
+
+@contextlib.contextmanager
+def fold_lock(final: Path, dataset: str, fold: int):
+    """Exclusive lock on one fold (flock on ``fold_<i>.lock``): a second process training
+    the same fold fails at once instead of clobbering it.  The kernel drops the lock when
+    its holder dies, even by SIGKILL, so a requeued task is never locked out."""
+    import fcntl
+
+    path = final.with_name(final.name + ".lock")
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise FoldBusyError(f"{dataset} fold {fold} is being trained by {holder}; not starting a "
+                                "second copy (the lock goes when that process ends)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train(store, split, dataset, fold, final, partial, run_dir, cfg, threads, log) -> FoldResult:
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     import keras
