@@ -26,7 +26,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin hpcsnp \
  && mkdir /data && chown hpcsnp /data
-USER hpcsnp
+USER 1000:1000
 WORKDIR /data
 ENTRYPOINT ["hpcsnp"]
 CMD ["--help"]

@@ -173,3 +173,18 @@ def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path):
     train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32),
                log=logs.append)
     assert any("beyond the ISRU bound" in line for line in logs)
+
+
+def test_reduce_on_a_distributed_scheduler_gives_the_same_saliency(run):
+    """`reduce --scheduler tcp://...`: the Dask graph runs on a distributed cluster."""
+    distributed = pytest.importorskip("distributed")
+    from hpcsnp.reduce import dask_context, reduce_run
+
+    run_dir, _ = run
+    local = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with dask_context(cluster.scheduler_address) as client:
+            assert client is not None
+            remote = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
+    np.testing.assert_array_equal(local, remote)
