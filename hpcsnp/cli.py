@@ -100,32 +100,76 @@ def cli(verbose):
 
 
 @cli.command()
-@click.argument("data", type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False), required=False)
 @click.option("-o", "--out", type=click.Path(), help="Store to write [DATA's name with .zarr, here].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing store.")
-@click.option("--strict", is_flag=True, help="Treat NA/nan/. genotype cells as errors, not missing.")
-@click.option("--drop-missing-phenotype", is_flag=True, help="Drop rows whose phenotype is missing.")
+@click.option("--strict", is_flag=True,
+              help="Text: NA/nan/. cells are errors.  VCF: multiallelic/indel/non-diploid sites are errors.")
+@click.option("--drop-missing-phenotype", is_flag=True, help="Text: drop rows whose phenotype is missing.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Samples per genotype chunk [~1 MiB].")
+@click.option("--bfile", type=click.Path(), help="PLINK .bed/.bim/.fam prefix (instead of DATA).")
+@click.option("--pheno", type=click.Path(exists=True, dir_okay=False),
+              help="VCF/PLINK: phenotype table (first column sample id; tab or comma separated).")
+@click.option("--pheno-column", help="Trait column of --pheno [its second column].")
+@click.option("--drop-unmatched", is_flag=True,
+              help="Keep only samples with both genotypes and a phenotype (else a mismatch is an error).")
+@click.option("--folds", "n_folds", type=click.IntRange(3, 10), help="Assign K folds at random (balanced).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --folds.")
+@click.option("--folds-from", type=click.Path(exists=True, dir_okay=False), help="Table of sample id, fold.")
+@click.option("--group-column", help="With --folds: keep each group of this --pheno column in one fold.")
+@click.option("--min-maf", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
+@click.option("--max-missing", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Drop SNPs with a larger missing rate.")
+@click.option("--max-sample-missing", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Drop samples with a larger missing rate.")
 @progress_option
 @_handle_errors
-def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, progress):
-    """Validate a genotype table and convert it to an int8 Zarr store.
+def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, pheno, pheno_column,
+           drop_unmatched, n_folds, seed, folds_from, group_column, min_maf, max_missing,
+           max_sample_missing, progress):
+    """Validate genotypes and convert them to an int8 Zarr store.
 
-    DATA is tab-separated text (plain or gzip): a header, then per sample the
-    fold (1..K), the phenotype and one genotype code per SNP (0, 1, 2; -1 or
-    NA for missing).  An optional first column named id/sample/strain holds
-    sample ids.  Prints a summary of what was stored.
+    \b
+    Three inputs:
+      hpcsnp ingest data.tsv.gz                      fold, phenotype, SNP columns (text, plain or gzip)
+      hpcsnp ingest calls.vcf.gz --pheno pheno.tsv   VCF/BCF, with a phenotype table keyed by sample id
+      hpcsnp ingest --bfile geno --pheno pheno.tsv   PLINK .bed/.bim/.fam
+
+    Text: per sample the fold (1..K), the phenotype and one code per SNP (0,
+    1, 2; -1 or NA missing); an optional first column id/sample/strain holds
+    sample ids.  VCF/PLINK: dosage = ALT (A1) allele count; folds from
+    --folds K [--group-column], --folds-from, or a 'fold' column of --pheno.
+    Prints a summary of what was stored.
     """
-    from hpcsnp.ingest import ingest_tsv
-
+    show = _progress_default() if progress is None else progress
+    is_vcf = data is not None and any(str(data).endswith(s) for s in (".vcf", ".vcf.gz", ".bcf", ".vcf.bgz"))
+    if bfile is None and data is not None and str(data).endswith(".bed"):
+        bfile = data
+    if data is None and bfile is None:
+        raise click.UsageError("give DATA (text or VCF) or --bfile PREFIX")
     if out is None:
-        name = Path(data).name
-        for suffix in (".gz", ".tsv", ".txt", ".tab"):
+        name = Path(bfile or data).name
+        for suffix in (".gz", ".bgz", ".tsv", ".txt", ".tab", ".vcf", ".bcf", ".bed"):
             name = name[: -len(suffix)] if name.endswith(suffix) else name
         out = name + ".zarr"
-    report = ingest_tsv(data, out, force=force, strict=strict,
-                        drop_missing_phenotype=drop_missing_phenotype, chunk_rows=chunk_rows,
-                        progress=_progress_default() if progress is None else progress)
+    if is_vcf or bfile:
+        from hpcsnp.errors import InputError
+        from hpcsnp.ingest_genotypes import PlinkSource, VcfSource, ingest_genotypes
+
+        if pheno is None:
+            raise InputError("VCF and PLINK input need --pheno TABLE (sample id, trait, ...)")
+        source = PlinkSource(bfile, strict=strict) if bfile else VcfSource(data, strict=strict)
+        report = ingest_genotypes(source, out, pheno=pheno, pheno_column=pheno_column,
+                                  drop_unmatched=drop_unmatched, folds=n_folds, seed=seed,
+                                  folds_file=folds_from, group_column=group_column, min_maf=min_maf,
+                                  max_missing=max_missing, max_sample_missing=max_sample_missing,
+                                  force=force, progress=show, chunk_rows=chunk_rows)
+    else:
+        from hpcsnp.ingest import ingest_tsv
+
+        report = ingest_tsv(data, out, force=force, strict=strict,
+                            drop_missing_phenotype=drop_missing_phenotype, chunk_rows=chunk_rows,
+                            progress=show)
     click.echo(report.summary())
 
 
@@ -296,11 +340,19 @@ def query(run_dir, snps):
               help="Fraction of calls set missing (-1) at random.")
 @click.option("--heritability", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--formats", is_flag=True,
+              help="Treat OUT as a directory and write the same data as TSV, VCF and PLINK + pheno.tsv.")
 @_handle_errors
-def simulate(out, samples, snps, causal, folds, missing, heritability, seed):
+def simulate(out, samples, snps, causal, folds, missing, heritability, seed, formats):
     """Write a simulated data set with planted causal SNPs (OUT, plus OUT.causal.tsv)."""
     from hpcsnp.simulate import simulate as sim
 
+    if formats:
+        from hpcsnp.simulate import simulate_formats
+
+        paths = simulate_formats(out, samples=samples, snps=snps, folds=folds, missing=missing, seed=seed)
+        click.echo("\n".join(f"{k}\t{v}" for k, v in paths.items()))
+        return
     truth = sim(out, samples=samples, snps=snps, causal=causal, folds=folds, missing=missing,
                 heritability=heritability, seed=seed)
     click.echo(f"wrote {out}: {samples} samples x {snps} SNPs, {folds} folds; causal SNPs "

@@ -102,6 +102,7 @@ class IngestReport:
     seconds: float = 0.0
     bytes_read: int = 0
     id_column: bool = False
+    extra: list = field(default_factory=list)  # lines the VCF/PLINK path adds
 
     def summary(self) -> str:
         lines = [f"store        {self.store}",
@@ -117,6 +118,7 @@ class IngestReport:
             lines.append(f"dropped      {self.dropped_missing_phenotype:,} rows with a missing phenotype")
         if self.constant_snps:
             lines.append(f"constant     {len(self.constant_snps):,} SNPs have one value in every sample")
+        lines += self.extra
         mb = self.bytes_read / 1e6
         rate = mb / self.seconds if self.seconds > 0 else float("nan")
         lines.append(f"chunks       {self.chunk_rows} samples x all SNPs, int8")
@@ -209,6 +211,13 @@ class StoreWriter:
             "hpcsnp_version": __version__, "provenance": provenance(),
         })
         self.group.attrs[COMPLETE_KEY] = True  # last write: marks the store usable
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():  # zarr calls v3 consolidated metadata experimental
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.tmp))  # so xarray.open_zarr(STORE) needs no flags
         if self.path.exists():
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)

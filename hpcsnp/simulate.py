@@ -111,3 +111,57 @@ def simulate_store(path, *, samples=1000, snps=1000, folds=5, missing=0.0, seed=
     except BaseException:
         writer.abort()
         raise
+
+
+def write_vcf(path, sample_ids, names, genotypes) -> None:
+    """Genotypes [samples, variants] (0/1/2/-1) as a VCF (gzip if .gz); CHROM and POS from
+    names like Chr01_12345, ID '.', REF A, ALT G, unphased GT."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    gt_text = np.array(["0/0", "0/1", "1/1", "./."])
+    with opener(path, "wt", newline="\n") as f:
+        f.write("##fileformat=VCFv4.2\n##source=hpcsnp.simulate\n")
+        for c in dict.fromkeys(n.rsplit("_", 1)[0] for n in names):
+            f.write(f"##contig=<ID={c}>\n")
+        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
+        f.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(sample_ids) + "\n")
+        for j, name in enumerate(names):
+            chrom, pos = name.rsplit("_", 1)
+            calls = gt_text[np.where(genotypes[:, j] < 0, 3, genotypes[:, j])]
+            f.write(f"{chrom}\t{pos}\t.\tA\tG\t.\tPASS\t.\tGT\t" + "\t".join(calls) + "\n")
+
+
+def write_plink(prefix, sample_ids, names, genotypes) -> None:
+    """Genotypes as PLINK .bed/.bim/.fam (A1 = the counted allele = ALT), via bed-reader."""
+    from bed_reader import to_bed
+
+    val = genotypes.astype(np.float32)
+    val[genotypes < 0] = np.nan
+    chrom = [n.rsplit("_", 1)[0] for n in names]
+    pos = [int(n.rsplit("_", 1)[1]) for n in names]
+    to_bed(f"{prefix}.bed", val, properties={"iid": list(sample_ids), "fid": list(sample_ids),
+                                              "sid": list(names), "chromosome": chrom, "bp_position": pos,
+                                              "allele_1": ["G"] * len(names), "allele_2": ["A"] * len(names)})
+
+
+def simulate_formats(directory, *, samples=200, snps=100, folds=5, missing=0.05, seed=0):
+    """The same simulated data as TSV (with an id column), VCF + phenotype table, and PLINK +
+    the same table; returns the paths.  Holds the matrix in memory: for tests and demos."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tsv = d / "sim.tsv"
+    simulate(tsv, samples=samples, snps=snps, causal=min(3, snps), folds=folds, missing=missing, seed=seed)
+    import pandas as pd
+
+    table = pd.read_csv(tsv, sep="\t")
+    ids = [f"S{i + 1:05d}" for i in range(len(table))]
+    names = list(table.columns[2:])
+    g = table.iloc[:, 2:].to_numpy(np.int8)
+    table.insert(0, "sample", ids)
+    table.to_csv(tsv, sep="\t", index=False)
+    families = [f"F{(i * 7) % max(2, folds * 2):02d}" for i in range(len(ids))]
+    pd.DataFrame({"sample": ids, "height": table["phenotype"], "fold": table["fold"], "family": families}) \
+        .to_csv(d / "pheno.tsv", sep="\t", index=False)
+    write_vcf(d / "sim.vcf.gz", ids, names, g)
+    write_plink(d / "sim", ids, names, g)
+    return {"tsv": tsv, "vcf": d / "sim.vcf.gz", "bfile": d / "sim", "pheno": d / "pheno.tsv"}

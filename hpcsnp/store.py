@@ -136,7 +136,7 @@ def open_store(path) -> Store:
     if not path.exists():
         raise StoreError(f"{path}: no such store (create one with `hpcsnp ingest DATA.tsv -o {path}`)")
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     except Exception as e:  # zarr raises several types for "not a group"
         raise StoreError(f"{path}: not a Zarr store ({e})") from None
     attrs = dict(group.attrs)

@@ -1,0 +1,256 @@
+"""VCF and PLINK genotypes + a phenotype table -> the same Zarr store as the text path.
+
+VCFs and .bed files are variant-major, the store is sample-major (training
+reads whole samples).  Pass 1 streams blocks of variants (cyvcf2 / bed-reader,
+never the whole file) into a temporary variant-major array tiled 2-D
+(variants x samples); pass 2 reads it one column of tiles at a time and writes
+the store's row chunks.  Memory: one block of variants x all samples, plus one
+row chunk x all variants.
+
+Dosage is the count of ALT alleles (VCF GT) or of the .bim A1 allele (PLINK:
+the ALT allele in files written by plink2 --make-bed); missing calls are -1.
+Multiallelic sites, indels and non-diploid calls are skipped and counted
+(``strict`` makes them errors).  A variant without an ID is named CHROM_POS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from hpcsnp.errors import InputError
+from hpcsnp.ingest import IngestReport, StoreWriter
+from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
+from hpcsnp.store import default_chunk_rows, tmp_name
+
+
+class VcfSource:
+    def __init__(self, path, strict=False):
+        try:
+            from cyvcf2 import VCF
+        except ImportError:
+            raise InputError("reading VCF needs cyvcf2: pip install cyvcf2") from None
+        self.path, self.strict = Path(path), strict
+        if not self.path.is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            self.vcf = VCF(str(path), gts012=True, lazy=True)
+        except (OSError, Exception) as e:  # cyvcf2 raises plain Exception for a bad header
+            raise InputError(f"{path}: not a readable VCF ({e})") from None
+        self.samples = list(self.vcf.samples)
+        if not self.samples:
+            raise InputError(f"{path}: the VCF has no samples")
+        self.skipped = Counter()
+
+    def blocks(self, keep, block=1024):
+        ids, contigs, positions, rows = [], [], [], []
+        try:
+            for v in self.vcf:
+                why = None
+                if len(v.ALT) != 1:
+                    why = "multiallelic" if len(v.ALT) > 1 else "no ALT allele"
+                elif not v.is_snp:
+                    why = "not a SNP (indel or other)"
+                elif v.ploidy != 2:
+                    why = f"ploidy {v.ploidy}"
+                if why:
+                    if self.strict:
+                        raise InputError(f"{self.path}: {v.CHROM}:{v.POS}: {why} (drop --strict to skip such sites)")
+                    self.skipped[why] += 1
+                    continue
+                gt = v.gt_types[keep].astype(np.int8)
+                gt[gt == 3] = -1
+                ids.append(v.ID or f"{v.CHROM}_{v.POS}")
+                contigs.append(v.CHROM)
+                positions.append(v.POS)
+                rows.append(gt)
+                if len(rows) == block:
+                    yield ids, contigs, positions, np.stack(rows)
+                    ids, contigs, positions, rows = [], [], [], []
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{self.path}: corrupt VCF ({type(e).__name__}: {e})") from None
+        if rows:
+            yield ids, contigs, positions, np.stack(rows)
+
+
+class PlinkSource:
+    def __init__(self, bfile, strict=False):
+        try:
+            from bed_reader import open_bed
+        except ImportError:
+            raise InputError("reading PLINK needs bed-reader: pip install bed-reader") from None
+        prefix = str(bfile)[:-4] if str(bfile).endswith(".bed") else str(bfile)
+        self.path = Path(prefix + ".bed")
+        for ext in (".bed", ".bim", ".fam"):
+            if not Path(prefix + ext).is_file():
+                raise InputError(f"{prefix}{ext}: no such file (PLINK needs .bed, .bim and .fam)")
+        try:
+            self.bed = open_bed(self.path)
+            self.samples = [str(s) for s in self.bed.iid]
+            self.sid, self.chrom = self.bed.sid, self.bed.chromosome
+            self.pos = self.bed.bp_position
+        except Exception as e:
+            raise InputError(f"{self.path}: not a readable PLINK file set ({e})") from None
+        self.skipped = Counter()
+
+    def blocks(self, keep, block=1024):
+        n = len(self.sid)
+        for start in range(0, n, block):
+            end = min(n, start + block)
+            try:
+                g = self.bed.read(index=np.s_[keep, start:end], dtype="int8", order="C")
+            except Exception as e:
+                raise InputError(f"{self.path}: corrupt .bed ({e})") from None
+            g = g.T.copy()
+            g[(g < 0) | (g > 2)] = -1
+            ids = [s if s not in ("", ".") else f"{c}_{p}" for s, c, p in
+                   zip(self.sid[start:end], self.chrom[start:end], self.pos[start:end])]
+            yield ids, [str(c) for c in self.chrom[start:end]], [int(p) for p in self.pos[start:end]], g
+
+
+def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=False, folds=None, seed=0,
+                     folds_file=None, group_column=None, min_maf=0.0, max_missing=1.0,
+                     max_sample_missing=1.0, force=False, progress=True, chunk_rows=None,
+                     block=1024, warn=None) -> IngestReport:
+    from tqdm import tqdm
+
+    warn = warn or (lambda m: print(f"hpcsnp: warning: {m}", file=sys.stderr))
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; use --force to overwrite it")
+    trait, table = read_pheno(pheno, pheno_column)
+    keep, n_no_pheno, n_no_geno = match_samples(source.samples, trait, drop_unmatched=drop_unmatched,
+                                                source=str(source.path))
+    ids = [source.samples[i] for i in keep]
+    y = trait.loc[ids].to_numpy(np.float32)
+    n = len(ids)
+    crow = chunk_rows or 256
+    tmp_v = Path(str(tmp_name(out)) + "-variants")
+    shutil.rmtree(tmp_v, ignore_errors=True)
+    import zarr
+
+    T = zarr.create_array(str(tmp_v), shape=(0, n), chunks=(block, crow), dtype="int8", fill_value=-1)
+    vid, vchrom, vpos = [], [], []
+    sample_missing = np.zeros(n, dtype=np.int64)
+    filtered = Counter()
+    bar = tqdm(desc=f"ingest {source.path.name}", unit=" variants", disable=not progress, file=sys.stderr)
+    writer = None
+    try:
+        for bids, bchrom, bpos, g in source.blocks(keep, block):
+            miss = g < 0
+            n_called = (~miss).sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                freq = np.where(miss, 0, g).sum(1) / (2 * n_called)
+            maf = np.minimum(freq, 1 - freq)
+            ok = np.ones(len(g), bool)
+            if max_missing < 1.0:
+                bad = miss.mean(1) > max_missing
+                filtered["missing rate above --max-missing"] += int(bad.sum())
+                ok &= ~bad
+            if min_maf > 0:
+                bad = ~(maf >= min_maf) & ok  # nan (no calls) also fails
+                filtered["MAF below --min-maf"] += int(bad.sum())
+                ok &= ~bad
+            g = g[ok]
+            sample_missing += (g < 0).sum(0)
+            T.append(g, axis=0)
+            sel = np.flatnonzero(ok)
+            vid += [bids[i] for i in sel]
+            vchrom += [bchrom[i] for i in sel]
+            vpos += [bpos[i] for i in sel]
+            bar.update(len(bids))
+        bar.close()
+        n_var = T.shape[0]
+        if n_var == 0:
+            raise InputError(f"{source.path}: no variant left (skipped: {dict(source.skipped) or 'none'}; "
+                             f"filtered: {dict(filtered) or 'none'})")
+        dup = _first_duplicate(vid)
+        if dup:
+            raise InputError(f"{source.path}: variant id {dup!r} occurs twice")
+        srow = sample_missing / n_var > max_sample_missing
+        if srow.all():
+            raise InputError(f"every sample has more than {max_sample_missing:.0%} missing calls")
+        kept = np.flatnonzero(~srow)
+        if srow.any():
+            warn(f"dropped {int(srow.sum())} sample(s) with more than {max_sample_missing:.0%} missing calls")
+        ids_k = [ids[i] for i in kept]
+        if folds_file:
+            fold = folds_from(folds_file, ids_k)
+            how = f"from {folds_file}"
+        elif folds:
+            groups = None
+            if group_column:
+                if group_column not in table.columns:
+                    raise InputError(f"{pheno}: no column {group_column!r} for --group-column")
+                groups = table.loc[ids_k, group_column].to_numpy()
+            fold = assign_folds(ids_k, folds, seed, groups)
+            how = f"random, K={folds}, seed {seed}" + (f", whole {group_column} groups" if groups is not None else "")
+        elif "fold" in table.columns:
+            fold = folds_from(pheno, ids_k)
+            how = f"'fold' column of {pheno}"
+        else:
+            raise InputError("no folds: give --folds K [--seed S] [--group-column COL], --folds-from FILE, "
+                             "or a 'fold' column in the phenotype table")
+        # contig/position as given by the file, not parsed from names
+        writer = StoreWriter(out, vid, force=force, chunk_rows=chunk_rows or default_chunk_rows(n_var))
+        writer.group["variant_contig"][:] = np.asarray(vchrom, dtype=np.dtypes.StringDType())
+        writer.group["variant_position"][:] = np.asarray(vpos, dtype=np.int64)
+        step = writer.chunk_rows
+        for s in range(0, len(kept), step):
+            rows = kept[s:s + step]
+            block_t = T[:, rows[0]:rows[-1] + 1]
+            writer.add_block(np.ascontiguousarray(block_t[:, rows - rows[0]].T))
+        k = int(fold.max())
+        sizes = np.bincount(fold, minlength=k + 1)[1:]
+        yk = y[kept]
+        writer.finish(ids_k, yk, fold, {
+            "n_folds": k, "fold_sizes": [int(x) for x in sizes], "fold_assignment": how,
+            "source": {"path": str(source.path.resolve()), "name": source.path.name,
+                       "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},
+            "skipped_variants": dict(source.skipped), "filtered_variants": dict(filtered),
+            "filters": {"min_maf": min_maf, "max_missing": max_missing, "max_sample_missing": max_sample_missing},
+            "dropped_samples": {"no_phenotype": n_no_pheno, "phenotype_only": n_no_geno,
+                                "sample_missing": int(srow.sum())},
+            "phenotype_mean": float(yk.mean()), "phenotype_sd": float(yk.std(ddof=1)) if len(yk) > 1 else 0.0,
+        })
+        rep = IngestReport(store=str(out), source=str(source.path), n_samples=len(kept), n_variants=n_var,
+                           n_folds=k, fold_sizes={i + 1: int(x) for i, x in enumerate(sizes)},
+                           missing_rate=writer.missing / (len(kept) * n_var),
+                           phenotype_mean=float(yk.mean()), phenotype_sd=float(yk.std(ddof=1)) if len(yk) > 1 else 0.0,
+                           parsed_positions=n_var, chunk_rows=writer.chunk_rows,
+                           bytes_read=source.path.stat().st_size)
+        rep.seconds = time.perf_counter() - t0
+        rep.extra = [f"folds        {how}"]
+        if source.skipped:
+            rep.extra.append("skipped      " + ", ".join(f"{v} {k}" for k, v in source.skipped.items()))
+        if filtered:
+            rep.extra.append("filtered     " + ", ".join(f"{v} {k}" for k, v in filtered.items()))
+        if n_no_pheno or n_no_geno or srow.any():
+            rep.extra.append(f"dropped      {n_no_pheno} genotyped without phenotype, {n_no_geno} phenotyped "
+                             f"without genotypes, {int(srow.sum())} over --max-sample-missing")
+        return rep
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+        shutil.rmtree(tmp_v, ignore_errors=True)
+
+
+def _first_duplicate(items):
+    seen = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
