@@ -117,18 +117,18 @@ def write_vcf(path, sample_ids, names, genotypes) -> None:
     """Genotypes [samples, variants] (0/1/2/-1) as a VCF (gzip if .gz); CHROM and POS from
     names like Chr01_12345, ID '.', REF A, ALT G, unphased GT."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    gt_text = np.array(["0/0", "0/1", "1/1", "./."])
-    with opener(path, "wt", newline="\n") as f:
-        f.write("##fileformat=VCFv4.2\n##source=hpcsnp.simulate\n")
-        for c in dict.fromkeys(n.rsplit("_", 1)[0] for n in names):
-            f.write(f"##contig=<ID={c}>\n")
-        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
-        f.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(sample_ids) + "\n")
+    gt = np.array([b"./.\t", b"0/0\t", b"0/1\t", b"1/1\t"], dtype=object)  # indexed by code + 1
+    head = ["##fileformat=VCFv4.2", "##source=hpcsnp.simulate"]
+    head += [f"##contig=<ID={c}>" for c in dict.fromkeys(n.rsplit("_", 1)[0] for n in names)]
+    head += ['##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(sample_ids)]
+    f = gzip.open(path, "wb", compresslevel=1) if path.suffix == ".gz" else open(path, "wb")
+    with f:
+        f.write(("\n".join(head) + "\n").encode())
         for j, name in enumerate(names):
             chrom, pos = name.rsplit("_", 1)
-            calls = gt_text[np.where(genotypes[:, j] < 0, 3, genotypes[:, j])]
-            f.write(f"{chrom}\t{pos}\t.\tA\tG\t.\tPASS\t.\tGT\t" + "\t".join(calls) + "\n")
+            calls = b"".join(gt[genotypes[:, j].astype(np.int64) + 1])
+            f.write(f"{chrom}\t{pos}\t.\tA\tG\t.\tPASS\t.\tGT\t".encode() + calls[:-1] + b"\n")
 
 
 def write_plink(prefix, sample_ids, names, genotypes) -> None:
