@@ -89,21 +89,25 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
     run_dir = Path(run_dir)
     final = fold_dir(run_dir, dataset, fold)
     if is_complete(final) and not force:
-        metrics = json.loads((final / "metrics.json").read_text())
-        log(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
-        return FoldResult(dataset, fold, final, metrics, skipped=True)
+        return _skipped(final, dataset, fold, log)
     for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
         if len(rows) == 0:
             raise InputError(f"{store.path}: fold {fold} has no {name} samples")
     write_dataset_info(run_dir, dataset, store)
     partial = final.with_name(final.name + ".partial")
     with fold_lock(final, dataset, fold):
-        if is_complete(final) and not force:  # finished by another process while we waited
-            return train_fold(store_path, fold, run_dir, cfg, dataset=dataset, threads=threads, log=log)
+        if is_complete(final) and not force:  # finished by another process just before we locked
+            return _skipped(final, dataset, fold, log)
         if force:
             shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
-        return _train(store, split, dataset, fold, final, partial, run_dir, cfg, threads, log)
+        return _train(store, split, dataset, fold, final, partial, cfg, threads, log)
+
+
+def _skipped(final: Path, dataset: str, fold: int, log) -> FoldResult:
+    metrics = json.loads((final / "metrics.json").read_text())
+    log(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
+    return FoldResult(dataset, fold, final, metrics, skipped=True)
 
 
 @contextlib.contextmanager
@@ -134,7 +138,7 @@ def fold_lock(final: Path, dataset: str, fold: int):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _train(store, split, dataset, fold, final, partial, run_dir, cfg, threads, log) -> FoldResult:
+def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> FoldResult:
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     import keras

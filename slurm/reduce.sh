@@ -30,6 +30,7 @@ if [ "$boot" != "$(readlink -f "$log")" ]; then
   case "$boot" in *.out) trap '[ -f "$boot" ] && [ ! -s "$boot" ] && rm -f "$boot"' EXIT ;; esac
 fi
 
+# (kept in each script: sbatch runs a spooled copy, which cannot source a sibling file)
 if [ -n "${HPCSNP_IMAGE:-}" ]; then
   runtime="${HPCSNP_CONTAINER:-$(command -v apptainer || command -v singularity || echo apptainer)}"
   hpcsnp=("$runtime" exec --bind "$(readlink -f "$run_dir")${HPCSNP_BIND:+,$HPCSNP_BIND}" "$HPCSNP_IMAGE" hpcsnp)
