@@ -23,12 +23,13 @@ def peak_rss(store, run, cache):
 
 def test_train_peak_rss_is_flat_in_samples(tmp_path):
     snps = 2000
-    sizes = (2_000, 40_000)
+    sizes = (2_000, 80_000)
     for n in sizes:
         simulate_store(tmp_path / f"s{n}.zarr", samples=n, snps=snps, folds=5)
     streamed = {n: peak_rss(tmp_path / f"s{n}.zarr", tmp_path / f"stream{n}", "never") for n in sizes}
-    data_mb = (sizes[1] - sizes[0]) * snps / 2**20  # 72 MiB more int8 genotypes
+    data_mb = (sizes[1] - sizes[0]) * snps / 2**20  # 149 MiB more int8 genotypes
     growth = streamed[sizes[1]] - streamed[sizes[0]]
-    # run-to-run noise of a TensorFlow process here is ~30 MB; a pipeline that held
-    # the genotypes would grow by at least data_mb
-    assert growth < 0.6 * data_mb, (streamed, data_mb)
+    # Measured here: +25..50 MB from 2k to 40k samples (run-to-run noise of a TensorFlow
+    # process is ~30 MB; Python/NumPy allocations are flat, see test_data.py), while a
+    # pipeline holding the genotypes grows by at least data_mb.
+    assert growth < 0.5 * data_mb, (streamed, data_mb)
