@@ -81,6 +81,9 @@ def test_array_then_dependent_reduce_matches_local_cv(cluster, sim_store, local_
     assert logs == [f"{array_id}_1.log", f"{array_id}_2.log", f"{array_id}_3.log"]
     m = json.loads((run / "sim" / "fold_1" / "metrics.json").read_text())
     assert m["slurm_job_id"] and m["threads"] == 1  # from SLURM_CPUS_PER_TASK=1
+    pools = m["thread_pools"]
+    assert pools["tf_intra_op"] == pools["tf_inter_op"] == 1
+    assert pools["OMP_NUM_THREADS"] == pools["OPENBLAS_NUM_THREADS"] == "1"
     assert m["train_cpu_utilisation"] < 1.25, m["train_cpu_utilisation"]
 
     # resubmitting the finished run redoes nothing
