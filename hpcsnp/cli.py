@@ -189,8 +189,15 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
     saliency.zarr) when the fold is complete.  Checkpoints every epoch: a
     killed fold, rerun, resumes.  A finished fold is skipped unless --force.
     """
+    import signal
+
+    from hpcsnp.errors import Terminated
     from hpcsnp.resources import cap_threads
 
+    def on_term(signum, frame):  # SLURM preemption/scancel: say what a rerun will do, exit 143
+        raise Terminated(f"terminated by signal {signum} during fold {fold}; the last completed epoch is "
+                         "checkpointed and a rerun (or requeue) of this command resumes from it")
+    signal.signal(signal.SIGTERM, on_term)
     n = cap_threads(threads)
     cfg = _build_config(config_path, **hyper)
     from hpcsnp.train import train_fold

@@ -45,3 +45,9 @@ class IncompleteRunError(HpcsnpError):
 
 class FoldFailedError(HpcsnpError):
     """One or more fold processes failed."""
+
+
+class Terminated(HpcsnpError):
+    """SIGTERM (preemption, scancel, the end of a time limit): exit 143 after saying so."""
+
+    exit_code = 143

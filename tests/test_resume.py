@@ -73,3 +73,19 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     mae = np.mean(np.abs(pred * m["target_sd"] + m["target_mean"] - store.phenotype[val]))
     assert mae == pytest.approx(m["best_val_mae"], rel=1e-5)
     assert mae != pytest.approx(maes[-1], rel=1e-6)
+
+
+def test_sigterm_says_what_happens_and_a_rerun_resumes(sim_store, tmp_path):
+    store, _ = sim_store
+    state = tmp_path / "sim" / "fold_1.partial" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *ARGS, "--run", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "terminated by signal 15" in err and "resumes" in err and "Traceback" not in err
+    again = run_cli("train", store, *ARGS, "--run", tmp_path)
+    assert "resuming after epoch" in again.stderr
