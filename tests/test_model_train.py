@@ -188,3 +188,30 @@ def test_reduce_on_a_distributed_scheduler_gives_the_same_saliency(run):
             assert client is not None
             remote = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
     np.testing.assert_array_equal(local, remote)
+
+
+def test_two_data_sets_in_one_run(run, sim_store, tmp_path):
+    """The typical run: imputed and QA stores of the same individuals, reduced together."""
+    import shutil
+
+    from PIL import Image
+
+    from hpcsnp.reduce import query, reduce_run
+    from hpcsnp.train import train_fold
+
+    run_dir, _ = run
+    reduce_run(run_dir, top=4)  # the one-data-set plot, for comparison
+    two = tmp_path / "two"
+    shutil.copytree(run_dir, two)
+    for i in (1, 2, 3):
+        train_fold(sim_store[0], i, two, Config(max_epochs=1, batch_size=32), dataset="sim_qa",
+                   log=lambda m: None)
+    out = reduce_run(two, top=4)
+    assert out["summary"].query("model == 'cnn'")["dataset"].tolist() == ["sim", "sim_qa"]
+    top = pd.read_csv(two / "top_saliency_snps.csv")
+    assert top.groupby("dataset").size().to_dict() == {"sim": 4, "sim_qa": 4}
+    q = query(two, [top["snp"].iloc[0]])
+    assert q["dataset"].tolist() == ["sim", "sim_qa"]
+    w, h = Image.open(two / "avg_saliency_across_folds.png").size
+    one = Image.open(run_dir / "avg_saliency_across_folds.png").size
+    assert w == one[0] and h > 1.8 * one[1]  # one panel per data set
