@@ -5,7 +5,6 @@ usage: python bench/bench_ingest.py [--samples 10000] [--snps 50000] [--dir /tmp
 Each ingest runs in a child process; its peak RSS is the child's ru_maxrss.
 """
 import argparse
-import gzip
 import os
 import subprocess
 import sys

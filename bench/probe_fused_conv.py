@@ -18,8 +18,6 @@ backward and the optimiser remain.  Not wired into training yet.
 
 usage: python bench/probe_fused_conv.py [THREADS]
 """
-import tensorflow as tf
-
 import os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import numpy as np, tensorflow as tf, keras

@@ -15,7 +15,6 @@ Multiallelic sites, indels and non-diploid calls are skipped and counted
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time

@@ -122,7 +122,7 @@ def test_reduce_outputs_and_summary(run):
     from hpcsnp.reduce import reduce_run
 
     run_dir, results = run
-    out = reduce_run(run_dir, top=7, plot=True)
+    reduce_run(run_dir, top=7, plot=True)
     log = pd.read_csv(run_dir / "fold_pcc_log.csv")
     assert log["fold"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(log["pcc"], [r.metrics["pcc"] for r in results], rtol=1e-5)
