@@ -38,14 +38,20 @@ def datasets_in(run_dir: Path) -> list[dict]:
 
 
 def check_complete(run_dir: Path, datasets: list[dict]) -> None:
-    from hpcsnp.train import fold_dir, is_complete
+    from hpcsnp.train import fold_dir, fold_holder, is_complete
 
     missing = []
     for ds in datasets:
         for i in range(1, ds["n_folds"] + 1):
             d = fold_dir(run_dir, ds["dataset"], i)
             if not is_complete(d):
-                state = "half-written" if d.with_name(d.name + ".partial").exists() else "missing"
+                holder = fold_holder(d)
+                if holder:
+                    state = f"running now: {holder}"
+                elif d.with_name(d.name + ".partial").exists():
+                    state = "half-written: interrupted, a rerun resumes it"
+                else:
+                    state = "missing"
                 missing.append((ds, i, state))
     if not missing:
         return

@@ -138,6 +138,22 @@ def fold_lock(final: Path, dataset: str, fold: int):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def fold_holder(final: Path) -> str | None:
+    """Who trains this fold now ("pid N on HOST"), or None when nobody holds its lock."""
+    import fcntl
+
+    path = final.with_name(final.name + ".lock")
+    if not path.exists():
+        return None
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
 def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> FoldResult:
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)

@@ -148,7 +148,7 @@ def test_reduce_refuses_missing_and_half_written_folds(run, tmp_path):
     with pytest.raises(IncompleteRunError) as e:
         reduce_run(copy)
     msg = str(e.value)
-    assert "sim fold 2 (missing)" in msg and "sim fold 3 (half-written)" in msg
+    assert "sim fold 2 (missing)" in msg and "sim fold 3 (half-written: interrupted" in msg
     assert f"--fold 2 --run {copy}" in msg and "sbatch --array=2,3 slurm/cv_array.sh" in msg
     assert e.value.missing == [("sim", 2), ("sim", 3)]
 
