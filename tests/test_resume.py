@@ -32,8 +32,8 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
         time.sleep(0.05)
     second = run_cli("train", store, *ARGS, "--run", tmp_path / "killed", check=False)
     assert second.returncode == 1 and "is being trained by pid" in second.stderr
-    from hpcsnp.reduce import check_complete, datasets_in
     from hpcsnp.errors import IncompleteRunError
+    from hpcsnp.reduce import check_complete, datasets_in
 
     with pytest.raises(IncompleteRunError, match=rf"sim fold 1 \(running now: pid {proc.pid} on "):
         check_complete(tmp_path / "killed", datasets_in(tmp_path / "killed"))
