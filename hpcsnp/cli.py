@@ -49,7 +49,8 @@ def _progress_default():
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Progress bars on stderr (default: when stderr is a terminal).")
 threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), default=None,
-                              help="Cores to use (default: SLURM_CPUS_PER_TASK, else the CPU affinity).")
+                              help="Cores to use (default: HPCSNP_THREADS, else SLURM_CPUS_PER_TASK, else the "
+                                   "CPU affinity within any cgroup CPU quota).")
 
 
 def config_options(fn):
