@@ -120,6 +120,9 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     split = fold_split(store.fold, store.n_folds, fold)
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
     write_dataset_info(run_dir, dataset, store)
+    done = {enc: Path(run_dir) / dataset / f"baseline_{enc}" / f"fold_{fold}" / "metrics.json" for enc in encodings}
+    if not force and all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
+        return [json.loads(p.read_text()) for p in done.values()]
     g_fit = _read_rows(store, fit_rows)
     g_test = _read_rows(store, split.test)
     y = store.phenotype.astype(np.float64)

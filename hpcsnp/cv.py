@@ -21,10 +21,9 @@ from hpcsnp.train import fold_dir, is_complete
 
 
 def run_cv(stores, run_dir, *, config_path: Path, threads=None, force=False, verbose=False,
-           progress=True, echo=None, baseline=False) -> list[dict]:
+           progress=True, baseline=False) -> list[dict]:
     from tqdm import tqdm
 
-    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     jobs = []
