@@ -62,10 +62,15 @@ def reml_delta(K: np.ndarray, y: np.ndarray, grid=np.linspace(-10, 10, 201)) -> 
     """REML estimate of delta = se2/sg2 for y = mu + g + e, g ~ N(0, sg2 K).
     Grid over log delta, then golden-section refinement around the best point."""
     n = len(y)
-    S = np.eye(n) - 1.0 / n
     # S (K + I) S has eigenvalue 0 on the intercept direction and xi + 1 >= 1 on the
     # n - 1 others, even when K is rank-deficient (p < n): drop the smallest (EMMA).
-    vals, vecs = np.linalg.eigh(S @ (K + np.eye(n)) @ S)
+    # S A S (S = I - 11'/n) is A minus its row and column means plus the grand mean:
+    # O(n^2) instead of two n^3 products.
+    A = K + np.eye(n)
+    r = A.mean(axis=0)
+    A = A - r[None, :] - r[:, None] + r.mean()
+    vals, vecs = np.linalg.eigh(A)
+    del A
     keep = np.argsort(vals)[1:]
     xi, U = np.maximum(vals[keep] - 1.0, 0.0), vecs[:, keep]
     eta2 = (U.T @ y) ** 2
@@ -84,24 +89,37 @@ def reml_delta(K: np.ndarray, y: np.ndarray, grid=np.linspace(-10, 10, 201)) -> 
     return float(np.exp(t)), float(reml_loglik(t, xi, eta2, n - 1))
 
 
-def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None):
-    """GBLUP with K = Z Z'/p; returns (predictions for Z_new, delta, mu)."""
+def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None):
+    """GBLUP with K = Z Z'/p; returns (predictions for Z_new, delta, mu, inner_pred).
+
+    ``inner`` = (fit rows, held-out rows), positions into Z_fit: also refit on the
+    first set alone with the same delta (one Cholesky, no new REML) and predict the
+    second; ``inner_pred`` holds those predictions (None without ``inner``).  The CV
+    uses it for validation-fold predictions of a model that never saw the validation
+    phenotypes, which is what ensemble weights are chosen on.
+    """
     p = Z_fit.shape[1]
     K = Z_fit @ Z_fit.T / p
     if delta is None:
         delta, _ = reml_delta(K, y_fit)
-    n = len(y_fit)
-    H = K + delta * np.eye(n)
-    L = np.linalg.cholesky(H)
-
-    def solve(b):
-        return np.linalg.solve(L.T, np.linalg.solve(L, b))
-    ones = np.ones(n)
-    Hi1, Hiy = solve(ones), solve(y_fit)
-    mu = float(ones @ Hiy / (ones @ Hi1))
-    alpha = solve(y_fit - mu)
+    alpha, mu = _gblup_solve(K, y_fit, delta)
     pred = mu + (Z_new @ Z_fit.T / p) @ alpha
-    return pred, float(delta), mu
+    inner_pred = None
+    if inner is not None:
+        fit, held = inner
+        a_in, mu_in = _gblup_solve(K[np.ix_(fit, fit)], y_fit[fit], delta)
+        inner_pred = mu_in + K[np.ix_(held, fit)] @ a_in
+    return pred, float(delta), mu, inner_pred
+
+
+def _gblup_solve(K, y, delta):
+    """alpha = (K + delta I)^-1 (y - mu 1) with mu the GLS intercept; returns (alpha, mu).
+    One factorisation for both right-hand sides; alpha is linear in them."""
+    n = len(y)
+    H = K + delta * np.eye(n)
+    Hi1, Hiy = np.linalg.solve(H, np.column_stack([np.ones(n), y])).T
+    mu = float(Hiy.sum() / Hi1.sum())
+    return Hiy - mu * Hi1, mu
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, dataset=None,
@@ -135,7 +153,10 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
         t0 = time.perf_counter()
         Z_fit, means = encode(g_fit, enc)
         Z_test, _ = encode(g_test, enc, means)
-        pred, delta, mu = gblup_fit_predict(Z_fit, y[fit_rows], Z_test)
+        # validation-fold predictions from a fit on the training folds alone (same delta):
+        # what `reduce` chooses the CNN + GBLUP ensemble weights on
+        inner = (np.flatnonzero(~np.isin(fit_rows, split.val)), np.flatnonzero(np.isin(fit_rows, split.val)))
+        pred, delta, mu, val_pred = gblup_fit_predict(Z_fit, y[fit_rows], Z_test, inner=inner)
         m = regression_metrics(y[split.test], pred)
         m.update({"dataset": dataset, "fold": fold, "model": f"gblup_{enc}", "encoding": enc,
                   "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu, "seconds": time.perf_counter() - t0,
@@ -145,6 +166,9 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
         partial.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"sample_id": store.sample_id[split.test], "fold": fold, "truth": y[split.test],
                       "prediction": pred}).to_csv(partial / "predictions.csv", index=False)
+        val_rows = fit_rows[inner[1]]
+        pd.DataFrame({"sample_id": store.sample_id[val_rows], "fold": split.val_fold, "truth": y[val_rows],
+                      "prediction": val_pred}).to_csv(partial / "val_predictions.csv", index=False)
         (partial / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         atomic_replace_dir(partial, final)
         log(f"[{dataset} fold {fold}] GBLUP {enc}: PCC {m['pcc']:.4f}  h2 {m['h2_reml']:.3f}  {m['seconds']:.1f}s")

@@ -25,6 +25,9 @@ TOP_CSV = "top_saliency_snps.csv"
 SALIENCY_CSV = "avg_saliency.csv"
 PLOT_PNG = "avg_saliency_across_folds.png"
 PAIRED_CSV = "paired_comparison.csv"
+ENSEMBLE_CSV = "ensemble_weights.csv"
+ENSEMBLE_PRED_CSV = "ensemble_predictions.csv"
+WEIGHT_STEP = 0.05
 
 
 def datasets_in(run_dir: Path) -> list[dict]:
@@ -112,7 +115,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         raise InputError(f"{run_dir}: no such run directory")
     datasets = datasets_in(run_dir)
     check_complete(run_dir, datasets)
-    log_rows, sal_frames, top_frames = [], [], []
+    log_rows, sal_frames, top_frames, weight_rows, ens_preds = [], [], [], [], []
     for ds in datasets:
         name = ds["dataset"]
         for i in range(1, ds["n_folds"] + 1):
@@ -122,7 +125,12 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
                              "seconds": round(m["seconds"], 2),
                              "saliency_seconds": round(m["saliency_seconds"], 2),
                              "n_test": m["n_test"], "peak_rss_mb": m.get("peak_rss_mb")})
-        log_rows += baseline_rows(run_dir, ds)
+        base = baseline_rows(run_dir, ds)
+        log_rows += base
+        ens = ensemble_folds(run_dir, ds, sorted({r["model"] for r in base}))
+        log_rows += [r for r, _, _ in ens]
+        weight_rows += [w for _, w, _ in ens]
+        ens_preds += [p for _, _, p in ens]
         sal, count = mean_saliency(run_dir, name, ds["n_folds"])
         var = pd.read_csv(run_dir / name / "variants.csv", keep_default_na=False,
                           dtype={"snp": str, "chrom": str})
@@ -143,6 +151,9 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     _write_csv(tops, run_dir / TOP_CSV)
     if len(paired):
         _write_csv(paired, run_dir / PAIRED_CSV)
+    if weight_rows:
+        _write_csv(pd.DataFrame(weight_rows), run_dir / ENSEMBLE_CSV)
+        _write_csv(pd.concat(ens_preds, ignore_index=True), run_dir / ENSEMBLE_PRED_CSV)
     if plot:
         plot_saliency(saliency, run_dir / PLOT_PNG, label_top=min(top, 10))
     return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
@@ -175,22 +186,87 @@ def baseline_rows(run_dir: Path, ds: dict, warn=None) -> list[dict]:
     return rows
 
 
+def simplex_weights(k: int, step: float = WEIGHT_STEP) -> np.ndarray:
+    """Every weight vector of length k with entries in multiples of ``step`` summing to 1."""
+    m = int(round(1 / step))
+    grid = [c for c in np.ndindex(*(m + 1,) * (k - 1)) if sum(c) <= m]
+    return np.array([[*c, m - sum(c)] for c in grid], dtype=np.float64) / m
+
+
+def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[dict, dict, pd.DataFrame]]:
+    """The ``ensemble`` model: per fold, a convex combination of the CNN's and the baselines'
+    predictions, weights (a grid of step WEIGHT_STEP) chosen by the mean squared error on
+    the validation fold, from models that did not see the validation phenotypes (the CNN
+    only early-stops on them; the GBLUP is refitted on the training folds alone).  The test
+    fold plays no part in the choice.  Each baseline's test predictions are its usual ones
+    (fitted on training + validation).  Returns (log row, weight row, test predictions) per
+    fold; nothing when a fold lacks validation predictions (runs older than this)."""
+    name = ds["dataset"]
+    models = ["cnn", *baselines]
+    if len(models) < 2:
+        return []
+    dirs = {"cnn": lambda i: run_dir / name / f"fold_{i}"}
+    dirs.update({b: (lambda i, b=b: run_dir / name / f"baseline_{b.removeprefix('gblup_')}" / f"fold_{i}")
+                 for b in baselines})
+    out = []
+    grid = simplex_weights(len(models))
+    from hpcsnp.train import regression_metrics
+
+    for i in range(1, ds["n_folds"] + 1):
+        if not all((dirs[m](i) / "val_predictions.csv").exists() for m in models):
+            return []
+        val = _aligned([pd.read_csv(dirs[m](i) / "val_predictions.csv", dtype={"sample_id": str}) for m in models])
+        test = _aligned([pd.read_csv(dirs[m](i) / "predictions.csv", dtype={"sample_id": str}) for m in models])
+        mse = (((val["P"] @ grid.T) - val["truth"][:, None]) ** 2).mean(axis=0)
+        w = grid[int(np.argmin(mse))]
+        pred = test["P"] @ w
+        m = regression_metrics(test["truth"], pred)
+        secs = sum(json.loads((dirs[k](i) / "metrics.json").read_text())["seconds"] for k in models)
+        row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
+               "saliency_seconds": 0.0, "n_test": len(pred)}
+        vm = regression_metrics(val["truth"], val["P"] @ w)
+        weights = {"dataset": name, "fold": i, **{f"w_{k}": v for k, v in zip(models, w)},
+                   "val_mse": vm["mse"], "val_pcc": vm["pcc"],
+                   **{f"val_pcc_{k}": regression_metrics(val["truth"], val["P"][:, j])["pcc"]
+                      for j, k in enumerate(models)}}
+        preds = pd.DataFrame({"dataset": name, "fold": i, "sample_id": test["ids"], "truth": test["truth"],
+                              "prediction": pred})
+        out.append((row, weights, preds))
+    return out
+
+
+def _aligned(frames: list[pd.DataFrame]) -> dict:
+    """Predictions of several models for the same samples, as columns of one matrix."""
+    ids = frames[0]["sample_id"].to_numpy()
+    cols = []
+    for f in frames:
+        f = f.set_index("sample_id")
+        if len(f) != len(ids) or not f.index.isin(ids).all():
+            raise InputError("ensemble: the models' prediction files cover different samples")
+        cols.append(f.loc[ids, "prediction"].to_numpy(np.float64))
+    return {"ids": ids, "truth": frames[0]["truth"].to_numpy(np.float64), "P": np.column_stack(cols)}
+
+
 def paired_comparison(log: pd.DataFrame) -> pd.DataFrame:
-    """Per data set: CNN PCC minus the better baseline's (higher mean PCC), fold by fold."""
+    """Per data set and model (CNN, ensemble): PCC minus the better baseline's (higher mean
+    PCC), fold by fold."""
     rows = []
     for name, g in log.groupby("dataset", sort=False):
-        cnn = g[g["model"] == "cnn"].set_index("fold")["pcc"]
-        base = g[g["model"] != "cnn"]
-        if base.empty or cnn.empty:
+        base = g[g["model"].str.startswith("gblup_")]
+        if base.empty:
             continue
         best = base.groupby("model")["pcc"].mean().idxmax()
         b = base[base["model"] == best].set_index("fold")["pcc"]
-        d = (cnn - b).dropna()
-        rows.append({"dataset": name, "baseline": best, "n_folds": len(d), "cnn_pcc_mean": cnn.mean(),
-                     "baseline_pcc_mean": b.mean(), "diff_mean": d.mean(),
-                     "diff_sd": d.std(ddof=1) if len(d) > 1 else float("nan"),
-                     "diff_se": d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"),
-                     "folds_cnn_better": int((d > 0).sum())})
+        for model in ("cnn", "ensemble"):
+            ours = g[g["model"] == model].set_index("fold")["pcc"]
+            if ours.empty:
+                continue
+            d = (ours - b).dropna()
+            rows.append({"dataset": name, "model": model, "baseline": best, "n_folds": len(d),
+                         "model_pcc_mean": ours.mean(), "baseline_pcc_mean": b.mean(), "diff_mean": d.mean(),
+                         "diff_sd": d.std(ddof=1) if len(d) > 1 else float("nan"),
+                         "diff_se": d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"),
+                         "folds_better": int((d > 0).sum())})
     return pd.DataFrame(rows)
 
 

@@ -259,6 +259,9 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
 
     pd.DataFrame({"sample_id": store.sample_id[tr], "fold": fold, "truth": y[tr],
                   "prediction": tp}).to_csv(partial / "predictions.csv", index=False)
+    vp, vr = predict(val_src)  # of the kept weights: what `reduce` weighs the ensemble on
+    pd.DataFrame({"sample_id": store.sample_id[vr], "fold": split.val_fold, "truth": y[vr],
+                  "prediction": vp}).to_csv(partial / "val_predictions.csv", index=False)
 
     t_sal = time.perf_counter()
     sal_sum, sal_n = fold_saliency(
