@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
+from hpcsnp.config import Config
 from hpcsnp.errors import HpcsnpError
 
 VERBOSE = {"level": 0}
@@ -53,20 +54,28 @@ threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), def
                                    "CPU affinity within any cgroup CPU quota).")
 
 
+_D = Config()
+
+
 def config_options(fn):
     """Hyperparameter options shared by train and cv; unset ones keep the Config default."""
     opts = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of hyperparameters (as written to RUN/config.json)."),
-        click.option("--epochs", "max_epochs", type=click.IntRange(min=1), help="Maximum epochs [1000]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Training batch size [4]."),
-        click.option("--patience", type=click.IntRange(min=0), help="Early-stopping patience in epochs [10]."),
-        click.option("--lr", "learning_rate", type=float, help="Adam learning rate [0.001]."),
-        click.option("--dropout", type=float, help="Dropout rate [0.75]."),
-        click.option("--alpha", type=float, help="ISRU alpha [0.03]."),
-        click.option("--seed", type=int, help="Random seed [0]."),
+        click.option("--epochs", "max_epochs", type=click.IntRange(min=1),
+                     help=f"Maximum epochs [{_D.max_epochs}]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size [{_D.batch_size}]."),
+        click.option("--patience", type=click.IntRange(min=0),
+                     help=f"Early-stopping patience in epochs [{_D.patience}]."),
+        click.option("--lr", "learning_rate", type=float, help=f"Adam learning rate [{_D.learning_rate}]."),
+        click.option("--dropout", type=float, help=f"Dropout rate [{_D.dropout}]."),
+        click.option("--alpha", type=float, help=f"ISRU alpha [{_D.alpha}]."),
+        click.option("--seed", type=int, help=f"Random seed [{_D.seed}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
+        click.option("--steps-per-epoch", type=click.IntRange(min=0),
+                     help="Train on at most this many batches per epoch, 0 = all [0]; for benchmarks "
+                          "and first looks at very large stores."),
         click.option("--cache", type=click.Choice(["auto", "always", "never"]),
                      help="Hold the fold's int8 genotypes in memory [auto: when under --cache-limit-mb]."),
         click.option("--cache-limit-mb", type=click.IntRange(min=0), help="Cache limit in MiB [256]."),
@@ -249,10 +258,12 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also fit the linear baseline (GBLUP, both encodings) on the same folds.")
 @threads_option
+@click.option("-j", "--jobs", type=click.IntRange(min=1),
+              help="Folds trained at a time, sharing the cores [one per core, as memory allows].")
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, threads, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, threads, jobs, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
@@ -266,7 +277,7 @@ def cv(stores, run_dir, top, force, baseline, threads, progress, config_path, **
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.json")
-    run_cv(stores, run, config_path=run / "config.json", threads=threads, force=force,
+    run_cv(stores, run, config_path=run / "config.json", threads=threads, jobs=jobs, force=force,
            verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
            baseline=baseline)
     _print_reduce(reduce_run(run, top=top), run)

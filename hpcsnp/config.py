@@ -31,6 +31,7 @@ class Config:
     batch_size: int = 4
     patience: int = 10
     max_epochs: int = 1000
+    steps_per_epoch: int = 0  # 0 = every training batch; N = at most N batches an epoch
     min_delta: float = 0.0
     restore_best: bool = True  # keep the weights of the best validation epoch
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
@@ -51,6 +52,8 @@ class Config:
                      "batch_size", "max_epochs", "eval_batch_size", "window_chunks"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch < 0:
+            problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.alpha <= 0:

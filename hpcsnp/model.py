@@ -93,3 +93,21 @@ def build_model(n_snps: int, cfg) -> keras.Model:
                      bias_regularizer=regularizers.l2(cfg.l2_bias), name="dense")(x)
     out = ISRU(cfg.alpha, name="isru")(x)
     return keras.Model(inp, out, name="hpcsnp_resnet")
+
+
+def flops_per_sample(n_snps: int, cfg) -> dict:
+    """Floating-point operations per sample (multiply and add counted apart), by layer
+    shape: forward; a training step (forward, weight gradients, and input gradients for
+    every layer but the two that read the one-hot input); saliency (forward and input
+    gradients all the way to the input).  Element-wise work (bias, dropout, adds) and the
+    optimiser are left out: they are O(N) per sample against O(N k c^2)."""
+    f, L = cfg.filters, n_snps
+    convs = {"conv1": (cfg.kernel_1, 4), "conv2": (cfg.kernel_2, f), "shortcut": (cfg.kernel_shortcut, 4),
+             "conv3": (cfg.kernel_3, f)}
+    fwd = {name: 2 * k * cin * f * L for name, (k, cin) in convs.items()}
+    fwd["dense"] = 2 * f * L
+    reads_input = {"conv1", "shortcut"}
+    forward = sum(fwd.values())
+    train = 2 * forward + sum(v for k, v in fwd.items() if k not in reads_input)
+    saliency = 2 * forward
+    return {"forward": forward, "train_step": train, "saliency": saliency, "by_layer_forward": fwd}

@@ -226,9 +226,13 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     while state["epoch"] < cfg.max_epochs and state["wait"] <= cfg.patience:
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
-        losses = [float(train_step(x, t)) for x, t, _ in
-                  train_src.dataset(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                    threads=n_threads)]
+        ds = train_src.dataset(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
+        if cfg.steps_per_epoch:
+            ds = ds.take(cfg.steps_per_epoch)
+        losses = []
+        for x, t, _ in ds:
+            losses.append(float(train_step(x, t)))
+            state["samples"] = state.get("samples", 0) + int(x.shape[0])
         vp, vr = predict(val_src)
         val_mae = float(np.mean(np.abs(vp - y[vr])))
         improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
@@ -253,7 +257,9 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     # CPU seconds per wall second of this process's epochs: at most the granted cores
     cpu_utilisation = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
 
+    t_pred = time.perf_counter()
     tp, tr = predict(test_src)
+    predict_seconds = time.perf_counter() - t_pred
     metrics = regression_metrics(y[tr], tp)
     import pandas as pd
 
@@ -285,6 +291,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         "total_seconds": time.perf_counter() - t_start,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         "saliency_n": sal_n, "cached": bool(cache), "threads": n_threads,
+        **_throughput(state, sal_n, sal_seconds, len(tr), predict_seconds, n_var, cfg),
         "train_cpu_utilisation": cpu_utilisation,
         "thread_pools": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                          "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -305,6 +312,22 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
         f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
     return FoldResult(dataset, fold, final, metrics)
+
+
+def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:
+    """Samples/s and achieved GFLOP/s (model FLOPs, see model.flops_per_sample) of the
+    training epochs (validation passes included in their time), saliency and prediction."""
+    from hpcsnp.model import flops_per_sample
+
+    fl = flops_per_sample(n_var, cfg)
+    samples = state.get("samples", 0)
+    train_s = max(state["train_seconds"], 1e-9)
+    return {"train_samples": samples, "train_samples_per_s": samples / train_s,
+            "mflop_per_sample": {k: fl[k] / 1e6 for k in ("forward", "train_step", "saliency")},
+            "train_gflops": samples * fl["train_step"] / train_s / 1e9,
+            "saliency_samples_per_s": sal_n / max(sal_seconds, 1e-9),
+            "saliency_gflops": sal_n * fl["saliency"] / max(sal_seconds, 1e-9) / 1e9,
+            "predict_samples_per_s": n_pred / max(predict_seconds, 1e-9)}
 
 
 def save_variables(path: Path, variables) -> None:
