@@ -82,6 +82,10 @@ def main():
         s, rss, _ = timed([py, "-m", "hpcsnp", "ingest", f, "-o", store, "--force", "--no-progress"])
         ingest[n] = (s, rss, f.stat().st_size)
 
+    run = work / "run"
+    cv_s, cv_rss, _ = timed([py, "-m", "hpcsnp", "cv", *[work / f"{n}.zarr" for n in names], "--run", run,
+                             "--no-progress", "--force", *extra], log=work / "hpcsnp_cv.log")
+    print(f"hpcsnp cv: {cv_s:.0f}s wall", flush=True)
     ref = {}
     if not a.skip_reference:
         for n, f in files.items():
@@ -91,9 +95,6 @@ def main():
                                            rss=rss)
             print(f"reference {n} folds {a.reference_folds}: {s:.0f}s wall, peak RSS {rss:.0f} MB", flush=True)
 
-    run = work / "run"
-    cv_s, cv_rss, _ = timed([py, "-m", "hpcsnp", "cv", *[work / f"{n}.zarr" for n in names], "--run", run,
-                             "--no-progress", "--force", *extra], log=work / "hpcsnp_cv.log")
     log = pd.read_csv(run / "fold_pcc_log.csv")
     metrics = {(n, i): json.loads((run / n / f"fold_{i}" / "metrics.json").read_text())
                for n in names for i in sorted(set(log[(log.dataset == n)].fold))}

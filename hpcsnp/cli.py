@@ -62,12 +62,18 @@ def config_options(fn):
     opts = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of hyperparameters (as written to RUN/config.json)."),
+        click.option("--publication", is_flag=True,
+                     help="Start from the publication's training settings (batch 4, lr 0.001 constant, "
+                          "patience 10, dropout 0.75) instead of the defaults; other options still apply."),
         click.option("--epochs", "max_epochs", type=click.IntRange(min=1),
                      help=f"Maximum epochs [{_D.max_epochs}]."),
         click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size [{_D.batch_size}]."),
         click.option("--patience", type=click.IntRange(min=0),
                      help=f"Early-stopping patience in epochs [{_D.patience}]."),
         click.option("--lr", "learning_rate", type=float, help=f"Adam learning rate [{_D.learning_rate}]."),
+        click.option("--lr-decay-patience", type=click.IntRange(min=0),
+                     help=f"Halve the learning rate after this many epochs without a better validation MAE; "
+                          f"0 = constant [{_D.lr_decay_patience}]."),
         click.option("--dropout", type=float, help=f"Dropout rate [{_D.dropout}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{_D.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{_D.seed}]."),
@@ -85,10 +91,12 @@ def config_options(fn):
     return fn
 
 
-def _build_config(config_path=None, **overrides):
-    from hpcsnp.config import Config
+def _build_config(config_path=None, publication=False, **overrides):
+    if config_path and publication:
+        from hpcsnp.errors import InputError
 
-    base = Config.load(config_path) if config_path else Config()
+        raise InputError("--config and --publication both choose the base settings; give one")
+    base = Config.load(config_path) if config_path else Config.publication() if publication else Config()
     return base.replace(**overrides)
 
 

@@ -182,6 +182,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     mk = lambda rows: RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)  # noqa: E731
     train_src, val_src, test_src = mk(split.train), mk(split.val), mk(split.test)
 
+    eval_batch = eval_batch_size(cfg, n_var)
     model = build_model(n_var, cfg)
     optimizer = keras.optimizers.Adam(cfg.learning_rate)
     optimizer.build(model.trainable_variables)
@@ -202,7 +203,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
 
     def predict(src):
         preds, rows = [], []
-        for x, _, r in src.dataset(cfg.eval_batch_size, shuffle=False, threads=n_threads):
+        for x, _, r in src.dataset(eval_batch, shuffle=False, threads=n_threads):
             preds.append(predict_step(x).numpy())
             rows.append(r.numpy())
         return np.concatenate(preds) * sd + mu, np.concatenate(rows)
@@ -212,10 +213,12 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     # (tf.train.Checkpoint on a Keras 3 model misses the model's own variables.)
     run_vars = list(model.variables) + list(optimizer.variables)
     state_path = partial / "state.json"
-    state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0}
+    state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
+             "lr": cfg.learning_rate, "lr_wait": 0}
     if state_path.exists():
         state = json.loads(state_path.read_text())
         load_variables(partial / "last.npz", run_vars)
+        optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
         log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
             f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
     log(f"[{dataset} fold {fold}] test fold {fold} ({len(split.test)}), validation fold {split.val_fold} "
@@ -237,13 +240,20 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         val_mae = float(np.mean(np.abs(vp - y[vr])))
         improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
         if improved:
-            state.update(best_mae=val_mae, best_epoch=epoch, wait=0)
+            state.update(best_mae=val_mae, best_epoch=epoch, wait=0, lr_wait=0)
             save_variables(partial / "best.npz", model.variables)
         else:
             state["wait"] += 1
+            state["lr_wait"] = state.get("lr_wait", 0) + 1
+            if cfg.lr_decay_patience and state["lr_wait"] >= cfg.lr_decay_patience:
+                # plateau: a smaller step, counted afresh (early stopping keeps its own count)
+                state["lr"] = max(state.get("lr", cfg.learning_rate) * cfg.lr_decay_factor, cfg.min_learning_rate)
+                optimizer.learning_rate.assign(state["lr"])
+                state["lr_wait"] = 0
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0
-        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae})
+        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
+                                 "lr": float(state.get("lr", cfg.learning_rate))})
         save_variables(partial / "last.npz", run_vars)
         atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
         log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
@@ -271,7 +281,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
 
     t_sal = time.perf_counter()
     sal_sum, sal_n = fold_saliency(
-        model, test_src.dataset(cfg.eval_batch_size, shuffle=False, threads=n_threads), n_var,
+        model, test_src.dataset(eval_batch, shuffle=False, threads=n_threads), n_var,
         training=cfg.saliency_dropout)
     sal_seconds = time.perf_counter() - t_sal
     import zarr
@@ -312,6 +322,21 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
         f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
     return FoldResult(dataset, fold, final, metrics)
+
+
+EVAL_ACTIVATION_MB = 32
+
+
+def eval_batch_size(cfg, n_variants: int) -> int:
+    """Prediction/saliency batch: cfg.eval_batch_size, made smaller on wide data so that
+    one activation tensor (batch x SNPs x filters float32) stays under EVAL_ACTIVATION_MB;
+    the result does not depend on it, the memory does.
+    >>> from hpcsnp.config import Config
+    >>> eval_batch_size(Config(), 4236), eval_batch_size(Config(), 50000)
+    (198, 16)
+    """
+    per_sample = n_variants * cfg.filters * 4
+    return max(1, min(cfg.eval_batch_size, EVAL_ACTIVATION_MB * 2**20 // per_sample))
 
 
 def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:

@@ -16,7 +16,7 @@ FAST = Config(max_epochs=3, batch_size=16, patience=2, dropout=0.5, learning_rat
 def test_model_follows_the_spec():
     from hpcsnp.model import build_model
 
-    m = build_model(100, Config())
+    m = build_model(100, Config.publication())
     names = [layer.name for layer in m.layers]
     for name in ("conv1", "conv2", "dropout1", "shortcut", "residual", "conv3", "dropout2",
                  "flatten", "dropout3", "dense", "isru"):
@@ -29,6 +29,17 @@ def test_model_follows_the_spec():
     # conv1 4*4*10+10, conv2 20*10*10+10, shortcut 4*4*10+10, conv3 4*10*10+10, dense 1000+1
     trainable = sum(int(np.prod(v.shape)) for v in m.trainable_variables)
     assert trainable == 170 + 2010 + 170 + 410 + 1001
+
+
+def test_publication_settings_and_overrides():
+    from hpcsnp.cli import _build_config
+
+    cfg = _build_config(publication=True, batch_size=8)
+    assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience) == (8, 1e-3, 10, 0.75, 0)
+    assert Config().replace(**{k: getattr(cfg, k) for k in ("learning_rate", "patience", "dropout",
+                                                            "lr_decay_patience")}) == cfg.replace(batch_size=64)
+    with pytest.raises(InputError, match="give one"):
+        _build_config("x.json", publication=True)
 
 
 @pytest.mark.parametrize("rate", [0.75, 0.3])

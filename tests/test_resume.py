@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 
 ARGS = ["--fold", "1", "--epochs", "10", "--patience", "20", "--batch-size", "16", "--threads", "1",
-        "--dropout", "0.5"]
+        "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1"]
 
 
 def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
@@ -49,6 +49,7 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
     assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["pcc"] == mb["pcc"] and ma["history"] == mb["history"]
+    assert len({h["lr"] for h in ma["history"]}) > 1, "the plateau decay must have fired to be tested"
     import zarr
 
     np.testing.assert_array_equal(zarr.open_array(str(a / "saliency.zarr"))[:],
