@@ -160,6 +160,12 @@ class StoreWriter:
         self.fill = 0
         self.n_rows = 0
         self.missing = 0
+        # one writer thread compresses and writes chunk k while the caller parses chunk k+1
+        # (Blosc and file I/O release the GIL); one chunk in flight keeps the order and the memory
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hpcsnp-store-writer")
+        self._pending = None
 
     def _small(self, name, data):
         dims, dtype, meaning = ARRAYS[name]
@@ -182,15 +188,31 @@ class StoreWriter:
         for start in range(0, len(block), self.chunk_rows):
             part = block[start:start + self.chunk_rows]
             if self.fill == 0 and len(part) == self.chunk_rows:
-                self._append(part)
+                self._submit(np.array(part, dtype=np.int8))  # a copy: the caller may reuse block
             else:
                 for row in part:
                     self.add_row(row)
 
     def flush(self) -> None:
         if self.fill:
-            self._append(self.buffer[:self.fill])
+            self._submit(self.buffer[:self.fill])
+            self.buffer = np.empty_like(self.buffer)  # the old one is the writer's now
             self.fill = 0
+
+    def drain(self) -> None:
+        """Every row added so far is written (``n_rows`` and ``missing`` are final)."""
+        self.flush()
+        self._wait()
+
+    def _submit(self, block) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._append, block)
+
+    def _wait(self) -> None:
+        """Wait for the chunk in flight; a failed write raises here, in the caller."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _append(self, block):
         self.gt.append(block, axis=0)
@@ -200,7 +222,8 @@ class StoreWriter:
     def finish(self, sample_id, phenotype, fold, attrs: dict) -> None:
         from hpcsnp.resources import provenance
 
-        self.flush()
+        self.drain()
+        self._pool.shutdown()
         self._small("sample_id", np.asarray(sample_id, dtype=object))
         self._small("sample_phenotype", phenotype)
         self._small("sample_fold", fold)
@@ -223,6 +246,11 @@ class StoreWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - we are already failing; the partial store goes anyway
+            pass
+        self._pool.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -424,7 +452,7 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
             na_cells=na_cells, dropped_missing_phenotype=dropped, constant_snps=constant,
             parsed_positions=writer.parsed_positions, chunk_rows=writer.chunk_rows,
             bytes_read=size, id_column=id_col)
-        writer.flush()
+        writer.drain()
         report.missing_rate = writer.missing / (writer.n_rows * n)
         writer.finish(ids, y.astype(np.float32), fold_arr, {
             "n_folds": k, "source": {"path": str(path.resolve()), "name": path.name,

@@ -1,0 +1,119 @@
+"""Training-step and saliency throughput of the model alone (no input pipeline), one lever at a time.
+
+Random int8 genotypes, one-hot inside the compiled step as in training, 4,236 SNPs
+by default.  Prints samples/s and achieved GFLOP/s (model FLOPs from
+hpcsnp.model.flops_per_sample) for: the shipped step; the same with Keras' own
+Dropout layers (the lever FastDropout replaced); without dropout (the floor of
+the convolutions); jit_compile (XLA); and saliency.  `--pair` runs two copies
+at once with 1 thread each (what `hpcsnp cv` does on 2 cores) and reports their
+sum.
+
+usage: python bench/bench_step.py [--batch 64] [--threads 2] [--snps 4236] [--seconds 8] [--pair]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def measure(args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from hpcsnp.resources import configure_tensorflow
+
+    configure_tensorflow(args.threads)
+    import keras
+    import tensorflow as tf
+
+    import hpcsnp.model as hm
+    from hpcsnp.config import Config
+    from hpcsnp.data import one_hot
+    from hpcsnp.saliency import make_gradient_saliency
+
+    cfg = Config(batch_size=args.batch)
+    fl = hm.flops_per_sample(args.snps, cfg)
+    rng = np.random.default_rng(0)
+    g = tf.constant(rng.integers(-1, 3, (args.batch, args.snps)).astype(np.int8))
+    t = tf.constant(rng.standard_normal(args.batch).astype(np.float32))
+
+    def build(variant):
+        fast = hm.FastDropout
+        if variant == "keras_dropout":
+            hm.FastDropout = lambda rate, seed=0, name=None: keras.layers.Dropout(rate, seed=seed, name=name)
+        try:
+            model = hm.build_model(args.snps, cfg.replace(dropout=0.0) if variant == "no_dropout" else cfg)
+        finally:
+            hm.FastDropout = fast
+        return model
+
+    def step_fn(model, jit):
+        opt = keras.optimizers.Adam(cfg.learning_rate)
+        opt.build(model.trainable_variables)
+
+        @tf.function(jit_compile=jit)
+        def step(g, t):
+            with tf.GradientTape() as tape:
+                p = model(one_hot(g), training=True)[:, 0]
+                loss = tf.reduce_mean(tf.square(p - t)) + tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        return lambda: step(g, t)
+
+    def rate(fn, budget):
+        fn()
+        fn()  # traced and warm
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < budget:
+            float(tf.reduce_sum(fn()))
+            n += 1
+        return n * args.batch / (time.perf_counter() - t0)
+
+    out = {}
+    for variant, jit in (("shipped", False), ("keras_dropout", False), ("no_dropout", False), ("xla", True)):
+        if variant == "xla" and not args.xla:
+            continue
+        m = build("shipped" if variant == "xla" else variant)
+        out[variant] = rate(step_fn(m, jit), args.seconds)
+    sal = make_gradient_saliency(build("shipped"))
+    out["saliency"] = rate(lambda: sal(one_hot(g)), args.seconds)
+    return {"samples_per_s": out, "flops": {k: fl[k] for k in ("train_step", "saliency")}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--snps", type=int, default=4236)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--xla", action="store_true", help="also time jit_compile=True (slow to compile here)")
+    ap.add_argument("--pair", action="store_true", help="two 1-thread copies at once; print their sum")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.json:
+        print(json.dumps(measure(a)))
+        return
+    if a.pair:
+        cmd = [sys.executable, __file__, "--json", "--threads", "1", "--batch", str(a.batch), "--snps", str(a.snps),
+               "--seconds", str(a.seconds)] + (["--xla"] if a.xla else [])
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        res = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        sps = {k: sum(r["samples_per_s"][k] for r in res) for k in res[0]["samples_per_s"]}
+        res = {"samples_per_s": sps, "flops": res[0]["flops"]}
+        how = "2 processes x 1 thread, summed"
+    else:
+        res = measure(a)
+        how = f"1 process x {a.threads} thread(s)"
+    fl = res["flops"]
+    print(f"batch {a.batch}, {a.snps} SNPs, {how}; FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M, "
+          f"saliency {fl['saliency'] / 1e6:.1f} M")
+    for k, v in res["samples_per_s"].items():
+        per = fl["saliency"] if k == "saliency" else fl["train_step"]
+        print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
