@@ -37,7 +37,9 @@ class FoldSplit:
 
 
 def validation_fold(test_fold: int, k: int) -> int:
-    """>>> [validation_fold(i, 3) for i in (1, 2, 3)]
+    """The fold after the test fold, 1 after K.
+
+    >>> [validation_fold(i, 3) for i in (1, 2, 3)]
     [2, 3, 1]
     """
     return test_fold % k + 1
