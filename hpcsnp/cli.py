@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
+from hpcsnp.config import PUBLICATION as _P
 from hpcsnp.config import Config
 from hpcsnp.errors import HpcsnpError
 
@@ -63,8 +64,9 @@ def config_options(fn):
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of hyperparameters (as written to RUN/config.json)."),
         click.option("--publication", is_flag=True,
-                     help="Start from the publication's training settings (batch 4, lr 0.001 constant, "
-                          "patience 10, dropout 0.75) instead of the defaults; other options still apply."),
+                     help=f"Start from the publication's training settings (batch {_P['batch_size']}, "
+                          f"lr {_P['learning_rate']} constant, patience {_P['patience']}, dropout {_P['dropout']}) "
+                          "instead of the defaults; other options still apply."),
         click.option("--epochs", "max_epochs", type=click.IntRange(min=1),
                      help=f"Maximum epochs [{_D.max_epochs}]."),
         click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size [{_D.batch_size}]."),
