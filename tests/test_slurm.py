@@ -102,7 +102,7 @@ def test_requeued_task_resumes_and_matches_uninterrupted(cluster, sim_store, tmp
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(args)}
     job = subprocess.run(["sbatch", "--parsable", "--array=2", "--cpus-per-task=1", "--mem=1500M",
-                          str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
+                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
     state = run / "sim" / "fold_2.partial" / "state.json"
     for _ in range(900):  # poll for up to ~3 minutes
@@ -128,10 +128,10 @@ def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tm
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(TRAIN)}
     job = subprocess.run(["sbatch", "--parsable", "--array=1-2", "--cpus-per-task=1", "--mem=1500M",
-                          str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
+                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
     red = subprocess.run(["sbatch", "--parsable", f"--dependency=afterok:{job}", "--mem=1G",
-                          str(SLURM / "reduce.sh"), str(run)], capture_output=True, text=True,
+                          f"--output={tmp_path}/%x-%j.out", str(SLURM / "reduce.sh"), str(run)], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert set(wait(job)) == {"COMPLETED"}
     assert wait(red) == ["FAILED"]
