@@ -1,11 +1,14 @@
 """The linear baseline: GBLUP equals the mixed-model equations' solution, and REML
 finds the maximum of a directly computed restricted likelihood."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from hpcsnp.baseline import encode, gblup_fit_predict, reml_delta
+from hpcsnp.baseline import (centred_kernels, encode, gblup_fit_predict, gblup_kernel_predict, gram_matrix,
+                             reml_delta, spectral_projections)
 
 
 def data(n=60, p=40, h2=0.6, seed=0):
@@ -65,6 +68,65 @@ def test_reml_matches_brute_force_maximisation(n, p, seed):
     assert direct_reml(delta, K, y) >= ll.max() - 1e-6
 
 
+@pytest.mark.parametrize("n,p", [(70, 120), (90, 25)])  # full rank; rank-deficient (repeated eigenvalue 1)
+def test_spectral_projections_match_a_full_eigendecomposition(n, p):
+    """Eigenvalues and the projections of y without eigenvectors: the eigenvalues are the same,
+    and so are the projections summed within each (possibly repeated) eigenvalue - all that
+    REML uses; hence also y'(A + d I)^-1 y."""
+    rng = np.random.default_rng(n)
+    Z = rng.standard_normal((n, p))
+    A = Z @ Z.T / p + np.eye(n)
+    y = rng.standard_normal(n) + 3.0
+    lam_ref, U = np.linalg.eigh(A)
+    lam, eta2 = spectral_projections(A.copy(), y)
+    order = np.argsort(lam)
+    lam, eta2 = lam[order], eta2[order]
+    np.testing.assert_allclose(lam, lam_ref, atol=1e-10)
+    groups = np.cumsum(np.r_[0, np.diff(lam_ref) > 1e-8])
+    np.testing.assert_allclose(np.bincount(groups, eta2), np.bincount(groups, (U.T @ y) ** 2), rtol=1e-8, atol=1e-10)
+    for d in (0.05, 1.0, 20.0):
+        assert np.sum(eta2 / (lam + d)) == pytest.approx(y @ np.linalg.solve(A + d * np.eye(n), y), rel=1e-9)
+
+
+@pytest.mark.parametrize("encoding", ["dosage", "onehot"])
+def test_kernels_from_one_gram_matrix_equal_the_centred_designs(encoding):
+    """Fold kernels from the store-wide uncentred Gram matrix == those of the design centred by
+    the fitting rows' means (missing dosages filled with the store-wide mean), and so the
+    same GBLUP predictions."""
+    from hpcsnp.baseline import dosage_fill
+
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 3, (50, 30)).astype(np.int8)
+    g[rng.random(g.shape) < 0.1] = -1
+    fit, new = np.arange(12, 50), np.arange(12)
+    fill = dosage_fill(g)
+    G, width = gram_matrix(g, encoding)
+    K, K_new = centred_kernels(G, width, fit, new)
+    Z_fit, means = encode(g[fit], encoding, fill=fill)
+    Z_new, _ = encode(g[new], encoding, means, fill=fill)
+    assert width == Z_fit.shape[1]
+    np.testing.assert_allclose(K, Z_fit @ Z_fit.T / width, atol=1e-12)
+    np.testing.assert_allclose(K_new, Z_new @ Z_fit.T / width, atol=1e-12)
+    y = rng.standard_normal(len(g))
+    a = gblup_kernel_predict(K, y[fit], K_new, delta=0.5)[0]
+    b = gblup_fit_predict(Z_fit, y[fit], Z_new, delta=0.5)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+def test_gram_matrix_is_exact_in_float32_for_integer_designs(monkeypatch):
+    """One-hot (and complete dosage) Gram matrices are integer: the float32 products used
+    for speed must give them exactly; blocks over SNPs must add up to the whole."""
+    import hpcsnp.baseline as b
+
+    monkeypatch.setattr(b, "GRAM_BLOCK", 7)
+    rng = np.random.default_rng(4)
+    g = rng.integers(-1, 3, (40, 45)).astype(np.int8)
+    for enc, gg in (("onehot", g), ("dosage", np.abs(g))):
+        G, width = gram_matrix(gg, enc)
+        X = b.uncentred(gg, enc)
+        np.testing.assert_array_equal(G, X @ X.T)
+
+
 def test_encodings_center_and_handle_missing():
     g = np.array([[0, 2, -1], [2, -1, 1], [1, 1, 1]], dtype=np.int8)
     Z, means = encode(g, "dosage")
@@ -81,6 +143,7 @@ def test_encodings_center_and_handle_missing():
 
 def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
     from hpcsnp.baseline import baseline_fold
+    from hpcsnp.store import open_store
     from hpcsnp.config import Config
     from hpcsnp.reduce import reduce_run
     from hpcsnp.train import train_fold
@@ -104,6 +167,11 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
     # the simulated trait is additive with h2 0.8: the linear baseline predicts it well
     assert best.max() > 0.4
     check_ensemble(tmp_path, store)
+    # the Gram matrices were computed by fold 1 and read from the run directory by folds 2 and 3
+    for enc in ("dosage", "onehot"):
+        m = [json.loads((tmp_path / open_store(store).name / f"baseline_{enc}" / f"fold_{i}" / "metrics.json")
+                        .read_text())["gram_seconds"] for i in (1, 2, 3)]
+        assert m[0] > 0 and m[1] == m[2] == 0
 
 
 def check_ensemble(run, store):
@@ -131,3 +199,20 @@ def check_ensemble(run, store):
         p = pred[pred.fold == i].set_index("sample_id")
         expect = sum(r[c] * t.loc[p.index, "prediction"] for c, t in zip(cols, test))
         np.testing.assert_allclose(p["prediction"], expect, rtol=1e-5)
+
+
+def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path):
+    import os
+
+    from hpcsnp.baseline import cached_gram
+    from hpcsnp.store import open_store
+
+    store = open_store(sim_store[0])
+    G1, w1, s1 = cached_gram(store, "onehot", tmp_path)
+    G2, w2, s2 = cached_gram(store, "onehot", tmp_path)
+    assert s1 > 0 and s2 == 0 and w1 == w2 and np.array_equal(G1, G2)
+    zj = store.path / "zarr.json"  # a re-ingest rewrites the store's metadata
+    st = zj.stat()
+    os.utime(zj, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _, _, s3 = cached_gram(open_store(store.path), "onehot", tmp_path)
+    assert s3 > 0
