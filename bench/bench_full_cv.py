@@ -105,7 +105,8 @@ def main():
     any_m = next(iter(metrics.values()))
     fl = any_m["mflop_per_sample"]
     print(f"model FLOPs per sample ({any_m['n_train'] and 'N = ' + str(len(pd.read_csv(run / names[0] / 'variants.csv')))}"
-          f" SNPs): forward {fl['forward']:.1f} M, training step {fl['train_step']:.1f} M, "
+          f" SNPs): forward {fl['forward']:.1f} M, training step {fl['train_step']:.1f} M "
+          f"({fl.get('train_step_fused', fl['train_step']):.1f} M as run, fused), "
           f"saliency {fl['saliency']:.1f} M")
     for n, (s, rss, size) in ingest.items():
         print(f"ingest {n}: {size / 1e6:.1f} MB gzip text in {s:.1f}s, peak RSS {rss:.0f} MB")
@@ -122,9 +123,13 @@ def main():
             "cnn_pcc": m["pcc"], "epochs": m["epochs"], "fold_s": m["seconds"] + m["saliency_seconds"],
             "s_per_epoch": m["seconds"] / m["epochs"], "train_per_s": m["train_samples_per_s"],
             "train_gflops": m["train_gflops"], "pct_peak_core": 100 * m["train_gflops"] / (peak / len(os.sched_getaffinity(0)) * threads),
+            # the published model's FLOPs per sample x samples/s (= train_gflops when not fused)
+            "equiv_gflops": m.get("train_gflops_model_equivalent", m["train_gflops"]),
             "sal_per_s": m["saliency_samples_per_s"], "sal_gflops": m["saliency_gflops"],
             "threads": threads, "rss_mb": m.get("peak_rss_mb"),
             "gblup_best": base.max() if len(base) else np.nan,
+            "gblup_s": sum(json.loads((run / n / f"baseline_{b.removeprefix('gblup_')}" / f"fold_{i}" /
+                                       "metrics.json").read_text())["seconds"] for b in base.index),
             "ensemble_pcc": g["pcc"].get("ensemble", np.nan),
         })
     t = pd.DataFrame(rows)

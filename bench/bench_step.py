@@ -1,10 +1,13 @@
 """Training-step and saliency throughput of the model alone (no input pipeline), one lever at a time.
 
 Random int8 genotypes, one-hot inside the compiled step as in training, 4,236 SNPs
-by default.  Prints samples/s and achieved GFLOP/s (model FLOPs from
-hpcsnp.model.flops_per_sample) for: the shipped step; the same with Keras' own
-Dropout layers (the lever FastDropout replaced); without dropout (the floor of
-the convolutions); jit_compile (XLA); and saliency.  `--pair` runs two copies
+by default.  Prints samples/s and achieved GFLOP/s for: the shipped step
+(model.TrainingForward: conv1+conv2 fused, final dropouts merged); the unfused
+step (every Keras layer, FastDropout); that with Keras' own Dropout layers (the
+lever FastDropout replaced); the shipped step without dropout (the floor of the
+convolutions); jit_compile (XLA); and saliency.  GFLOP/s count the operations
+each variant runs (hpcsnp.model.flops_per_sample: train_step_fused for the fused
+ones); "equiv." is the published model's count per sample x samples/s.  `--pair` runs two copies
 at once with 1 thread each (what `hpcsnp cv` does on 2 cores) and reports their
 sum.
 
@@ -49,14 +52,15 @@ def measure(args) -> dict:
             hm.FastDropout = fast
         return model
 
-    def step_fn(model, jit):
+    def step_fn(model, jit, fused):
         opt = keras.optimizers.Adam(cfg.learning_rate)
         opt.build(model.trainable_variables)
+        forward = hm.TrainingForward(model, cfg) if fused else model
 
         @tf.function(jit_compile=jit)
         def step(g, t):
             with tf.GradientTape() as tape:
-                p = model(one_hot(g), training=True)[:, 0]
+                p = forward(one_hot(g), training=True)[:, 0]
                 loss = tf.reduce_mean(tf.square(p - t)) + tf.add_n(model.losses)
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
@@ -73,14 +77,15 @@ def measure(args) -> dict:
         return n * args.batch / (time.perf_counter() - t0)
 
     out = {}
-    for variant, jit in (("shipped", False), ("keras_dropout", False), ("no_dropout", False), ("xla", True)):
+    for variant, jit, fused in (("shipped", False, True), ("unfused", False, False),
+                                ("keras_dropout", False, False), ("no_dropout", False, True), ("xla", True, True)):
         if variant == "xla" and not args.xla:
             continue
-        m = build("shipped" if variant == "xla" else variant)
-        out[variant] = rate(step_fn(m, jit), args.seconds)
+        m = build(variant if variant in ("keras_dropout", "no_dropout") else "shipped")
+        out[variant] = rate(step_fn(m, jit, fused), args.seconds)
     sal = make_gradient_saliency(build("shipped"))
     out["saliency"] = rate(lambda: sal(one_hot(g)), args.seconds)
-    return {"samples_per_s": out, "flops": {k: fl[k] for k in ("train_step", "saliency")}}
+    return {"samples_per_s": out, "flops": {k: fl[k] for k in ("train_step", "train_step_fused", "saliency")}}
 
 
 def main():
@@ -108,11 +113,13 @@ def main():
         res = measure(a)
         how = f"1 process x {a.threads} thread(s)"
     fl = res["flops"]
-    print(f"batch {a.batch}, {a.snps} SNPs, {how}; FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M, "
-          f"saliency {fl['saliency'] / 1e6:.1f} M")
+    print(f"batch {a.batch}, {a.snps} SNPs, {how}; FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M "
+          f"({fl['train_step_fused'] / 1e6:.1f} M fused), saliency {fl['saliency'] / 1e6:.1f} M")
     for k, v in res["samples_per_s"].items():
-        per = fl["saliency"] if k == "saliency" else fl["train_step"]
-        print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s")
+        per = fl["saliency"] if k == "saliency" else fl["train_step"] if k in ("unfused", "keras_dropout") \
+            else fl["train_step_fused"]
+        equiv = "" if k == "saliency" else f"  ({v * fl['train_step'] / 1e9:6.1f} GFLOP/s equiv.)"
+        print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s{equiv}")
 
 
 if __name__ == "__main__":

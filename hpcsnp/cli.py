@@ -81,6 +81,10 @@ def config_options(fn):
         click.option("--seed", type=int, help=f"Random seed [{_D.seed}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
+        click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,
+                     help="Train through conv1+conv2 composed into one convolution and the two final "
+                          "dropouts drawn as one mask: the same model and parameters, fewer FLOPs [on]; "
+                          "--no-fuse runs every layer as Keras does."),
         click.option("--steps-per-epoch", type=click.IntRange(min=0),
                      help="Train on at most this many batches per epoch, 0 = all [0]; for benchmarks "
                           "and first looks at very large stores."),

@@ -59,6 +59,46 @@ def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate):
     assert np.array_equal(d(x, training=True).numpy(), a)  # the counter alone fixes the mask
 
 
+@pytest.mark.parametrize("n_snps", [300, 30])  # fused; too short to fuse (falls back to two convolutions)
+def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps):
+    """TrainingForward computes the Keras model's function (edges included) and the same
+    loss gradients for every parameter; its merged final dropout keeps (1 - r)^2 of the
+    units, scaled by the inverse."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import one_hot
+    from hpcsnp.model import TrainingForward, build_model, flops_per_sample
+
+    cfg = Config(dropout=0.0)
+    keras.utils.set_random_seed(1)
+    m = build_model(n_snps, cfg)
+    for v in m.trainable_variables:  # non-trivial biases too
+        v.assign(tf.random.normal(v.shape, stddev=0.3, seed=2))
+    f = TrainingForward(m, cfg)
+    assert f.fused == (n_snps >= 2 * f.span)
+    x = one_hot(np.random.default_rng(0).integers(-1, 3, (6, n_snps)).astype(np.int8))
+    t = tf.constant(np.linspace(-1, 1, 6), tf.float32)
+    np.testing.assert_allclose(f(x, training=True).numpy(), m(x, training=False).numpy(), rtol=2e-5, atol=2e-6)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(fn(x)[:, 0] - t)) + tf.add_n(m.losses)
+        return tape.gradient(loss, m.trainable_variables)
+    for a, b in zip(grads(lambda x: f(x, training=True)), grads(lambda x: m(x, training=True))):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5)
+    fl = flops_per_sample(4236, Config())
+    assert fl["train_step_fused"] < 0.5 * fl["train_step"]
+
+    cfg = Config(dropout=0.25)
+    m = build_model(n_snps, cfg)
+    f = TrainingForward(m, cfg)
+    y = f.drop2.drop(tf.ones((40, 5000)), 1 - (1 - 0.25) ** 2).numpy()
+    kept = y != 0
+    assert abs(kept.mean() - 0.5625) < 0.01 and np.allclose(y[kept], 1 / 0.5625)
+
+
 def test_isru_is_bounded_by_alpha():
     from hpcsnp.model import ISRU
 
