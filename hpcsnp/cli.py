@@ -121,6 +121,9 @@ def cli(verbose):
       hpcsnp query runs/height Gm03_1592339
     """
     VERBOSE["level"] = verbose
+    from hpcsnp.resources import pin_from_env
+
+    pin_from_env()
 
 
 @cli.command()

@@ -68,7 +68,7 @@ class FastDropout(layers.Layer):
                                             maxval=None, dtype=tf.int32)
         draws = tf.reshape(tf.bitcast(words, tf.uint8 if bits == 8 else tf.uint16), [-1])[:n]
         keep = tf.reshape(draws < threshold, tf.shape(x))
-        return x * (tf.cast(keep, x.dtype) * (1.0 / (1.0 - rate)))
+        return x * tf.where(keep, tf.constant(1.0 / (1.0 - rate), x.dtype), tf.zeros((), x.dtype))
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}

@@ -79,6 +79,33 @@ def _cgroup_cpu_quota(root="/sys/fs/cgroup") -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
+def parse_cpu_list(spec: str) -> set[int]:
+    """"0,2-3" -> {0, 2, 3} (the kernel's cpulist format).
+    >>> sorted(parse_cpu_list("0,2-3"))
+    [0, 2, 3]
+    """
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pin_from_env(env=None) -> set[int] | None:
+    """HPCSNP_CPUS (a cpulist) restricts this process, and every thread it starts later,
+    to those CPUs.  `hpcsnp cv` gives each concurrent fold its own cores this way, so two
+    single-threaded folds never end up sharing one core while the other idles."""
+    spec = (os.environ if env is None else env).get("HPCSNP_CPUS", "").strip()
+    if not spec:
+        return None
+    try:
+        cpus = parse_cpu_list(spec)
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError, ValueError):  # not Linux, or CPUs not ours: run unpinned
+        return None
+    return cpus
+
+
 def cap_threads(threads: int | None = None) -> int:
     """Set every thread-pool size we know of to the granted cores; returns it."""
     n = granted_cpus(threads)

@@ -14,11 +14,16 @@ import numpy as np
 import tensorflow as tf
 
 
-def make_gradient_saliency(model, training: bool = False):
-    """A compiled function: one-hot batch [b, N, 4] -> per-SNP S summed over the batch."""
+def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
+    """A compiled function: one-hot batch [b, N, 4] (or, with ``encoded=False``, int8
+    genotypes [b, N], one-hot inside the graph) -> per-SNP S summed over the batch."""
 
     @tf.function(reduce_retracing=True)
     def batch_saliency(x):
+        if not encoded:
+            from hpcsnp.data import one_hot
+
+            x = one_hot(x)
         with tf.GradientTape() as tape:
             tape.watch(x)
             # sum over the batch: d(sum_j f(x_j))/dx_j = df(x_j)/dx_j, samples are independent
@@ -29,12 +34,12 @@ def make_gradient_saliency(model, training: bool = False):
     return batch_saliency
 
 
-def fold_saliency(model, dataset, n_variants: int, training: bool = False) -> tuple[np.ndarray, int]:
-    """Sum of S over every sample of ``dataset`` (batches of (x, y, row)), and the count."""
-    fn = make_gradient_saliency(model, training)
+def fold_saliency(model, batches, n_variants: int, training: bool = False) -> tuple[np.ndarray, int]:
+    """Sum of S over every sample of ``batches`` ((int8 genotypes, y, row) tuples), and the count."""
+    fn = make_gradient_saliency(model, training, encoded=False)
     total = np.zeros(n_variants, dtype=np.float64)
     count = 0
-    for x, _, _ in dataset:
+    for x, _, _ in batches:
         total += fn(x).numpy()
         count += int(x.shape[0])
     return total, count

@@ -188,8 +188,12 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     optimizer.build(model.trainable_variables)
     forward = TrainingForward(model, cfg) if cfg.fuse_convolutions else model
 
+    from hpcsnp.data import one_hot
+
+    # steps take int8 genotypes and expand the one-hot encoding inside the compiled graph
     @tf.function(reduce_retracing=True)
-    def train_step(x, t):
+    def train_step(g, t):
+        x = one_hot(g)
         with tf.GradientTape() as tape:
             pred = forward(x, training=True)[:, 0]
             mse = tf.reduce_mean(tf.square(pred - t))
@@ -199,14 +203,14 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         return mse
 
     @tf.function(reduce_retracing=True)
-    def predict_step(x):  # the same function as model(x), with the fused convolution when on
-        return forward(x, training=False)[:, 0]
+    def predict_step(g):  # the same function as model(x), with the fused convolution when on
+        return forward(one_hot(g), training=False)[:, 0]
 
     def predict(src):
         preds, rows = [], []
-        for x, _, r in src.dataset(eval_batch, shuffle=False, threads=n_threads):
-            preds.append(predict_step(x).numpy())
-            rows.append(r.numpy())
+        for g, _, r in src.iterate(eval_batch, shuffle=False, threads=n_threads):
+            preds.append(predict_step(g).numpy())
+            rows.append(np.asarray(r))
         return np.concatenate(preds) * sd + mu, np.concatenate(rows)
 
     # Resume state: every variable of the model (weights and the dropout layers' RNG
@@ -230,13 +234,13 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     while state["epoch"] < cfg.max_epochs and state["wait"] <= cfg.patience:
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
-        ds = train_src.dataset(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
-        if cfg.steps_per_epoch:
-            ds = ds.take(cfg.steps_per_epoch)
+        batches = train_src.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
         losses = []
-        for x, t, _ in ds:
-            losses.append(float(train_step(x, t)))
-            state["samples"] = state.get("samples", 0) + int(x.shape[0])
+        for step, (g, t, _) in enumerate(batches):
+            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
+                break
+            losses.append(float(train_step(g, t)))
+            state["samples"] = state.get("samples", 0) + int(g.shape[0])
         vp, vr = predict(val_src)
         val_mae = float(np.mean(np.abs(vp - y[vr])))
         improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
@@ -282,7 +286,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
 
     t_sal = time.perf_counter()
     sal_sum, sal_n = fold_saliency(
-        model, test_src.dataset(eval_batch, shuffle=False, threads=n_threads), n_var,
+        model, test_src.iterate(eval_batch, shuffle=False, threads=n_threads), n_var,
         training=cfg.saliency_dropout)
     sal_seconds = time.perf_counter() - t_sal
     import zarr
@@ -304,6 +308,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         "saliency_n": sal_n, "cached": bool(cache), "threads": n_threads,
         **_throughput(state, sal_n, sal_seconds, len(tr), predict_seconds, n_var, cfg),
         "train_cpu_utilisation": cpu_utilisation,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "thread_pools": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                          "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                          **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",

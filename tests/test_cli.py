@@ -35,9 +35,18 @@ def test_end_to_end_finds_planted_snps(tmp_path):
     again = run_cli("cv", tmp_path / "sim.zarr", "--run", tmp_path / "run", *QUICK)
     assert "fold 1: PCC" not in again.stderr
     logs = sorted(p.name for p in (tmp_path / "run" / "logs").iterdir())
-    assert logs == ["sim_fold1.log", "sim_fold2.log", "sim_fold3.log"]
+    assert logs == sorted(f"sim_fold{i}{kind}.log" for i in (1, 2, 3) for kind in ("", ".baseline"))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["batch_size"] == 16 and saved["dropout"] == 0.5
+    # folds that ran at the same time had cores of their own (when the machine has several)
+    from hpcsnp.cv import core_slots, plan_jobs
+    from hpcsnp.resources import granted_cpus
+
+    slots = core_slots(*plan_jobs(granted_cpus(), 3), granted_cpus())
+    affinity = [json.loads((tmp_path / "run" / "sim" / f"fold_{i}" / "metrics.json").read_text())["cpu_affinity"]
+                for i in (1, 2, 3)]
+    if slots[0] is not None:
+        assert all(a in slots for a in affinity), (affinity, slots)
 
 
 def test_train_one_fold_and_reduce_refusal_through_cli(sim_store, tmp_path):

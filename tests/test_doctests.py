@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["hpcsnp.cv", "hpcsnp.train", "hpcsnp.data"])
+@pytest.mark.parametrize("module", ["hpcsnp.cv", "hpcsnp.train", "hpcsnp.data", "hpcsnp.resources"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
