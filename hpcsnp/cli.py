@@ -85,6 +85,10 @@ def config_options(fn):
                      help="Train through conv1+conv2 composed into one convolution and the two final "
                           "dropouts drawn as one mask: the same model and parameters, fewer FLOPs [on]; "
                           "--no-fuse runs every layer as Keras does."),
+        click.option("--step-activation-mb", type=click.IntRange(min=1),
+                     help=f"Split a training batch into micro-batches (gradients accumulated: the same "
+                          f"update) when one activation tensor would exceed this many MiB; bounds memory "
+                          f"on wide marker sets [{_D.step_activation_mb}]."),
         click.option("--steps-per-epoch", type=click.IntRange(min=0),
                      help="Train on at most this many batches per epoch, 0 = all [0]; for benchmarks "
                           "and first looks at very large stores."),

@@ -40,6 +40,7 @@ class Config:
     min_learning_rate: float = 1e-5
     max_epochs: int = 1000
     steps_per_epoch: int = 0  # 0 = every training batch; N = at most N batches an epoch
+    step_activation_mb: int = 16  # wider batches are split into micro-batches, gradients accumulated
     min_delta: float = 0.0
     restore_best: bool = True  # keep the weights of the best validation epoch
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
@@ -58,7 +59,7 @@ class Config:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("filters", "kernel_1", "kernel_2", "kernel_shortcut", "kernel_3",
-                     "batch_size", "max_epochs", "eval_batch_size", "window_chunks"):
+                     "batch_size", "max_epochs", "eval_batch_size", "window_chunks", "step_activation_mb"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:

@@ -202,6 +202,12 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return mse
 
+    micro = micro_batch_size(cfg, n_var)
+    if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
+        train_step = _accumulating_step(model, forward, optimizer, micro, one_hot)
+        log(f"[{dataset} fold {fold}] batches of {cfg.batch_size} computed as micro-batches of {micro} "
+            f"(--step-activation-mb {cfg.step_activation_mb})")
+
     @tf.function(reduce_retracing=True)
     def predict_step(g):  # the same function as model(x), with the fused convolution when on
         return forward(one_hot(g), training=False)[:, 0]
@@ -331,6 +337,57 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
 
 
 EVAL_ACTIVATION_MB = 32
+
+
+def micro_batch_size(cfg, n_variants: int) -> int:
+    """Rows per compiled training call: the batch, or fewer when one activation tensor
+    (rows x SNPs x filters float32) would exceed cfg.step_activation_mb.
+    >>> from hpcsnp.config import Config
+    >>> micro_batch_size(Config(), 4236), micro_batch_size(Config(), 50000)
+    (64, 8)
+    """
+    per_sample = n_variants * cfg.filters * 4
+    return max(1, min(cfg.batch_size, cfg.step_activation_mb * 2**20 // per_sample))
+
+
+def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
+    """train_step(g, t) for a batch too wide to differentiate at once: the gradient of the
+    batch's mean squared error is accumulated over micro-batches (each weighted by its
+    share of rows), the L2 penalty's added once, and one optimiser update applied: the
+    same update as the whole batch (float rounding aside; each micro-batch draws its
+    own dropout masks).  Activation memory is that of ``micro`` rows."""
+    import tensorflow as tf
+
+    params = model.trainable_variables
+    acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in params]
+
+    @tf.function(reduce_retracing=True)
+    def accumulate(g, t, weight):
+        with tf.GradientTape() as tape:
+            mse = tf.reduce_mean(tf.square(forward(one_hot(g), training=True)[:, 0] - t))
+            scaled = weight * mse
+        for a, grad in zip(acc, tape.gradient(scaled, params)):
+            a.assign_add(grad)
+        return scaled
+
+    @tf.function
+    def apply():
+        with tf.GradientTape() as tape:
+            penalty = tf.add_n(model.losses)
+        grads = [a + p if p is not None else tf.identity(a) for a, p in zip(acc, tape.gradient(penalty, params))]
+        optimizer.apply_gradients(zip(grads, params))
+        for a in acc:
+            a.assign(tf.zeros_like(a))
+
+    def train_step(g, t):
+        n = int(g.shape[0])
+        mse = 0.0
+        for s in range(0, n, micro):
+            mse += accumulate(g[s:s + micro], t[s:s + micro], tf.constant((min(s + micro, n) - s) / n, tf.float32))
+        apply()
+        return mse
+
+    return train_step
 
 
 def eval_batch_size(cfg, n_variants: int) -> int:

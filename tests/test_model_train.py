@@ -99,6 +99,52 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps):
     assert abs(kept.mean() - 0.5625) < 0.01 and np.allclose(y[kept], 1 / 0.5625)
 
 
+def test_micro_batches_give_the_whole_batch_update():
+    """Wide marker sets: a batch computed as accumulated micro-batches (5 + 5 + 5 + 1 rows)
+    moves every parameter as the whole batch does (no dropout, so the functions are equal)."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import one_hot
+    from hpcsnp.model import TrainingForward, build_model
+    from hpcsnp.train import _accumulating_step
+
+    cfg = Config(dropout=0.0)
+    keras.utils.set_random_seed(3)
+    m = build_model(120, cfg)
+    f = TrainingForward(m, cfg)
+    start = [v.numpy() for v in m.trainable_variables]
+    rng = np.random.default_rng(1)
+    g = tf.constant(rng.integers(-1, 3, (16, 120)).astype(np.int8))
+    t = tf.constant(rng.standard_normal(16).astype(np.float32))
+
+    def after(step_factory):
+        for v, x in zip(m.trainable_variables, start):
+            v.assign(x)
+        opt = keras.optimizers.Adam(0.01)
+        opt.build(m.trainable_variables)
+        step = step_factory(opt)
+        losses = [float(step(g, t)) for _ in range(3)]
+        return losses, [v.numpy() for v in m.trainable_variables]
+
+    def whole(opt):
+        def step(g, t):
+            with tf.GradientTape() as tape:
+                mse = tf.reduce_mean(tf.square(f(one_hot(g))[:, 0] - t))
+                loss = mse + tf.add_n(m.losses)
+            opt.apply_gradients(zip(tape.gradient(loss, m.trainable_variables), m.trainable_variables))
+            return mse
+        return step
+
+    la, wa = after(whole)
+    lb, wb = after(lambda opt: _accumulating_step(m, f, opt, 5, one_hot))
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for a, b in zip(wa, wb):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(wa[0], start[0])  # the parameters did move
+
+
 def test_isru_is_bounded_by_alpha():
     from hpcsnp.model import ISRU
 
