@@ -86,14 +86,15 @@ def run_cv(stores, run_dir, *, config_path: Path, threads=None, jobs=None, force
     for s in stores:
         store = open_store(s)  # fail early on a bad store, before hours of training
         todo += [(store, i) for i in range(1, store.n_folds + 1)]
-    n_jobs, per_fold = plan_jobs(granted_cpus(threads), len(todo), jobs, _mem_available_gb())
+    cores = granted_cpus(threads)
+    n_jobs, per_fold = plan_jobs(cores, len(todo), jobs, _mem_available_gb())
     results, failed = [], []
     bar = tqdm(total=len(todo), desc="folds", unit="fold", file=sys.stderr, disable=not progress)
     if n_jobs > 1:
         bar.write(f"{n_jobs} folds at a time, {per_fold} thread(s) each")
 
     slots = queue.SimpleQueue()  # each concurrent task gets its own cores (HPCSNP_CPUS), when they are ours
-    for cpus in core_slots(n_jobs, per_fold, granted_cpus(threads)):
+    for cpus in core_slots(n_jobs, per_fold, cores):
         slots.put(cpus)
 
     def one(kind, store, i):
