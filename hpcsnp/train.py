@@ -228,7 +228,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
              "lr": cfg.learning_rate, "lr_wait": 0}
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        load_variables(partial / "last.npz", run_vars)
+        load_variables(partial / state.get("checkpoint", "last.npz"), run_vars)
         optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
         log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
             f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
@@ -265,8 +265,15 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         state["train_seconds"] += time.perf_counter() - t0
         state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
                                  "lr": float(state.get("lr", cfg.learning_rate))})
-        save_variables(partial / "last.npz", run_vars)
-        atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
+        # the checkpoint is named by its epoch and state.json names it, so a kill at any point
+        # leaves a pair that belongs together; SIGTERM waits until both are written
+        with _signals_blocked():
+            previous = state.get("checkpoint")
+            state["checkpoint"] = f"last-{epoch}.npz"
+            save_variables(partial / state["checkpoint"], run_vars)
+            atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
+            if previous and previous != state["checkpoint"]:
+                (partial / previous).unlink(missing_ok=True)
         log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
             f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s"
             f"  rss {_rss_mb('VmRSS'):.0f} MB")
@@ -327,7 +334,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     if rss:
         metrics["peak_rss_mb"] = rss
     (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for name in ("last.npz", "best.npz", "state.json"):
+    for name in [*(p.name for p in partial.glob("last*.npz")), "best.npz", "state.json"]:
         (partial / name).unlink(missing_ok=True)
     atomic_replace_dir(partial, final)
     log(f"[{dataset} fold {fold}] test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  "
@@ -419,6 +426,19 @@ def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) 
             "saliency_samples_per_s": sal_n / max(sal_seconds, 1e-9),
             "saliency_gflops": sal_n * fl["saliency"] / max(sal_seconds, 1e-9) / 1e9,
             "predict_samples_per_s": n_pred / max(predict_seconds, 1e-9)}
+
+
+@contextlib.contextmanager
+def _signals_blocked(signals=None):
+    """Hold SIGTERM/SIGINT (delivered on exit) while a checkpoint and its state are written."""
+    import signal
+
+    signals = signals or {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def save_variables(path: Path, variables) -> None:
