@@ -17,11 +17,12 @@ How it is computed: centring the columns of X by the fitting samples' means is
 double-centring its Gram matrix, so every fold's kernels come from one uncentred
 Gram matrix X X' of all samples per encoding, computed once per store and cached
 in the run directory (``gram.npy``; exact integers in float32 where the encoding
-is integer).  REML needs the eigenvalues of S K S and the projections of y on its
-eigenvectors, not the eigenvectors themselves: a Householder reflection that
-maps y onto the first axis, then tridiagonalisation (which keeps that axis), gives
-both from the first components of the tridiagonal matrix's eigenvectors - about a
-third of a full eigendecomposition.  Solves use Cholesky factorisations.  Fitting samples are the training and
+is integer).  REML needs the eigenvalues of S K S and y's quadratic forms in it, not
+its eigenvectors: a Householder reflection that maps the centred y onto the first
+axis, then tridiagonalisation (which keeps that axis), gives the eigenvalues and, for
+every delta, the quadratic form from one tridiagonal solve; for a fold's kernel (centred
+by its own rows) the same factorisation gives the GBLUP coefficients, so the only
+Cholesky factorisation left is the validation-fold refit's.  Fitting samples are the training and
 validation folds ("everything but the test fold", as GBLUP is used; the CNN
 sees the validation fold for early stopping).
 """
@@ -129,77 +130,118 @@ def centred_kernels(G: np.ndarray, width: int, fit: np.ndarray, new: np.ndarray)
     return G_ff, K_nf
 
 
-def reml_loglik(log_delta, xi, eta2, n_q):
-    """REML log-likelihood of delta (EMMA eq. 7), up to a constant; xi are the
-    non-zero eigenvalues of S K S and eta2 the squared projections of y on them."""
-    d = np.exp(log_delta)
-    return 0.5 * (n_q * np.log(n_q / (2 * np.pi)) - n_q
-                  - n_q * np.log(np.sum(eta2 / (xi + d))) - np.sum(np.log(xi + d)))
+class REMLSpectrum:
+    """What REML needs of (K, y), from one tridiagonalisation and no eigenvectors.
+
+    S K S (S = I - 11'/n projects out the intercept) gets the intercept direction 1
+    sent to an eigenvalue c above all others (+ c 11'/n), so what is left are the
+    n - 1 eigenvalues xi_i that REML sums over.  With H the Householder reflection
+    that maps the centred y onto the first axis, H A H = Q T Q' (LAPACK sytrd, lower,
+    keeps that axis: Q e1 = e1), so
+
+        yc' (S K S + d I)^+ yc = |yc|^2 e1' (T + d I)^-1 e1      (a tridiagonal solve)
+
+    and the log-determinant comes from T's eigenvalues alone.  For a kernel whose rows
+    sum to zero (centred by the fitting samples, as every fold's is) the GLS intercept
+    is mean(y) and the GBLUP coefficients (K + d I)^-1 yc = H Q (T + d I)^-1 |yc| e1 also
+    come from it (``solve``): no Cholesky factorisation."""
+
+    def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False):
+        from scipy.linalg import eigh_tridiagonal, lapack
+        from scipy.linalg.blas import dsyr2
+
+        n = len(y)
+        if n < 3:
+            raise InputError(f"REML needs at least 3 fitting samples, got {n}")
+        self.n, self.mean = n, float(np.mean(y))
+        yc = np.asarray(y, np.float64) - self.mean
+        r = K.mean(axis=0)
+        scale = float(np.abs(np.diagonal(K)).max(initial=0.0)) or 1.0
+        self.centred = bool(np.abs(r).max() <= 1e-10 * scale)  # then S K S = K
+        A = K if overwrite and self.centred else K.astype(np.float64, copy=True)
+        if not self.centred:  # S A S: A minus its row and column means plus the grand mean
+            A -= r[None, :]
+            A -= r[:, None]
+            A += r.mean()
+        c = 1.0 + float(np.trace(A))  # > every eigenvalue of the positive semi-definite S K S
+        A += c / n
+        norm = float(np.linalg.norm(yc))
+        self.yy = norm * norm
+        # H = I - beta v v' maps yc to s |yc| e1 (v = u - s e1 with s opposite to u[0]: no cancellation)
+        u = yc / norm if norm > 0 else np.eye(1, n)[0]
+        s = -1.0 if u[0] > 0 else 1.0
+        v = u.copy()
+        v[0] -= s
+        beta = 2.0 / (v @ v)
+        w = A @ v
+        q = beta * (w - 0.5 * beta * (v @ w) * v)
+        A = A.T if A.flags.c_contiguous else np.asfortranarray(A)  # symmetric: its transpose, in Fortran order
+        A = dsyr2(-1.0, v, q, a=A, lower=1, overwrite_a=1)  # H A H = A - v q' - q v' (lower triangle)
+        lwork = int(lapack.dsytrd_lwork(n, lower=1)[0])
+        refl, d, e, tau, info = lapack.dsytrd(A, lower=1, lwork=lwork, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
+        self.d, self.e = d, e
+        self._h = (v, beta, s * norm)
+        self._q = (refl, tau) if self.centred else None
+        lam = eigh_tridiagonal(d, e, eigvals_only=True)
+        self.xi = np.maximum(np.delete(lam, np.argmax(lam)), 0.0)  # c belongs to the intercept
+
+    def _tridiagonal_solve(self, delta: float, b: np.ndarray) -> np.ndarray:
+        from scipy.linalg import lapack
+
+        _, _, _, x, info = lapack.dgtsv(self.e, self.d + delta, self.e, b[:, None])
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dgtsv failed (info {info})")
+        return x[:, 0]
+
+    def quadratic(self, delta: float) -> float:
+        """yc' (S K S + delta I)^+ yc, the restricted residual quadratic form (EMMA's sum of
+        eta_i^2 / (xi_i + delta))."""
+        return self.yy * float(self._tridiagonal_solve(delta, np.eye(1, self.n)[0])[0])
+
+    def loglik(self, log_delta: float) -> float:
+        """REML log-likelihood of delta (EMMA eq. 7), up to a constant."""
+        d, n_q = np.exp(log_delta), self.n - 1
+        return 0.5 * (n_q * np.log(n_q / (2 * np.pi)) - n_q
+                      - n_q * np.log(self.quadratic(d)) - np.sum(np.log(self.xi + d)))
+
+    def maximise(self, grid=np.linspace(-10, 10, 201)) -> tuple[float, float]:
+        """Grid over log delta, then golden-section refinement around the best point;
+        returns (delta, log-likelihood)."""
+        ll = np.array([self.loglik(t) for t in grid])
+        i = int(np.argmax(ll))
+        a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        phi = (np.sqrt(5) - 1) / 2
+        for _ in range(60):
+            c, d = b - phi * (b - a), a + phi * (b - a)
+            if self.loglik(c) > self.loglik(d):
+                b = d
+            else:
+                a = c
+        t = (a + b) / 2
+        return float(np.exp(t)), float(self.loglik(t))
+
+    def solve(self, delta: float) -> np.ndarray:
+        """(K + delta I)^-1 (y - mean(y)), for a kernel centred by its own rows (K 1 = 0)."""
+        if self._q is None:
+            raise ValueError("solve() needs a kernel whose rows sum to zero")
+        x = self._tridiagonal_solve(delta, np.eye(1, self.n)[0] * self._h[2])
+        refl, tau = self._q
+        for i in range(self.n - 2, -1, -1):  # Q x = H(1) ... H(n-1) x, v_i = (1, refl[i+2:, i])
+            if tau[i] != 0.0:
+                t = x[i + 1:]
+                f = tau[i] * (t[0] + refl[i + 2:, i] @ t[1:])
+                t[0] -= f
+                t[1:] -= f * refl[i + 2:, i]
+        v, beta, _ = self._h
+        return x - beta * (v @ x) * v
 
 
 def reml_delta(K: np.ndarray, y: np.ndarray, grid=np.linspace(-10, 10, 201)) -> tuple[float, float]:
-    """REML estimate of delta = se2/sg2 for y = mu + g + e, g ~ N(0, sg2 K).
-    Grid over log delta, then golden-section refinement around the best point."""
-    n = len(y)
-    # S (K + I) S has eigenvalue 0 on the intercept direction and xi + 1 >= 1 on the
-    # n - 1 others, even when K is rank-deficient (p < n): drop the smallest (EMMA).
-    # S A S (S = I - 11'/n) is A minus its row and column means plus the grand mean:
-    # O(n^2) instead of two n^3 products.
-    A = K + np.eye(n)
-    r = A.mean(axis=0)
-    A -= r[None, :]
-    A -= r[:, None]
-    A += r.mean()
-    vals, eta2 = spectral_projections(A, y)
-    del A
-    keep = np.argsort(vals)[1:]
-    xi, eta2 = np.maximum(vals[keep] - 1.0, 0.0), eta2[keep]
-    ll = np.array([reml_loglik(t, xi, eta2, n - 1) for t in grid])
-    i = int(np.argmax(ll))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    phi = (np.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    for _ in range(60):
-        c, d = b - phi * (b - a), a + phi * (b - a)
-        if reml_loglik(c, xi, eta2, n - 1) > reml_loglik(d, xi, eta2, n - 1):
-            b = d
-        else:
-            a = c
-    t = (a + b) / 2
-    return float(np.exp(t)), float(reml_loglik(t, xi, eta2, n - 1))
-
-
-def spectral_projections(A: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues of the symmetric matrix A and the squared projections (u_i' y)^2 of y
-    on its eigenvectors, without forming them.  With H a Householder reflection taking
-    y to |y| e1, H A H = Q T Q' (LAPACK sytrd, lower: Q e1 = e1) and T = V diag(lam) V',
-    so u_i' y = +-|y| V[0, i].  Within a repeated eigenvalue the single projections are
-    not unique, their sum is (and REML uses only such sums).  ``A`` is overwritten."""
-    from scipy.linalg import eigh_tridiagonal, lapack
-    from scipy.linalg.blas import dsyr2
-
-    n = len(y)
-    norm = float(np.linalg.norm(y))
-    if n < 3 or norm == 0.0:
-        vals, vecs = np.linalg.eigh(A)
-        return vals, (vecs.T @ y) ** 2
-    u = y / norm
-    s = -1.0 if u[0] > 0 else 1.0  # H u = s e1; v = u - s e1 avoids cancellation
-    v = u.copy()
-    v[0] -= s
-    beta = 2.0 / (v @ v)
-    w = A @ v
-    q = beta * (w - 0.5 * beta * (v @ w) * v)
-    A = A.T if A.flags.c_contiguous else np.asfortranarray(A)  # symmetric: the transpose is A, in Fortran order
-    # H A H = A - v q' - q v' (lower triangle only: all that sytrd reads)
-    A = dsyr2(-1.0, v, q, a=A, lower=1, overwrite_a=1)
-    lwork = int(lapack.dsytrd_lwork(n, lower=1)[0])
-    _, d, e, _, info = lapack.dsytrd(A, lower=1, lwork=lwork, overwrite_a=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
-    del A
-    lam, V = eigh_tridiagonal(d, e)
-    return lam, (norm * V[0]) ** 2
+    """REML estimate of delta = se2/sg2 for y = mu + g + e, g ~ N(0, sg2 K), and its
+    log-likelihood (see REMLSpectrum)."""
+    return REMLSpectrum(K, y).maximise(grid)
 
 
 def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None):
@@ -217,15 +259,24 @@ def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None):
 
 def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False):
     """GBLUP from kernels: K [fit, fit] and K_new [new, fit]; as gblup_fit_predict.
-    ``overwrite``: K may be overwritten (saves one n x n copy)."""
-    if delta is None:
-        delta, _ = reml_delta(K, y_fit)
-    inner_pred = None
-    if inner is not None:  # before the full solve, which may overwrite K
+    ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML and
+    K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation."""
+    inner_K = None
+    if inner is not None:  # taken before K may be overwritten
         fit, held = inner
-        a_in, mu_in = _gblup_solve(K[np.ix_(fit, fit)], y_fit[fit], delta, overwrite=True)
-        inner_pred = mu_in + K[np.ix_(held, fit)] @ a_in
-    alpha, mu = _gblup_solve(K, y_fit, delta, overwrite=overwrite)
+        inner_K = K[np.ix_(fit, fit)], K[np.ix_(held, fit)]
+    spectrum = None
+    if delta is None:
+        spectrum = REMLSpectrum(K, y_fit, overwrite=overwrite)
+        delta, _ = spectrum.maximise()
+    inner_pred = None
+    if inner_K is not None:
+        a_in, mu_in = _gblup_solve(inner_K[0], y_fit[fit], delta, overwrite=True)
+        inner_pred = mu_in + inner_K[1] @ a_in
+    if spectrum is not None and spectrum.centred:
+        alpha, mu = spectrum.solve(delta), spectrum.mean
+    else:  # REMLSpectrum overwrites K only when it is centred
+        alpha, mu = _gblup_solve(K, y_fit, delta, overwrite=overwrite)
     pred = mu + K_new @ alpha
     return pred, float(delta), mu, inner_pred
 

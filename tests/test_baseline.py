@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpcsnp.baseline import (centred_kernels, encode, gblup_fit_predict, gblup_kernel_predict, gram_matrix,
-                             reml_delta, spectral_projections)
+from hpcsnp.baseline import (REMLSpectrum, _gblup_solve, centred_kernels, encode, gblup_fit_predict,
+                             gblup_kernel_predict, gram_matrix, reml_delta)
 
 
 def data(n=60, p=40, h2=0.6, seed=0):
@@ -68,24 +68,56 @@ def test_reml_matches_brute_force_maximisation(n, p, seed):
     assert direct_reml(delta, K, y) >= ll.max() - 1e-6
 
 
-@pytest.mark.parametrize("n,p", [(70, 120), (90, 25)])  # full rank; rank-deficient (repeated eigenvalue 1)
-def test_spectral_projections_match_a_full_eigendecomposition(n, p):
-    """Eigenvalues and the projections of y without eigenvectors: the eigenvalues are the same,
-    and so are the projections summed within each (possibly repeated) eigenvalue - all that
-    REML uses; hence also y'(A + d I)^-1 y."""
+def reml_projection(K, y, delta):
+    """y' P y with P = H^-1 - H^-1 1 1' H^-1 / (1' H^-1 1), H = K + delta I: the
+    restricted residual quadratic form, straight from the definition."""
+    n = len(y)
+    Hi = np.linalg.inv(K + delta * np.eye(n))
+    one = np.ones(n)
+    return y @ Hi @ y - (one @ Hi @ y) ** 2 / (one @ Hi @ one)
+
+
+@pytest.mark.parametrize("n,p,centre", [(70, 120, True), (90, 25, True), (60, 40, False)])
+def test_reml_spectrum_matches_a_full_eigendecomposition(n, p, centre):
+    """Full rank, rank-deficient (repeated eigenvalue 0) and a kernel that is not centred:
+    the eigenvalues are those of S K S without the intercept's 0, the quadratic form from
+    one tridiagonal solve is y' P y for every delta, and for a centred kernel the GBLUP
+    coefficients from the same factorisation are (K + delta I)^-1 (y - mean y)."""
     rng = np.random.default_rng(n)
-    Z = rng.standard_normal((n, p))
-    A = Z @ Z.T / p + np.eye(n)
+    Z = rng.standard_normal((n, p)) + (0.0 if centre else rng.standard_normal(p))
+    if centre:
+        Z -= Z.mean(axis=0)
+    K = Z @ Z.T / p
     y = rng.standard_normal(n) + 3.0
-    lam_ref, U = np.linalg.eigh(A)
-    lam, eta2 = spectral_projections(A.copy(), y)
-    order = np.argsort(lam)
-    lam, eta2 = lam[order], eta2[order]
-    np.testing.assert_allclose(lam, lam_ref, atol=1e-10)
-    groups = np.cumsum(np.r_[0, np.diff(lam_ref) > 1e-8])
-    np.testing.assert_allclose(np.bincount(groups, eta2), np.bincount(groups, (U.T @ y) ** 2), rtol=1e-8, atol=1e-10)
+    spec = REMLSpectrum(K.copy(), y)
+    assert spec.centred == centre
+    S = np.eye(n) - 1.0 / n
+    lam_ref, U = np.linalg.eigh(S @ K @ S)
+    lam_ref = np.delete(lam_ref, np.argmax(np.abs(U.T @ np.ones(n))))  # the intercept's eigenvector 1/sqrt(n)
+    np.testing.assert_allclose(np.sort(spec.xi), np.maximum(lam_ref, 0.0), atol=1e-10)
     for d in (0.05, 1.0, 20.0):
-        assert np.sum(eta2 / (lam + d)) == pytest.approx(y @ np.linalg.solve(A + d * np.eye(n), y), rel=1e-9)
+        assert spec.quadratic(d) == pytest.approx(reml_projection(K, y, d), rel=1e-9)
+        if centre:
+            np.testing.assert_allclose(spec.solve(d), np.linalg.solve(K + d * np.eye(n), y - y.mean()),
+                                       rtol=1e-8, atol=1e-10)
+            alpha, mu = _gblup_solve(K, y, d)
+            np.testing.assert_allclose(spec.solve(d), alpha, rtol=1e-8, atol=1e-10)
+            assert spec.mean == pytest.approx(mu, rel=1e-10)
+    if not centre:
+        with pytest.raises(ValueError):
+            spec.solve(1.0)
+
+
+def test_reml_path_predictions_equal_the_cholesky_solve():
+    """gblup_kernel_predict with REML's delta: the centred kernel's solve through the
+    tridiagonalisation gives what a Cholesky solve with that delta gives."""
+    _, Z, y = data(80, 50, seed=4)
+    Zf = Z[:60] - Z[:60].mean(axis=0)
+    K, K_new = Zf @ Zf.T / 50, (Z[60:] - Z[:60].mean(axis=0)) @ Zf.T / 50
+    pred, delta, mu, _ = gblup_kernel_predict(K.copy(), y[:60], K_new, overwrite=True)
+    ref, _, ref_mu, _ = gblup_kernel_predict(K, y[:60], K_new, delta=delta)
+    np.testing.assert_allclose(pred, ref, rtol=1e-9)
+    assert mu == pytest.approx(ref_mu, rel=1e-12)
 
 
 @pytest.mark.parametrize("encoding", ["dosage", "onehot"])
