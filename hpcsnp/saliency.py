@@ -16,9 +16,12 @@ import tensorflow as tf
 
 def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
     """A compiled function: one-hot batch [b, N, 4] (or, with ``encoded=False``, int8
-    genotypes [b, N], one-hot inside the graph) -> per-SNP S summed over the batch."""
+    genotypes [b, N], one-hot inside the graph) -> per-SNP S summed over the batch.
+    Traced once for any batch length."""
+    n = model.inputs[0].shape[1] if getattr(model, "inputs", None) else None
+    spec = tf.TensorSpec((None, n, 4), tf.float32) if encoded else tf.TensorSpec((None, n), tf.int8)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=(spec,))
     def batch_saliency(x):
         if not encoded:
             from hpcsnp.data import one_hot
