@@ -21,7 +21,7 @@ def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
     n = model.inputs[0].shape[1] if getattr(model, "inputs", None) else None
     spec = tf.TensorSpec((None, n, 4), tf.float32) if encoded else tf.TensorSpec((None, n), tf.int8)
 
-    @tf.function(input_signature=(spec,))
+    @tf.function(input_signature=(spec,), autograph=False)
     def batch_saliency(x):
         if not encoded:
             from hpcsnp.data import one_hot

@@ -193,7 +193,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     # steps take int8 genotypes and expand the one-hot encoding inside the compiled graph.
     # The training step keeps its batch length in the graph (0.3 s an epoch faster here than
     # a graph for any length, which would save the last short batch's retrace, 0.5 s once).
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(g, t):
         x = one_hot(g)
         with tf.GradientTape() as tape:
@@ -210,7 +210,9 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         log(f"[{dataset} fold {fold}] batches of {cfg.batch_size} computed as micro-batches of {micro} "
             f"(--step-activation-mb {cfg.step_activation_mb})")
 
-    @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),))  # one trace for any length
+    # traced once for any batch length; autograph off in every step: plain Python, no
+    # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
+    @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
     def predict_step(g):  # the same function as model(x), with the fused convolution when on
         return forward(one_hot(g), training=False)[:, 0]
 
@@ -370,7 +372,7 @@ def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
     params = model.trainable_variables
     acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in params]
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def accumulate(g, t, weight):
         with tf.GradientTape() as tape:
             mse = tf.reduce_mean(tf.square(forward(one_hot(g), training=True)[:, 0] - t))
@@ -379,7 +381,7 @@ def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
             a.assign_add(grad)
         return scaled
 
-    @tf.function
+    @tf.function(autograph=False)
     def apply():
         with tf.GradientTape() as tape:
             penalty = tf.add_n(model.losses)
