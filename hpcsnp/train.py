@@ -191,8 +191,8 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     from hpcsnp.data import one_hot
 
     # steps take int8 genotypes and expand the one-hot encoding inside the compiled graph.
-    # The training step keeps its batch length in the graph (0.3 s an epoch faster here than
-    # a graph for any length, which would save the last short batch's retrace, 0.5 s once).
+    # The training step keeps its batch length in the graph: a graph for any length would
+    # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
     @tf.function(reduce_retracing=True, autograph=False)
     def train_step(g, t):
         x = one_hot(g)
