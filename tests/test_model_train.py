@@ -99,6 +99,52 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps):
     assert abs(kept.mean() - 0.5625) < 0.01 and np.allclose(y[kept], 1 / 0.5625)
 
 
+@pytest.mark.parametrize("n_snps", [300, 40])
+def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
+    """With dropout on, TrainingForward (scale folded into the kernels, mask as one
+    multiplication) equals the Keras layers with the same masks applied and scaled by
+    1 / keep explicitly, and so do the loss gradients."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import one_hot
+    from hpcsnp.model import TrainingForward, build_model
+
+    cfg = Config(dropout=0.25)
+    keras.utils.set_random_seed(4)
+    m = build_model(n_snps, cfg)
+    for v in m.trainable_variables:
+        v.assign(tf.random.normal(v.shape, stddev=0.3, seed=5))
+    f = TrainingForward(m, cfg)
+    L = m.get_layer
+    x = one_hot(np.random.default_rng(2).integers(-1, 3, (6, n_snps)).astype(np.int8))
+    t = tf.constant(np.linspace(-1, 1, 6), tf.float32)
+    r1, r = 0.25, 1 - 0.75 ** 2
+
+    def explicit(x):
+        y = L("conv2")(L("conv1")(x))
+        y = y * f.drop1.keep_mask(y, r1) / (1 - r1)
+        z = tf.reshape(L("conv3")(L("shortcut")(x) + y), [6, -1])
+        z = z * f.drop2.keep_mask(z, r) / (1 - r)
+        return L("isru")(L("dense")(z))
+
+    def run(fn):
+        f.drop1.counter.assign(7)
+        f.drop2.counter.assign(11)
+        with tf.GradientTape() as tape:
+            out = fn(x)
+            loss = tf.reduce_mean(tf.square(out[:, 0] - t)) + tf.add_n(m.losses)
+        return out.numpy(), tape.gradient(loss, m.trainable_variables)
+
+    out_f, g_f = run(lambda x: f(x, training=True))
+    out_e, g_e = run(explicit)
+    assert not np.allclose(out_f, m(x, training=False).numpy(), rtol=1e-3)  # the masks did something
+    np.testing.assert_allclose(out_f, out_e, rtol=2e-5, atol=2e-6)
+    for a, b in zip(g_f, g_e):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5)
+
+
 def test_micro_batches_give_the_whole_batch_update():
     """Wide marker sets: a batch computed as accumulated micro-batches (5 + 5 + 5 + 1 rows)
     moves every parameter as the whole batch does (no dropout, so the functions are equal)."""
