@@ -46,21 +46,24 @@ def measure(args) -> dict:
         fast = hm.FastDropout
         if variant == "keras_dropout":
             hm.FastDropout = lambda rate, seed=0, name=None: keras.layers.Dropout(rate, seed=seed, name=name)
+        if variant == "bf16":  # Keras layers compute in bfloat16, variables stay float32
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         try:
             model = hm.build_model(args.snps, cfg.replace(dropout=0.0) if variant == "no_dropout" else cfg)
         finally:
             hm.FastDropout = fast
+            keras.mixed_precision.set_global_policy("float32")
         return model
 
-    def step_fn(model, jit, fused):
+    def step_fn(model, jit, fused, bf16=False):
         opt = keras.optimizers.Adam(cfg.learning_rate)
         opt.build(model.trainable_variables)
-        forward = hm.TrainingForward(model, cfg) if fused else model
+        forward = hm.TrainingForward(model, cfg.replace(bf16_step=bf16)) if fused else model
 
         @tf.function(jit_compile=jit)
         def step(g, t):
             with tf.GradientTape() as tape:
-                p = forward(one_hot(g), training=True)[:, 0]
+                p = tf.cast(forward(one_hot(g), training=True)[:, 0], tf.float32)
                 loss = tf.reduce_mean(tf.square(p - t)) + tf.add_n(model.losses)
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
@@ -78,11 +81,12 @@ def measure(args) -> dict:
 
     out = {}
     for variant, jit, fused in (("shipped", False, True), ("unfused", False, False),
-                                ("keras_dropout", False, False), ("no_dropout", False, True), ("xla", True, True)):
-        if variant == "xla" and not args.xla:
+                                ("keras_dropout", False, False), ("no_dropout", False, True), ("xla", True, True),
+                                ("bf16", False, False), ("shipped_bf16", False, True)):
+        if (variant == "xla" and not args.xla) or ("bf16" in variant and not args.bf16):
             continue
-        m = build(variant if variant in ("keras_dropout", "no_dropout") else "shipped")
-        out[variant] = rate(step_fn(m, jit, fused), args.seconds)
+        m = build(variant if variant in ("keras_dropout", "no_dropout", "bf16") else "shipped")
+        out[variant] = rate(step_fn(m, jit, fused, bf16=variant == "shipped_bf16"), args.seconds)
     sal = make_gradient_saliency(build("shipped"))
     out["saliency"] = rate(lambda: sal(one_hot(g)), args.seconds)
     return {"samples_per_s": out, "flops": {k: fl[k] for k in ("train_step", "train_step_fused", "saliency")}}
@@ -95,6 +99,8 @@ def main():
     ap.add_argument("--snps", type=int, default=4236)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--xla", action="store_true", help="also time jit_compile=True (slow to compile here)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the unfused Keras layers under the mixed_bfloat16 policy")
     ap.add_argument("--pair", action="store_true", help="two 1-thread copies at once; print their sum")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -103,7 +109,7 @@ def main():
         return
     if a.pair:
         cmd = [sys.executable, __file__, "--json", "--threads", "1", "--batch", str(a.batch), "--snps", str(a.snps),
-               "--seconds", str(a.seconds)] + (["--xla"] if a.xla else [])
+               "--seconds", str(a.seconds)] + (["--xla"] if a.xla else []) + (["--bf16"] if a.bf16 else [])
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         res = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
         sps = {k: sum(r["samples_per_s"][k] for r in res) for k in res[0]["samples_per_s"]}
@@ -116,7 +122,7 @@ def main():
     print(f"batch {a.batch}, {a.snps} SNPs, {how}; FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M "
           f"({fl['train_step_fused'] / 1e6:.1f} M fused), saliency {fl['saliency'] / 1e6:.1f} M")
     for k, v in res["samples_per_s"].items():
-        per = fl["saliency"] if k == "saliency" else fl["train_step"] if k in ("unfused", "keras_dropout") \
+        per = fl["saliency"] if k == "saliency" else fl["train_step"] if k in ("unfused", "keras_dropout", "bf16") \
             else fl["train_step_fused"]
         equiv = "" if k == "saliency" else f"  ({v * fl['train_step'] / 1e9:6.1f} GFLOP/s equiv.)"
         print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s{equiv}")

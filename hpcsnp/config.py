@@ -46,6 +46,7 @@ class Config:
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
     fuse_convolutions: bool = True  # train through model.TrainingForward (same function, fewer FLOPs)
+    bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (SPEC section 5)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
     # input pipeline

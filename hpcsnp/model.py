@@ -132,6 +132,9 @@ class TrainingForward:
     * dropout2 and dropout3 follow each other with nothing between them: one mask with
       keep probability (1 - r)^2, scaled by its inverse, has the same distribution as
       two masks; it is drawn from dropout2's stream.
+    * With ``bf16_step`` the training step computes in bfloat16 (activations, casts of
+      the float32 weights; the output cast back to float32 before ISRU and the loss), so
+      gradients reach the float32 weights and the optimiser as float32.
     * Dropout's 1 / keep scale is folded into the neighbouring linear map (the composed
       kernel, the dense kernel) and the mask applied as one multiplication; biases are
       added with tf.nn.bias_add, fused into the convolutions, not Keras' broadcast add.
@@ -151,6 +154,12 @@ class TrainingForward:
         self.l2, self.r2 = _same_pads(k2)
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
         self.fused = model.input.shape[1] >= 2 * self.span
+        self.train_dtype = tf.bfloat16 if getattr(cfg, "bf16_step", False) else tf.float32
+        self.dtype = tf.float32
+
+    def _w(self, v):
+        """A float32 weight as this call computes with it (bfloat16 in a --bf16 training step)."""
+        return v if self.dtype == tf.float32 else tf.cast(v, self.dtype)
 
     @staticmethod
     def _conv(x, kernel, bias, padding="SAME"):
@@ -159,8 +168,8 @@ class TrainingForward:
         return tf.nn.bias_add(tf.nn.conv1d(x, kernel, 1, padding), bias)
 
     def _two_convs(self, x, scale=1.0):
-        y1 = self._conv(x, self.conv1.kernel, self.conv1.bias)
-        return self._conv(y1, self.conv2.kernel * scale, self.conv2.bias * scale)
+        y1 = self._conv(x, self._w(self.conv1.kernel), self._w(self.conv1.bias))
+        return self._conv(y1, self._w(self.conv2.kernel * scale), self._w(self.conv2.bias * scale))
 
     def conv12(self, x, scale=1.0):
         """scale * conv2(conv1(x)) for a one-hot batch [b, N, 4] (the scale, dropout's
@@ -169,9 +178,9 @@ class TrainingForward:
             return self._two_convs(x, scale)
         w2, b1, b2 = self.conv2.kernel, self.conv1.bias, self.conv2.bias
         n = tf.shape(x)[1]
-        k = compose_kernels(self.conv1.kernel, w2) * scale
+        k = self._w(compose_kernels(self.conv1.kernel, w2) * scale)
         xp = tf.pad(x, [[0, 0], [self.l1 + self.l2, self.r1 + self.r2], [0, 0]])
-        interior = self._conv(xp, k, (tf.einsum("f,sfg->g", b1, w2) + b2) * scale, "VALID")
+        interior = self._conv(xp, k, self._w((tf.einsum("f,sfg->g", b1, w2) + b2) * scale), "VALID")
         left = self._two_convs(x[:, :self.span], scale)[:, :self.l2]
         right = self._two_convs(x[:, n - self.span:], scale)[:, self.span - self.r2:]
         # the edges replaced in place by an add of their differences (a scatter): unlike a
@@ -184,19 +193,23 @@ class TrainingForward:
         return tf.tensor_scatter_nd_add(interior, idx, diff)
 
     def __call__(self, x, training=True):
+        # the compute type is chosen while tracing: bfloat16 only for training with --bf16
+        self.dtype = self.train_dtype if training else tf.float32
+        x = tf.cast(x, self.dtype)
         r1 = self.drop1.rate if training else 0.0
         y = self.conv12(x, 1.0 / (1.0 - r1))
         if r1:
             y = y * self.drop1.keep_mask(y, r1)
-        y = self._conv(x, self.shortcut.kernel, self.shortcut.bias) + y
-        y = self._conv(y, self.conv3.kernel, self.conv3.bias)
+        y = self._conv(x, self._w(self.shortcut.kernel), self._w(self.shortcut.bias)) + y
+        y = self._conv(y, self._w(self.conv3.kernel), self._w(self.conv3.bias))
         y = tf.reshape(y, [tf.shape(y)[0], -1])
         w = self.dense.kernel
         if training and (self.drop2.rate or self.drop3.rate):
             r = 1.0 - (1.0 - self.drop2.rate) * (1.0 - self.drop3.rate)
             y = y * self.drop2.keep_mask(y, r)
             w = w * (1.0 / (1.0 - r))
-        return self.isru(tf.nn.bias_add(tf.matmul(y, w), self.dense.bias))
+        out = tf.cast(tf.matmul(y, self._w(w)), tf.float32)
+        return self.isru(tf.nn.bias_add(out, self.dense.bias))
 
 
 def flops_per_sample(n_snps: int, cfg) -> dict:
