@@ -145,6 +145,41 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5)
 
 
+def test_bf16_step_computes_in_bfloat16_and_predicts_in_float32():
+    """--bf16: the training call runs in bfloat16 (so it differs from float32 at bfloat16's
+    precision, not more) and hands float32 outputs and gradients to the float32 weights;
+    the inference call stays exactly the float32 function."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import one_hot
+    from hpcsnp.model import TrainingForward, build_model
+
+    cfg = Config(dropout=0.0, bf16_step=True)
+    keras.utils.set_random_seed(6)
+    m = build_model(300, cfg)
+    f16, f32 = TrainingForward(m, cfg), TrainingForward(m, cfg.replace(bf16_step=False))
+    x = one_hot(np.random.default_rng(3).integers(-1, 3, (8, 300)).astype(np.int8))
+    t = tf.constant(np.linspace(-1, 1, 8), tf.float32)
+
+    def run(fn):
+        with tf.GradientTape() as tape:
+            out = fn(x, training=True)
+            loss = tf.reduce_mean(tf.square(out[:, 0] - t)) + tf.add_n(m.losses)
+        return out, tape.gradient(loss, m.trainable_variables)
+
+    (o16, g16), (o32, g32) = run(f16), run(f32)
+    assert o16.dtype == tf.float32 and all(g.dtype == tf.float32 for g in g16)
+    assert not np.array_equal(o16.numpy(), o32.numpy())  # it did compute in bfloat16
+    np.testing.assert_allclose(o16.numpy(), o32.numpy(), atol=0.05 * float(tf.reduce_max(tf.abs(o32))))
+    # all gradients together (a bias gradient is a sum over every position of the batch with
+    # much cancellation: alone it can be far off in relative terms, and tiny)
+    d16, d32 = (tf.concat([tf.reshape(g, [-1]) for g in gs], 0) for gs in (g16, g32))
+    assert float(tf.norm(d16 - d32)) <= 0.05 * float(tf.norm(d32))
+    np.testing.assert_array_equal(f16(x, training=False).numpy(), f32(x, training=False).numpy())
+
+
 def test_micro_batches_give_the_whole_batch_update():
     """Wide marker sets: a batch computed as accumulated micro-batches (5 + 5 + 5 + 1 rows)
     moves every parameter as the whole batch does (no dropout, so the functions are equal)."""
