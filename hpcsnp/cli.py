@@ -87,8 +87,8 @@ def config_options(fn):
                           "--no-fuse runs every layer as Keras does."),
         click.option("--bf16/--no-bf16", "bf16_step", default=None,
                      help="Compute the fused training step in bfloat16 (weights, optimiser, prediction "
-                          "and saliency stay float32): ~1.7x faster steps on CPUs with AVX512-BF16 or "
-                          "AMX; where bfloat16 is emulated it may be slower [off]."),
+                          "and saliency stay float32): ~1.7x faster steps on a CPU with AVX512-BF16 (measured); "
+                          "where bfloat16 is emulated it may be slower [off]."),
         click.option("--step-activation-mb", type=click.IntRange(min=1),
                      help=f"Split a training batch into micro-batches (gradients accumulated: the same "
                           f"update) when one activation tensor would exceed this many MiB; bounds memory "
