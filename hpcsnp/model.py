@@ -165,22 +165,19 @@ class TrainingForward:
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
         self.fused = model.input.shape[1] >= 2 * self.span
         self.train_dtype = tf.bfloat16 if getattr(cfg, "bf16_step", False) else tf.float32
-        self.dtype = tf.float32
-
-    def _w(self, v):
-        """A float32 weight as this call computes with it (bfloat16 in a --bf16 training step)."""
-        return v if self.dtype == tf.float32 else tf.cast(v, self.dtype)
 
     @staticmethod
     def _conv(x, kernel, bias, padding="SAME"):
-        # tf.nn.bias_add, which TF's remapper fuses into the convolution, instead of Keras'
-        # broadcast add: that is a pass of its own (~2.7 ms per 64 x 4,236 x 10 tensor here)
-        y = tf.nn.conv1d(x, kernel, 1, padding)
+        """Convolution + bias in x's type (the float32 weights cast to it).  tf.nn.bias_add,
+        which TF's remapper fuses into the convolution, instead of Keras' broadcast add:
+        that is a pass of its own (~2.7 ms per 64 x 4,236 x 10 tensor here)."""
+        y = tf.nn.conv1d(x, tf.cast(kernel, x.dtype), 1, padding)
+        bias = tf.cast(bias, x.dtype)
         return tf.nn.bias_add(y, bias) if x.dtype == tf.float32 else _bias_add_low_precision(y, bias)
 
     def _two_convs(self, x, scale=1.0):
-        y1 = self._conv(x, self._w(self.conv1.kernel), self._w(self.conv1.bias))
-        return self._conv(y1, self._w(self.conv2.kernel * scale), self._w(self.conv2.bias * scale))
+        y1 = self._conv(x, self.conv1.kernel, self.conv1.bias)
+        return self._conv(y1, self.conv2.kernel * scale, self.conv2.bias * scale)
 
     def conv12(self, x, scale=1.0):
         """scale * conv2(conv1(x)) for a one-hot batch [b, N, 4] (the scale, dropout's
@@ -189,9 +186,9 @@ class TrainingForward:
             return self._two_convs(x, scale)
         w2, b1, b2 = self.conv2.kernel, self.conv1.bias, self.conv2.bias
         n = tf.shape(x)[1]
-        k = self._w(compose_kernels(self.conv1.kernel, w2) * scale)
+        k = compose_kernels(self.conv1.kernel, w2) * scale
         xp = tf.pad(x, [[0, 0], [self.l1 + self.l2, self.r1 + self.r2], [0, 0]])
-        interior = self._conv(xp, k, self._w((tf.einsum("f,sfg->g", b1, w2) + b2) * scale), "VALID")
+        interior = self._conv(xp, k, (tf.einsum("f,sfg->g", b1, w2) + b2) * scale, "VALID")
         left = self._two_convs(x[:, :self.span], scale)[:, :self.l2]
         right = self._two_convs(x[:, n - self.span:], scale)[:, self.span - self.r2:]
         # the edges replaced in place by an add of their differences (a scatter): unlike a
@@ -204,22 +201,21 @@ class TrainingForward:
         return tf.tensor_scatter_nd_add(interior, idx, diff)
 
     def __call__(self, x, training=True):
-        # the compute type is chosen while tracing: bfloat16 only for training with --bf16
-        self.dtype = self.train_dtype if training else tf.float32
-        x = tf.cast(x, self.dtype)
+        # every operation computes in x's type: bfloat16 only for training with --bf16
+        x = tf.cast(x, self.train_dtype if training else tf.float32)
         r1 = self.drop1.rate if training else 0.0
         y = self.conv12(x, 1.0 / (1.0 - r1))
         if r1:
             y = y * self.drop1.keep_mask(y, r1)
-        y = self._conv(x, self._w(self.shortcut.kernel), self._w(self.shortcut.bias)) + y
-        y = self._conv(y, self._w(self.conv3.kernel), self._w(self.conv3.bias))
+        y = self._conv(x, self.shortcut.kernel, self.shortcut.bias) + y
+        y = self._conv(y, self.conv3.kernel, self.conv3.bias)
         y = tf.reshape(y, [tf.shape(y)[0], -1])
         w = self.dense.kernel
         if training and (self.drop2.rate or self.drop3.rate):
             r = 1.0 - (1.0 - self.drop2.rate) * (1.0 - self.drop3.rate)
             y = y * self.drop2.keep_mask(y, r)
             w = w * (1.0 / (1.0 - r))
-        out = tf.cast(tf.matmul(y, self._w(w)), tf.float32)
+        out = tf.cast(tf.matmul(y, tf.cast(w, y.dtype)), tf.float32)
         return self.isru(tf.nn.bias_add(out, self.dense.bias))
 
 
