@@ -82,7 +82,6 @@ def encode(g: np.ndarray, encoding: str, means: np.ndarray | None = None, fill: 
             means = np.where(np.isnan(means), 0.0, means)  # an all-missing column
         x = np.where(miss, means if fill is None else fill, x)
     elif encoding == "onehot":
-        from hpcsnp.data import ONE_HOT_TABLE
 
         x = uncentred(g, encoding)
         if means is None:
@@ -301,25 +300,32 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     import pandas as pd
 
     from hpcsnp.data import fold_split
+    from hpcsnp.errors import FoldFailedError
     from hpcsnp.resources import provenance
+    from hpcsnp.rundir import baseline_dir, check_same_store, dataset_name, read_json, write_dataset_info
     from hpcsnp.store import atomic_replace_dir, open_store
-    from hpcsnp.train import regression_metrics, write_dataset_info
+    from hpcsnp.train import check_fold_usable, regression_metrics
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     store = open_store(store_path)
-    dataset = dataset or store.name
+    dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
+    check_fold_usable(store, split)
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
     write_dataset_info(run_dir, dataset, store)
-    done = {enc: Path(run_dir) / dataset / f"baseline_{enc}" / f"fold_{fold}" / "metrics.json" for enc in encodings}
-    if not force and all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
-        return [json.loads(p.read_text()) for p in done.values()]
+    done = {enc: baseline_dir(run_dir, dataset, enc, fold) / "metrics.json" for enc in encodings}
+    if not force:
+        for enc, p in done.items():
+            if p.exists():
+                check_same_store(p, store, f"{dataset} fold {fold} baseline {enc}")
+        if all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
+            return [read_json(p) for p in done.values()]
     y = store.phenotype.astype(np.float64)
     out = []
     for enc in encodings:
-        final = Path(run_dir) / dataset / f"baseline_{enc}" / f"fold_{fold}"
+        final = baseline_dir(run_dir, dataset, enc, fold)
         if (final / "metrics.json").exists() and not force:
-            out.append(json.loads((final / "metrics.json").read_text()))
+            out.append(read_json(final / "metrics.json"))
             continue
         t0 = time.perf_counter()
         G, width, gram_s = cached_gram(store, enc, final.parent, log=log)
@@ -331,7 +337,11 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
         pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True)
         del K
         m = regression_metrics(y[split.test], pred)
+        if not all(np.isfinite(m[k]) for k in ("pcc", "mse", "mae")):
+            raise FoldFailedError(f"{dataset} fold {fold}: GBLUP {enc} test metrics cannot be computed (pcc "
+                                  f"{m['pcc']}, mse {m['mse']}: its predictions are constant or not finite)")
         m.update({"dataset": dataset, "fold": fold, "model": f"gblup_{enc}", "encoding": enc,
+                  "store_id": store.store_id,
                   "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu, "seconds": time.perf_counter() - t0,
                   "gram_seconds": gram_s,
                   "n_fit": len(fit_rows), "n_test": len(split.test), "fit_on": "training+validation folds",
@@ -367,7 +377,7 @@ def cached_gram(store, encoding: str, cache_dir: Path, log=None) -> tuple[np.nda
     key = {"gram_version": GRAM_VERSION, "encoding": encoding, "store": str(Path(store.path).resolve()),
            "store_mtime_ns": zj.stat().st_mtime_ns if zj.exists() else None,
            "n_samples": store.n_samples, "n_variants": store.n_variants,
-           "source": store.attrs.get("source")}
+           "source": store.attrs.get("source"), "store_id": store.store_id}
     with open(cache_dir / "gram.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -32,6 +32,8 @@ def _handle_errors(fn):
                 raise
             click.echo(f"hpcsnp: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors: click prints them with the usage line, exit 2
         except KeyboardInterrupt:
             click.echo("hpcsnp: interrupted", err=True)
             sys.exit(130)
@@ -42,6 +44,17 @@ def _handle_errors(fn):
                        err=True)
             sys.exit(1)
     return wrapper
+
+
+def warn(message: str) -> None:
+    click.echo(f"hpcsnp: warning: {message}", err=True)
+
+
+def _warn_ignored(context: str, **given) -> None:
+    """Say which of the given options have no effect in this combination."""
+    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, False, ())]
+    if used:
+        warn(f"{', '.join(used)} ignored {context}")
 
 
 def _progress_default():
@@ -103,6 +116,22 @@ def config_options(fn):
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def _explicit(config_path=None, publication=False, **overrides) -> bool:
+    """Whether the command chose any setting (else a run's own settings apply)."""
+    return bool(config_path or publication or any(v is not None for v in overrides.values()))
+
+
+def _on_sigterm(what: str):
+    """SIGTERM (scancel, preemption, a time limit) raises Terminated: exit 143 after saying ``what``."""
+    import signal
+
+    from hpcsnp.errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(f"terminated by signal {signum} {what}")
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _build_config(config_path=None, publication=False, **overrides):
@@ -187,7 +216,10 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
         for suffix in (".gz", ".bgz", ".tsv", ".txt", ".tab", ".vcf", ".bcf", ".bed"):
             name = name[: -len(suffix)] if name.endswith(suffix) else name
         out = name + ".zarr"
+    if bfile and data is not None and not str(data).endswith(".bed"):
+        raise click.UsageError("give DATA or --bfile PREFIX, not both")
     if is_vcf or bfile:
+        _warn_ignored("for VCF/PLINK input", drop_missing_phenotype=drop_missing_phenotype)
         from hpcsnp.errors import InputError
         from hpcsnp.ingest_genotypes import PlinkSource, VcfSource, ingest_genotypes
 
@@ -200,6 +232,11 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
                                   max_missing=max_missing, max_sample_missing=max_sample_missing,
                                   force=force, progress=show, chunk_rows=chunk_rows)
     else:
+        _warn_ignored("for text input (its folds and phenotype are in the file)", pheno=pheno,
+                      pheno_column=pheno_column, drop_unmatched=drop_unmatched, folds=n_folds,
+                      seed=seed if seed != 0 else None, folds_from=folds_from, group_column=group_column,
+                      min_maf=min_maf or None, max_missing=None if max_missing == 1.0 else max_missing,
+                      max_sample_missing=None if max_sample_missing == 1.0 else max_sample_missing)
         from hpcsnp.ingest import ingest_tsv
 
         report = ingest_tsv(data, out, force=force, strict=strict,
@@ -212,7 +249,8 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
 @click.argument("store", type=click.Path())
 @click.option("--fold", "-k", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
-@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
+                             "'.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo a finished fold.")
 @threads_option
 @config_options
@@ -223,18 +261,18 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
     Writes RUN/<name>/fold_<i>/ (model.keras, predictions.csv, metrics.json,
     saliency.zarr) when the fold is complete.  Checkpoints every epoch: a
     killed fold, rerun, resumes.  A finished fold is skipped unless --force.
-    """
-    import signal
 
-    from hpcsnp.errors import Terminated
+    Settings: without any settings option the run's RUN/config.json is used
+    (and written from the defaults when the run has none); settings that
+    differ from the run's are refused, so one run never mixes settings.
+    """
     from hpcsnp.resources import cap_threads
 
-    def on_term(signum, frame):  # SLURM preemption/scancel: say what a rerun will do, exit 143
-        raise Terminated(f"terminated by signal {signum} during fold {fold}; the last completed epoch is "
-                         "checkpointed and a rerun (or requeue) of this command resumes from it")
-    signal.signal(signal.SIGTERM, on_term)
+    # SLURM preemption/scancel: say what a rerun will do, exit 143
+    _on_sigterm(f"during fold {fold}; the last completed epoch is checkpointed and a rerun (or requeue) "
+                "of this command resumes from it")
     n = cap_threads(threads)
-    cfg = _build_config(config_path, **hyper)
+    cfg = _build_config(config_path, **hyper) if _explicit(config_path, **hyper) else None
     from hpcsnp.train import train_fold
 
     result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n)
@@ -250,7 +288,8 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
               help="Test fold(s) [all].  Repeat for several.")
 @click.option("--encoding", type=click.Choice(["dosage", "onehot", "both"]), default="both", show_default=True,
               help="dosage: centred 0/1/2, missing -> mean; onehot: the CNN's channels, missing a category.")
-@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
+                             "'.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
 @threads_option
 @_handle_errors
@@ -285,27 +324,37 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @threads_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1),
               help="Folds trained at a time, sharing the cores [one per core, as memory allows].")
+@click.option("--name", "names", multiple=True,
+              help="Data-set name of each STORE in the run, once per store in order [each store's file "
+                   "name without .zarr]; needed when two stores have the same file name.")
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, threads, jobs, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
     Finished folds are skipped, so rerunning after a crash does only the rest.
-    The linear baseline runs on the same folds unless --no-baseline.
+    The linear baseline runs on the same folds unless --no-baseline.  The
+    settings are saved as RUN/config.json; rerunning with other settings is
+    refused unless --force (which redoes every fold).  Exits 1 when any part
+    failed (a fold, or a baseline: the summary is then printed without it).
     """
-    from hpcsnp.cv import run_cv
+    from hpcsnp.cv import plan_datasets, run_cv
     from hpcsnp.reduce import reduce_run
+    from hpcsnp.rundir import save_run_config
 
+    _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     cfg = _build_config(config_path, **hyper)
     run = Path(run_dir)
+    plan = plan_datasets(stores, names, run, force=force)
     run.mkdir(parents=True, exist_ok=True)
-    cfg.save(run / "config.json")
-    run_cv(stores, run, config_path=run / "config.json", threads=threads, jobs=jobs, force=force,
-           verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
-           baseline=baseline)
+    config = save_run_config(run, cfg, force=force)
+    outcome = run_cv(plan, run, config_path=config, threads=threads, jobs=jobs, force=force,
+                     verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
+                     baseline=baseline)
     _print_reduce(reduce_run(run, top=top), run)
+    outcome.raise_for_failed_baselines()
 
 
 def _print_reduce(result, run):
@@ -423,10 +472,11 @@ def demo(out_dir, samples, snps, threads, progress):
     output is left in OUT_DIR.
     """
     from hpcsnp.config import Config
-    from hpcsnp.cv import run_cv
+    from hpcsnp.cv import plan_datasets, run_cv
     from hpcsnp.ingest import ingest_tsv
     from hpcsnp.reduce import query as do_query
     from hpcsnp.reduce import reduce_run
+    from hpcsnp.rundir import save_run_config
     from hpcsnp.simulate import simulate as sim
 
     out = Path(out_dir)
@@ -440,18 +490,23 @@ def demo(out_dir, samples, snps, threads, progress):
     cfg = Config().replace(**DEMO_SETTINGS)
     run = out / "run"
     run.mkdir(exist_ok=True)
-    cfg.save(run / "config.json")
-    run_cv([out / "sim.zarr"], run, config_path=run / "config.json", threads=threads, progress=show,
-           baseline=True)
+    # the store was written afresh: a run left by an earlier demo is redone, not mixed in
+    config = save_run_config(run, cfg, force=True)
+    outcome = run_cv(plan_datasets([out / "sim.zarr"], run_dir=run, force=True), run, config_path=config,
+                     threads=threads, progress=show, baseline=True, force=True)
     result = reduce_run(run, top=20)
     _print_reduce(result, run)
     q = do_query(run, truth.causal)
     click.echo("\nplanted causal SNPs, rank by mean saliency:")
     click.echo(q[["snp", "saliency", "rank", "of"]].to_string(index=False))
+    outcome.raise_for_failed_baselines()
 
 
 def main(argv=None):
     import signal
 
+    from hpcsnp.resources import die_with_parent
+
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
+    die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does
     cli.main(args=argv, prog_name="hpcsnp")

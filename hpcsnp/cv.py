@@ -14,18 +14,21 @@ folds are finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcsnp.errors import FoldFailedError
+from hpcsnp.errors import FoldFailedError, InputError
+from hpcsnp.rundir import fold_dir, is_complete, read_json
 from hpcsnp.store import open_store
-from hpcsnp.train import fold_dir, is_complete
 
 FOLD_PROCESS_GB = 1.2  # peak RSS of one fold process on SoyNAM-sized data, with headroom
 
@@ -74,76 +77,176 @@ def _mem_available_gb() -> float | None:
     return None
 
 
-def run_cv(stores, run_dir, *, config_path: Path, threads=None, jobs=None, force=False, verbose=False,
-           progress=True, baseline=False) -> list[dict]:
+def plan_datasets(stores, names=(), run_dir=None, *, force=False) -> list[tuple]:
+    """(open store, data-set name) per store, checked before hours of training: every store
+    opens, names are plain and distinct, and a data set already in the run comes from the
+    same write of its store (unless ``force``, which redoes it)."""
+    from hpcsnp.rundir import dataset_name
+
+    if names and len(names) != len(stores):
+        raise InputError(f"--name was given {len(names)} time(s) for {len(stores)} store(s): give one name per "
+                         "store, in the same order, or none")
+    plan, seen = [], {}
+    for i, s in enumerate(stores):
+        store = open_store(s)
+        name = dataset_name(store, names[i] if names else None)
+        if name in seen:
+            raise InputError(f"{seen[name]} and {store.path} would both be data set {name!r} in the run; give "
+                             f"each store a name, once per store in order: --name {name}_1 --name {name}_2")
+        seen[name] = store.path
+        plan.append((store, name))
+        info = Path(run_dir) / name / "dataset.json" if run_dir is not None else None
+        if info is not None and info.exists() and not force:
+            recorded = read_json(info).get("store_id")
+            if recorded not in (None, store.store_id):
+                raise InputError(f"{info.parent} holds folds of another write of data set {name!r} (store id "
+                                 f"{recorded}; {store.path} is now {store.store_id}): --force redoes them from "
+                                 "this store, or use another --run or --name")
+    return plan
+
+
+@dataclass
+class CvOutcome:
+    results: list  # metrics of every finished CNN fold
+    failed_baselines: list = field(default_factory=list)  # (dataset, fold, cause, log path)
+
+    def raise_for_failed_baselines(self) -> None:
+        if not self.failed_baselines:
+            return
+        lines = [f"{len(self.failed_baselines)} baseline fit(s) failed; the summary above has no baseline or "
+                 "ensemble for them:"]
+        lines += [f"  {n} fold {i}: {cause} (log: {log})" for n, i, cause, log in sorted(self.failed_baselines)]
+        lines.append("rerun the same `hpcsnp cv` command to redo only what failed")
+        raise FoldFailedError("\n".join(lines))
+
+
+def failure_cause(log_path: Path) -> str:
+    """The error line a failed hpcsnp process wrote last to its log (else its last line)."""
+    try:
+        lines = [ln.strip() for ln in Path(log_path).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    for ln in reversed(lines):
+        if ln.startswith("hpcsnp: "):
+            return ln.removeprefix("hpcsnp: ")
+    return lines[-1] if lines else "no output"
+
+
+class Children:
+    """The fold processes of one cv: each learns our pid (HPCSNP_PARENT_PID) and asks the
+    kernel to SIGTERM it when we die, even by SIGKILL; ``stop`` ends them on any other exit."""
+
+    def __init__(self):
+        self.live, self.lock, self.stopped = set(), threading.Lock(), False
+
+    def run(self, argv, *, stdout, stderr, env):
+        env = {**(env or os.environ), "HPCSNP_PARENT_PID": str(os.getpid())}
+        with self.lock:
+            if self.stopped:
+                return None
+            proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env)
+            self.live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+
+    def stop(self, grace: float = 30.0) -> None:
+        with self.lock:
+            self.stopped = True
+            procs = list(self.live)
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.terminate()  # a fold checkpoints and exits 143 on SIGTERM
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=False, verbose=False,
+           progress=True, baseline=False) -> CvOutcome:
+    """Every fold of every (store, name) of ``plan`` (from plan_datasets), then the baselines."""
     from tqdm import tqdm
 
     from hpcsnp.resources import granted_cpus
 
     run_dir = Path(run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    todo = []
-    for s in stores:
-        store = open_store(s)  # fail early on a bad store, before hours of training
-        todo += [(store, i) for i in range(1, store.n_folds + 1)]
+    todo = [(store, name, i) for store, name in plan for i in range(1, store.n_folds + 1)]
     cores = granted_cpus(threads)
     n_jobs, per_fold = plan_jobs(cores, len(todo), jobs, _mem_available_gb())
-    results, failed = [], []
+    results, failed, failed_baselines = [], [], []
     bar = tqdm(total=len(todo), desc="folds", unit="fold", file=sys.stderr, disable=not progress)
+
+    def say(message):  # above the bar, on stderr (tqdm.write's default is stdout)
+        tqdm.write(message, file=sys.stderr)
     if n_jobs > 1:
-        bar.write(f"{n_jobs} folds at a time, {per_fold} thread(s) each")
+        say(f"{n_jobs} folds at a time, {per_fold} thread(s) each")
 
     slots = queue.SimpleQueue()  # each concurrent task gets its own cores (HPCSNP_CPUS), when they are ours
     for cpus in core_slots(n_jobs, per_fold, cores):
         slots.put(cpus)
+    children = Children()
 
-    def one(kind, store, i):
+    def one(kind, store, name, i):
         cpus = slots.get()
         try:
-            return run_task(kind, store, i, cpus)
+            return run_task(kind, store, name, i, cpus)
         finally:
             slots.put(cpus)
 
-    def run_task(kind, store, i, cpus):
+    def run_task(kind, store, name, i, cpus):
         t0 = time.perf_counter()
-        name = store.name
         done = fold_dir(run_dir, name, i)
         log_path = run_dir / "logs" / (f"{name}_fold{i}.log" if kind == "train" else f"{name}_fold{i}.{kind}.log")
-        cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run_dir), "--threads", str(per_fold)]
+        cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run_dir), "--threads", str(per_fold),
+               "--name", name]
         cmd += (["--config", str(config_path)] if kind == "train" else []) + (["--force"] if force else [])
         if kind == "train" and not force and is_complete(done):
-            return kind, store, i, done, log_path, None, 0.0
+            return kind, store, name, i, done, log_path, None, 0.0
         env = {**os.environ, "HPCSNP_CPUS": ",".join(map(str, cpus))} if cpus else None
         with open(log_path, "a") as log:
-            rc = subprocess.run([sys.executable, "-m", "hpcsnp", *cmd], stdout=log,
-                                stderr=None if verbose else log, env=env).returncode
-        return kind, store, i, done, log_path, rc, time.perf_counter() - t0
+            rc = children.run([sys.executable, "-m", "hpcsnp", *cmd], stdout=log,
+                              stderr=None if verbose else log, env=env)
+        return kind, store, name, i, done, log_path, rc, time.perf_counter() - t0
 
     # every CNN fold first, then the baselines: the pool takes tasks in this order, so the
     # short baseline fits fill the cores at the end instead of one long fold running alone
-    tasks = [("train", store, i) for store, i in todo] + ([("baseline", store, i) for store, i in todo]
-                                                        if baseline else [])
-    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+    tasks = [("train", *t) for t in todo] + ([("baseline", *t) for t in todo] if baseline else [])
+    pool, futures = ThreadPoolExecutor(max_workers=n_jobs), []
+    try:
         futures = [pool.submit(one, *t) for t in tasks]
         for fut in as_completed(futures):
-            kind, store, i, done, log_path, rc, secs = fut.result()
+            kind, store, name, i, done, log_path, rc, secs = fut.result()
             if kind == "baseline":
                 if rc != 0:  # the CNN fold stands; reduce reports without this baseline
-                    bar.write(f"{store.name} fold {i}: baseline failed (exit {rc}; it needs "
-                              f"O(n^2 + n p) memory); log: {log_path}")
+                    cause = failure_cause(log_path)
+                    failed_baselines.append((name, i, cause, log_path))
+                    say(f"{name} fold {i}: baseline FAILED (exit {rc}): {cause}; log: {log_path}")
                 continue
             if rc or not is_complete(done):
-                failed.append((store.name, i, log_path))
-                bar.write(f"{store.name} fold {i}: FAILED (exit {rc}); log: {log_path}")
+                failed.append((name, i, failure_cause(log_path), log_path))
+                say(f"{name} fold {i}: FAILED (exit {rc}): {failed[-1][2]}; log: {log_path}")
             else:
                 m = json.loads((done / "metrics.json").read_text())
                 results.append(m)
                 if rc is not None:
-                    bar.write(f"{store.name} fold {i}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, {secs:.0f}s")
+                    say(f"{name} fold {i}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, {secs:.0f}s")
             bar.update()
-    bar.close()
+    except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failing: no fold outlives us
+        for f in futures:
+            f.cancel()
+        children.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     if failed:
-        lines = [f"{len(failed)} fold(s) failed:"] + [f"  {n} fold {i}: see {p}" for n, i, p in sorted(failed)]
+        lines = [f"{len(failed)} fold(s) failed:"] + [f"  {n} fold {i}: {c} (log: {p})" for n, i, c, p in sorted(failed)]
         lines.append(f"rerun `hpcsnp cv ... --run {run_dir}` to redo only the failed folds")
         raise FoldFailedError("\n".join(lines))
-    return results
+    return CvOutcome(results, failed_baselines)

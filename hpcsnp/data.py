@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcsnp.errors import InputError
+from hpcsnp.store import read_genotype_rows
 
 # Rows of the one-hot table indexed by code + 1: -1, 0, 1, 2 (SPEC section 2).
 ONE_HOT_TABLE = np.array([[1, 0, 0, 0],   # -1 missing
@@ -97,7 +98,7 @@ class RowSource:
             a, b = np.searchsorted(self.rows, [lo, hi])
             if a == b:
                 continue
-            block = self.store.genotypes[lo:hi]
+            block = read_genotype_rows(self.store, lo, hi)
             yield block[self.rows[a:b] - lo], np.arange(a, b)
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0):

@@ -29,6 +29,8 @@ import os
 import shutil
 import sys
 import time
+import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +38,8 @@ import numpy as np
 
 from hpcsnp import __version__
 from hpcsnp.errors import InputError, ParseError
-from hpcsnp.store import (ARRAYS, COMPLETE_KEY, FORMAT_KEY, FORMAT_VERSION, default_chunk_rows,
-                          parse_marker_name, tmp_name)
+from hpcsnp.store import (ARRAYS, COMPLETE_KEY, EVERY_CHUNK_KEY, FORMAT_KEY, FORMAT_VERSION, STORE_ID_KEY, check_replaceable,
+                          default_chunk_rows, parse_marker_name, remove_stale_temporaries, tmp_name)
 
 MISSING_TOKENS = frozenset({b"NA", b"NaN", b"nan", b"NAN", b"N/A", b"."})
 ID_COLUMN_NAMES = frozenset({"id", "sample", "sample_id", "sampleid", "iid", "strain", "line", "taxa"})
@@ -47,6 +49,9 @@ _BAD = 127
 _LUT = np.full(256, _BAD, dtype=np.int8)
 _LUT[ord("0")], _LUT[ord("1")], _LUT[ord("2")], _LUT[ord("m")] = 0, 1, 2, -1
 MIN_FOLDS, MAX_FOLDS = 3, 10
+# every chunk is written, even one equal to the fill value (zarr skips those by default),
+# so that a chunk missing on disk is damage, never data
+EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 class _Tap(io.RawIOBase):
@@ -74,11 +79,16 @@ class _Tap(io.RawIOBase):
 def open_text(path: Path, progress=None) -> tuple[io.BufferedReader, _Tap]:
     """A binary line reader over a plain or gzip file (sniffed, not by name)."""
     raw = open(path, "rb")  # noqa: SIM115 - closed through the returned reader
-    magic = raw.read(2)
+    magic = raw.read(6)
     raw.seek(0)
+    for sig, kind in ((b"PK\x03\x04", "a zip archive"), (b"BZh", "bzip2-compressed"),
+                      (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed")):
+        if magic.startswith(sig):
+            raw.close()
+            raise ParseError(path, 1, f"the file is {kind}; hpcsnp reads plain or gzip-compressed text")
     tap = _Tap(raw, progress)
     buffered = io.BufferedReader(tap, buffer_size=1 << 20)
-    if magic == b"\x1f\x8b":
+    if magic[:2] == b"\x1f\x8b":
         return io.BufferedReader(gzip.GzipFile(fileobj=buffered), buffer_size=1 << 20), tap
     return buffered, tap
 
@@ -126,6 +136,13 @@ class IngestReport:
         return "\n".join(lines)
 
 
+def check_output_path(source: Path, out: Path, *, force: bool) -> None:
+    """Refuse an output that is the input itself, or anything --force may not replace."""
+    if out.resolve() == Path(source).resolve():
+        raise InputError(f"-o {out} is the input file itself; give the store another name")
+    check_replaceable(out, force=force)
+
+
 class StoreWriter:
     """Creates a store under a temporary name; ``finish`` renames it into place.
 
@@ -134,28 +151,32 @@ class StoreWriter:
     simulator, so all stores share one layout.
     """
 
-    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None):
+    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, warn=None, contigs=None,
+                 positions=None):
         import zarr
         from zarr.codecs import BloscCodec
 
         self.path = Path(path)
-        if self.path.exists() and not force:
-            raise InputError(f"{self.path} already exists; use --force to overwrite it")
+        check_replaceable(self.path, force=force)
+        remove_stale_temporaries(self.path, warn or _warn)
         self.tmp = tmp_name(self.path)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self.store_id = uuid.uuid4().hex
         n = len(variant_ids)
         self.chunk_rows = chunk_rows or default_chunk_rows(n)
         self.group = zarr.open_group(str(self.tmp), mode="w")
-        self.group.attrs.update({FORMAT_KEY: FORMAT_VERSION, COMPLETE_KEY: False})
+        self.group.attrs.update({FORMAT_KEY: FORMAT_VERSION, COMPLETE_KEY: False, EVERY_CHUNK_KEY: True})
         self.gt = self.group.create_array(
             "call_dosage", shape=(0, n), chunks=(self.chunk_rows, n), dtype="int8",
-            fill_value=-1, dimension_names=ARRAYS["call_dosage"][0],
+            fill_value=-1, dimension_names=ARRAYS["call_dosage"][0], config=EVERY_CHUNK,
             compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
-        contig_pos = [parse_marker_name(v) for v in variant_ids]
+        if contigs is None:  # parsed from names like Gm12_2894203 (text input)
+            contig_pos = [parse_marker_name(v) for v in variant_ids]
+            contigs, positions = [c for c, _ in contig_pos], [p for _, p in contig_pos]
         self._small("variant_id", np.asarray(variant_ids, dtype=object))
-        self._small("variant_contig", np.asarray([c for c, _ in contig_pos], dtype=object))
-        self._small("variant_position", np.asarray([p for _, p in contig_pos], dtype=np.int64))
-        self.parsed_positions = sum(p >= 0 for _, p in contig_pos)
+        self._small("variant_contig", np.asarray(contigs, dtype=object))
+        self._small("variant_position", np.asarray(positions, dtype=np.int64))
+        self.parsed_positions = sum(p >= 0 for p in positions)
         self.buffer = np.empty((self.chunk_rows, n), dtype=np.int8)
         self.fill = 0
         self.n_rows = 0
@@ -174,7 +195,7 @@ class StoreWriter:
         else:
             data = np.asarray(data, dtype=dtype)
         arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype,
-                                      dimension_names=dims, chunks=(max(1, len(data)),))
+                                      dimension_names=dims, chunks=(max(1, len(data)),), config=EVERY_CHUNK)
         arr[:] = data
         arr.attrs["description"] = meaning
 
@@ -224,6 +245,7 @@ class StoreWriter:
 
         self.drain()
         self._pool.shutdown()
+        phenotype = check_phenotype_float32(sample_id, phenotype)
         self._small("sample_id", np.asarray(sample_id, dtype=object))
         self._small("sample_phenotype", phenotype)
         self._small("sample_fold", fold)
@@ -231,7 +253,7 @@ class StoreWriter:
         self.group.attrs.update({
             **attrs, "n_samples": self.n_rows, "n_variants": int(self.gt.shape[1]),
             "missing_rate": self.missing / n_cells if n_cells else 0.0,
-            "hpcsnp_version": __version__, "provenance": provenance(),
+            "hpcsnp_version": __version__, "provenance": provenance(), STORE_ID_KEY: self.store_id,
         })
         self.group.attrs[COMPLETE_KEY] = True  # last write: marks the store usable
         import warnings
@@ -241,9 +263,14 @@ class StoreWriter:
         with warnings.catch_warnings():  # zarr calls v3 consolidated metadata experimental
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.tmp))  # so xarray.open_zarr(STORE) needs no flags
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
+        if self.path.exists() or self.path.is_symlink():
+            check_replaceable(self.path, force=True)  # still ours: nothing else is ever removed
+            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         try:
@@ -254,12 +281,49 @@ class StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _warn(msg: str) -> None:
+    print(f"hpcsnp: warning: {msg}", file=sys.stderr)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_phenotype_float32(sample_id, phenotype) -> np.ndarray:
+    """The phenotype as stored (float32); a value that is not finite there (|y| above
+    3.4e38, or nan/inf) is an error naming the sample."""
+    y64 = np.asarray(phenotype, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = y64.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"phenotype of sample {sample_id[i]!r} ({y64[i]:.6g}) is not a finite float32 "
+                         f"number (|value| must be below {FLOAT32_MAX:.3g}); {len(bad)} such value(s)")
+    return y
+
+
 def _strip_eol(line: bytes) -> bytes:
     if line.endswith(b"\n"):
         line = line[:-1]
     if line.endswith(b"\r"):
         line = line[:-1]
     return line
+
+
+def _numbered_lines(reader, path):
+    """(line number, bytes) of every line; a gzip stream that ends early or is corrupt is a
+    ParseError at the line where it broke, not an internal error."""
+    lineno = 0
+    while True:
+        try:
+            raw = reader.readline()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise ParseError(path, lineno + 1, f"the gzip stream is truncated or corrupt ({e}); "
+                             "the file was not copied or written completely") from None
+        if not raw:
+            return
+        lineno += 1
+        yield lineno, raw
 
 
 def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
@@ -274,8 +338,22 @@ def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
         hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if "," in text else ""
         raise ParseError(path, 1, f"header has {len(cols)} tab-separated column(s); expected fold, "
                                   f"phenotype and at least one SNP column{hint}")
-    id_col = cols[0].strip().lower() in ID_COLUMN_NAMES
-    snps = cols[3:] if id_col else cols[2:]
+    names = [c.strip() for c in cols]
+    id_col = names[0].lower() in ID_COLUMN_NAMES or (names[1].lower() == "fold" and names[0].lower() != "phenotype")
+    fold_at = 1 if id_col else 0
+    if names[fold_at].lower() != "fold":
+        where = "column 2, after the sample-id column," if id_col else "column 1"
+        raise ParseError(path, 1, f"{where} is named {names[fold_at]!r}; expected 'fold' (the format is "
+                         "[id,] fold, phenotype, one column per SNP; a first column named "
+                         f"{', '.join(sorted(ID_COLUMN_NAMES))} or followed by 'fold' holds sample ids)",
+                         column=fold_at + 1)
+    pheno = names[fold_at + 1]
+    if (not pheno or pheno.lower() in ID_COLUMN_NAMES | {"fold"} or parse_marker_name(pheno)[1] >= 0
+            or pheno in cols[fold_at + 2:]):
+        raise ParseError(path, 1, f"column {fold_at + 2} should be the phenotype, but it is named "
+                         f"{pheno!r}, which looks like " + ("nothing" if not pheno else "a SNP or id column"),
+                         column=fold_at + 2)
+    snps = cols[fold_at + 2:]
     if not snps:
         raise ParseError(path, 1, "header has no SNP columns")
     seen = {}
@@ -322,6 +400,9 @@ def _parse_float(path, lineno, col, name, tok: bytes):
                          column=col, column_name=name) from None
     if not math.isfinite(v):
         raise ParseError(path, lineno, f"{name} {t.decode()!r} is not finite", column=col, column_name=name)
+    if abs(v) > FLOAT32_MAX:
+        raise ParseError(path, lineno, f"{name} {t.decode()!r} is beyond the float32 range the store keeps "
+                         f"(|value| <= {FLOAT32_MAX:.3g})", column=col, column_name=name)
     return v
 
 
@@ -347,9 +428,8 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
     path, out = Path(path), Path(out)
     warn = warn or (lambda msg: print(f"hpcsnp: warning: {msg}", file=sys.stderr))
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; use --force to overwrite it")
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    check_output_path(path, out, force=force)
     t0 = time.perf_counter()
     size = path.stat().st_size
     bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"ingest {path.name}",
@@ -357,9 +437,12 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
     reader, tap = open_text(path, bar)
     writer = None
     try:
-        header = reader.readline()
-        if not header.strip():
+        lines = _numbered_lines(reader, path)
+        header = next(lines, (1, b""))[1]
+        if not header:
             raise ParseError(path, 1, "file is empty (expected a header row)")
+        if not header.strip():
+            raise ParseError(path, 1, "line 1 is blank; the header must be the first line")
         id_col, snps = _parse_header(path, header)
         n = len(snps)
         lead = 3 if id_col else 2  # leading columns before the first SNP
@@ -371,8 +454,7 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
         expected_len = 2 * n - 1
         lineno = 1
         blank_at = None
-        for raw in reader:
-            lineno += 1
+        for lineno, raw in lines:
             line = _strip_eol(raw)
             if not line.strip():
                 blank_at = blank_at or lineno

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError
-from hpcsnp.ingest import IngestReport, StoreWriter
+from hpcsnp.ingest import IngestReport, StoreWriter, check_output_path, check_phenotype_float32
 from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
 from hpcsnp.store import default_chunk_rows, tmp_name
 
@@ -124,13 +124,12 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
     warn = warn or (lambda m: print(f"hpcsnp: warning: {m}", file=sys.stderr))
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; use --force to overwrite it")
+    check_output_path(source.path, out, force=force)
     trait, table = read_pheno(pheno, pheno_column)
     keep, n_no_pheno, n_no_geno = match_samples(source.samples, trait, drop_unmatched=drop_unmatched,
                                                 source=str(source.path))
     ids = [source.samples[i] for i in keep]
-    y = trait.loc[ids].to_numpy(np.float32)
+    y = check_phenotype_float32(ids, trait.loc[ids].to_numpy(np.float64))
     n = len(ids)
     crow = chunk_rows or 256
     tmp_v = Path(str(tmp_name(out)) + "-variants")
@@ -200,9 +199,8 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             raise InputError("no folds: give --folds K [--seed S] [--group-column COL], --folds-from FILE, "
                              "or a 'fold' column in the phenotype table")
         # contig/position as given by the file, not parsed from names
-        writer = StoreWriter(out, vid, force=force, chunk_rows=chunk_rows or default_chunk_rows(n_var))
-        writer.group["variant_contig"][:] = np.asarray(vchrom, dtype=np.dtypes.StringDType())
-        writer.group["variant_position"][:] = np.asarray(vpos, dtype=np.int64)
+        writer = StoreWriter(out, vid, force=force, chunk_rows=chunk_rows or default_chunk_rows(n_var),
+                             contigs=vchrom, positions=vpos, warn=warn)
         step = writer.chunk_rows
         for s in range(0, len(kept), step):
             rows = kept[s:s + step]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hpcsnp.errors import IncompleteRunError, InputError
-from hpcsnp.store import atomic_write_text
+from hpcsnp.rundir import read_json
+from hpcsnp.store import atomic_write_text, peek_store_id
 
 LOG_CSV = "fold_pcc_log.csv"
 SUMMARY_CSV = "fold_pcc_summary.csv"
@@ -33,7 +33,7 @@ WEIGHT_STEP = 0.05
 def datasets_in(run_dir: Path) -> list[dict]:
     found = []
     for info in sorted(Path(run_dir).glob("*/dataset.json")):
-        found.append(json.loads(info.read_text()))
+        found.append(read_json(info))
     if not found:
         raise InputError(f"{run_dir}: no data sets found (expected RUN/<dataset>/dataset.json; "
                          "run `hpcsnp train` or `hpcsnp cv` first)")
@@ -41,10 +41,20 @@ def datasets_in(run_dir: Path) -> list[dict]:
 
 
 def check_complete(run_dir: Path, datasets: list[dict]) -> None:
-    from hpcsnp.train import fold_dir, fold_holder, is_complete
+    """Every CNN fold of every data set is finished, readable, from the store write that
+    dataset.json names, with finite metrics and the run's settings; else refuse, naming each
+    fold and the command that redoes it with the run's settings."""
+    from hpcsnp.rundir import CONFIG_JSON, fold_dir, fold_holder, is_complete, normalised_config, run_config
 
-    missing = []
+    wanted = run_config(run_dir)
+    problems = []  # (dataset, fold, state, finished: whether redoing it needs --force)
     for ds in datasets:
+        now = peek_store_id(ds["store"])
+        if now is not None and ds.get("store_id") not in (None, now):
+            raise InputError(f"{ds['store']} was re-ingested after {run_dir}/{ds['dataset']} was trained on it "
+                             f"(store id {ds['store_id']}, now {now}): redo the data set from the new store with "
+                             f"`hpcsnp cv {ds['store']} --run {run_dir} --config {run_dir}/config.json --force`, or use "
+                             "another --run")
         for i in range(1, ds["n_folds"] + 1):
             d = fold_dir(run_dir, ds["dataset"], i)
             if not is_complete(d):
@@ -55,22 +65,58 @@ def check_complete(run_dir: Path, datasets: list[dict]) -> None:
                     state = "half-written: interrupted, a rerun resumes it"
                 else:
                     state = "missing"
-                missing.append((ds, i, state))
-    if not missing:
+                problems.append((ds, i, state, False))
+                continue
+            state = _fold_problem(d / "metrics.json", ds, wanted)
+            if state:
+                problems.append((ds, i, state, True))
+            elif wanted is None:
+                first = read_json(d / "metrics.json").get("config")  # no config.json: folds must agree
+                wanted = normalised_config(first) if first is not None else None
+    if not problems:
         return
-    lines = [f"{run_dir}: {len(missing)} fold(s) not finished:"]
-    for ds, i, state in missing:
+    config = Path(run_dir) / CONFIG_JSON
+    with_config = f" --config {config}" if config.exists() else ""
+    lines = [f"{run_dir}: {len(problems)} fold(s) not finished or not usable:"]
+    for ds, i, state, finished in problems:
         lines.append(f"  {ds['dataset']} fold {i} ({state}):  hpcsnp train {ds['store']} --fold {i} "
-                     f"--run {run_dir}" + (f" --name {ds['dataset']}" if _needs_name(ds) else ""))
-    folds = sorted({i for _, i, _ in missing})
-    lines.append(f"  or on SLURM:  sbatch --array={','.join(map(str, folds))} slurm/cv_array.sh {run_dir} "
-                 + " ".join(sorted({ds['store'] for ds, _, _ in missing})))
-    raise IncompleteRunError("\n".join(lines), missing=[(ds["dataset"], i) for ds, i, _ in missing])
+                     f"--run {run_dir}" + (f" --name {ds['dataset']}" if _needs_name(ds) else "")
+                     + with_config + (" --force" if finished else ""))
+    folds = sorted({i for _, i, _, _ in problems})
+    extra = " ".join(([f"--config {config}"] if config.exists() else [])
+                     + (["--force"] if any(f for *_, f in problems) else []))
+    stores = sorted({ds["store"] for ds, *_ in problems})
+    names = {ds["dataset"] for ds, *_ in problems if _needs_name(ds)}
+    if not names:
+        env = f'HPCSNP_TRAIN_ARGS="{extra}" ' if extra else ""
+        lines.append(f"  or on SLURM:  {env}sbatch --array={','.join(map(str, folds))} slurm/cv_array.sh "
+                     f"{run_dir} " + " ".join(stores))
+    raise IncompleteRunError("\n".join(lines), missing=[(ds["dataset"], i) for ds, i, *_ in problems])
 
 
 def _needs_name(ds) -> bool:
     name = Path(ds["store"]).name
     return (name[:-5] if name.endswith(".zarr") else name) != ds["dataset"]
+
+
+def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | None:
+    """Why a finished-looking fold cannot be merged, or None."""
+    from hpcsnp.rundir import config_differences, normalised_config
+
+    try:
+        m = read_json(metrics_path)
+    except InputError:
+        return f"{metrics_path} is truncated or unreadable"
+    if not all(isinstance(m.get(k), (int, float)) and np.isfinite(m[k]) for k in ("pcc", "mse", "mae")):
+        return f"its metrics are not finite numbers (pcc {m.get('pcc')})"
+    sid = m.get("store_id")
+    if sid is not None and ds.get("store_id") is not None and sid != ds["store_id"]:
+        return f"trained on another write of the store (store id {sid}, {ds['store']} is {ds['store_id']})"
+    if wanted is not None and m.get("config") is not None:
+        diff = config_differences(wanted, normalised_config(m["config"]))
+        if diff:
+            return "trained with other settings than the run's: " + "; ".join(diff) + " (run vs fold)"
+    return None
 
 
 @contextlib.contextmanager
@@ -85,6 +131,11 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
         except ImportError:
             raise InputError("--scheduler with an address needs dask.distributed "
                              "(pip install 'dask[distributed]')") from None
+        if threads:
+            import sys
+
+            print("hpcsnp: warning: --threads ignored with a distributed scheduler (its workers have their own)",
+                  file=sys.stderr)
         kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
         with Client(**kw, timeout="60s") as client:
             yield client
@@ -97,13 +148,21 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
         yield None
 
 
-def mean_saliency(run_dir: Path, dataset: str, n_folds: int) -> tuple[np.ndarray, int]:
+def mean_saliency(run_dir: Path, dataset: str, n_folds: int, n_variants: int) -> tuple[np.ndarray, int]:
     """S_bar over every test sample of every fold: (sum of shard sums) / (sum of counts), by Dask."""
     import dask.array as da
     import zarr
 
-    shards = [zarr.open_array(str(Path(run_dir) / dataset / f"fold_{i}" / "saliency.zarr"), mode="r")
-              for i in range(1, n_folds + 1)]
+    shards = []
+    for i in range(1, n_folds + 1):
+        path = Path(run_dir) / dataset / f"fold_{i}" / "saliency.zarr"
+        try:
+            shards.append(zarr.open_array(str(path), mode="r"))
+        except Exception as e:  # noqa: BLE001 - zarr raises several types for a damaged array
+            raise InputError(f"{path}: saliency shard cannot be read ({e}); redo the fold with --force") from None
+        if shards[-1].shape != (n_variants,):
+            raise InputError(f"{path}: saliency shard has shape {shards[-1].shape}, the data set has {n_variants} "
+                             "SNPs (the fold comes from another store); redo it with --force")
     total = da.stack([da.from_zarr(s) for s in shards]).sum(axis=0)
     count = sum(int(s.attrs["n_samples"]) for s in shards)
     return (total / count).compute(), count
@@ -119,7 +178,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     for ds in datasets:
         name = ds["dataset"]
         for i in range(1, ds["n_folds"] + 1):
-            m = json.loads((run_dir / name / f"fold_{i}" / "metrics.json").read_text())
+            m = read_json(run_dir / name / f"fold_{i}" / "metrics.json")
             log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
                              "mae": m["mae"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
                              "seconds": round(m["seconds"], 2),
@@ -131,9 +190,12 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         log_rows += [r for r, _, _ in ens]
         weight_rows += [w for _, w, _ in ens]
         ens_preds += [p for _, _, p in ens]
-        sal, count = mean_saliency(run_dir, name, ds["n_folds"])
+        sal, count = mean_saliency(run_dir, name, ds["n_folds"], ds["n_variants"])
         var = pd.read_csv(run_dir / name / "variants.csv", keep_default_na=False,
                           dtype={"snp": str, "chrom": str})
+        if len(var) != ds["n_variants"]:
+            raise InputError(f"{run_dir / name / 'variants.csv'} lists {len(var)} SNPs, dataset.json says "
+                             f"{ds['n_variants']}; rerun any fold of {name} to rewrite it")
         if count != ds["n_samples"]:
             raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds['n_samples']}")
         frame = var.assign(dataset=name, saliency=sal)
@@ -176,10 +238,17 @@ def baseline_rows(run_dir: Path, ds: dict, warn=None) -> list[dict]:
             continue
         if len(have) < len(paths):
             warn(f"{ds['dataset']}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
-                 f"(complete it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc})")
+                 f"(complete it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc}"
+                 + (f" --name {ds['dataset']})" if _needs_name(ds) else ")"))
+            continue
+        bad = [(p, why) for p in paths if (why := _fold_problem(p, ds, None))]
+        if bad:
+            warn(f"{ds['dataset']}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
+                 f"redo it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc} --force"
+                 + (f" --name {ds['dataset']}" if _needs_name(ds) else ""))
             continue
         for i, p in enumerate(paths, start=1):
-            m = json.loads(p.read_text())
+            m = read_json(p)
             rows.append({"dataset": ds["dataset"], "model": f"gblup_{enc}", "fold": i, "pcc": m["pcc"],
                          "mse": m["mse"], "mae": m["mae"], "seconds": round(m["seconds"], 2),
                          "saliency_seconds": 0.0, "n_test": m["n_test"]})
@@ -221,7 +290,7 @@ def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[
         w = grid[int(np.argmin(mse))]
         pred = test["P"] @ w
         m = regression_metrics(test["truth"], pred)
-        secs = sum(json.loads((dirs[k](i) / "metrics.json").read_text())["seconds"] for k in models)
+        secs = sum(read_json(dirs[k](i) / "metrics.json")["seconds"] for k in models)
         row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
                "saliency_seconds": 0.0, "n_test": len(pred)}
         vm = regression_metrics(val["truth"], val["P"] @ w)

@@ -40,18 +40,47 @@ class Slurm:
                    restart_count=as_int("SLURM_RESTART_COUNT") or 0)
 
 
-def granted_cpus(threads: int | None = None, env=None) -> int:
+def granted_cpus(threads: int | None = None, env=None, warn=None) -> int:
     """Cores this process may use: --threads, else HPCSNP_THREADS, else
     SLURM_CPUS_PER_TASK, else the CPU affinity mask (taskset, cgroup cpusets)
-    further limited by a cgroup CPU quota (docker --cpus)."""
+    further limited by a cgroup CPU quota (docker --cpus).  A request above the
+    cores available is capped, and a variable that does not parse is ignored;
+    both are said once (``warn``, default stderr)."""
     env = os.environ if env is None else env
+    warn = warn or _warn_once
+    available = _available_cpus()
     if threads:
-        return max(1, int(threads))
-    if env.get("HPCSNP_THREADS", "").isdigit() and int(env["HPCSNP_THREADS"]) > 0:
-        return int(env["HPCSNP_THREADS"])
-    slurm = Slurm.from_env(env)
-    if slurm.cpus_per_task:
-        return slurm.cpus_per_task
+        return _capped(int(threads), "--threads", available, warn)
+    for name in ("HPCSNP_THREADS", "SLURM_CPUS_PER_TASK"):
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        if raw.isdigit() and int(raw) > 0:
+            return _capped(int(raw), name, available, warn)
+        warn(f"{name}={raw!r} is not a positive integer; ignored")
+    return available
+
+
+def _capped(n: int, source: str, available: int, warn) -> int:
+    if n > available:
+        warn(f"{source} asks for {n} threads but this process may use {available} core(s); using {available}")
+        return available
+    return max(1, n)
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    import sys
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"hpcsnp: warning: {message}", file=sys.stderr)
+
+
+def _available_cpus() -> int:
+    """The CPU affinity mask, further limited by a cgroup CPU quota."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -144,3 +173,21 @@ def provenance() -> dict:
             "command": " ".join(sys.argv),
             "slurm_job_id": slurm.job_id, "slurm_array_task_id": slurm.array_task_id,
             "slurm_restart_count": slurm.restart_count}
+
+
+def die_with_parent() -> None:
+    """In a fold process started by cv: be SIGTERMed when cv dies (Linux prctl), and exit at
+    once if cv is already gone."""
+    parent = os.environ.get("HPCSNP_PARENT_PID", "")
+    if not parent.isdigit():
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        raise SystemExit(143)

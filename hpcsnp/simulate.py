@@ -157,7 +157,7 @@ def simulate_formats(directory, *, samples=200, snps=100, folds=5, missing=0.05,
     ids = [f"S{i + 1:05d}" for i in range(len(table))]
     names = list(table.columns[2:])
     g = table.iloc[:, 2:].to_numpy(np.int8)
-    table.insert(0, "sample", ids)
+    table = pd.concat([pd.DataFrame({"sample": ids}), table], axis=1)  # insert() warns on wide frames
     table.to_csv(tsv, sep="\t", index=False)
     families = [f"F{(i * 7) % max(2, folds * 2):02d}" for i in range(len(ids))]
     pd.DataFrame({"sample": ids, "height": table["phenotype"], "fold": table["fold"], "family": families}) \

@@ -9,6 +9,7 @@ import TensorFlow.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from hpcsnp.errors import StoreError
 FORMAT_VERSION = 1
 FORMAT_KEY = "hpcsnp_format_version"
 COMPLETE_KEY = "hpcsnp_complete"
+EVERY_CHUNK_KEY = "hpcsnp_every_chunk_written"  # chunks equal to the fill value are on disk too
+STORE_ID_KEY = "hpcsnp_store_id"  # a fresh random id per write: folds record it, reruns and reduce check it
 
 # name -> (dims, dtype, meaning).  Genotypes are samples x variants so that a
 # training batch (a few rows) is a contiguous read of one chunk.
@@ -62,6 +65,65 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
+def is_hpcsnp_store(path) -> bool:
+    """A directory whose group metadata carries the hpcsnp format key (complete or not):
+    the only kind of directory ``ingest --force`` may replace."""
+    meta = Path(path) / "zarr.json"
+    if not Path(path).is_dir() or not meta.is_file():
+        return False
+    import json
+
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and FORMAT_KEY in attrs
+
+
+def check_replaceable(path, *, force: bool, what: str = "store") -> None:
+    """Refuse to write over ``path`` unless it is absent, or ``force`` and an hpcsnp store."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise StoreError(f"{path} already exists; use --force to overwrite it")
+    if not is_hpcsnp_store(path) or path.is_symlink():
+        kind = "a file" if path.is_file() else "a link" if path.is_symlink() else "a directory"
+        raise StoreError(f"{path} is {kind} that is not an hpcsnp {what}; --force only replaces an hpcsnp "
+                         "store: choose another -o or remove it yourself")
+
+
+def stale_temporaries(path) -> list[Path]:
+    """Temporary stores left next to ``path`` by an ingest that was killed: ``NAME.tmp-PID``
+    (and ``NAME.tmp-PID-variants``) whose process is gone."""
+    path = Path(path)
+    found = []
+    for p in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+        pid = p.name[len(path.name) + 5:].split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if p.is_dir() and (is_hpcsnp_store(p) or p.name.endswith("-variants")):
+            found.append(p)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path, warn) -> None:
+    """Delete what a killed ingest of ``path`` left behind, saying so."""
+    for p in stale_temporaries(path):
+        shutil.rmtree(p, ignore_errors=True)
+        warn(f"removed {p}, left by an ingest that was killed before it finished")
+
+
 def atomic_write_text(path, text: str) -> None:
     path = Path(path)
     tmp = tmp_name(path)
@@ -78,6 +140,30 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def store_id_of(attrs: dict) -> str:
+    """Identity of one write of a store: a new random id each ingest (older stores: a hash
+    of their attributes, which include the source file's checksum)."""
+    sid = attrs.get(STORE_ID_KEY)
+    if sid:
+        return str(sid)
+    import hashlib
+    import json
+
+    return "attrs-" + hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def peek_store_id(path) -> str | None:
+    """The store id of the store at ``path`` from its metadata alone, None when there is no
+    readable hpcsnp store there."""
+    import json
+
+    try:
+        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return store_id_of(attrs) if isinstance(attrs, dict) and FORMAT_KEY in attrs else None
 
 
 @dataclass
@@ -112,6 +198,11 @@ class Store:
         return int(self.genotypes.chunks[0])
 
     @property
+    def store_id(self) -> str:
+        """Identity of this write of the store (see ``store_id_of``)."""
+        return store_id_of(self.attrs)
+
+    @property
     def name(self) -> str:
         """Default data-set name in a run: the store's file name without .zarr."""
         name = self.path.name
@@ -127,6 +218,35 @@ class Store:
 def _strings(arr) -> np.ndarray:
     """A zarr string array as a NumPy array of Python str (object dtype)."""
     return np.asarray(arr[:].tolist(), dtype=object)
+
+
+def _check_chunks(path: Path, group, attrs: dict) -> None:
+    """Every chunk is on disk: a missing chunk would read as fill values (missing genotypes,
+    zero phenotypes), not as data.  Stores written before every chunk was written (even one
+    equal to the fill value) are checked for genotype chunks only: a whole chunk of samples
+    with every call missing does not occur in real data."""
+    names = ARRAYS if attrs.get(EVERY_CHUNK_KEY) else ("call_dosage",)
+    for name in names:
+        arr = group[name]
+        try:
+            have, want = arr.nchunks_initialized, arr.nchunks
+        except Exception as e:  # noqa: BLE001 - unreadable chunk listing: report it as damage
+            raise StoreError(f"{path}: cannot list the chunks of {name} ({e})") from None
+        if arr.size and have < want:
+            raise StoreError(f"{path}: {want - have} of {want} chunk(s) of {name} are missing (deleted or "
+                             "never written); the store is damaged: re-run `hpcsnp ingest --force`")
+
+
+def read_genotype_rows(store: "Store", lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi-1 of the genotype matrix; a chunk that cannot be decoded is a StoreError
+    naming it (a corrupt file is a user's problem to fix, not an internal error)."""
+    try:
+        return store.genotypes[lo:hi]
+    except Exception as e:  # noqa: BLE001 - zarr/numcodecs raise many types for corrupt data
+        c0, c1 = lo // store.chunk_rows, (hi - 1) // store.chunk_rows
+        which = f"chunk {c0}" if c0 == c1 else f"chunks {c0}-{c1}"
+        raise StoreError(f"{store.path}: genotype {which} (samples {lo + 1}-{hi}) cannot be read: "
+                         f"{type(e).__name__}: {e}; the store is damaged: re-run `hpcsnp ingest --force`") from None
 
 
 def open_store(path) -> Store:
@@ -152,6 +272,7 @@ def open_store(path) -> Store:
     missing = [name for name in ARRAYS if name not in group]
     if missing:
         raise StoreError(f"{path}: store lacks arrays {', '.join(missing)}")
+    _check_chunks(path, group, attrs)
     return Store(path=path, attrs=attrs, genotypes=group["call_dosage"],
                  sample_id=_strings(group["sample_id"]),
                  phenotype=np.asarray(group["sample_phenotype"][:], dtype=np.float32),

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -25,24 +24,12 @@ import numpy as np
 
 from hpcsnp.config import Config
 from hpcsnp.data import RowSource, fold_split, should_cache
-from hpcsnp.errors import HpcsnpError, InputError
+from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
+from hpcsnp.rundir import (FOLD_FILES, FoldBusyError, check_same_store, config_differences,  # noqa: F401
+                           dataset_name, fold_dir, fold_holder, fold_lock, is_complete, read_json,
+                           write_dataset_info)
 from hpcsnp.store import atomic_replace_dir, atomic_write_text, open_store
-
-class FoldBusyError(HpcsnpError):
-    """The fold is locked by another live process."""
-
-
-FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
-
-
-def fold_dir(run_dir, dataset: str, fold: int) -> Path:
-    return Path(run_dir) / dataset / f"fold_{fold}"
-
-
-def is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / f).exists() for f in FOLD_FILES)
-
 
 @dataclass
 class FoldResult:
@@ -64,94 +51,55 @@ def regression_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:
     return {"pcc": pcc, "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
 
 
-def write_dataset_info(run_dir: Path, dataset: str, store) -> None:
-    """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
-    Every fold task writes the same content by atomic rename, so concurrent tasks agree."""
-    d = Path(run_dir) / dataset
-    d.mkdir(parents=True, exist_ok=True)
-    info = {"dataset": dataset, "store": str(store.path.resolve()), "n_folds": store.n_folds,
-            "n_samples": store.n_samples, "n_variants": store.n_variants,
-            "store_source": store.attrs.get("source", {})}
-    atomic_write_text(d / "dataset.json", json.dumps(info, indent=2) + "\n")
-    if not (d / "variants.csv").exists():
-        tmp = d / f"variants.csv.tmp-{os.getpid()}"
-        store.variants_frame().to_csv(tmp, index=False)
-        os.replace(tmp, d / "variants.csv")
-
-
 def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
                force: bool = False, threads: int | None = None, log=None) -> FoldResult:
-    cfg = cfg or Config()
+    """Train test fold ``fold`` of a store into ``run_dir``.  ``cfg`` None: the run's settings
+    (RUN/config.json), else the defaults, which then become the run's; a ``cfg`` that differs
+    from the run's settings is refused."""
+    from hpcsnp.rundir import adopt_run_config
+
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     store = open_store(store_path)
-    dataset = dataset or store.name
+    dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
+    check_fold_usable(store, split)
     run_dir = Path(run_dir)
+    cfg = adopt_run_config(run_dir, cfg or Config(), explicit=cfg is not None, log=log)
     final = fold_dir(run_dir, dataset, fold)
     if is_complete(final) and not force:
-        return _skipped(final, dataset, fold, log)
-    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
-        if len(rows) == 0:
-            raise InputError(f"{store.path}: fold {fold} has no {name} samples")
+        return _skipped(final, dataset, fold, store, log)
     write_dataset_info(run_dir, dataset, store)
     partial = final.with_name(final.name + ".partial")
     with fold_lock(final, dataset, fold):
         if is_complete(final) and not force:  # finished by another process just before we locked
-            return _skipped(final, dataset, fold, log)
+            return _skipped(final, dataset, fold, store, log)
         if force:
             shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
         return _train(store, split, dataset, fold, final, partial, cfg, threads, log)
 
 
-def _skipped(final: Path, dataset: str, fold: int, log) -> FoldResult:
-    metrics = json.loads((final / "metrics.json").read_text())
+def check_fold_usable(store, split) -> None:
+    """Refuse, before any work, a fold whose test metrics could not be computed or whose
+    training could not be scaled: fewer than 2 samples in a set, or a constant phenotype."""
+    fold = split.test_fold
+    y = store.phenotype
+    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        if len(rows) < 2:
+            raise InputError(f"{store.path}: fold {fold} cannot be trained and evaluated: its {name} set has "
+                             f"{len(rows)} sample(s), at least 2 are needed (re-ingest with fewer, larger folds)")
+    for name, rows in (("training", split.train), ("test", split.test)):
+        if np.ptp(y[rows]) == 0:
+            raise InputError(f"{store.path}: fold {fold}: the phenotype is the same ({y[rows][0]:.6g}) for every "
+                             f"sample of its {name} set, so " + ("PCC is undefined" if name == "test" else
+                                                                 "there is nothing to learn"))
+
+
+def _skipped(final: Path, dataset: str, fold: int, store, log) -> FoldResult:
+    check_same_store(final / "metrics.json", store, f"{dataset} fold {fold}")
+    metrics = read_json(final / "metrics.json")
     log(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
     return FoldResult(dataset, fold, final, metrics, skipped=True)
-
-
-@contextlib.contextmanager
-def fold_lock(final: Path, dataset: str, fold: int):
-    """Exclusive lock on one fold (flock on ``fold_<i>.lock``): a second process training
-    the same fold fails at once instead of clobbering it.  The kernel drops the lock when
-    its holder dies, even by SIGKILL, so a requeued task is never locked out."""
-    import fcntl
-
-    path = final.with_name(final.name + ".lock")
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise FoldBusyError(f"{dataset} fold {fold} is being trained by {holder}; not starting a "
-                                "second copy (the lock goes when that process ends)") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def fold_holder(final: Path) -> str | None:
-    """Who trains this fold now ("pid N on HOST"), or None when nobody holds its lock."""
-    import fcntl
-
-    path = final.with_name(final.name + ".lock")
-    if not path.exists():
-        return None
-    with open(path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return fh.read().strip() or "another process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
 
 
 def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> FoldResult:
@@ -166,8 +114,9 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     t_start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed * 1009 + fold)
     y = store.phenotype
+    y64 = y.astype(np.float64)  # float32 sums of squares overflow from |y| ~ 1e19
     if cfg.standardize:
-        mu, sd = float(y[split.train].mean()), float(y[split.train].std())
+        mu, sd = float(y64[split.train].mean()), float(y64[split.train].std())
         sd = sd if sd > 0 else 1.0
     else:
         mu, sd = 0.0, 1.0
@@ -175,7 +124,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         if np.abs(y[split.train]).max() >= bound:
             log(f"[{dataset} fold {fold}] warning: |phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU "
                 f"bound {bound:.3g}; predictions will saturate (drop --no-standardize)")
-    z = ((y - mu) / sd).astype(np.float32)
+    z = ((y64 - mu) / sd).astype(np.float32)
     n_var = store.n_variants
     need = len(split.train) + len(split.val) + len(split.test)
     cache = should_cache(cfg, need, n_var)
@@ -229,9 +178,10 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     run_vars = list(model.variables) + list(optimizer.variables)
     state_path = partial / "state.json"
     state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
-             "lr": cfg.learning_rate, "lr_wait": 0}
+             "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
     if state_path.exists():
-        state = json.loads(state_path.read_text())
+        state = read_json(state_path)
+        check_resumable(state, cfg, store, partial)
         load_variables(partial / state.get("checkpoint", "last.npz"), run_vars)
         optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
         log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
@@ -293,6 +243,11 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     tp, tr = predict(test_src)
     predict_seconds = time.perf_counter() - t_pred
     metrics = regression_metrics(y[tr], tp)
+    if not all(np.isfinite(metrics[k]) for k in ("pcc", "mse", "mae")):
+        why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
+        raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
+                              f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
+                              f"(the checkpoint stays in {partial})")
     import pandas as pd
 
     pd.DataFrame({"sample_id": store.sample_id[tr], "fold": fold, "truth": y[tr],
@@ -331,7 +286,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
                          **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS")}},
         "target_mean": mu, "target_sd": sd, "seed": cfg.seed,
-        "store": str(store.path.resolve()), "store_sha256": store.attrs.get("source", {}).get("sha256"),
+        "store": str(store.path.resolve()), "store_id": store.store_id, "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),
     })
     rss = _peak_rss_mb()
@@ -345,6 +300,19 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
         f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
         f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
     return FoldResult(dataset, fold, final, metrics)
+
+
+def check_resumable(state: dict, cfg, store, partial: Path) -> None:
+    """A checkpoint resumes only with the settings and the store it was written with."""
+    problems = []
+    if "config" in state:
+        problems += config_differences(state["config"], cfg.to_dict())
+    if state.get("store_id") not in (None, store.store_id):
+        problems.append(f"store id {state['store_id']} vs {store.store_id} ({store.path} was re-ingested)")
+    if problems:
+        raise InputError(f"{partial} was checkpointed with other settings than this command's "
+                         f"({'; '.join(problems)}; checkpoint vs command): rerun with the checkpoint's "
+                         "settings to resume it, or --force to start this fold afresh")
 
 
 EVAL_ACTIVATION_MB = 32

@@ -400,8 +400,7 @@ def test_two_data_sets_in_one_run(run, sim_store, tmp_path):
     two = tmp_path / "two"
     shutil.copytree(run_dir, two)
     for i in (1, 2, 3):
-        train_fold(sim_store[0], i, two, Config(max_epochs=1, batch_size=32), dataset="sim_qa",
-                   log=lambda m: None)
+        train_fold(sim_store[0], i, two, None, dataset="sim_qa", log=lambda m: None)  # the run's settings
     out = reduce_run(two, top=4)
     assert out["summary"].query("model == 'cnn'")["dataset"].tolist() == ["sim", "sim_qa"]
     top = pd.read_csv(two / "top_saliency_snps.csv")
