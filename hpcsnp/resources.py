@@ -178,7 +178,7 @@ def provenance() -> dict:
 def die_with_parent() -> None:
     """In a fold process started by cv: be SIGTERMed when cv dies (Linux prctl), and exit at
     once if cv is already gone."""
-    parent = os.environ.get("HPCSNP_PARENT_PID", "")
+    parent = os.environ.pop("HPCSNP_PARENT_PID", "")  # not inherited by anything we start
     if not parent.isdigit():
         return
     try:

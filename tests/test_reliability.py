@@ -312,10 +312,10 @@ def _children_of(pid: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                env = (d / "environ").read_bytes()
+                stat = (d / "stat").read_text()
             except OSError:
                 continue
-            if f"HPCSNP_PARENT_PID={pid}\0".encode() in env:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
                 found.append(int(d.name))
     return found
 
