@@ -337,7 +337,8 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     Finished folds are skipped, so rerunning after a crash does only the rest.
     The linear baseline runs on the same folds unless --no-baseline.  The
     settings are saved as RUN/config.json; rerunning with other settings is
-    refused unless --force (which redoes every fold).  Exits 1 when any part
+    refused unless --force (which redoes every fold); without settings options
+    an existing run's settings are used.  Exits 1 when any part
     failed (a fold, or a baseline: the summary is then printed without it).
     """
     from hpcsnp.cv import plan_datasets, run_cv
@@ -345,11 +346,12 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     from hpcsnp.rundir import save_run_config
 
     _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
+    explicit = _explicit(config_path, **hyper)
     cfg = _build_config(config_path, **hyper)
     run = Path(run_dir)
     plan = plan_datasets(stores, names, run, force=force)
     run.mkdir(parents=True, exist_ok=True)
-    config = save_run_config(run, cfg, force=force)
+    config = save_run_config(run, cfg if explicit else None, force=force)
     outcome = run_cv(plan, run, config_path=config, threads=threads, jobs=jobs, force=force,
                      verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
                      baseline=baseline)

@@ -173,9 +173,16 @@ def adopt_run_config(run_dir, cfg, *, explicit: bool, log=None):
 
 def save_run_config(run_dir, cfg, *, force: bool) -> Path:
     """cv's settings become the run's; a run whose folds were trained with other settings is
-    refused unless --force (which redoes every fold)."""
+    refused unless --force (which redoes every fold).  ``cfg`` None (no settings chosen):
+    the run's own settings, else the defaults."""
+    from hpcsnp.config import Config
+
     path = Path(run_dir) / CONFIG_JSON
     have = run_config(run_dir)
+    if cfg is None:
+        if have is not None:
+            return path
+        cfg = Config()
     if have is not None and not force:
         diff = config_differences(have, cfg.to_dict())
         if diff:

@@ -409,3 +409,10 @@ def test_options_that_do_nothing_are_named(tmp_path):
     simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
     proc = run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr", "--folds", 5, "--min-maf", 0.05)
     assert "--folds, --min-maf ignored for text input" in proc.stderr
+
+
+def test_cv_without_settings_options_continues_a_run_with_its_own_settings(sim_store, tmp_path):
+    _train_folds(sim_store[0], tmp_path, folds=(1, 2, 3))
+    before = (tmp_path / "config.json").read_text()
+    proc = run_cli("cv", sim_store[0], "--run", tmp_path, "--no-baseline", "--no-progress")
+    assert "pcc_mean" in proc.stdout and (tmp_path / "config.json").read_text() == before
