@@ -66,7 +66,7 @@ def main():
     hdr = f"{'fold':>4} {'':9} {'pcc':>7} {'epochs':>6} {'s/epoch':>8} {'train/s':>8} {'sal/s':>8} {'train s':>8}"
     print(hdr)
     tot_r = tot_h = 0.0
-    for f, r, m, wall, rss, n in rows:
+    for f, r, m, _wall, rss, n in rows:
         r_ep, h_ep = r["train"] / r["epochs"], m["seconds"] / m["epochs"]
         print(f"{f:>4} {'reference':9} {r['pcc']:7.4f} {r['epochs']:6d} {r_ep:8.2f} {n / r_ep:8.0f} "
               f"{m['n_test'] / max(r['sal'], 1e-9):8.0f} {r['train'] + r['sal']:8.1f}")

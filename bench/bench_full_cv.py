@@ -104,7 +104,7 @@ def main():
           f"fp32 peak {peak:.0f} GFLOP/s ({how}) ==")
     any_m = next(iter(metrics.values()))
     fl = any_m["mflop_per_sample"]
-    print(f"model FLOPs per sample ({any_m['n_train'] and 'N = ' + str(len(pd.read_csv(run / names[0] / 'variants.csv')))}"
+    print(f"model FLOPs per sample ({any_m['n_train'] and 'N = ' + str(len(pd.read_csv(run / names[0] / 'variants.csv')))}"  # noqa: E501
           f" SNPs): forward {fl['forward']:.1f} M, training step {fl['train_step']:.1f} M "
           f"({fl.get('train_step_fused', fl['train_step']):.1f} M as run, fused), "
           f"saliency {fl['saliency']:.1f} M")
@@ -122,7 +122,8 @@ def main():
             "ref_fold_s": r and r["train"] + r["sal"], "ref_sal_per_s": r and m["n_test"] / max(r["sal"], 1e-9),
             "cnn_pcc": m["pcc"], "epochs": m["epochs"], "fold_s": m["seconds"] + m["saliency_seconds"],
             "s_per_epoch": m["seconds"] / m["epochs"], "train_per_s": m["train_samples_per_s"],
-            "train_gflops": m["train_gflops"], "pct_peak_core": 100 * m["train_gflops"] / (peak / len(os.sched_getaffinity(0)) * threads),
+            "train_gflops": m["train_gflops"],
+            "pct_peak_core": 100 * m["train_gflops"] / (peak / len(os.sched_getaffinity(0)) * threads),
             # the published model's FLOPs per sample x samples/s (= train_gflops when not fused)
             "equiv_gflops": m.get("train_gflops_model_equivalent", m["train_gflops"]),
             "sal_per_s": m["saliency_samples_per_s"], "sal_gflops": m["saliency_gflops"],

@@ -34,7 +34,8 @@ def make(d: Path, samples: int, snps: int):
                 row = b"".join(tok[g[i].astype(np.int64) + 1])
                 f.write(f"{ids[i]}\t{folds[i]}\t{y[i]:.4f}\t".encode() + row[:-1] + b"\n")
         with open(pheno, "w") as f:
-            f.write("sample\tphenotype\tfold\n" + "".join(f"{ids[i]}\t{y[i]:.4f}\t{folds[i]}\n" for i in range(samples)))
+            f.write("sample\tphenotype\tfold\n"
+                    + "".join(f"{ids[i]}\t{y[i]:.4f}\t{folds[i]}\n" for i in range(samples)))
         write_vcf(vcf, ids, names, g)
     return tsv, vcf, pheno
 

@@ -140,7 +140,10 @@ def _build_config(config_path=None, publication=False, **overrides):
 
         raise InputError("--config and --publication both choose the base settings; give one")
     base = Config.load(config_path) if config_path else Config.publication() if publication else Config()
-    return base.replace(**overrides)
+    cfg = base.replace(**overrides)
+    for message in cfg.ignored():
+        warn(message)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from hpcsnp.errors import InputError
 
-
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75}
 
 
@@ -79,6 +78,19 @@ class Config:
             problems.append(f"cache must be auto, always or never, got {self.cache!r}")
         if problems:
             raise InputError("bad configuration: " + "; ".join(problems))
+
+    def ignored(self) -> list[str]:
+        """Settings that have no effect in this combination, said as warnings by the CLI.
+
+        >>> Config(bf16_step=True, fuse_convolutions=False).ignored()
+        ['--bf16 ignored with --no-fuse (it computes the fused training step in bfloat16)']
+        """
+        out = []
+        if self.bf16_step and not self.fuse_convolutions:
+            out.append("--bf16 ignored with --no-fuse (it computes the fused training step in bfloat16)")
+        if self.cache != "auto" and self.cache_limit_mb != Config.cache_limit_mb:
+            out.append(f"--cache-limit-mb ignored with --cache {self.cache}")
+        return out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

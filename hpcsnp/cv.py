@@ -246,7 +246,8 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if failed:
-        lines = [f"{len(failed)} fold(s) failed:"] + [f"  {n} fold {i}: {c} (log: {p})" for n, i, c, p in sorted(failed)]
+        lines = [f"{len(failed)} fold(s) failed:"]
+        lines += [f"  {n} fold {i}: {c} (log: {p})" for n, i, c, p in sorted(failed)]
         lines.append(f"rerun `hpcsnp cv ... --run {run_dir}` to redo only the failed folds")
         raise FoldFailedError("\n".join(lines))
     return CvOutcome(results, failed_baselines)

@@ -38,8 +38,19 @@ import numpy as np
 
 from hpcsnp import __version__
 from hpcsnp.errors import InputError, ParseError
-from hpcsnp.store import (ARRAYS, COMPLETE_KEY, EVERY_CHUNK_KEY, FORMAT_KEY, FORMAT_VERSION, STORE_ID_KEY, check_replaceable,
-                          default_chunk_rows, parse_marker_name, remove_stale_temporaries, tmp_name)
+from hpcsnp.store import (
+    ARRAYS,
+    COMPLETE_KEY,
+    EVERY_CHUNK_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    STORE_ID_KEY,
+    check_replaceable,
+    default_chunk_rows,
+    parse_marker_name,
+    remove_stale_temporaries,
+    tmp_name,
+)
 
 MISSING_TOKENS = frozenset({b"NA", b"NaN", b"nan", b"NAN", b"N/A", b"."})
 ID_COLUMN_NAMES = frozenset({"id", "sample", "sample_id", "sampleid", "iid", "strain", "line", "taxa"})
@@ -118,7 +129,8 @@ class IngestReport:
         lines = [f"store        {self.store}",
                  f"source       {self.source}",
                  f"samples      {self.n_samples:,}" + ("  (ids from first column)" if self.id_column else ""),
-                 f"SNPs         {self.n_variants:,}  ({self.parsed_positions:,} with chromosome/position parsed from the name)",
+                 f"SNPs         {self.n_variants:,}  ({self.parsed_positions:,} with chromosome/position "
+                 "parsed from the name)",
                  f"folds        K={self.n_folds}: " + ", ".join(f"{k}:{v}" for k, v in self.fold_sizes.items()),
                  f"missing      {100 * self.missing_rate:.2f} % of genotype calls",
                  f"phenotype    mean {self.phenotype_mean:.4g}, sd {self.phenotype_sd:.4g}"]

@@ -53,7 +53,8 @@ def check_complete(run_dir: Path, datasets: list[dict]) -> None:
         if now is not None and ds.get("store_id") not in (None, now):
             raise InputError(f"{ds['store']} was re-ingested after {run_dir}/{ds['dataset']} was trained on it "
                              f"(store id {ds['store_id']}, now {now}): redo the data set from the new store with "
-                             f"`hpcsnp cv {ds['store']} --run {run_dir} --config {run_dir}/config.json --force`, or use "
+                             f"`hpcsnp cv {ds['store']} --run {run_dir} --config {run_dir}/config.json --force`, "
+                             "or use "
                              "another --run")
         for i in range(1, ds["n_folds"] + 1):
             d = fold_dir(run_dir, ds["dataset"], i)

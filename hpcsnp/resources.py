@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",

@@ -40,10 +40,10 @@ def check_dataset_name(name: str, *, given: bool = True) -> str:
 
     >>> check_dataset_name("height_imp")
     'height_imp'
-    >>> check_dataset_name("../x")
+    >>> check_dataset_name("../x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    hpcsnp.errors.InputError: data-set name '../x' is not a plain name: use letters, digits, '.', '_' and '-', starting with a letter or digit
+    hpcsnp.errors.InputError: data-set name '../x' is not a plain name: use letters, digits, ...
     """
     if not _NAME_RE.match(name or "") or len(name) > 200:
         hint = "" if given else " (it comes from the store's file name: give --name NAME)"

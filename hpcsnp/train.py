@@ -26,10 +26,21 @@ from hpcsnp.config import Config
 from hpcsnp.data import RowSource, fold_split, should_cache
 from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
-from hpcsnp.rundir import (FOLD_FILES, FoldBusyError, check_same_store, config_differences,  # noqa: F401
-                           dataset_name, fold_dir, fold_holder, fold_lock, is_complete, read_json,
-                           write_dataset_info)
+from hpcsnp.rundir import (  # noqa: F401
+    FOLD_FILES,
+    FoldBusyError,
+    check_same_store,
+    config_differences,
+    dataset_name,
+    fold_dir,
+    fold_holder,
+    fold_lock,
+    is_complete,
+    read_json,
+    write_dataset_info,
+)
 from hpcsnp.store import atomic_replace_dir, atomic_write_text, open_store
+
 
 @dataclass
 class FoldResult:
@@ -286,7 +297,8 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
                          **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS")}},
         "target_mean": mu, "target_sd": sd, "seed": cfg.seed,
-        "store": str(store.path.resolve()), "store_id": store.store_id, "store_sha256": store.attrs.get("source", {}).get("sha256"),
+        "store": str(store.path.resolve()), "store_id": store.store_id,
+        "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),
     })
     rss = _peak_rss_mb()

@@ -7,8 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpcsnp.baseline import (REMLSpectrum, _gblup_solve, centred_kernels, encode, gblup_fit_predict,
-                             gblup_kernel_predict, gram_matrix, reml_delta)
+from hpcsnp.baseline import (
+    REMLSpectrum,
+    _gblup_solve,
+    centred_kernels,
+    encode,
+    gblup_fit_predict,
+    gblup_kernel_predict,
+    gram_matrix,
+    reml_delta,
+)
 
 
 def data(n=60, p=40, h2=0.6, seed=0):
@@ -175,9 +183,9 @@ def test_encodings_center_and_handle_missing():
 
 def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
     from hpcsnp.baseline import baseline_fold
-    from hpcsnp.store import open_store
     from hpcsnp.config import Config
     from hpcsnp.reduce import reduce_run
+    from hpcsnp.store import open_store
     from hpcsnp.train import train_fold
 
     store, _ = sim_store

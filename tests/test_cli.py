@@ -6,8 +6,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from hpcsnp.resources import cap_threads, granted_cpus
 
 QUICK = ["--epochs", "40", "--patience", "8", "--batch-size", "16", "--lr", "0.003", "--dropout", "0.5"]

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SMALL_REAL, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SMALL_REAL, run_cli
 from hpcsnp.errors import InputError, ParseError, StoreError
 from hpcsnp.ingest import ingest_tsv
 from hpcsnp.store import open_store
@@ -66,14 +66,14 @@ def test_na_tokens_are_missing_and_counted_unless_strict(tsv, tmp_path):
 
 BAD = {
     "ragged row": (good(ROWS[:2] + ["3\t9\t1\t1\n"] + ROWS[3:]), r":4: row has 4 columns, header has 5"),
-    "empty genotype cell": (good(ROWS[:1] + ["2\t11\t2\t\t0\n"] + ROWS[2:]), r":3: column 4 \(Gm01_200\): genotype an empty cell"),
+    "empty genotype cell": (good(ROWS[:1] + ["2\t11\t2\t\t0\n"] + ROWS[2:]), r":3: column 4 \(Gm01_200\): genotype an empty cell"),  # noqa: E501
     "code 3": (good(ROWS[:1] + ["2\t11\t2\t3\t0\n"] + ROWS[2:]), r":3: column 4 \(Gm01_200\): genotype '3'"),
     "code 9": (good(ROWS[:2] + ["3\t9\t1\t1\t9\n"] + ROWS[3:]), r":4: column 5 \(Gm02_50\): genotype '9'"),
     "dosage 0.5": (good(ROWS[:1] + ["2\t11\t0.5\t1\t0\n"] + ROWS[2:]), r":3: column 3 \(Gm01_100\)"),
-    "text phenotype": (good(ROWS[:1] + ["2\ttall\t2\t1\t0\n"] + ROWS[2:]), r":3: column 2 \(phenotype\): phenotype 'tall' is not a number"),
-    "missing phenotype": (good(ROWS[:1] + ["2\tNA\t2\t1\t0\n"] + ROWS[2:]), r":3: column 2 \(phenotype\): phenotype is missing"),
+    "text phenotype": (good(ROWS[:1] + ["2\ttall\t2\t1\t0\n"] + ROWS[2:]), r":3: column 2 \(phenotype\): phenotype 'tall' is not a number"),  # noqa: E501
+    "missing phenotype": (good(ROWS[:1] + ["2\tNA\t2\t1\t0\n"] + ROWS[2:]), r":3: column 2 \(phenotype\): phenotype is missing"),  # noqa: E501
     "infinite phenotype": (good(ROWS[:1] + ["2\tinf\t2\t1\t0\n"] + ROWS[2:]), r":3: column 2 .*not finite"),
-    "duplicate SNP": (HEADER.replace("Gm02_50", "Gm01_100") + "".join(ROWS), r":1: column 5 \(Gm01_100\): duplicate SNP name 'Gm01_100' \(also column 3\)"),
+    "duplicate SNP": (HEADER.replace("Gm02_50", "Gm01_100") + "".join(ROWS), r":1: column 5 \(Gm01_100\): duplicate SNP name 'Gm01_100' \(also column 3\)"),  # noqa: E501
     "fold 0": (good(ROWS[:1] + ["0\t11\t2\t1\t0\n"] + ROWS[2:]), r":3: column 1 \(fold\): fold 0 is outside 1..K"),
     "fold 11": (good(ROWS[:1] + ["11\t11\t2\t1\t0\n"] + ROWS[2:]), r":3: column 1 \(fold\): fold 11 is outside"),
     "fold not integer": (good(ROWS[:1] + ["x\t11\t2\t1\t0\n"] + ROWS[2:]), r":3: column 1 \(fold\): fold 'x'"),

@@ -5,8 +5,8 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from hpcsnp.errors import InputError
 from hpcsnp.ingest import ingest_tsv
 from hpcsnp.ingest_genotypes import PlinkSource, VcfSource, ingest_genotypes
@@ -52,7 +52,7 @@ def test_mismatched_ids_are_listed_and_dropped_only_on_request(sim, tmp_path):
     p = pd.read_csv(sim["pheno"], sep="\t")
     p.iloc[:5, 0] = [f"X{i}" for i in range(5)]  # 5 unknown ids, 5 genotyped samples without phenotype
     p.to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
-    with pytest.raises(InputError, match=r"5 genotyped sample\(s\) lack a phenotype \(S00001, S00002, S00003, \.\.\.\); "
+    with pytest.raises(InputError, match=r"5 genotyped sample\(s\) lack a phenotype \(S00001, S00002, S00003, \.\.\.\); "  # noqa: E501
                                          r"5 phenotyped sample\(s\) are not in .*--drop-unmatched"):
         ingest_genotypes(VcfSource(sim["vcf"]), tmp_path / "s.zarr", pheno=tmp_path / "bad.tsv", progress=False)
     rep = ingest_genotypes(VcfSource(sim["vcf"]), tmp_path / "s.zarr", pheno=tmp_path / "bad.tsv",

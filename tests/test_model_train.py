@@ -35,7 +35,7 @@ def test_publication_settings_and_overrides():
     from hpcsnp.cli import _build_config
 
     cfg = _build_config(publication=True, batch_size=8)
-    assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience) == (8, 1e-3, 10, 0.75, 0)
+    assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience) == (8, 1e-3, 10, 0.75, 0)  # noqa: E501
     assert Config().replace(**{k: getattr(cfg, k) for k in ("learning_rate", "patience", "dropout",
                                                             "lr_decay_patience")}) == cfg.replace(batch_size=64)
     with pytest.raises(InputError, match="give one"):
@@ -356,7 +356,7 @@ def test_query(run):
     out = reduce_run(run_dir, top=5, plot=False)
     best = out["top"].iloc[0]
     q = query(run_dir, [best["snp"]])
-    assert q.iloc[0]["rank"] == 1 and q.iloc[0]["saliency"] == pytest.approx(best["saliency"], rel=1e-5)  # CSVs keep 6 significant digits
+    assert q.iloc[0]["rank"] == 1 and q.iloc[0]["saliency"] == pytest.approx(best["saliency"], rel=1e-5)  # CSVs keep 6 significant digits  # noqa: E501
     assert q.iloc[0]["of"] == 60
     with pytest.raises(InputError, match="did you mean"):
         query(run_dir, [best["snp"][:-1]])

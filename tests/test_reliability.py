@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,9 +153,10 @@ def test_phenotypes_beyond_float32_are_refused_and_huge_ones_train(tmp_path, tsv
     proc = run_cli("ingest", tsv("fold\tphenotype\ta_1\tb_2\n" + rows), "-o", tmp_path / "x.zarr", check=False)
     assert proc.returncode == 2 and ":5: column 2 (phenotype)" in proc.stderr and "float32" in proc.stderr
     assert not (tmp_path / "x.zarr").exists()
+    import pandas as pd
+
     from hpcsnp.ingest import ingest_tsv
     from hpcsnp.simulate import simulate
-    import pandas as pd
 
     simulate(tmp_path / "big.tsv", samples=120, snps=30, causal=2, folds=3, seed=2)
     t = pd.read_csv(tmp_path / "big.tsv", sep="\t")

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 ARGS = ["--fold", "1", "--epochs", "30", "--patience", "40", "--batch-size", "16", "--threads", "1",

@@ -43,7 +43,7 @@ def test_array_script_refuses_to_run_outside_an_array(tmp_path):
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_shell_scripts_pass_shellcheck():
-    scripts = sorted(str(p) for p in (ROOT / "slurm").glob("*.sh")) + sorted(str(p) for p in (ROOT / "tools").glob("*.sh"))
+    scripts = sorted(str(p) for p in (ROOT / "slurm").glob("*.sh")) + sorted(str(p) for p in (ROOT / "tools").glob("*.sh"))  # noqa: E501
     proc = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 

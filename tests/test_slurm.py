@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slurm
@@ -131,7 +130,7 @@ def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tm
                           f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
     red = subprocess.run(["sbatch", "--parsable", f"--dependency=afterok:{job}", "--mem=1G",
-                          f"--output={tmp_path}/%x-%j.out", str(SLURM / "reduce.sh"), str(run)], capture_output=True, text=True,
+                          f"--output={tmp_path}/%x-%j.out", str(SLURM / "reduce.sh"), str(run)], capture_output=True, text=True,  # noqa: E501
                          check=True).stdout.strip()
     assert set(wait(job)) == {"COMPLETED"}
     assert wait(red) == ["FAILED"]
