@@ -299,12 +299,14 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/."""
     import pandas as pd
 
+    from hpcsnp.atomic import atomic_replace_dir
     from hpcsnp.data import fold_split
     from hpcsnp.errors import FoldFailedError
+    from hpcsnp.metrics import all_finite, regression_metrics
     from hpcsnp.resources import provenance
     from hpcsnp.rundir import baseline_dir, check_same_store, dataset_name, read_json, write_dataset_info
-    from hpcsnp.store import atomic_replace_dir, open_store
-    from hpcsnp.train import check_fold_usable, regression_metrics
+    from hpcsnp.store import open_store
+    from hpcsnp.train import check_fold_usable
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     store = open_store(store_path)
@@ -337,7 +339,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
         pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True)
         del K
         m = regression_metrics(y[split.test], pred)
-        if not all(np.isfinite(m[k]) for k in ("pcc", "mse", "mae")):
+        if not all_finite(m):
             raise FoldFailedError(f"{dataset} fold {fold}: GBLUP {enc} test metrics cannot be computed (pcc "
                                   f"{m['pcc']}, mse {m['mse']}: its predictions are constant or not finite)")
         m.update({"dataset": dataset, "fold": fold, "model": f"gblup_{enc}", "encoding": enc,
@@ -368,7 +370,7 @@ def cached_gram(store, encoding: str, cache_dir: Path, log=None) -> tuple[np.nda
     Returns (G, design width, seconds spent computing it here; 0 when read)."""
     import fcntl
 
-    from hpcsnp.store import atomic_write_text
+    from hpcsnp.atomic import atomic_write_text
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from hpcsnp import __version__
 from hpcsnp.config import PUBLICATION as _P
 from hpcsnp.config import Config
 from hpcsnp.errors import HpcsnpError
+from hpcsnp.store import MAX_FOLDS, MIN_FOLDS
 
 VERBOSE = {"level": 0}
 
@@ -180,7 +181,8 @@ def cli(verbose):
 @click.option("--pheno-column", help="Trait column of --pheno [its second column].")
 @click.option("--drop-unmatched", is_flag=True,
               help="Keep only samples with both genotypes and a phenotype (else a mismatch is an error).")
-@click.option("--folds", "n_folds", type=click.IntRange(3, 10), help="Assign K folds at random (balanced).")
+@click.option("--folds", "n_folds", type=click.IntRange(MIN_FOLDS, MAX_FOLDS),
+              help="Assign K folds at random (balanced).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --folds.")
 @click.option("--folds-from", type=click.Path(exists=True, dir_okay=False), help="Table of sample id, fold.")
 @click.option("--group-column", help="With --folds: keep each group of this --pheno column in one fold.")
@@ -433,7 +435,7 @@ def query(run_dir, snps):
 @click.option("--samples", type=click.IntRange(min=6), default=600, show_default=True)
 @click.option("--snps", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--causal", type=click.IntRange(min=1), default=5, show_default=True, help="Planted causal SNPs.")
-@click.option("--folds", type=click.IntRange(3, 10), default=5, show_default=True)
+@click.option("--folds", type=click.IntRange(MIN_FOLDS, MAX_FOLDS), default=5, show_default=True)
 @click.option("--missing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of calls set missing (-1) at random.")
 @click.option("--heritability", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True)

@@ -122,6 +122,6 @@ class Config:
         return cls.from_dict(data.get("config", data))
 
     def save(self, path) -> None:
-        from hpcsnp.store import atomic_write_text
+        from hpcsnp.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -25,31 +25,24 @@ import gzip
 import hashlib
 import io
 import math
-import os
-import shutil
 import sys
 import time
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hpcsnp import __version__
 from hpcsnp.errors import InputError, ParseError
 from hpcsnp.store import (
-    ARRAYS,
-    COMPLETE_KEY,
-    EVERY_CHUNK_KEY,
-    FORMAT_KEY,
-    FORMAT_VERSION,
-    STORE_ID_KEY,
+    FLOAT32_MAX,
+    MAX_FOLDS,
+    MIN_FOLDS,
+    StoreWriter,
+    check_folds,
+    check_phenotype_float32,  # noqa: F401 - part of the ingest API
     check_replaceable,
-    default_chunk_rows,
     parse_marker_name,
-    remove_stale_temporaries,
-    tmp_name,
 )
 
 MISSING_TOKENS = frozenset({b"NA", b"NaN", b"nan", b"NAN", b"N/A", b"."})
@@ -59,12 +52,6 @@ _CODES = {b"0": 0, b"1": 1, b"2": 2, b"-1": -1,
 _BAD = 127
 _LUT = np.full(256, _BAD, dtype=np.int8)
 _LUT[ord("0")], _LUT[ord("1")], _LUT[ord("2")], _LUT[ord("m")] = 0, 1, 2, -1
-MIN_FOLDS, MAX_FOLDS = 3, 10
-# every chunk is written, even one equal to the fill value (zarr skips those by default),
-# so that a chunk missing on disk is damage, never data
-EVERY_CHUNK = {"write_empty_chunks": True}
-
-
 class _Tap(io.RawIOBase):
     """A raw reader that hashes every byte it passes on and feeds a progress bar."""
 
@@ -153,165 +140,6 @@ def check_output_path(source: Path, out: Path, *, force: bool) -> None:
     if out.resolve() == Path(source).resolve():
         raise InputError(f"-o {out} is the input file itself; give the store another name")
     check_replaceable(out, force=force)
-
-
-class StoreWriter:
-    """Creates a store under a temporary name; ``finish`` renames it into place.
-
-    Genotype rows are appended one chunk at a time; the small per-sample
-    arrays are written at the end.  Used by every ingest path and by the
-    simulator, so all stores share one layout.
-    """
-
-    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, warn=None, contigs=None,
-                 positions=None):
-        import zarr
-        from zarr.codecs import BloscCodec
-
-        self.path = Path(path)
-        check_replaceable(self.path, force=force)
-        remove_stale_temporaries(self.path, warn or _warn)
-        self.tmp = tmp_name(self.path)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.store_id = uuid.uuid4().hex
-        n = len(variant_ids)
-        self.chunk_rows = chunk_rows or default_chunk_rows(n)
-        self.group = zarr.open_group(str(self.tmp), mode="w")
-        self.group.attrs.update({FORMAT_KEY: FORMAT_VERSION, COMPLETE_KEY: False, EVERY_CHUNK_KEY: True})
-        self.gt = self.group.create_array(
-            "call_dosage", shape=(0, n), chunks=(self.chunk_rows, n), dtype="int8",
-            fill_value=-1, dimension_names=ARRAYS["call_dosage"][0], config=EVERY_CHUNK,
-            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
-        if contigs is None:  # parsed from names like Gm12_2894203 (text input)
-            contig_pos = [parse_marker_name(v) for v in variant_ids]
-            contigs, positions = [c for c, _ in contig_pos], [p for _, p in contig_pos]
-        self._small("variant_id", np.asarray(variant_ids, dtype=object))
-        self._small("variant_contig", np.asarray(contigs, dtype=object))
-        self._small("variant_position", np.asarray(positions, dtype=np.int64))
-        self.parsed_positions = sum(p >= 0 for p in positions)
-        self.buffer = np.empty((self.chunk_rows, n), dtype=np.int8)
-        self.fill = 0
-        self.n_rows = 0
-        self.missing = 0
-        # one writer thread compresses and writes chunk k while the caller parses chunk k+1
-        # (Blosc and file I/O release the GIL); one chunk in flight keeps the order and the memory
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hpcsnp-store-writer")
-        self._pending = None
-
-    def _small(self, name, data):
-        dims, dtype, meaning = ARRAYS[name]
-        if dtype == "str":
-            data = np.asarray([str(x) for x in data], dtype=np.dtypes.StringDType())
-        else:
-            data = np.asarray(data, dtype=dtype)
-        arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype,
-                                      dimension_names=dims, chunks=(max(1, len(data)),), config=EVERY_CHUNK)
-        arr[:] = data
-        arr.attrs["description"] = meaning
-
-    def add_row(self, codes: np.ndarray) -> None:
-        self.buffer[self.fill] = codes
-        self.fill += 1
-        if self.fill == self.chunk_rows:
-            self.flush()
-
-    def add_block(self, block: np.ndarray) -> None:
-        for start in range(0, len(block), self.chunk_rows):
-            part = block[start:start + self.chunk_rows]
-            if self.fill == 0 and len(part) == self.chunk_rows:
-                self._submit(np.array(part, dtype=np.int8))  # a copy: the caller may reuse block
-            else:
-                for row in part:
-                    self.add_row(row)
-
-    def flush(self) -> None:
-        if self.fill:
-            self._submit(self.buffer[:self.fill])
-            self.buffer = np.empty_like(self.buffer)  # the old one is the writer's now
-            self.fill = 0
-
-    def drain(self) -> None:
-        """Every row added so far is written (``n_rows`` and ``missing`` are final)."""
-        self.flush()
-        self._wait()
-
-    def _submit(self, block) -> None:
-        self._wait()
-        self._pending = self._pool.submit(self._append, block)
-
-    def _wait(self) -> None:
-        """Wait for the chunk in flight; a failed write raises here, in the caller."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def _append(self, block):
-        self.gt.append(block, axis=0)
-        self.n_rows += len(block)
-        self.missing += int(np.count_nonzero(block == -1))
-
-    def finish(self, sample_id, phenotype, fold, attrs: dict) -> None:
-        from hpcsnp.resources import provenance
-
-        self.drain()
-        self._pool.shutdown()
-        phenotype = check_phenotype_float32(sample_id, phenotype)
-        self._small("sample_id", np.asarray(sample_id, dtype=object))
-        self._small("sample_phenotype", phenotype)
-        self._small("sample_fold", fold)
-        n_cells = self.n_rows * self.gt.shape[1]
-        self.group.attrs.update({
-            **attrs, "n_samples": self.n_rows, "n_variants": int(self.gt.shape[1]),
-            "missing_rate": self.missing / n_cells if n_cells else 0.0,
-            "hpcsnp_version": __version__, "provenance": provenance(), STORE_ID_KEY: self.store_id,
-        })
-        self.group.attrs[COMPLETE_KEY] = True  # last write: marks the store usable
-        import warnings
-
-        import zarr
-
-        with warnings.catch_warnings():  # zarr calls v3 consolidated metadata experimental
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(self.tmp))  # so xarray.open_zarr(STORE) needs no flags
-        if self.path.exists() or self.path.is_symlink():
-            check_replaceable(self.path, force=True)  # still ours: nothing else is ever removed
-            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self._wait()
-        except Exception:  # noqa: BLE001 - we are already failing; the partial store goes anyway
-            pass
-        self._pool.shutdown()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _warn(msg: str) -> None:
-    print(f"hpcsnp: warning: {msg}", file=sys.stderr)
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_phenotype_float32(sample_id, phenotype) -> np.ndarray:
-    """The phenotype as stored (float32); a value that is not finite there (|y| above
-    3.4e38, or nan/inf) is an error naming the sample."""
-    y64 = np.asarray(phenotype, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        y = y64.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(y))
-    if len(bad):
-        i = int(bad[0])
-        raise InputError(f"phenotype of sample {sample_id[i]!r} ({y64[i]:.6g}) is not a finite float32 "
-                         f"number (|value| must be below {FLOAT32_MAX:.3g}); {len(bad)} such value(s)")
-    return y
 
 
 def _strip_eol(line: bytes) -> bytes:
@@ -523,14 +351,7 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
                 seen.add(s)
             raise InputError(f"{path}: sample id {dup!r} occurs more than once")
         fold_arr = np.asarray(folds, dtype=np.int8)
-        k = int(fold_arr.max())
-        if k < MIN_FOLDS:
-            raise InputError(f"{path}: folds go up to {k}; K-fold CV needs K = {MIN_FOLDS}..{MAX_FOLDS} folds")
-        sizes = np.bincount(fold_arr, minlength=k + 1)[1:]
-        empty = [str(i + 1) for i, s in enumerate(sizes) if s == 0]
-        if empty:
-            raise InputError(f"{path}: fold(s) {', '.join(empty)} have no samples; folds must be 1..{k} "
-                             "with every fold used")
+        k, sizes = check_folds(fold_arr, str(path))
         y = np.asarray(phen, dtype=np.float64)
         constant = [snps[j] for j in np.flatnonzero(col_min == col_max)]
         if constant:
@@ -549,10 +370,10 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
         writer.drain()
         report.missing_rate = writer.missing / (writer.n_rows * n)
         writer.finish(ids, y.astype(np.float32), fold_arr, {
-            "n_folds": k, "source": {"path": str(path.resolve()), "name": path.name,
-                                     "sha256": tap.sha.hexdigest(), "bytes": size},
+            "source": {"path": str(path.resolve()), "name": path.name, "sha256": tap.sha.hexdigest(),
+                       "bytes": size},
             "na_cells_read_as_missing": na_cells, "dropped_missing_phenotype": dropped,
-            "constant_snps": len(constant), "fold_sizes": [int(s) for s in sizes],
+            "constant_snps": len(constant),
             "phenotype_mean": report.phenotype_mean, "phenotype_sd": report.phenotype_sd,
         })
         report.seconds = time.perf_counter() - t0

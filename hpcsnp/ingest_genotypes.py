@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError
-from hpcsnp.ingest import IngestReport, StoreWriter, check_output_path, check_phenotype_float32
+from hpcsnp.ingest import IngestReport, check_output_path
 from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
-from hpcsnp.store import default_chunk_rows, tmp_name
+from hpcsnp.store import StoreWriter, check_folds, check_phenotype_float32, default_chunk_rows, tmp_name
 
 
 class VcfSource:
@@ -206,11 +206,10 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             rows = kept[s:s + step]
             block_t = T[:, rows[0]:rows[-1] + 1]
             writer.add_block(np.ascontiguousarray(block_t[:, rows - rows[0]].T))
-        k = int(fold.max())
-        sizes = np.bincount(fold, minlength=k + 1)[1:]
+        k, sizes = check_folds(fold, str(source.path))
         yk = y[kept]
         writer.finish(ids_k, yk, fold, {
-            "n_folds": k, "fold_sizes": [int(x) for x in sizes], "fold_assignment": how,
+            "fold_assignment": how,
             "source": {"path": str(source.path.resolve()), "name": source.path.name,
                        "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},
             "skipped_variants": dict(source.skipped), "filtered_variants": dict(filtered),

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.errors import InputError
-from hpcsnp.ingest import MAX_FOLDS, MIN_FOLDS
+from hpcsnp.store import check_folds, check_k
 
 NA_VALUES = ["", "NA", "NaN", "nan", "N/A", "."]
 
@@ -75,8 +75,7 @@ def _few(items, n=3):
 def assign_folds(ids, k: int, seed: int, groups=None) -> np.ndarray:
     """Balanced random folds 1..k; with groups, whole groups go to one fold (largest
     first, each to the currently smallest fold, ties broken at random)."""
-    if not MIN_FOLDS <= k <= MAX_FOLDS:
-        raise InputError(f"--folds must be {MIN_FOLDS}..{MAX_FOLDS}, got {k}")
+    check_k(k, "--folds")
     n = len(ids)
     rng = np.random.default_rng(seed)
     if groups is None:
@@ -110,7 +109,5 @@ def folds_from(path, ids) -> np.ndarray:
         folds = np.array([int(m[s]) for s in ids])
     except ValueError:
         raise InputError(f"{path}: folds must be integers 1..K") from None
-    k = folds.max()
-    if folds.min() < 1 or not MIN_FOLDS <= k <= MAX_FOLDS or len(np.unique(folds)) != k:
-        raise InputError(f"{path}: folds must be 1..K with every fold used and K = {MIN_FOLDS}..{MAX_FOLDS}")
+    check_folds(folds, str(path))
     return folds.astype(np.int8)

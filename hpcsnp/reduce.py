@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import IncompleteRunError, InputError
 from hpcsnp.rundir import read_json
-from hpcsnp.store import atomic_write_text, peek_store_id
+from hpcsnp.store import peek_store_id
 
 LOG_CSV = "fold_pcc_log.csv"
 SUMMARY_CSV = "fold_pcc_summary.csv"
@@ -280,7 +281,7 @@ def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[
                  for b in baselines})
     out = []
     grid = simplex_weights(len(models))
-    from hpcsnp.train import regression_metrics
+    from hpcsnp.metrics import regression_metrics
 
     for i in range(1, ds["n_folds"] + 1):
         if not all((dirs[m](i) / "val_predictions.csv").exists() for m in models):

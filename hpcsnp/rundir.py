@@ -85,7 +85,7 @@ def write_dataset_info(run_dir: Path, dataset: str, store) -> None:
     """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
     Every fold task writes the same content by atomic rename, so concurrent tasks agree;
     variants.csv is rewritten when the store is another write than the one recorded."""
-    from hpcsnp.store import atomic_write_text
+    from hpcsnp.atomic import atomic_write_text
 
     d = Path(run_dir) / dataset
     d.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError
+from hpcsnp.store import check_k
 
 
 @dataclass
@@ -40,8 +41,7 @@ def simulate(path, *, samples=600, snps=500, causal=5, folds=5, missing=0.0, her
     >>> len(t.causal)
     2
     """
-    if not 3 <= folds <= 10:
-        raise InputError(f"folds must be 3..10, got {folds}")
+    check_k(folds)
     if not 0 < causal <= snps:
         raise InputError(f"causal must be 1..{snps}, got {causal}")
     if not 0.0 <= missing < 1.0 or not 0.0 < heritability <= 1.0:
@@ -89,7 +89,7 @@ def simulate_store(path, *, samples=1000, snps=1000, folds=5, missing=0.0, seed=
                    chunk_rows=None, block=4096):
     """Write a store directly (no text), block by block: for memory and speed benchmarks
     at sizes whose text would be unwieldy.  Phenotype = sum of 10 evenly spaced SNPs + noise."""
-    from hpcsnp.ingest import StoreWriter
+    from hpcsnp.store import StoreWriter
 
     rng = np.random.default_rng(seed)
     names = [f"Chr{1 + j * 10 // snps:02d}_{1000 * (j + 1)}" for j in range(snps)]
@@ -107,7 +107,7 @@ def simulate_store(path, *, samples=1000, snps=1000, folds=5, missing=0.0, seed=
             writer.add_block(g)
         fold = ((rng.permutation(samples) % folds) + 1).astype(np.int8)
         writer.finish([str(i + 1) for i in range(samples)], y, fold,
-                      {"n_folds": folds, "source": {"simulated": True, "seed": seed}})
+                      {"source": {"simulated": True, "seed": seed}})
     except BaseException:
         writer.abort()
         raise

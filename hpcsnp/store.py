@@ -13,12 +13,14 @@ import glob
 import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.errors import StoreError
+from hpcsnp.atomic import tmp_name  # noqa: F401 - the writer names its temporary store with it
+from hpcsnp.errors import InputError, StoreError
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "hpcsnp_format_version"
@@ -59,10 +61,6 @@ def parse_marker_name(name: str) -> tuple[str, int]:
 def default_chunk_rows(n_variants: int, target_bytes: int = 1 << 20) -> int:
     """Rows per genotype chunk: about 1 MiB of int8, at least 64 rows."""
     return int(max(64, min(1024, target_bytes // max(1, n_variants))))
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
 def is_hpcsnp_store(path) -> bool:
@@ -280,3 +278,215 @@ def open_store(path) -> Store:
                  variant_id=_strings(group["variant_id"]),
                  contig=_strings(group["variant_contig"]),
                  position=np.asarray(group["variant_position"][:], dtype=np.int64))
+
+
+# --- the fold rules -------------------------------------------------------------------
+
+MIN_FOLDS, MAX_FOLDS = 3, 10
+
+
+def check_k(k: int, what: str = "folds") -> int:
+    """K-fold CV needs K = 3..10 folds.
+
+    >>> check_k(5)
+    5
+    """
+    if not MIN_FOLDS <= k <= MAX_FOLDS:
+        raise StoreError(f"{what} must be {MIN_FOLDS}..{MAX_FOLDS}, got {k}")
+    return k
+
+
+def check_folds(fold, where: str) -> tuple[int, np.ndarray]:
+    """K and the size of each fold 1..K; refuses folds outside 1..K, K outside 3..10 and a
+    fold with no samples (``where`` names the input in the message).
+
+    >>> check_folds([1, 2, 3, 1], "x")
+    (3, array([2, 1, 1]))
+    """
+    fold = np.asarray(fold, dtype=np.int64)
+    if len(fold) == 0 or fold.min() < 1:
+        raise StoreError(f"{where}: folds must be integers 1..K")
+    k = int(fold.max())
+    if k < MIN_FOLDS or k > MAX_FOLDS:
+        raise StoreError(f"{where}: folds go up to {k}; K-fold CV needs K = {MIN_FOLDS}..{MAX_FOLDS} folds")
+    sizes = np.bincount(fold, minlength=k + 1)[1:]
+    empty = [str(i + 1) for i, s in enumerate(sizes) if s == 0]
+    if empty:
+        raise StoreError(f"{where}: fold(s) {', '.join(empty)} have no samples; folds must be 1..{k} "
+                         "with every fold used")
+    return k, sizes
+
+
+# --- writing a store ------------------------------------------------------------------
+
+# every chunk is written, even one equal to the fill value (zarr skips those by default),
+# so that a chunk missing on disk is damage, never data
+EVERY_CHUNK = {"write_empty_chunks": True}
+
+
+
+
+def _warn(msg: str) -> None:
+    import sys
+
+    print(f"hpcsnp: warning: {msg}", file=sys.stderr)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_phenotype_float32(sample_id, phenotype) -> np.ndarray:
+    """The phenotype as stored (float32); a value that is not finite there (|y| above
+    3.4e38, or nan/inf) is an error naming the sample."""
+    y64 = np.asarray(phenotype, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = y64.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"phenotype of sample {sample_id[i]!r} ({y64[i]:.6g}) is not a finite float32 "
+                         f"number (|value| must be below {FLOAT32_MAX:.3g}); {len(bad)} such value(s)")
+    return y
+
+
+class StoreWriter:
+    """Creates a store under a temporary name; ``finish`` renames it into place.
+
+    Genotype rows are appended one chunk at a time; the small per-sample
+    arrays are written at the end.  Used by every ingest path and by the
+    simulator, so all stores share one layout.
+    """
+
+    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, warn=None, contigs=None,
+                 positions=None):
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        self.path = Path(path)
+        check_replaceable(self.path, force=force)
+        remove_stale_temporaries(self.path, warn or _warn)
+        self.tmp = tmp_name(self.path)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.store_id = uuid.uuid4().hex
+        n = len(variant_ids)
+        self.chunk_rows = chunk_rows or default_chunk_rows(n)
+        self.group = zarr.open_group(str(self.tmp), mode="w")
+        self.group.attrs.update({FORMAT_KEY: FORMAT_VERSION, COMPLETE_KEY: False, EVERY_CHUNK_KEY: True})
+        self.gt = self.group.create_array(
+            "call_dosage", shape=(0, n), chunks=(self.chunk_rows, n), dtype="int8",
+            fill_value=-1, dimension_names=ARRAYS["call_dosage"][0], config=EVERY_CHUNK,
+            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+        if contigs is None:  # parsed from names like Gm12_2894203 (text input)
+            contig_pos = [parse_marker_name(v) for v in variant_ids]
+            contigs, positions = [c for c, _ in contig_pos], [p for _, p in contig_pos]
+        self._small("variant_id", np.asarray(variant_ids, dtype=object))
+        self._small("variant_contig", np.asarray(contigs, dtype=object))
+        self._small("variant_position", np.asarray(positions, dtype=np.int64))
+        self.parsed_positions = sum(p >= 0 for p in positions)
+        self.buffer = np.empty((self.chunk_rows, n), dtype=np.int8)
+        self.fill = 0
+        self.n_rows = 0
+        self.missing = 0
+        # one writer thread compresses and writes chunk k while the caller parses chunk k+1
+        # (Blosc and file I/O release the GIL); one chunk in flight keeps the order and the memory
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hpcsnp-store-writer")
+        self._pending = None
+
+    def _small(self, name, data):
+        dims, dtype, meaning = ARRAYS[name]
+        if dtype == "str":
+            data = np.asarray([str(x) for x in data], dtype=np.dtypes.StringDType())
+        else:
+            data = np.asarray(data, dtype=dtype)
+        arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype,
+                                      dimension_names=dims, chunks=(max(1, len(data)),), config=EVERY_CHUNK)
+        arr[:] = data
+        arr.attrs["description"] = meaning
+
+    def add_row(self, codes: np.ndarray) -> None:
+        self.buffer[self.fill] = codes
+        self.fill += 1
+        if self.fill == self.chunk_rows:
+            self.flush()
+
+    def add_block(self, block: np.ndarray) -> None:
+        for start in range(0, len(block), self.chunk_rows):
+            part = block[start:start + self.chunk_rows]
+            if self.fill == 0 and len(part) == self.chunk_rows:
+                self._submit(np.array(part, dtype=np.int8))  # a copy: the caller may reuse block
+            else:
+                for row in part:
+                    self.add_row(row)
+
+    def flush(self) -> None:
+        if self.fill:
+            self._submit(self.buffer[:self.fill])
+            self.buffer = np.empty_like(self.buffer)  # the old one is the writer's now
+            self.fill = 0
+
+    def drain(self) -> None:
+        """Every row added so far is written (``n_rows`` and ``missing`` are final)."""
+        self.flush()
+        self._wait()
+
+    def _submit(self, block) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._append, block)
+
+    def _wait(self) -> None:
+        """Wait for the chunk in flight; a failed write raises here, in the caller."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _append(self, block):
+        self.gt.append(block, axis=0)
+        self.n_rows += len(block)
+        self.missing += int(np.count_nonzero(block == -1))
+
+    def finish(self, sample_id, phenotype, fold, attrs: dict) -> None:
+        """Write the per-sample arrays and the attributes (``n_folds`` and ``fold_sizes`` from
+        ``fold``, checked by the fold rules), mark the store complete and rename it into place."""
+        from hpcsnp import __version__
+        from hpcsnp.resources import provenance
+
+        self.drain()
+        self._pool.shutdown()
+        phenotype = check_phenotype_float32(sample_id, phenotype)
+        k, sizes = check_folds(fold, str(self.path))
+        self._small("sample_id", np.asarray(sample_id, dtype=object))
+        self._small("sample_phenotype", phenotype)
+        self._small("sample_fold", fold)
+        n_cells = self.n_rows * self.gt.shape[1]
+        self.group.attrs.update({
+            **attrs, "n_samples": self.n_rows, "n_variants": int(self.gt.shape[1]),
+            "n_folds": k, "fold_sizes": [int(x) for x in sizes],
+            "missing_rate": self.missing / n_cells if n_cells else 0.0,
+            "hpcsnp_version": __version__, "provenance": provenance(), STORE_ID_KEY: self.store_id,
+        })
+        self.group.attrs[COMPLETE_KEY] = True  # last write: marks the store usable
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():  # zarr calls v3 consolidated metadata experimental
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.tmp))  # so xarray.open_zarr(STORE) needs no flags
+        if self.path.exists() or self.path.is_symlink():
+            check_replaceable(self.path, force=True)  # still ours: nothing else is ever removed
+            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - we are already failing; the partial store goes anyway
+            pass
+        self._pool.shutdown()
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsnp.atomic import atomic_replace_dir, atomic_write_text
 from hpcsnp.config import Config
 from hpcsnp.data import RowSource, fold_split, should_cache
 from hpcsnp.errors import FoldFailedError, InputError
+from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
 from hpcsnp.rundir import (  # noqa: F401
     FOLD_FILES,
@@ -39,7 +41,7 @@ from hpcsnp.rundir import (  # noqa: F401
     read_json,
     write_dataset_info,
 )
-from hpcsnp.store import atomic_replace_dir, atomic_write_text, open_store
+from hpcsnp.store import open_store
 
 
 @dataclass
@@ -49,17 +51,6 @@ class FoldResult:
     path: Path
     metrics: dict
     skipped: bool = False
-
-
-def regression_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:
-    truth = np.asarray(truth, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    err = pred - truth
-    if len(truth) > 1 and np.std(pred) > 0 and np.std(truth) > 0:
-        pcc = float(np.corrcoef(pred, truth)[0, 1])
-    else:
-        pcc = float("nan")  # undefined for constant predictions; reported, not hidden
-    return {"pcc": pcc, "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err)))}
 
 
 def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
@@ -254,7 +245,7 @@ def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> Fo
     tp, tr = predict(test_src)
     predict_seconds = time.perf_counter() - t_pred
     metrics = regression_metrics(y[tr], tp)
-    if not all(np.isfinite(metrics[k]) for k in ("pcc", "mse", "mae")):
+    if not all_finite(metrics):
         why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
         raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
                               f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
