@@ -2,7 +2,7 @@
 
 Random int8 genotypes, one-hot inside the compiled step as in training, 4,236 SNPs
 by default.  Prints samples/s and achieved GFLOP/s for: the shipped step
-(model.TrainingForward: conv1+conv2 fused, final dropouts merged); the unfused
+(fused.TrainingForward: conv1+conv2 fused, final dropouts merged); the unfused
 step (every Keras layer, FastDropout); that with Keras' own Dropout layers (the
 lever FastDropout replaced); the shipped step without dropout (the floor of the
 convolutions); jit_compile (XLA); and saliency.  GFLOP/s count the operations
@@ -31,6 +31,7 @@ def measure(args) -> dict:
     import keras
     import tensorflow as tf
 
+    import hpcsnp.fused as hf
     import hpcsnp.model as hm
     from hpcsnp.config import Config
     from hpcsnp.data import one_hot
@@ -58,7 +59,7 @@ def measure(args) -> dict:
     def step_fn(model, jit, fused, bf16=False):
         opt = keras.optimizers.Adam(cfg.learning_rate)
         opt.build(model.trainable_variables)
-        forward = hm.TrainingForward(model, cfg.replace(bf16_step=bf16)) if fused else model
+        forward = hf.TrainingForward(model, cfg.replace(bf16_step=bf16)) if fused else model
 
         @tf.function(jit_compile=jit)
         def step(g, t):

@@ -49,7 +49,8 @@ def main():
     say("+ zarr, pandas")
     from hpcsnp.config import Config
     from hpcsnp.data import one_hot
-    from hpcsnp.model import TrainingForward, build_model
+    from hpcsnp.fused import TrainingForward
+    from hpcsnp.model import build_model
     from hpcsnp.saliency import make_gradient_saliency
 
     cfg, n = Config(), a.snps

@@ -304,7 +304,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     from hpcsnp.errors import FoldFailedError
     from hpcsnp.metrics import all_finite, regression_metrics
     from hpcsnp.resources import provenance
-    from hpcsnp.rundir import baseline_dir, check_same_store, dataset_name, read_json, write_dataset_info
+    from hpcsnp.rundir import RunDir, check_same_store, dataset_name, read_json
     from hpcsnp.store import open_store
     from hpcsnp.train import check_fold_usable
 
@@ -314,8 +314,9 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
-    write_dataset_info(run_dir, dataset, store)
-    done = {enc: baseline_dir(run_dir, dataset, enc, fold) / "metrics.json" for enc in encodings}
+    run = RunDir(run_dir)
+    run.write_dataset_info(dataset, store)
+    done = {enc: run.baseline(dataset, enc, fold) / "metrics.json" for enc in encodings}
     if not force:
         for enc, p in done.items():
             if p.exists():
@@ -325,12 +326,12 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     y = store.phenotype.astype(np.float64)
     out = []
     for enc in encodings:
-        final = baseline_dir(run_dir, dataset, enc, fold)
+        final = run.baseline(dataset, enc, fold)
         if (final / "metrics.json").exists() and not force:
             out.append(read_json(final / "metrics.json"))
             continue
         t0 = time.perf_counter()
-        G, width, gram_s = cached_gram(store, enc, final.parent, log=log)
+        G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc), log=log)
         K, K_test = centred_kernels(G, width, fit_rows, split.test)
         del G
         # validation-fold predictions from a fit on the training folds alone (same delta):

@@ -348,7 +348,7 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     """
     from hpcsnp.cv import plan_datasets, run_cv
     from hpcsnp.reduce import reduce_run
-    from hpcsnp.rundir import save_run_config
+    from hpcsnp.rundir import RunDir
 
     _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     explicit = _explicit(config_path, **hyper)
@@ -356,7 +356,7 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     run = Path(run_dir)
     plan = plan_datasets(stores, names, run, force=force)
     run.mkdir(parents=True, exist_ok=True)
-    config = save_run_config(run, cfg if explicit else None, force=force)
+    config = RunDir(run).save_config(cfg if explicit else None, force=force)
     outcome = run_cv(plan, run, config_path=config, threads=threads, jobs=jobs, force=force,
                      verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
                      baseline=baseline)
@@ -425,7 +425,7 @@ def info(store, folds_only):
 @_handle_errors
 def query(run_dir, snps):
     """Mean saliency and rank of the named SNPs, per data set (after reduce)."""
-    from hpcsnp.reduce import query as do_query
+    from hpcsnp.report import query as do_query
 
     click.echo(do_query(run_dir, list(snps)).to_csv(sep="\t", index=False, float_format="%.6g"), nl=False)
 
@@ -481,9 +481,9 @@ def demo(out_dir, samples, snps, threads, progress):
     from hpcsnp.config import Config
     from hpcsnp.cv import plan_datasets, run_cv
     from hpcsnp.ingest import ingest_tsv
-    from hpcsnp.reduce import query as do_query
     from hpcsnp.reduce import reduce_run
-    from hpcsnp.rundir import save_run_config
+    from hpcsnp.report import query as do_query
+    from hpcsnp.rundir import RunDir
     from hpcsnp.simulate import simulate as sim
 
     out = Path(out_dir)
@@ -498,7 +498,7 @@ def demo(out_dir, samples, snps, threads, progress):
     run = out / "run"
     run.mkdir(exist_ok=True)
     # the store was written afresh: a run left by an earlier demo is redone, not mixed in
-    config = save_run_config(run, cfg, force=True)
+    config = RunDir(run).save_config(cfg, force=True)
     outcome = run_cv(plan_datasets([out / "sim.zarr"], run_dir=run, force=True), run, config_path=config,
                      threads=threads, progress=show, baseline=True, force=True)
     result = reduce_run(run, top=20)

@@ -44,12 +44,13 @@ class Config:
     restore_best: bool = True  # keep the weights of the best validation epoch
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
-    fuse_convolutions: bool = True  # train through model.TrainingForward (same function, fewer FLOPs)
+    fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (SPEC section 5)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
     # input pipeline
     eval_batch_size: int = 256
+    eval_activation_mb: int = 32  # prediction/saliency batches shrink so one activation stays under this
     cache: str = "auto"  # auto | always | never: keep the fold's int8 rows in memory
     cache_limit_mb: int = 256
     window_chunks: int = 4  # store chunks shuffled together when streaming
@@ -59,7 +60,8 @@ class Config:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("filters", "kernel_1", "kernel_2", "kernel_shortcut", "kernel_3",
-                     "batch_size", "max_epochs", "eval_batch_size", "window_chunks", "step_activation_mb"):
+                     "batch_size", "max_epochs", "eval_batch_size", "window_chunks", "step_activation_mb",
+                     "eval_activation_mb"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:

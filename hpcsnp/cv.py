@@ -15,7 +15,6 @@ folds are finished.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import subprocess
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcsnp.errors import FoldFailedError, InputError
-from hpcsnp.rundir import fold_dir, is_complete, read_json
+from hpcsnp.rundir import RunDir, read_json
 from hpcsnp.store import open_store
 
 FOLD_PROCESS_GB = 1.2  # peak RSS of one fold process on SoyNAM-sized data, with headroom
@@ -95,7 +94,7 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False) -> list[tuple]
                              f"each store a name, once per store in order: --name {name}_1 --name {name}_2")
         seen[name] = store.path
         plan.append((store, name))
-        info = Path(run_dir) / name / "dataset.json" if run_dir is not None else None
+        info = RunDir(run_dir).dataset_json(name) if run_dir is not None else None
         if info is not None and info.exists() and not force:
             recorded = read_json(info).get("store_id")
             if recorded not in (None, store.store_id):
@@ -103,6 +102,18 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False) -> list[tuple]
                                  f"{recorded}; {store.path} is now {store.store_id}): --force redoes them from "
                                  "this store, or use another --run or --name")
     return plan
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One fold process: what it ran, its exit status (None: skipped, already finished)."""
+
+    kind: str  # train | baseline
+    dataset: str
+    fold: int
+    log: Path
+    rc: int | None
+    seconds: float
 
 
 @dataclass
@@ -174,8 +185,8 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
 
     from hpcsnp.resources import granted_cpus
 
-    run_dir = Path(run_dir)
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
+    run.logs.mkdir(parents=True, exist_ok=True)
     todo = [(store, name, i) for store, name in plan for i in range(1, store.n_folds + 1)]
     cores = granted_cpus(threads)
     n_jobs, per_fold = plan_jobs(cores, len(todo), jobs, _mem_available_gb())
@@ -201,18 +212,17 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
 
     def run_task(kind, store, name, i, cpus):
         t0 = time.perf_counter()
-        done = fold_dir(run_dir, name, i)
-        log_path = run_dir / "logs" / (f"{name}_fold{i}.log" if kind == "train" else f"{name}_fold{i}.{kind}.log")
-        cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run_dir), "--threads", str(per_fold),
+        log_path = run.task_log(name, i, kind)
+        cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run), "--threads", str(per_fold),
                "--name", name]
         cmd += (["--config", str(config_path)] if kind == "train" else []) + (["--force"] if force else [])
-        if kind == "train" and not force and is_complete(done):
-            return kind, store, name, i, done, log_path, None, 0.0
+        if kind == "train" and not force and run.is_complete(name, i):
+            return TaskResult(kind, name, i, log_path, None, 0.0)
         env = {**os.environ, "HPCSNP_CPUS": ",".join(map(str, cpus))} if cpus else None
         with open(log_path, "a") as log:
             rc = children.run([sys.executable, "-m", "hpcsnp", *cmd], stdout=log,
                               stderr=None if verbose else log, env=env)
-        return kind, store, name, i, done, log_path, rc, time.perf_counter() - t0
+        return TaskResult(kind, name, i, log_path, rc, time.perf_counter() - t0)
 
     # every CNN fold first, then the baselines: the pool takes tasks in this order, so the
     # short baseline fits fill the cores at the end instead of one long fold running alone
@@ -221,21 +231,21 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
     try:
         futures = [pool.submit(one, *t) for t in tasks]
         for fut in as_completed(futures):
-            kind, store, name, i, done, log_path, rc, secs = fut.result()
-            if kind == "baseline":
-                if rc != 0:  # the CNN fold stands; reduce reports without this baseline
-                    cause = failure_cause(log_path)
-                    failed_baselines.append((name, i, cause, log_path))
-                    say(f"{name} fold {i}: baseline FAILED (exit {rc}): {cause}; log: {log_path}")
+            t = fut.result()
+            if t.kind == "baseline":
+                if t.rc != 0:  # the CNN fold stands; reduce reports without this baseline
+                    cause = failure_cause(t.log)
+                    failed_baselines.append((t.dataset, t.fold, cause, t.log))
+                    say(f"{t.dataset} fold {t.fold}: baseline FAILED (exit {t.rc}): {cause}; log: {t.log}")
                 continue
-            if rc or not is_complete(done):
-                failed.append((name, i, failure_cause(log_path), log_path))
-                say(f"{name} fold {i}: FAILED (exit {rc}): {failed[-1][2]}; log: {log_path}")
+            if t.rc or not run.is_complete(t.dataset, t.fold):
+                failed.append((t.dataset, t.fold, failure_cause(t.log), t.log))
+                say(f"{t.dataset} fold {t.fold}: FAILED (exit {t.rc}): {failed[-1][2]}; log: {t.log}")
             else:
-                m = json.loads((done / "metrics.json").read_text())
+                m = read_json(run.fold(t.dataset, t.fold) / "metrics.json")
                 results.append(m)
-                if rc is not None:
-                    say(f"{name} fold {i}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, {secs:.0f}s")
+                if t.rc is not None:
+                    say(f"{t.dataset} fold {t.fold}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, {t.seconds:.0f}s")
             bar.update()
     except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failing: no fold outlives us
         for f in futures:
@@ -248,6 +258,6 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
     if failed:
         lines = [f"{len(failed)} fold(s) failed:"]
         lines += [f"  {n} fold {i}: {c} (log: {p})" for n, i, c, p in sorted(failed)]
-        lines.append(f"rerun `hpcsnp cv ... --run {run_dir}` to redo only the failed folds")
+        lines.append(f"rerun `hpcsnp cv ... --run {run}` to redo only the failed folds")
         raise FoldFailedError("\n".join(lines))
     return CvOutcome(results, failed_baselines)

@@ -8,8 +8,11 @@ Layout::
     RUN/<dataset>/variants.csv         its SNP names and positions
     RUN/<dataset>/fold_<i>/            a finished CNN fold (fold_<i>.partial while training)
     RUN/<dataset>/baseline_<enc>/fold_<i>/
+    RUN/logs/<dataset>_fold<i>[.baseline].log
+    RUN/*.csv, *.png                   written by reduce only
 
-This module must not import TensorFlow.
+``RunDir`` knows this layout; nothing else builds these paths.  This module
+must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from hpcsnp.errors import HpcsnpError, InputError
 FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
 CONFIG_JSON = "config.json"
 # settings that change how fast a fold runs, not what it computes
-EXECUTION_ONLY = frozenset({"eval_batch_size"})
+EXECUTION_ONLY = frozenset({"eval_batch_size", "eval_activation_mb"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -57,18 +60,6 @@ def dataset_name(store, name: str | None) -> str:
     return check_dataset_name(name, given=True) if name else check_dataset_name(store.name, given=False)
 
 
-def fold_dir(run_dir, dataset: str, fold: int) -> Path:
-    return Path(run_dir) / dataset / f"fold_{fold}"
-
-
-def baseline_dir(run_dir, dataset: str, encoding: str, fold: int) -> Path:
-    return Path(run_dir) / dataset / f"baseline_{encoding}" / f"fold_{fold}"
-
-
-def is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / f).exists() for f in FOLD_FILES)
-
-
 def read_json(path: Path) -> dict:
     """A JSON file of the run; an unreadable or truncated one is an error naming it."""
     try:
@@ -79,29 +70,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON object; the file is damaged")
     return data
-
-
-def write_dataset_info(run_dir: Path, dataset: str, store) -> None:
-    """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
-    Every fold task writes the same content by atomic rename, so concurrent tasks agree;
-    variants.csv is rewritten when the store is another write than the one recorded."""
-    from hpcsnp.atomic import atomic_write_text
-
-    d = Path(run_dir) / dataset
-    d.mkdir(parents=True, exist_ok=True)
-    old = d / "dataset.json"
-    try:
-        same = json.loads(old.read_text()).get("store_id") == store.store_id
-    except (OSError, ValueError, AttributeError):
-        same = False
-    info = {"dataset": dataset, "store": str(store.path.resolve()), "store_id": store.store_id,
-            "n_folds": store.n_folds, "n_samples": store.n_samples, "n_variants": store.n_variants,
-            "store_source": store.attrs.get("source", {})}
-    if not same or not (d / "variants.csv").exists():
-        tmp = d / f"variants.csv.tmp-{os.getpid()}"
-        store.variants_frame().to_csv(tmp, index=False)
-        os.replace(tmp, d / "variants.csv")
-    atomic_write_text(old, json.dumps(info, indent=2) + "\n")
 
 
 def check_same_store(done_metrics: Path, store, what: str) -> None:
@@ -132,108 +100,191 @@ def normalised_config(data: dict) -> dict:
         return dict(data)
 
 
-def run_config(run_dir) -> dict | None:
-    """RUN/config.json as a dict of every setting, or None when the run has none yet."""
-    from hpcsnp.config import Config
+class RunDir:
+    """One run directory: where everything of a run lives, and the operations on it that
+    keep it consistent.  Every path of the layout is built here and nowhere else."""
 
-    path = Path(run_dir) / CONFIG_JSON
-    return Config.load(path).to_dict() if path.exists() else None
+    def __init__(self, path):
+        self.path = Path(path)
 
+    def __fspath__(self) -> str:
+        return str(self.path)
 
-def adopt_run_config(run_dir, cfg, *, explicit: bool, log=None):
-    """The settings a fold of this run trains with.  Without explicit settings (no --config,
-    --publication or hyperparameter option) a run's config.json is used; explicit settings
-    must equal it.  A run without config.json gets one from these settings."""
-    from hpcsnp.config import Config
+    def __str__(self) -> str:
+        return str(self.path)
 
-    path = Path(run_dir) / CONFIG_JSON
-    have = run_config(run_dir)
-    if have is None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{CONFIG_JSON}.{os.getpid()}")
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # --- the layout -------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_JSON
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def output(self, name: str) -> Path:
+        """A run-level output file (written only by reduce)."""
+        return self.path / name
+
+    def dataset_dir(self, dataset: str) -> Path:
+        return self.path / dataset
+
+    def dataset_json(self, dataset: str) -> Path:
+        return self.path / dataset / "dataset.json"
+
+    def variants_csv(self, dataset: str) -> Path:
+        return self.path / dataset / "variants.csv"
+
+    def fold(self, dataset: str, fold: int) -> Path:
+        """A finished CNN fold (the directory exists only once it is complete)."""
+        return self.path / dataset / f"fold_{fold}"
+
+    def partial(self, dataset: str, fold: int) -> Path:
+        """Where a CNN fold is trained and checkpointed until it is complete."""
+        return self.path / dataset / f"fold_{fold}.partial"
+
+    def baseline(self, dataset: str, encoding: str, fold: int) -> Path:
+        return self.path / dataset / f"baseline_{encoding}" / f"fold_{fold}"
+
+    def baseline_cache(self, dataset: str, encoding: str) -> Path:
+        """Where a data set's Gram matrix for one encoding is cached."""
+        return self.path / dataset / f"baseline_{encoding}"
+
+    def task_log(self, dataset: str, fold: int, kind: str = "train") -> Path:
+        return self.logs / (f"{dataset}_fold{fold}.log" if kind == "train" else f"{dataset}_fold{fold}.{kind}.log")
+
+    # --- state ------------------------------------------------------------------------
+
+    def is_complete(self, dataset: str, fold: int) -> bool:
+        d = self.fold(dataset, fold)
+        return d.is_dir() and all((d / f).exists() for f in FOLD_FILES)
+
+    def datasets(self) -> list[dict]:
+        """Every data set's dataset.json, in name order."""
+        return [read_json(p) for p in sorted(self.path.glob("*/dataset.json"))]
+
+    def write_dataset_info(self, dataset: str, store) -> None:
+        """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
+        Every fold task writes the same content by atomic rename, so concurrent tasks agree;
+        variants.csv is rewritten when the store is another write than the one recorded."""
+        from hpcsnp.atomic import atomic_write_text
+
+        self.dataset_dir(dataset).mkdir(parents=True, exist_ok=True)
+        info_path, variants = self.dataset_json(dataset), self.variants_csv(dataset)
         try:
-            os.link(tmp, path)  # exclusive: of two tasks starting at once, one writes it
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        have = run_config(run_dir)
-    if not explicit:
-        if log and have != cfg.to_dict():
-            log(f"using the run's settings from {path}")
-        return Config.from_dict(have)
-    diff = config_differences(have, cfg.to_dict())
-    if diff:
-        raise InputError(f"{path} holds this run's settings and this command's differ ({'; '.join(diff)}; run "
-                         f"vs command): train with --config {path} (or no settings options), or use another "
-                         "--run for other settings")
-    return cfg
+            same = json.loads(info_path.read_text()).get("store_id") == store.store_id
+        except (OSError, ValueError, AttributeError):
+            same = False
+        info = {"dataset": dataset, "store": str(store.path.resolve()), "store_id": store.store_id,
+                "n_folds": store.n_folds, "n_samples": store.n_samples, "n_variants": store.n_variants,
+                "store_source": store.attrs.get("source", {})}
+        if not same or not variants.exists():
+            tmp = variants.with_name(f"variants.csv.tmp-{os.getpid()}")
+            store.variants_frame().to_csv(tmp, index=False)
+            os.replace(tmp, variants)
+        atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
 
+    # --- the run's settings -----------------------------------------------------------
 
-def save_run_config(run_dir, cfg, *, force: bool) -> Path:
-    """cv's settings become the run's; a run whose folds were trained with other settings is
-    refused unless --force (which redoes every fold).  ``cfg`` None (no settings chosen):
-    the run's own settings, else the defaults."""
-    from hpcsnp.config import Config
+    def config(self) -> dict | None:
+        """RUN/config.json as a dict of every setting, or None when the run has none yet."""
+        from hpcsnp.config import Config
 
-    path = Path(run_dir) / CONFIG_JSON
-    have = run_config(run_dir)
-    if cfg is None:
-        if have is not None:
-            return path
-        cfg = Config()
-    if have is not None and not force:
+        return Config.load(self.config_path).to_dict() if self.config_path.exists() else None
+
+    def adopt_config(self, cfg, *, explicit: bool, log=None):
+        """The settings a fold of this run trains with.  Without explicit settings (no
+        --config, --publication or hyperparameter option) the run's config.json is used;
+        explicit settings must equal it.  A run without config.json gets one from these."""
+        from hpcsnp.config import Config
+
+        path = self.config_path
+        have = self.config()
+        if have is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{CONFIG_JSON}.{os.getpid()}")
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            try:
+                os.link(tmp, path)  # exclusive: of two tasks starting at once, one writes it
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            have = self.config()
+        if not explicit:
+            if log and have != cfg.to_dict():
+                log(f"using the run's settings from {path}")
+            return Config.from_dict(have)
         diff = config_differences(have, cfg.to_dict())
         if diff:
-            raise InputError(f"{path}: this run was set up with other settings ({'; '.join(diff)}; run vs "
-                             "command); use another --run, the same settings (--config "
-                             f"{path}), or --force to redo every fold with the new ones")
-    cfg.save(path)
-    return path
+            raise InputError(f"{path} holds this run's settings and this command's differ ({'; '.join(diff)}; "
+                             f"run vs command): train with --config {path} (or no settings options), or use "
+                             "another --run for other settings")
+        return cfg
 
+    def save_config(self, cfg, *, force: bool) -> Path:
+        """cv's settings become the run's; a run set up with other settings is refused
+        unless --force (which redoes every fold).  ``cfg`` None (no settings chosen): the
+        run's own settings, else the defaults."""
+        from hpcsnp.config import Config
 
-# --- fold locks -----------------------------------------------------------------------
+        have = self.config()
+        if cfg is None:
+            if have is not None:
+                return self.config_path
+            cfg = Config()
+        if have is not None and not force:
+            diff = config_differences(have, cfg.to_dict())
+            if diff:
+                raise InputError(f"{self.config_path}: this run was set up with other settings "
+                                 f"({'; '.join(diff)}; run vs command); use another --run, the same settings "
+                                 f"(--config {self.config_path}), or --force to redo every fold with the new ones")
+        cfg.save(self.config_path)
+        return self.config_path
 
-@contextlib.contextmanager
-def fold_lock(final: Path, dataset: str, fold: int):
-    """Exclusive lock on one fold (flock on ``fold_<i>.lock``): a second process training
-    the same fold fails at once instead of clobbering it.  The kernel drops the lock when
-    its holder dies, even by SIGKILL, so a requeued task is never locked out."""
-    import fcntl
+    # --- fold locks -------------------------------------------------------------------
 
-    path = final.with_name(final.name + ".lock")
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise FoldBusyError(f"{dataset} fold {fold} is being trained by {holder}; not starting a "
-                                "second copy (the lock goes when that process ends)") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
+    def _lock_path(self, dataset: str, fold: int) -> Path:
+        return self.path / dataset / f"fold_{fold}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, dataset: str, fold: int):
+        """Exclusive lock on one fold (flock on ``fold_<i>.lock``): a second process training
+        the same fold fails at once instead of clobbering it.  The kernel drops the lock when
+        its holder dies, even by SIGKILL, so a requeued task is never locked out."""
+        import fcntl
+
+        with open(self._lock_path(dataset, fold), "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise FoldBusyError(f"{dataset} fold {fold} is being trained by {holder}; not starting a "
+                                    "second copy (the lock goes when that process ends)") from None
             fh.seek(0)
             fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def holder(self, dataset: str, fold: int) -> str | None:
+        """Who trains this fold now ("pid N on HOST"), or None when nobody holds its lock."""
+        import fcntl
+
+        path = self._lock_path(dataset, fold)
+        if not path.exists():
+            return None
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return fh.read().strip() or "another process"
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def fold_holder(final: Path) -> str | None:
-    """Who trains this fold now ("pid N on HOST"), or None when nobody holds its lock."""
-    import fcntl
-
-    path = final.with_name(final.name + ".lock")
-    if not path.exists():
         return None
-    with open(path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return fh.read().strip() or "another process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None

@@ -28,19 +28,7 @@ from hpcsnp.data import RowSource, fold_split, should_cache
 from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
-from hpcsnp.rundir import (  # noqa: F401
-    FOLD_FILES,
-    FoldBusyError,
-    check_same_store,
-    config_differences,
-    dataset_name,
-    fold_dir,
-    fold_holder,
-    fold_lock,
-    is_complete,
-    read_json,
-    write_dataset_info,
-)
+from hpcsnp.rundir import RunDir, check_same_store, config_differences, dataset_name, read_json
 from hpcsnp.store import open_store
 
 
@@ -58,27 +46,24 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
     """Train test fold ``fold`` of a store into ``run_dir``.  ``cfg`` None: the run's settings
     (RUN/config.json), else the defaults, which then become the run's; a ``cfg`` that differs
     from the run's settings is refused."""
-    from hpcsnp.rundir import adopt_run_config
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     store = open_store(store_path)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)
-    run_dir = Path(run_dir)
-    cfg = adopt_run_config(run_dir, cfg or Config(), explicit=cfg is not None, log=log)
-    final = fold_dir(run_dir, dataset, fold)
-    if is_complete(final) and not force:
+    run = RunDir(run_dir)
+    cfg = run.adopt_config(cfg or Config(), explicit=cfg is not None, log=log)
+    final, partial = run.fold(dataset, fold), run.partial(dataset, fold)
+    if run.is_complete(dataset, fold) and not force:
         return _skipped(final, dataset, fold, store, log)
-    write_dataset_info(run_dir, dataset, store)
-    partial = final.with_name(final.name + ".partial")
-    with fold_lock(final, dataset, fold):
-        if is_complete(final) and not force:  # finished by another process just before we locked
+    run.write_dataset_info(dataset, store)
+    with run.lock(dataset, fold):
+        if run.is_complete(dataset, fold) and not force:  # finished by another process just before we locked
             return _skipped(final, dataset, fold, store, log)
         if force:
             shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
-        return _train(store, split, dataset, fold, final, partial, cfg, threads, log)
+        return _train(store, split, dataset, final, partial, cfg, threads, log)
 
 
 def check_fold_usable(store, split) -> None:
@@ -104,205 +89,355 @@ def _skipped(final: Path, dataset: str, fold: int, store, log) -> FoldResult:
     return FoldResult(dataset, fold, final, metrics, skipped=True)
 
 
-def _train(store, split, dataset, fold, final, partial, cfg, threads, log) -> FoldResult:
+def _train(store, split, dataset, final, partial, cfg, threads, log) -> FoldResult:
+    """One fold, as a page of calls: scale the target, build the sources and the compiled
+    steps, fit with checkpoints, predict, explain, write the outputs, rename into place."""
+    fold = split.test_fold
+    say = lambda msg: log(f"[{dataset} fold {fold}] {msg}")  # noqa: E731
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     import keras
-    import tensorflow as tf
-
-    from hpcsnp.model import TrainingForward, build_model
-    from hpcsnp.saliency import fold_saliency
 
     t_start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed * 1009 + fold)
-    y = store.phenotype
-    y64 = y.astype(np.float64)  # float32 sums of squares overflow from |y| ~ 1e19
-    if cfg.standardize:
-        mu, sd = float(y64[split.train].mean()), float(y64[split.train].std())
-        sd = sd if sd > 0 else 1.0
-    else:
-        mu, sd = 0.0, 1.0
-        bound = 1.0 / np.sqrt(cfg.alpha)
-        if np.abs(y[split.train]).max() >= bound:
-            log(f"[{dataset} fold {fold}] warning: |phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU "
-                f"bound {bound:.3g}; predictions will saturate (drop --no-standardize)")
-    z = ((y64 - mu) / sd).astype(np.float32)
-    n_var = store.n_variants
-    need = len(split.train) + len(split.val) + len(split.test)
-    cache = should_cache(cfg, need, n_var)
-    mk = lambda rows: RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)  # noqa: E731
-    train_src, val_src, test_src = mk(split.train), mk(split.val), mk(split.test)
-
-    eval_batch = eval_batch_size(cfg, n_var)
-    model = build_model(n_var, cfg)
-    optimizer = keras.optimizers.Adam(cfg.learning_rate)
-    optimizer.build(model.trainable_variables)
-    forward = TrainingForward(model, cfg) if cfg.fuse_convolutions else model
-
-    from hpcsnp.data import one_hot
-
-    # steps take int8 genotypes and expand the one-hot encoding inside the compiled graph.
-    # The training step keeps its batch length in the graph: a graph for any length would
-    # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
-    @tf.function(reduce_retracing=True, autograph=False)
-    def train_step(g, t):
-        x = one_hot(g)
-        with tf.GradientTape() as tape:
-            pred = forward(x, training=True)[:, 0]
-            mse = tf.reduce_mean(tf.square(pred - t))
-            loss = mse + tf.add_n(model.losses)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return mse
-
-    micro = micro_batch_size(cfg, n_var)
-    if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
-        train_step = _accumulating_step(model, forward, optimizer, micro, one_hot)
-        log(f"[{dataset} fold {fold}] batches of {cfg.batch_size} computed as micro-batches of {micro} "
-            f"(--step-activation-mb {cfg.step_activation_mb})")
-
-    # traced once for any batch length; autograph off in every step: plain Python, no
-    # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
-    @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
-    def predict_step(g):  # the same function as model(x), with the fused convolution when on
-        return forward(one_hot(g), training=False)[:, 0]
-
-    def predict(src):
-        preds, rows = [], []
-        for g, _, r in src.iterate(eval_batch, shuffle=False, threads=n_threads):
-            preds.append(predict_step(g).numpy())
-            rows.append(np.asarray(r))
-        return np.concatenate(preds) * sd + mu, np.concatenate(rows)
-
-    # Resume state: every variable of the model (weights and the dropout layers' RNG
-    # states) and of the optimiser, plus the early-stopping counters in state.json.
-    # (tf.train.Checkpoint on a Keras 3 model misses the model's own variables.)
-    run_vars = list(model.variables) + list(optimizer.variables)
-    state_path = partial / "state.json"
-    state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
-             "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
-    if state_path.exists():
-        state = read_json(state_path)
-        check_resumable(state, cfg, store, partial)
-        load_variables(partial / state.get("checkpoint", "last.npz"), run_vars)
-        optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
-        log(f"[{dataset} fold {fold}] resuming after epoch {state['epoch']} "
-            f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
-    log(f"[{dataset} fold {fold}] test fold {fold} ({len(split.test)}), validation fold {split.val_fold} "
-        f"({len(split.val)}), training {len(split.train)} samples x {n_var} SNPs; "
-        f"{'cached int8' if cache else 'streamed from store'}, {n_threads} thread(s)")
-
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    while state["epoch"] < cfg.max_epochs and state["wait"] <= cfg.patience:
-        t0 = time.perf_counter()
-        epoch = state["epoch"] + 1
-        batches = train_src.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
-        losses = []
-        for step, (g, t, _) in enumerate(batches):
-            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
-                break
-            losses.append(float(train_step(g, t)))
-            state["samples"] = state.get("samples", 0) + int(g.shape[0])
-        vp, vr = predict(val_src)
-        val_mae = float(np.mean(np.abs(vp - y[vr])))
-        improved = state["best_mae"] is None or val_mae < state["best_mae"] - cfg.min_delta
-        if improved:
-            state.update(best_mae=val_mae, best_epoch=epoch, wait=0, lr_wait=0)
-            save_variables(partial / "best.npz", model.variables)
-        else:
-            state["wait"] += 1
-            state["lr_wait"] = state.get("lr_wait", 0) + 1
-            if cfg.lr_decay_patience and state["lr_wait"] >= cfg.lr_decay_patience:
-                # plateau: a smaller step, counted afresh (early stopping keeps its own count)
-                state["lr"] = max(state.get("lr", cfg.learning_rate) * cfg.lr_decay_factor, cfg.min_learning_rate)
-                optimizer.learning_rate.assign(state["lr"])
-                state["lr_wait"] = 0
-        state["epoch"] = epoch
-        state["train_seconds"] += time.perf_counter() - t0
-        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
-                                 "lr": float(state.get("lr", cfg.learning_rate))})
-        # the checkpoint is named by its epoch and state.json names it, so a kill at any point
-        # leaves a pair that belongs together; SIGTERM waits until both are written
-        with _signals_blocked():
-            previous = state.get("checkpoint")
-            state["checkpoint"] = f"last-{epoch}.npz"
-            save_variables(partial / state["checkpoint"], run_vars)
-            atomic_write_text(state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
-            if previous and previous != state["checkpoint"]:
-                (partial / previous).unlink(missing_ok=True)
-        log(f"[{dataset} fold {fold}] epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}"
-            f"  best {state['best_mae']:.4g} @ {state['best_epoch']}  {time.perf_counter() - t0:.1f}s"
-            f"  rss {_rss_mb('VmRSS'):.0f} MB")
-        if state["wait"] >= cfg.patience:
-            break
+    scale = TargetScale.fit(store.phenotype, split.train, cfg, say)
+    sources = FoldSources.build(store, split, scale, cfg)
+    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
+    ckpt = Checkpointer(partial, steps.run_variables, steps.model.variables)
+    state = ckpt.resume(cfg, store, steps.optimizer, say)
+    say(f"test fold {fold} ({len(split.test)}), validation fold {split.val_fold} ({len(split.val)}), training "
+        f"{len(split.train)} samples x {store.n_variants} SNPs; "
+        f"{'cached int8' if sources.cached else 'streamed from store'}, {n_threads} thread(s)")
+    fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
     if cfg.restore_best and state["best_epoch"]:
-        load_variables(partial / "best.npz", model.variables)
-    train_seconds = state["train_seconds"]
-    # CPU seconds per wall second of this process's epochs: at most the granted cores
-    cpu_utilisation = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
-
+        ckpt.restore_best()
+    out = FoldOutputs(partial, store, split, dataset)
     t_pred = time.perf_counter()
-    tp, tr = predict(test_src)
+    tp, tr = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
-    metrics = regression_metrics(y[tr], tp)
+    metrics = regression_metrics(store.phenotype[tr], tp)
     if not all_finite(metrics):
         why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
         raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
                               f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
                               f"(the checkpoint stays in {partial})")
-    import pandas as pd
-
-    pd.DataFrame({"sample_id": store.sample_id[tr], "fold": fold, "truth": y[tr],
-                  "prediction": tp}).to_csv(partial / "predictions.csv", index=False)
-    vp, vr = predict(val_src)  # of the kept weights: what `reduce` weighs the ensemble on
-    pd.DataFrame({"sample_id": store.sample_id[vr], "fold": split.val_fold, "truth": y[vr],
-                  "prediction": vp}).to_csv(partial / "val_predictions.csv", index=False)
-
+    out.predictions("predictions.csv", tr, tp, fold)
+    vp, vr = steps.predict(sources.val)  # of the kept weights: what `reduce` weighs the ensemble on
+    out.predictions("val_predictions.csv", vr, vp, split.val_fold)
     t_sal = time.perf_counter()
-    sal_sum, sal_n = fold_saliency(
-        model, test_src.iterate(eval_batch, shuffle=False, threads=n_threads), n_var,
-        training=cfg.saliency_dropout)
+    sal_sum, sal_n = steps.saliency(sources.test)
     sal_seconds = time.perf_counter() - t_sal
-    import zarr
+    out.saliency_shard(sal_sum, sal_n, cfg)
+    steps.model.save(partial / "model.keras")
+    metrics.update(fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n, sal_seconds,
+                               len(tr), predict_seconds, t_start))
+    out.metrics(metrics)
+    ckpt.clear()
+    atomic_replace_dir(partial, final)
+    say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {state['epoch']} "
+        f"epochs (best {state['best_epoch']})  {state['train_seconds']:.0f}s train, {sal_seconds:.1f}s saliency")
+    return FoldResult(dataset, fold, final, metrics)
 
-    shard = zarr.create_array(str(partial / "saliency.zarr"), shape=(n_var,), dtype="float64",
-                              chunks=(n_var,), dimension_names=("variants",), overwrite=True)
-    shard[:] = sal_sum
-    shard.attrs.update({"n_samples": sal_n, "dataset": dataset, "fold": fold,
-                        "quantity": "sum over test samples of max_c |d f / d x[i, c]|",
-                        "scale": "standardised phenotype" if cfg.standardize else "phenotype"})
-    model.save(partial / "model.keras")
 
-    metrics.update({
-        "dataset": dataset, "fold": fold, "val_fold": split.val_fold,
+@dataclass(frozen=True)
+class TargetScale:
+    """The target the network fits: the phenotype standardised with the training folds'
+    mean and sd (in float64: float32 sums of squares overflow from |y| ~ 1e19), or raw."""
+
+    mean: float
+    sd: float
+
+    @classmethod
+    def fit(cls, y, train_rows, cfg, say) -> "TargetScale":
+        if cfg.standardize:
+            y64 = y[train_rows].astype(np.float64)
+            sd = float(y64.std())
+            return cls(float(y64.mean()), sd if sd > 0 else 1.0)
+        bound = 1.0 / np.sqrt(cfg.alpha)
+        if np.abs(y[train_rows]).max() >= bound:
+            say(f"warning: |phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU bound {bound:.3g}; "
+                "predictions will saturate (drop --no-standardize)")
+        return cls(0.0, 1.0)
+
+    def forward(self, y) -> np.ndarray:
+        return ((np.asarray(y, dtype=np.float64) - self.mean) / self.sd).astype(np.float32)
+
+    def back(self, z) -> np.ndarray:
+        return z * self.sd + self.mean
+
+
+@dataclass
+class FoldSources:
+    """Row sources of the fold's training, validation and test sets (cached int8 or streamed)."""
+
+    train: RowSource
+    val: RowSource
+    test: RowSource
+    cached: bool
+
+    @classmethod
+    def build(cls, store, split, scale: TargetScale, cfg) -> "FoldSources":
+        z = scale.forward(store.phenotype)
+        cache = should_cache(cfg, len(split.train) + len(split.val) + len(split.test), store.n_variants)
+
+        def source(rows):
+            return RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)
+        return cls(source(split.train), source(split.val), source(split.test), bool(cache))
+
+
+class CompiledSteps:
+    """The model, its optimiser and the compiled functions a fold runs: the training step
+    (fused or Keras, micro-batched on wide data), prediction and saliency.  Every step takes
+    int8 genotypes and expands the one-hot encoding inside the graph."""
+
+    @classmethod
+    def build(cls, n_var: int, cfg, scale: TargetScale, n_threads: int, say) -> "CompiledSteps":
+        import keras
+        import tensorflow as tf
+
+        from hpcsnp.data import one_hot
+        from hpcsnp.fused import training_forward
+        from hpcsnp.model import build_model
+
+        self = cls()
+        self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
+        self.eval_batch = eval_batch_size(cfg, n_var)
+        model = self.model = build_model(n_var, cfg)
+        optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer.build(model.trainable_variables)
+        forward = training_forward(model, cfg, say) if cfg.fuse_convolutions else model
+
+        # The training step keeps its batch length in the graph: a graph for any length would
+        # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
+        @tf.function(reduce_retracing=True, autograph=False)
+        def train_step(g, t):
+            x = one_hot(g)
+            with tf.GradientTape() as tape:
+                pred = forward(x, training=True)[:, 0]
+                mse = tf.reduce_mean(tf.square(pred - t))
+                loss = mse + tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return mse
+
+        micro = micro_batch_size(cfg, n_var)
+        if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
+            train_step = _accumulating_step(model, forward, optimizer, micro, one_hot)
+            say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
+                f"(--step-activation-mb {cfg.step_activation_mb})")
+        self.train_step = train_step
+
+        # traced once for any batch length; autograph off in every step: plain Python, no
+        # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
+        @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
+        def predict_step(g):  # the same function as model(x), with the fused convolution when on
+            return forward(one_hot(g), training=False)[:, 0]
+        self.predict_step = predict_step
+        # Resume state: every variable of the model (weights and the dropout layers' RNG
+        # states) and of the optimiser.  (tf.train.Checkpoint on a Keras 3 model misses the
+        # model's own variables.)
+        self.run_variables = list(model.variables) + list(optimizer.variables)
+        return self
+
+    def predict(self, src) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions in phenotype units and the store rows they belong to."""
+        preds, rows = [], []
+        for g, _, r in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
+            preds.append(self.predict_step(g).numpy())
+            rows.append(np.asarray(r))
+        return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
+
+    def saliency(self, src) -> tuple[np.ndarray, int]:
+        from hpcsnp.saliency import fold_saliency
+
+        return fold_saliency(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
+                             self.n_var, training=self.cfg.saliency_dropout)
+
+
+class Checkpointer:
+    """The fold's resume state in its partial directory: every run variable in
+    ``last-<epoch>.npz``, the best epoch's model variables in ``best.npz``, and the counters,
+    settings and store id in ``state.json``, which names its checkpoint.  Written with
+    SIGTERM/SIGINT held, so a kill leaves a pair that belongs together."""
+
+    def __init__(self, partial: Path, run_variables, model_variables):
+        self.dir, self.run_vars, self.model_vars = partial, run_variables, model_variables
+        self.state_path = partial / "state.json"
+
+    def resume(self, cfg, store, optimizer, say) -> dict:
+        state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
+                 "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
+        if self.state_path.exists():
+            state = read_json(self.state_path)
+            check_resumable(state, cfg, store, self.dir)
+            load_variables(self.dir / state.get("checkpoint", "last.npz"), self.run_vars)
+            optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
+            say(f"resuming after epoch {state['epoch']} "
+                f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
+        return state
+
+    def save_best(self) -> None:
+        save_variables(self.dir / "best.npz", self.model_vars)
+
+    def restore_best(self) -> None:
+        load_variables(self.dir / "best.npz", self.model_vars)
+
+    def save_epoch(self, state: dict, epoch: int) -> None:
+        with _signals_blocked():
+            previous = state.get("checkpoint")
+            state["checkpoint"] = f"last-{epoch}.npz"
+            save_variables(self.dir / state["checkpoint"], self.run_vars)
+            atomic_write_text(self.state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
+            if previous and previous != state["checkpoint"]:
+                (self.dir / previous).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove the resume files once the fold's outputs are written."""
+        for name in [*(p.name for p in self.dir.glob("last*.npz")), "best.npz", "state.json"]:
+            (self.dir / name).unlink(missing_ok=True)
+
+
+class EarlyStopping:
+    """Counts epochs without a better validation MAE (``best_mae``, ``best_epoch``, ``wait``
+    live in the checkpointed state)."""
+
+    def __init__(self, state: dict, cfg):
+        self.state, self.cfg = state, cfg
+
+    def update(self, epoch: int, val_mae: float) -> bool:
+        """Record an epoch; True when it improved on the best."""
+        s = self.state
+        improved = s["best_mae"] is None or val_mae < s["best_mae"] - self.cfg.min_delta
+        if improved:
+            s.update(best_mae=val_mae, best_epoch=epoch, wait=0)
+        else:
+            s["wait"] += 1
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        return self.state["wait"] >= self.cfg.patience
+
+    @property
+    def go_on(self) -> bool:
+        return self.state["epoch"] < self.cfg.max_epochs and self.state["wait"] <= self.cfg.patience
+
+
+class Plateau:
+    """Multiplies the learning rate by ``lr_decay_factor`` after ``lr_decay_patience`` epochs
+    without improvement, counted afresh after each cut (``lr``, ``lr_wait`` in the state)."""
+
+    def __init__(self, state: dict, cfg, optimizer):
+        self.state, self.cfg, self.optimizer = state, cfg, optimizer
+
+    def update(self, improved: bool) -> None:
+        s, cfg = self.state, self.cfg
+        if improved:
+            s["lr_wait"] = 0
+            return
+        s["lr_wait"] = s.get("lr_wait", 0) + 1
+        if cfg.lr_decay_patience and s["lr_wait"] >= cfg.lr_decay_patience:
+            s["lr"] = max(s.get("lr", cfg.learning_rate) * cfg.lr_decay_factor, cfg.min_learning_rate)
+            self.optimizer.learning_rate.assign(s["lr"])
+            s["lr_wait"] = 0
+
+    @property
+    def lr(self) -> float:
+        return float(self.state.get("lr", self.cfg.learning_rate))
+
+
+def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Checkpointer, cfg, y,
+               n_threads: int, say) -> dict:
+    """Epochs until early stopping or max_epochs, each checkpointed; returns the CPU use."""
+    stopping, plateau = EarlyStopping(state, cfg), Plateau(state, cfg, steps.optimizer)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while stopping.go_on:
+        t0 = time.perf_counter()
+        epoch = state["epoch"] + 1
+        batches = sources.train.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
+        losses = []
+        for step, (g, t, _) in enumerate(batches):
+            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
+                break
+            losses.append(float(steps.train_step(g, t)))
+            state["samples"] = state.get("samples", 0) + int(g.shape[0])
+        vp, vr = steps.predict(sources.val)
+        val_mae = float(np.mean(np.abs(vp - y[vr])))
+        improved = stopping.update(epoch, val_mae)
+        if improved:
+            ckpt.save_best()
+        plateau.update(improved)
+        state["epoch"] = epoch
+        state["train_seconds"] += time.perf_counter() - t0
+        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
+                                 "lr": plateau.lr})
+        ckpt.save_epoch(state, epoch)
+        say(f"epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}  best {state['best_mae']:.4g} @ "
+            f"{state['best_epoch']}  {time.perf_counter() - t0:.1f}s  rss {_rss_mb('VmRSS'):.0f} MB")
+        if stopping.stop:
+            break
+    # CPU seconds per wall second of this process's epochs: at most the granted cores
+    return {"cpu_utilisation": (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)}
+
+
+class FoldOutputs:
+    """Writes a fold's result files into its partial directory."""
+
+    def __init__(self, partial: Path, store, split, dataset: str):
+        self.dir, self.store, self.split, self.dataset = partial, store, split, dataset
+
+    def predictions(self, name: str, rows, pred, fold: int) -> None:
+        import pandas as pd
+
+        pd.DataFrame({"sample_id": self.store.sample_id[rows], "fold": fold, "truth": self.store.phenotype[rows],
+                      "prediction": pred}).to_csv(self.dir / name, index=False)
+
+    def saliency_shard(self, sal_sum, sal_n: int, cfg) -> None:
+        import zarr
+
+        n_var = len(sal_sum)
+        shard = zarr.create_array(str(self.dir / "saliency.zarr"), shape=(n_var,), dtype="float64",
+                                  chunks=(n_var,), dimension_names=("variants",), overwrite=True)
+        shard[:] = sal_sum
+        shard.attrs.update({"n_samples": sal_n, "dataset": self.dataset, "fold": self.split.test_fold,
+                            "quantity": "sum over test samples of max_c |d f / d x[i, c]|",
+                            "scale": "standardised phenotype" if cfg.standardize else "phenotype"})
+
+    def metrics(self, metrics: dict) -> None:
+        (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n, sal_seconds, n_pred,
+                predict_seconds, t_start) -> dict:
+    """Everything metrics.json records beside the accuracy: the fold, its training history,
+    throughput, the settings, the store it came from and where and with what it ran."""
+    import tensorflow as tf
+
+    record = {
+        "dataset": dataset, "fold": split.test_fold, "val_fold": split.val_fold,
         "epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_mae": state["best_mae"],
-        "seconds": train_seconds, "saliency_seconds": sal_seconds,
+        "seconds": state["train_seconds"], "saliency_seconds": sal_seconds,
         "total_seconds": time.perf_counter() - t_start,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-        "saliency_n": sal_n, "cached": bool(cache), "threads": n_threads,
-        **_throughput(state, sal_n, sal_seconds, len(tr), predict_seconds, n_var, cfg),
-        "train_cpu_utilisation": cpu_utilisation,
+        "saliency_n": sal_n, "cached": should_cache(cfg, len(split.train) + len(split.val) + len(split.test),
+                                                    store.n_variants),
+        "threads": n_threads,
+        **_throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, store.n_variants, cfg),
+        "train_cpu_utilisation": fit["cpu_utilisation"],
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "thread_pools": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                          "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                          **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS")}},
-        "target_mean": mu, "target_sd": sd, "seed": cfg.seed,
+        "target_mean": scale.mean, "target_sd": scale.sd, "seed": cfg.seed,
         "store": str(store.path.resolve()), "store_id": store.store_id,
         "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),
-    })
+    }
     rss = _peak_rss_mb()
     if rss:
-        metrics["peak_rss_mb"] = rss
-    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for name in [*(p.name for p in partial.glob("last*.npz")), "best.npz", "state.json"]:
-        (partial / name).unlink(missing_ok=True)
-    atomic_replace_dir(partial, final)
-    log(f"[{dataset} fold {fold}] test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  "
-        f"MAE {metrics['mae']:.4g}  {state['epoch']} epochs (best {state['best_epoch']})  "
-        f"{train_seconds:.0f}s train, {sal_seconds:.1f}s saliency")
-    return FoldResult(dataset, fold, final, metrics)
+        record["peak_rss_mb"] = rss
+    return record
 
 
 def check_resumable(state: dict, cfg, store, partial: Path) -> None:
@@ -316,9 +451,6 @@ def check_resumable(state: dict, cfg, store, partial: Path) -> None:
         raise InputError(f"{partial} was checkpointed with other settings than this command's "
                          f"({'; '.join(problems)}; checkpoint vs command): rerun with the checkpoint's "
                          "settings to resume it, or --force to start this fold afresh")
-
-
-EVAL_ACTIVATION_MB = 32
 
 
 def micro_batch_size(cfg, n_variants: int) -> int:
@@ -374,14 +506,14 @@ def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
 
 def eval_batch_size(cfg, n_variants: int) -> int:
     """Prediction/saliency batch: cfg.eval_batch_size, made smaller on wide data so that
-    one activation tensor (batch x SNPs x filters float32) stays under EVAL_ACTIVATION_MB;
+    one activation tensor (batch x SNPs x filters float32) stays under cfg.eval_activation_mb;
     the result does not depend on it, the memory does.
     >>> from hpcsnp.config import Config
     >>> eval_batch_size(Config(), 4236), eval_batch_size(Config(), 50000)
     (198, 16)
     """
     per_sample = n_variants * cfg.filters * 4
-    return max(1, min(cfg.eval_batch_size, EVAL_ACTIVATION_MB * 2**20 // per_sample))
+    return max(1, min(cfg.eval_batch_size, cfg.eval_activation_mb * 2**20 // per_sample))
 
 
 def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:

@@ -323,13 +323,15 @@ def _children_of(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's prctl")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_fold_processes_end_with_their_cv(sim_store, tmp_path, sig):
-    from hpcsnp.rundir import fold_dir, fold_holder
+    from hpcsnp.rundir import RunDir
+
+    run = RunDir(tmp_path)
 
     cv = subprocess.Popen([sys.executable, "-m", "hpcsnp", "cv", str(sim_store[0]), "--run", str(tmp_path),
                            "--epochs", "500", "--patience", "500", "--batch-size", "4", "--no-baseline",
                            "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):  # up to ~60 s for the fold processes to hold their locks
-        if any(fold_holder(fold_dir(tmp_path, "sim", i)) for i in (1, 2, 3)):
+        if any(run.holder("sim", i) for i in (1, 2, 3)):
             break
         time.sleep(0.1)
     else:
@@ -346,7 +348,7 @@ def test_fold_processes_end_with_their_cv(sim_store, tmp_path, sig):
         time.sleep(0.1)
     else:
         pytest.fail(f"fold processes {children} outlived their cv")
-    assert not any(fold_holder(fold_dir(tmp_path, "sim", i)) for i in (1, 2, 3))
+    assert not any(run.holder("sim", i) for i in (1, 2, 3))
     if sig == signal.SIGTERM:
         assert cv.returncode == 143 and "terminated by signal" in cv.stderr.read().decode()
 

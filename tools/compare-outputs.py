@@ -35,8 +35,15 @@ def compare(before: Path, after: Path) -> list[str]:
         elif a.name == "metrics.json" or a.name == "dataset.json":
             ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
             for k in sorted(set(ma) | set(mb)):
-                if not volatile(k) and k != "store_id" and ma.get(k) != mb.get(k):
-                    diffs.append(f"{rel}: {k} {ma.get(k)!r} -> {mb.get(k)!r}")
+                va, vb = ma.get(k), mb.get(k)
+                if volatile(k) or k == "store_id" or va == vb:
+                    continue
+                if isinstance(va, dict) and isinstance(vb, dict):
+                    for kk in sorted(set(va) | set(vb)):
+                        if va.get(kk) != vb.get(kk):
+                            diffs.append(f"{rel}: {k}.{kk} {va.get(kk)!r} -> {vb.get(kk)!r}")
+                else:
+                    diffs.append(f"{rel}: {k} {va!r} -> {vb!r}")
         elif a.name == "c" and "saliency.zarr" in rel.parts:
             pass
         elif a.parent.name == "saliency.zarr" and a.name == "zarr.json":

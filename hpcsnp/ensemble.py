@@ -1,0 +1,78 @@
+"""The ensemble: hpcsnp's headline prediction when the linear baseline ran.
+
+Per fold, a convex combination of the CNN's and the baselines' predictions, its
+weights chosen on the validation fold only (models that did not see the validation
+phenotypes), then applied to the test fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpcsnp.errors import InputError
+from hpcsnp.metrics import regression_metrics
+from hpcsnp.rundir import RunDir, read_json
+
+WEIGHT_STEP = 0.05
+
+
+def simplex_weights(k: int, step: float = WEIGHT_STEP) -> np.ndarray:
+    """Every weight vector of length k with entries in multiples of ``step`` summing to 1."""
+    m = int(round(1 / step))
+    grid = [c for c in np.ndindex(*(m + 1,) * (k - 1)) if sum(c) <= m]
+    return np.array([[*c, m - sum(c)] for c in grid], dtype=np.float64) / m
+
+
+def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[dict, dict, pd.DataFrame]]:
+    """The ``ensemble`` model: per fold, a convex combination of the CNN's and the baselines'
+    predictions, weights (a grid of step WEIGHT_STEP) chosen by the mean squared error on
+    the validation fold, from models that did not see the validation phenotypes (the CNN
+    only early-stops on them; the GBLUP is refitted on the training folds alone).  The test
+    fold plays no part in the choice.  Each baseline's test predictions are its usual ones
+    (fitted on training + validation).  Returns (log row, weight row, test predictions) per
+    fold; nothing when a fold lacks validation predictions (runs older than this)."""
+    name = ds["dataset"]
+    run = RunDir(run_dir)
+    models = ["cnn", *baselines]
+    if len(models) < 2:
+        return []
+    dirs = {"cnn": lambda i: run.fold(name, i)}
+    dirs.update({b: (lambda i, b=b: run.baseline(name, b.removeprefix("gblup_"), i)) for b in baselines})
+    out = []
+    grid = simplex_weights(len(models))
+    for i in range(1, ds["n_folds"] + 1):
+        if not all((dirs[m](i) / "val_predictions.csv").exists() for m in models):
+            return []
+        val = _aligned([pd.read_csv(dirs[m](i) / "val_predictions.csv", dtype={"sample_id": str}) for m in models])
+        test = _aligned([pd.read_csv(dirs[m](i) / "predictions.csv", dtype={"sample_id": str}) for m in models])
+        mse = (((val["P"] @ grid.T) - val["truth"][:, None]) ** 2).mean(axis=0)
+        w = grid[int(np.argmin(mse))]
+        pred = test["P"] @ w
+        m = regression_metrics(test["truth"], pred)
+        secs = sum(read_json(dirs[k](i) / "metrics.json")["seconds"] for k in models)
+        row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
+               "saliency_seconds": 0.0, "n_test": len(pred)}
+        vm = regression_metrics(val["truth"], val["P"] @ w)
+        weights = {"dataset": name, "fold": i, **{f"w_{k}": v for k, v in zip(models, w)},
+                   "val_mse": vm["mse"], "val_pcc": vm["pcc"],
+                   **{f"val_pcc_{k}": regression_metrics(val["truth"], val["P"][:, j])["pcc"]
+                      for j, k in enumerate(models)}}
+        preds = pd.DataFrame({"dataset": name, "fold": i, "sample_id": test["ids"], "truth": test["truth"],
+                              "prediction": pred})
+        out.append((row, weights, preds))
+    return out
+
+
+def _aligned(frames: list[pd.DataFrame]) -> dict:
+    """Predictions of several models for the same samples, as columns of one matrix."""
+    ids = frames[0]["sample_id"].to_numpy()
+    cols = []
+    for f in frames:
+        f = f.set_index("sample_id")
+        if len(f) != len(ids) or not f.index.isin(ids).all():
+            raise InputError("ensemble: the models' prediction files cover different samples")
+        cols.append(f.loc[ids, "prediction"].to_numpy(np.float64))
+    return {"ids": ids, "truth": frames[0]["truth"].to_numpy(np.float64), "P": np.column_stack(cols)}

@@ -1,0 +1,149 @@
+"""What a reader looks at after a run: the genome plot of saliency, the per-fold accuracy
+of every model, observed against predicted, and the saliency of named SNPs."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpcsnp.errors import InputError
+
+SALIENCY_CSV = "avg_saliency.csv"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """x coordinate along the genome: chromosome blocks in file order, positions within;
+    SNP index where names gave no position.  Returns x and (label, centre) ticks."""
+    if (frame["pos"] < 0).any():
+        return np.arange(len(frame), dtype=float), []
+    x = np.empty(len(frame))
+    ticks, offset = [], 0.0
+    for chrom, g in frame.groupby("chrom", sort=False):
+        pos = g["pos"].to_numpy(float)
+        x[g.index.to_numpy() - frame.index[0]] = offset + pos - pos.min()
+        span = max(pos.max() - pos.min(), 1.0)
+        ticks.append((chrom, offset + span / 2))
+        offset += span * 1.02
+    return x, ticks
+
+
+def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10) -> None:
+    plt = _pyplot()
+    names = list(dict.fromkeys(saliency["dataset"]))
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        f = saliency[saliency["dataset"] == name].reset_index(drop=True)
+        x, ticks = genome_x(f)
+        chrom_idx = pd.factorize(f["chrom"])[0]
+        colours = np.where(chrom_idx % 2 == 0, "#1f4e79", "#7fa7cf")
+        ax.scatter(x, f["saliency"], c=colours, s=6, linewidths=0)
+        for _, r in f.nsmallest(label_top, "rank").iterrows():
+            i = r.name
+            ax.annotate(r["snp"], (x[i], r["saliency"]), fontsize=7, rotation=30,
+                        xytext=(2, 3), textcoords="offset points")
+        ax.set_title(f"{name}: mean saliency over all test samples of all folds")
+        ax.set_ylabel("mean max|df/dx|")
+        if ticks:
+            ax.set_xticks([t for _, t in ticks], [c for c, _ in ticks], fontsize=7, rotation=90)
+        else:
+            ax.set_xlabel("SNP index")
+        ax.set_xlim(x.min() - 1, x.max() + 1)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+MODEL_COLOURS = {"cnn": "#1f4e79", "gblup_dosage": "#b5651d", "gblup_onehot": "#d9a05b", "ensemble": "#2e7d32"}
+
+
+def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
+    """Per data set, the test PCC of every model in every fold (one point each, a line per
+    fold joining the models, the mean as a bar): the publication's Figure 2 with the
+    baseline and the ensemble beside the CNN."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(log["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(1.6 + 2.4 * len(names), 4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        g = log[log["dataset"] == name]
+        models = list(dict.fromkeys(g["model"]))
+        wide = g.pivot(index="fold", columns="model", values="pcc")[models]
+        for _, row in wide.iterrows():
+            ax.plot(range(len(models)), row.to_numpy(), color="0.8", lw=0.8, zorder=1)
+        for j, m in enumerate(models):
+            ax.scatter(np.full(len(wide), j), wide[m], s=14, color=MODEL_COLOURS.get(m, "0.3"), zorder=2)
+            ax.hlines(wide[m].mean(), j - 0.3, j + 0.3, color="black", lw=1.5, zorder=3)
+        ax.set_xticks(range(len(models)), [m.replace("_", "\n") for m in models], fontsize=8)
+        ax.set_title(name)
+        ax.set_xlim(-0.5, len(models) - 0.5)
+    axes[0, 0].set_ylabel("test PCC per fold (bar: mean)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_observed_predicted(preds: pd.DataFrame, path: Path) -> None:
+    """Observed against predicted for every test sample, one panel per data set and model
+    (``preds``: dataset, model, truth, prediction), with the PCC over all test folds."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(preds["dataset"]))
+    models = list(dict.fromkeys(preds["model"]))
+    fig, axes = plt.subplots(len(names), len(models), figsize=(3.2 * len(models), 3.2 * len(names)),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        for c, m in enumerate(models):
+            ax = axes[r, c]
+            g = preds[(preds["dataset"] == name) & (preds["model"] == m)]
+            if g.empty:
+                ax.set_axis_off()
+                continue
+            ax.scatter(g["prediction"], g["truth"], s=4, alpha=0.4, color=MODEL_COLOURS.get(m, "0.3"),
+                       linewidths=0)
+            lo = min(g["prediction"].min(), g["truth"].min())
+            hi = max(g["prediction"].max(), g["truth"].max())
+            ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8)
+            pcc = np.corrcoef(g["prediction"], g["truth"])[0, 1] if len(g) > 1 else float("nan")
+            ax.set_title(f"{name}: {m} (PCC {pcc:.3f})", fontsize=9)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("observed")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def query(run_dir, snps: list[str]) -> pd.DataFrame:
+    run_dir = Path(run_dir)
+    path = run_dir / SALIENCY_CSV
+    if not path.exists():
+        raise InputError(f"{path} not found; run `hpcsnp reduce {run_dir}` first")
+    sal = pd.read_csv(path, keep_default_na=False, dtype={"snp": str, "chrom": str})
+    known = set(sal["snp"])
+    unknown = [s for s in snps if s not in known]
+    if unknown:
+        hints = []
+        for s in unknown:
+            close = difflib.get_close_matches(s, known, n=3, cutoff=0.6)
+            hints.append(f"{s!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise InputError(f"unknown SNP name(s): {'; '.join(hints)}")
+    n = sal.groupby("dataset")["snp"].transform("size")
+    out = sal.assign(of=n)[sal["snp"].isin(snps)]
+    order = {s: i for i, s in enumerate(snps)}
+    return out.sort_values(["snp", "dataset"], key=lambda c: c.map(order) if c.name == "snp" else c)[
+        ["dataset", "snp", "chrom", "pos", "saliency", "rank", "of"]]
