@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SMALL_REAL = SHARED / "data" / "soynam" / "height_qa_small.tsv.gz"
+SMALL_REAL = Path(__file__).resolve().parent / "data" / "height_qa_small.tsv.gz"  # shipped: see data/README.md
 
 
 def run_cli(*args, check=True, env=None, cwd=None):
