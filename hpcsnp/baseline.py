@@ -30,14 +30,16 @@ sees the validation fold for early stopping).
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from hpcsnp.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 ENCODINGS = ("dosage", "onehot")
 GRAM_VERSION = 1
@@ -295,7 +297,7 @@ def _gblup_solve(K, y, delta, overwrite=False):
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, dataset=None,
-                  force=False, log=None) -> list[dict]:
+                  force=False) -> list[dict]:
     """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/."""
     import pandas as pd
 
@@ -308,7 +310,6 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
     from hpcsnp.store import open_store
     from hpcsnp.train import check_fold_usable
 
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     store = open_store(store_path)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
@@ -331,7 +332,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
             out.append(read_json(final / "metrics.json"))
             continue
         t0 = time.perf_counter()
-        G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc), log=log)
+        G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc))
         K, K_test = centred_kernels(G, width, fit_rows, split.test)
         del G
         # validation-fold predictions from a fit on the training folds alone (same delta):
@@ -358,12 +359,13 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
                       "prediction": val_pred}).to_csv(partial / "val_predictions.csv", index=False)
         (partial / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         atomic_replace_dir(partial, final)
-        log(f"[{dataset} fold {fold}] GBLUP {enc}: PCC {m['pcc']:.4f}  h2 {m['h2_reml']:.3f}  {m['seconds']:.1f}s")
+        logger.info(f"[{dataset} fold {fold}] GBLUP {enc}: PCC {m['pcc']:.4f}  h2 {m['h2_reml']:.3f}  "
+                    f"{m['seconds']:.1f}s")
         out.append(m)
     return out
 
 
-def cached_gram(store, encoding: str, cache_dir: Path, log=None) -> tuple[np.ndarray, int, float]:
+def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int, float]:
     """The store's uncentred Gram matrix for one encoding: computed by the first fold that
     needs it and saved in ``cache_dir`` (gram.npy + gram.json, written atomically; a lock
     makes concurrent folds wait instead of computing it twice), then read by the others.
@@ -400,14 +402,21 @@ def cached_gram(store, encoding: str, cache_dir: Path, log=None) -> tuple[np.nda
         seconds = time.perf_counter() - t0
         atomic_write_text(meta_path, json.dumps({"key": key, "width": width, "seconds": seconds,
                                                  "dtype": "float32" if exact else "float64"}, indent=2) + "\n")
-        if log:
-            log(f"[{store.name}] {encoding} Gram matrix of {store.n_samples} samples: {seconds:.1f}s "
-                f"(cached in {data_path})")
+        logger.info(f"[{store.name}] {encoding} Gram matrix of {store.n_samples} samples: {seconds:.1f}s "
+                    f"(cached in {data_path})")
         return G, width, seconds
 
 
 def _read_rows(store, rows):
-    from hpcsnp.data import RowSource
+    """The genotypes of ``rows`` (sorted store rows) as one int8 array, chunk by chunk."""
+    from hpcsnp.store import read_genotype_rows
 
-    src = RowSource(store, rows, np.zeros(len(rows), np.float32), cache=True)
-    return src.cached
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), store.n_variants), dtype=np.int8)
+    step = store.chunk_rows
+    for lo in range(0, store.n_samples, step):
+        hi = min(lo + step, store.n_samples)
+        a, b = np.searchsorted(rows, [lo, hi])
+        if a < b:
+            out[a:b] = read_genotype_rows(store, lo, hi)[rows[a:b] - lo]
+    return out

@@ -9,14 +9,14 @@ matplotlib) are imported inside the verbs that need them, so ``--help`` and
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from hpcsnp import __version__
-from hpcsnp.config import PUBLICATION as _P
-from hpcsnp.config import Config
+from hpcsnp.config import PUBLICATION, Config
 from hpcsnp.errors import HpcsnpError
 from hpcsnp.store import MAX_FOLDS, MIN_FOLDS
 
@@ -47,8 +47,33 @@ def _handle_errors(fn):
     return wrapper
 
 
+class _Lines(logging.Formatter):
+    """Progress as it is; warnings as 'hpcsnp: warning: ...'; debug lines with their module."""
+
+    def format(self, record):
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"hpcsnp: warning: {message}"
+        if record.levelno < logging.INFO:
+            return f"[{record.name}] {message}"
+        return message
+
+
+def setup_logging(verbose: int) -> None:
+    """One handler on stderr for every hpcsnp logger: INFO, or DEBUG with -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lines())
+    root = logging.getLogger("hpcsnp")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+logger = logging.getLogger("hpcsnp.cli")
+
+
 def warn(message: str) -> None:
-    click.echo(f"hpcsnp: warning: {message}", err=True)
+    logger.warning(message)
 
 
 def _warn_ignored(context: str, **given) -> None:
@@ -69,7 +94,7 @@ threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), def
                                    "CPU affinity within any cgroup CPU quota).")
 
 
-_D = Config()
+DEFAULTS = Config()
 
 
 def config_options(fn):
@@ -78,21 +103,21 @@ def config_options(fn):
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of hyperparameters (as written to RUN/config.json)."),
         click.option("--publication", is_flag=True,
-                     help=f"Start from the publication's training settings (batch {_P['batch_size']}, "
-                          f"lr {_P['learning_rate']} constant, patience {_P['patience']}, dropout {_P['dropout']}) "
-                          "instead of the defaults; other options still apply."),
+                     help="Start from the publication's training settings (batch {batch_size}, lr {learning_rate} "
+                          "constant, patience {patience}, dropout {dropout}) instead of the defaults; other options "
+                          "still apply.".format(**PUBLICATION)),
         click.option("--epochs", "max_epochs", type=click.IntRange(min=1),
-                     help=f"Maximum epochs [{_D.max_epochs}]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size [{_D.batch_size}]."),
+                     help=f"Maximum epochs [{DEFAULTS.max_epochs}]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size [{DEFAULTS.batch_size}]."),
         click.option("--patience", type=click.IntRange(min=0),
-                     help=f"Early-stopping patience in epochs [{_D.patience}]."),
-        click.option("--lr", "learning_rate", type=float, help=f"Adam learning rate [{_D.learning_rate}]."),
+                     help=f"Early-stopping patience in epochs [{DEFAULTS.patience}]."),
+        click.option("--lr", "learning_rate", type=float, help=f"Adam learning rate [{DEFAULTS.learning_rate}]."),
         click.option("--lr-decay-patience", type=click.IntRange(min=0),
                      help=f"Halve the learning rate after this many epochs without a better validation MAE; "
-                          f"0 = constant [{_D.lr_decay_patience}]."),
-        click.option("--dropout", type=float, help=f"Dropout rate [{_D.dropout}]."),
-        click.option("--alpha", type=float, help=f"ISRU alpha [{_D.alpha}]."),
-        click.option("--seed", type=int, help=f"Random seed [{_D.seed}]."),
+                          f"0 = constant [{DEFAULTS.lr_decay_patience}]."),
+        click.option("--dropout", type=float, help=f"Dropout rate [{DEFAULTS.dropout}]."),
+        click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
+        click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
         click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,
@@ -106,13 +131,14 @@ def config_options(fn):
         click.option("--step-activation-mb", type=click.IntRange(min=1),
                      help=f"Split a training batch into micro-batches (gradients accumulated: the same "
                           f"update) when one activation tensor would exceed this many MiB; bounds memory "
-                          f"on wide marker sets [{_D.step_activation_mb}]."),
+                          f"on wide marker sets [{DEFAULTS.step_activation_mb}]."),
         click.option("--steps-per-epoch", type=click.IntRange(min=0),
-                     help="Train on at most this many batches per epoch, 0 = all [0]; for benchmarks "
-                          "and first looks at very large stores."),
+                     help=f"Train on at most this many batches per epoch, 0 = all [{DEFAULTS.steps_per_epoch}]; "
+                          "for benchmarks and first looks at very large stores."),
         click.option("--cache", type=click.Choice(["auto", "always", "never"]),
-                     help="Hold the fold's int8 genotypes in memory [auto: when under --cache-limit-mb]."),
-        click.option("--cache-limit-mb", type=click.IntRange(min=0), help="Cache limit in MiB [256]."),
+                     help=f"Hold the fold's int8 genotypes in memory [{DEFAULTS.cache}: when under --cache-limit-mb]."),
+        click.option("--cache-limit-mb", type=click.IntRange(min=0),
+                     help=f"Cache limit in MiB [{DEFAULTS.cache_limit_mb}]."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -149,7 +175,8 @@ def _build_config(config_path=None, publication=False, **overrides):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hpcsnp")
-@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("-v", "--verbose", count=True,
+              help="Debug logging (every module's steps, the fold commands cv starts) and full tracebacks.")
 def cli(verbose):
     """Predict phenotypes from SNPs with a residual CNN, explain them with saliency,
     and run cross-validation out of core, locally or as a SLURM array.
@@ -162,6 +189,7 @@ def cli(verbose):
       hpcsnp query runs/height Gm03_1592339
     """
     VERBOSE["level"] = verbose
+    setup_logging(verbose)
     from hpcsnp.resources import pin_from_env
 
     pin_from_env()

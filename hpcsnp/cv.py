@@ -15,6 +15,7 @@ folds are finished.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import subprocess
@@ -29,6 +30,7 @@ from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.rundir import RunDir, read_json
 from hpcsnp.store import open_store
 
+logger = logging.getLogger(__name__)
 FOLD_PROCESS_GB = 1.2  # peak RSS of one fold process on SoyNAM-sized data, with headroom
 
 
@@ -219,6 +221,7 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
         if kind == "train" and not force and run.is_complete(name, i):
             return TaskResult(kind, name, i, log_path, None, 0.0)
         env = {**os.environ, "HPCSNP_CPUS": ",".join(map(str, cpus))} if cpus else None
+        logger.debug(f"starting: hpcsnp {' '.join(cmd)} (cpus {cpus or 'any'}; log {log_path})")
         with open(log_path, "a") as log:
             rc = children.run([sys.executable, "-m", "hpcsnp", *cmd], stdout=log,
                               stderr=None if verbose else log, env=env)

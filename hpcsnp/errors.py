@@ -43,6 +43,10 @@ class IncompleteRunError(HpcsnpError):
         self.missing = missing
 
 
+class FoldBusyError(HpcsnpError):
+    """The fold is locked by another live process (exit code 1)."""
+
+
 class FoldFailedError(HpcsnpError):
     """One or more fold processes failed."""
 

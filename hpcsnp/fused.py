@@ -9,9 +9,13 @@ when the model is not that network.
 
 from __future__ import annotations
 
+import logging
+
 import tensorflow as tf
 
 from hpcsnp.model import ISRU, FastDropout
+
+logger = logging.getLogger(__name__)
 
 # (name, type, input layer names): the network TrainingForward recomputes
 EXPECTED = (
@@ -55,14 +59,13 @@ def _input_names(layer) -> list[str]:
     return [t._keras_history.operation.name for t in node.input_tensors]
 
 
-def training_forward(model, cfg, say=None):
+def training_forward(model, cfg):
     """A TrainingForward for ``model``, or the model itself (the Keras path, same result,
     slower) when its layer sequence is not the one TrainingForward recomputes."""
     problem = layer_sequence_problem(model)
     if problem:
-        if say:
-            say(f"warning: the fused training step does not apply to this model ({problem}); "
-                "training through the Keras layers")
+        logger.warning(f"the fused training step does not apply to this model ({problem}); "
+                       "training through the Keras layers")
         return model
     return TrainingForward(model, cfg)
 
@@ -116,10 +119,11 @@ class TrainingForward:
 
     def __init__(self, model, cfg):
         self.model, self.cfg = model, cfg
-        g = model.get_layer
-        self.conv1, self.conv2, self.shortcut, self.conv3 = g("conv1"), g("conv2"), g("shortcut"), g("conv3")
-        self.drop1, self.drop2, self.drop3 = g("dropout1"), g("dropout2"), g("dropout3")
-        self.dense, self.isru = g("dense"), g("isru")
+        layer = model.get_layer
+        self.conv1, self.conv2, self.conv3 = layer("conv1"), layer("conv2"), layer("conv3")
+        self.shortcut = layer("shortcut")
+        self.drop1, self.drop2, self.drop3 = layer("dropout1"), layer("dropout2"), layer("dropout3")
+        self.dense, self.isru = layer("dense"), layer("isru")
         k1, k2 = cfg.kernel_1, cfg.kernel_2
         self.l1, self.r1 = _same_pads(k1)
         self.l2, self.r2 = _same_pads(k2)

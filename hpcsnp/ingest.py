@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import math
 import sys
 import time
@@ -44,6 +45,8 @@ from hpcsnp.store import (
     check_replaceable,
     parse_marker_name,
 )
+
+logger = logging.getLogger(__name__)
 
 MISSING_TOKENS = frozenset({b"NA", b"NaN", b"nan", b"NAN", b"N/A", b"."})
 ID_COLUMN_NAMES = frozenset({"id", "sample", "sample_id", "sampleid", "iid", "strain", "line", "taxa"})
@@ -261,12 +264,11 @@ def _parse_fold(path, lineno, col, tok: bytes) -> int:
 
 
 def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
-               chunk_rows=None, progress=True, warn=None) -> IngestReport:
+               chunk_rows=None, progress=True) -> IngestReport:
     """Validate a SPEC section 1 text file and write it as a store at ``out``."""
     from tqdm import tqdm
 
     path, out = Path(path), Path(out)
-    warn = warn or (lambda msg: print(f"hpcsnp: warning: {msg}", file=sys.stderr))
     if not path.is_file():
         raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     check_output_path(path, out, force=force)
@@ -356,9 +358,9 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
         constant = [snps[j] for j in np.flatnonzero(col_min == col_max)]
         if constant:
             shown = ", ".join(constant[:5]) + (", ..." if len(constant) > 5 else "")
-            warn(f"{len(constant)} SNP column(s) are constant (kept; they carry no information): {shown}")
+            logger.warning(f"{len(constant)} SNP column(s) are constant (kept; they carry no information): {shown}")
         if float(y.std()) == 0.0:
-            warn("the phenotype is the same for every sample")
+            logger.warning("the phenotype is the same for every sample")
         reader.close()
         report = IngestReport(
             store=str(out), source=str(path), n_samples=len(y), n_variants=n, n_folds=k,

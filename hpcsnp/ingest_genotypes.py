@@ -15,6 +15,7 @@ Multiallelic sites, indels and non-diploid calls are skipped and counted
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -27,6 +28,8 @@ from hpcsnp.errors import InputError
 from hpcsnp.ingest import IngestReport, check_output_path
 from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
 from hpcsnp.store import StoreWriter, check_folds, check_phenotype_float32, default_chunk_rows, tmp_name
+
+logger = logging.getLogger(__name__)
 
 
 class VcfSource:
@@ -118,10 +121,9 @@ class PlinkSource:
 def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=False, folds=None, seed=0,
                      folds_file=None, group_column=None, min_maf=0.0, max_missing=1.0,
                      max_sample_missing=1.0, force=False, progress=True, chunk_rows=None,
-                     block=1024, warn=None) -> IngestReport:
+                     block=1024) -> IngestReport:
     from tqdm import tqdm
 
-    warn = warn or (lambda m: print(f"hpcsnp: warning: {m}", file=sys.stderr))
     t0 = time.perf_counter()
     out = Path(out)
     check_output_path(source.path, out, force=force)
@@ -179,7 +181,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             raise InputError(f"every sample has more than {max_sample_missing:.0%} missing calls")
         kept = np.flatnonzero(~srow)
         if srow.any():
-            warn(f"dropped {int(srow.sum())} sample(s) with more than {max_sample_missing:.0%} missing calls")
+            logger.warning(f"dropped {int(srow.sum())} sample(s) with more than {max_sample_missing:.0%} missing calls")
         ids_k = [ids[i] for i in kept]
         if folds_file:
             fold = folds_from(folds_file, ids_k)
@@ -200,7 +202,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
                              "or a 'fold' column in the phenotype table")
         # contig/position as given by the file, not parsed from names
         writer = StoreWriter(out, vid, force=force, chunk_rows=chunk_rows or default_chunk_rows(n_var),
-                             contigs=vchrom, positions=vpos, warn=warn)
+                             contigs=vchrom, positions=vpos)
         step = writer.chunk_rows
         for s in range(0, len(kept), step):
             rows = kept[s:s + step]

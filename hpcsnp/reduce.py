@@ -11,6 +11,7 @@ and ``query`` in ``report``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from hpcsnp.metrics import all_finite
 from hpcsnp.report import SALIENCY_CSV, plot_fold_pcc, plot_observed_predicted, plot_saliency
 from hpcsnp.rundir import RunDir, read_json
 from hpcsnp.store import peek_store_id
+
+logger = logging.getLogger(__name__)
 
 LOG_CSV = "fold_pcc_log.csv"
 SUMMARY_CSV = "fold_pcc_summary.csv"
@@ -135,10 +138,7 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
             raise InputError("--scheduler with an address needs dask.distributed "
                              "(pip install 'dask[distributed]')") from None
         if threads:
-            import sys
-
-            print("hpcsnp: warning: --threads ignored with a distributed scheduler (its workers have their own)",
-                  file=sys.stderr)
+            logger.warning("--threads ignored with a distributed scheduler (its workers have their own)")
         kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
         with Client(**kw, timeout="60s") as client:
             yield client
@@ -240,14 +240,12 @@ def _test_predictions(run: RunDir, ds: dict, baselines: list[str], ens) -> pd.Da
     return pd.concat(frames, ignore_index=True)
 
 
-def baseline_rows(run_dir: Path, ds: dict, warn=None) -> list[dict]:
+def baseline_rows(run_dir: Path, ds: dict) -> list[dict]:
     """Fold-log rows of each baseline that is complete for this data set; a partial one
     is left out with a warning naming the command that completes it."""
-    import sys
 
     from hpcsnp.baseline import ENCODINGS
 
-    warn = warn or (lambda m: print(f"hpcsnp: warning: {m}", file=sys.stderr))
     rows, run = [], RunDir(run_dir)
     for enc in ENCODINGS:
         paths = [run.baseline(ds["dataset"], enc, i) / "metrics.json" for i in range(1, ds["n_folds"] + 1)]
@@ -255,13 +253,13 @@ def baseline_rows(run_dir: Path, ds: dict, warn=None) -> list[dict]:
         if not have:
             continue
         if len(have) < len(paths):
-            warn(f"{ds['dataset']}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
+            logger.warning(f"{ds['dataset']}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
                  f"(complete it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc}"
                  + (f" --name {ds['dataset']})" if _needs_name(ds) else ")"))
             continue
         bad = [(p, why) for p in paths if (why := _fold_problem(p, ds, None))]
         if bad:
-            warn(f"{ds['dataset']}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
+            logger.warning(f"{ds['dataset']}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
                  f"redo it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc} --force"
                  + (f" --name {ds['dataset']}" if _needs_name(ds) else ""))
             continue

@@ -7,6 +7,7 @@ TensorFlow or a BLAS library is imported: thread pools are sized at import.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def granted_cpus(threads: int | None = None, env=None, warn=None) -> int:
     SLURM_CPUS_PER_TASK, else the CPU affinity mask (taskset, cgroup cpusets)
     further limited by a cgroup CPU quota (docker --cpus).  A request above the
     cores available is capped, and a variable that does not parse is ignored;
-    both are said once (``warn``, default stderr)."""
+    both are said once (``warn``, default: a warning on the module's logger)."""
     env = os.environ if env is None else env
     warn = warn or _warn_once
     available = _available_cpus()
@@ -72,11 +73,9 @@ _WARNED: set = set()
 
 
 def _warn_once(message: str) -> None:
-    import sys
-
     if message not in _WARNED:
         _WARNED.add(message)
-        print(f"hpcsnp: warning: {message}", file=sys.stderr)
+        logging.getLogger(__name__).warning(message)
 
 
 def _available_cpus() -> int:
@@ -138,6 +137,7 @@ def pin_from_env(env=None) -> set[int] | None:
 def cap_threads(threads: int | None = None) -> int:
     """Set every thread-pool size we know of to the granted cores; returns it."""
     n = granted_cpus(threads)
+    logging.getLogger(__name__).debug(f"{n} thread(s) for every pool ({', '.join(THREAD_ENV)})")
     for name in THREAD_ENV:
         os.environ[name] = str(n)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
 from pathlib import Path
 
-from hpcsnp.errors import HpcsnpError, InputError
+from hpcsnp.errors import FoldBusyError, InputError
+
+logger = logging.getLogger(__name__)
 
 FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
 CONFIG_JSON = "config.json"
 # settings that change how fast a fold runs, not what it computes
 EXECUTION_ONLY = frozenset({"eval_batch_size", "eval_activation_mb"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class FoldBusyError(HpcsnpError):
-    """The fold is locked by another live process."""
 
 
 def check_dataset_name(name: str, *, given: bool = True) -> str:
@@ -193,7 +192,7 @@ class RunDir:
 
         return Config.load(self.config_path).to_dict() if self.config_path.exists() else None
 
-    def adopt_config(self, cfg, *, explicit: bool, log=None):
+    def adopt_config(self, cfg, *, explicit: bool):
         """The settings a fold of this run trains with.  Without explicit settings (no
         --config, --publication or hyperparameter option) the run's config.json is used;
         explicit settings must equal it.  A run without config.json gets one from these."""
@@ -213,8 +212,8 @@ class RunDir:
                 tmp.unlink(missing_ok=True)
             have = self.config()
         if not explicit:
-            if log and have != cfg.to_dict():
-                log(f"using the run's settings from {path}")
+            if have != cfg.to_dict():
+                logger.info(f"using the run's settings from {path}")
             return Config.from_dict(have)
         diff = config_differences(have, cfg.to_dict())
         if diff:

@@ -10,6 +10,7 @@ import TensorFlow.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import numpy as np
 
 from hpcsnp.atomic import tmp_name  # noqa: F401 - the writer names its temporary store with it
 from hpcsnp.errors import InputError, StoreError
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "hpcsnp_format_version"
@@ -115,11 +118,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path, warn) -> None:
+def remove_stale_temporaries(path) -> None:
     """Delete what a killed ingest of ``path`` left behind, saying so."""
     for p in stale_temporaries(path):
         shutil.rmtree(p, ignore_errors=True)
-        warn(f"removed {p}, left by an ingest that was killed before it finished")
+        logger.warning(f"removed {p}, left by an ingest that was killed before it finished")
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -326,12 +329,6 @@ EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 
-def _warn(msg: str) -> None:
-    import sys
-
-    print(f"hpcsnp: warning: {msg}", file=sys.stderr)
-
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -357,14 +354,14 @@ class StoreWriter:
     simulator, so all stores share one layout.
     """
 
-    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, warn=None, contigs=None,
+    def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, contigs=None,
                  positions=None):
         import zarr
         from zarr.codecs import BloscCodec
 
         self.path = Path(path)
         check_replaceable(self.path, force=force)
-        remove_stale_temporaries(self.path, warn or _warn)
+        remove_stale_temporaries(self.path)
         self.tmp = tmp_name(self.path)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.store_id = uuid.uuid4().hex

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,8 @@ from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
 from hpcsnp.rundir import RunDir, check_same_store, config_differences, dataset_name, read_json
 from hpcsnp.store import open_store
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class FoldResult:
@@ -42,28 +44,27 @@ class FoldResult:
 
 
 def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
-               force: bool = False, threads: int | None = None, log=None) -> FoldResult:
+               force: bool = False, threads: int | None = None) -> FoldResult:
     """Train test fold ``fold`` of a store into ``run_dir``.  ``cfg`` None: the run's settings
     (RUN/config.json), else the defaults, which then become the run's; a ``cfg`` that differs
     from the run's settings is refused."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     store = open_store(store_path)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)
     run = RunDir(run_dir)
-    cfg = run.adopt_config(cfg or Config(), explicit=cfg is not None, log=log)
+    cfg = run.adopt_config(cfg or Config(), explicit=cfg is not None)
     final, partial = run.fold(dataset, fold), run.partial(dataset, fold)
     if run.is_complete(dataset, fold) and not force:
-        return _skipped(final, dataset, fold, store, log)
+        return _skipped(final, dataset, fold, store)
     run.write_dataset_info(dataset, store)
     with run.lock(dataset, fold):
         if run.is_complete(dataset, fold) and not force:  # finished by another process just before we locked
-            return _skipped(final, dataset, fold, store, log)
+            return _skipped(final, dataset, fold, store)
         if force:
             shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
-        return _train(store, split, dataset, final, partial, cfg, threads, log)
+        return _train(store, split, dataset, final, partial, cfg, threads)
 
 
 def check_fold_usable(store, split) -> None:
@@ -82,18 +83,18 @@ def check_fold_usable(store, split) -> None:
                                                                  "there is nothing to learn"))
 
 
-def _skipped(final: Path, dataset: str, fold: int, store, log) -> FoldResult:
+def _skipped(final: Path, dataset: str, fold: int, store) -> FoldResult:
     check_same_store(final / "metrics.json", store, f"{dataset} fold {fold}")
     metrics = read_json(final / "metrics.json")
-    log(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
+    logger.info(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
     return FoldResult(dataset, fold, final, metrics, skipped=True)
 
 
-def _train(store, split, dataset, final, partial, cfg, threads, log) -> FoldResult:
+def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     """One fold, as a page of calls: scale the target, build the sources and the compiled
     steps, fit with checkpoints, predict, explain, write the outputs, rename into place."""
     fold = split.test_fold
-    say = lambda msg: log(f"[{dataset} fold {fold}] {msg}")  # noqa: E731
+    say = FoldLog(dataset, fold)
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     import keras
@@ -139,6 +140,19 @@ def _train(store, split, dataset, final, partial, cfg, threads, log) -> FoldResu
     return FoldResult(dataset, fold, final, metrics)
 
 
+class FoldLog:
+    """Progress of one fold on the module's logger, each line prefixed [dataset fold i]."""
+
+    def __init__(self, dataset: str, fold: int):
+        self.prefix = f"[{dataset} fold {fold}]"
+
+    def __call__(self, message: str) -> None:
+        logger.info(f"{self.prefix} {message}")
+
+    def warning(self, message: str) -> None:
+        logger.warning(f"{self.prefix} {message}")
+
+
 @dataclass(frozen=True)
 class TargetScale:
     """The target the network fits: the phenotype standardised with the training folds'
@@ -155,8 +169,8 @@ class TargetScale:
             return cls(float(y64.mean()), sd if sd > 0 else 1.0)
         bound = 1.0 / np.sqrt(cfg.alpha)
         if np.abs(y[train_rows]).max() >= bound:
-            say(f"warning: |phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU bound {bound:.3g}; "
-                "predictions will saturate (drop --no-standardize)")
+            say.warning(f"|phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU bound {bound:.3g}; "
+                        "predictions will saturate (drop --no-standardize)")
         return cls(0.0, 1.0)
 
     def forward(self, y) -> np.ndarray:
@@ -205,7 +219,7 @@ class CompiledSteps:
         model = self.model = build_model(n_var, cfg)
         optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         optimizer.build(model.trainable_variables)
-        forward = training_forward(model, cfg, say) if cfg.fuse_convolutions else model
+        forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
 
         # The training step keeps its batch length in the graph: a graph for any length would
         # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.

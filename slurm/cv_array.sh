@@ -50,14 +50,20 @@ if [ "$boot" != "$(readlink -f "$log")" ]; then
   case "$boot" in *.out) trap '[ -f "$boot" ] && [ ! -s "$boot" ] && rm -f "$boot"' EXIT ;; esac
 fi
 
-if [ -n "${HPCSNP_IMAGE:-}" ]; then
-  runtime="${HPCSNP_CONTAINER:-$(command -v apptainer || command -v singularity || echo apptainer)}"
-  binds="$(readlink -f "$run_dir")"
-  for s in "$@"; do binds="$binds,$(dirname "$(readlink -f "$s")")"; done
-  hpcsnp=("$runtime" exec --bind "$binds${HPCSNP_BIND:+,$HPCSNP_BIND}" "$HPCSNP_IMAGE" hpcsnp)
-else
-  hpcsnp=("${HPCSNP:-hpcsnp}")
-fi
+# The container wrapper lives beside this script.  sbatch runs a spooled copy of the
+# script, so look for it where the submitted original lives (scontrol's Command=), in
+# HPCSNP_SLURM_DIR (submit.sh sets it), or next to this file (run with bash directly).
+for dir in "${HPCSNP_SLURM_DIR:-}" \
+           "$(dirname "$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/.*Command=\([^ ]*\).*/\1/p' | head -1)")" \
+           "$(dirname "${BASH_SOURCE[0]}")"; do
+  if [ -n "$dir" ] && [ -f "$dir/hpcsnp-run.sh" ]; then
+    # shellcheck source=slurm/hpcsnp-run.sh
+    . "$dir/hpcsnp-run.sh"
+    break
+  fi
+done
+command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not found (set HPCSNP_SLURM_DIR)" >&2; exit 2; }
+hpcsnp_command "$run_dir" "$@"
 
 echo "== hpcsnp-cv task $task of job $job on $(hostname) at $(date -Is); restart ${SLURM_RESTART_COUNT:-0}; cpus ${SLURM_CPUS_PER_TASK:-?}"
 status=0

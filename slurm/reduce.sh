@@ -30,13 +30,22 @@ if [ "$boot" != "$(readlink -f "$log")" ]; then
   case "$boot" in *.out) trap '[ -f "$boot" ] && [ ! -s "$boot" ] && rm -f "$boot"' EXIT ;; esac
 fi
 
-# (kept in each script: sbatch runs a spooled copy, which cannot source a sibling file)
-if [ -n "${HPCSNP_IMAGE:-}" ]; then
-  runtime="${HPCSNP_CONTAINER:-$(command -v apptainer || command -v singularity || echo apptainer)}"
-  hpcsnp=("$runtime" exec --bind "$(readlink -f "$run_dir")${HPCSNP_BIND:+,$HPCSNP_BIND}" "$HPCSNP_IMAGE" hpcsnp)
-else
-  hpcsnp=("${HPCSNP:-hpcsnp}")
-fi
+# The container wrapper lives beside this script.  sbatch runs a spooled copy of the
+# script, so look for it where the submitted original lives (scontrol's Command=), in
+# HPCSNP_SLURM_DIR (submit.sh sets it), or next to this file (run with bash directly).
+for dir in "${HPCSNP_SLURM_DIR:-}" \
+           "$(dirname "$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/.*Command=\([^ ]*\).*/\1/p' | head -1)")" \
+           "$(dirname "${BASH_SOURCE[0]}")"; do
+  if [ -n "$dir" ] && [ -f "$dir/hpcsnp-run.sh" ]; then
+    # shellcheck source=slurm/hpcsnp-run.sh
+    . "$dir/hpcsnp-run.sh"
+    break
+  fi
+done
+command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not found (set HPCSNP_SLURM_DIR)" >&2; exit 2; }
+# reduce reads the run and checks each data set's store: bind the stores' directories too
+mapfile -t stores < <(sed -n 's/^ *"store": "\(.*\)",$/\1/p' "$run_dir"/*/dataset.json 2>/dev/null)
+hpcsnp_command "$run_dir" "${stores[@]}"
 
 echo "== hpcsnp-reduce job ${SLURM_JOB_ID:-local} on $(hostname) at $(date -Is)"
 # shellcheck disable=SC2086

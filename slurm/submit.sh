@@ -14,12 +14,10 @@ if [ $# -lt 2 ]; then
 fi
 run_dir="$1"; shift
 
-if [ -n "${HPCSNP_IMAGE:-}" ]; then
-  runtime="${HPCSNP_CONTAINER:-$(command -v apptainer || command -v singularity || echo apptainer)}"
-  hpcsnp=("$runtime" exec "$HPCSNP_IMAGE" hpcsnp)
-else
-  hpcsnp=("${HPCSNP:-hpcsnp}")
-fi
+# shellcheck source=slurm/hpcsnp-run.sh
+. "$here/hpcsnp-run.sh"
+hpcsnp_command "$@"
+export HPCSNP_SLURM_DIR="$here"  # where the jobs find hpcsnp-run.sh (sbatch runs spooled copies)
 
 k=""
 for s in "$@"; do

@@ -1,32 +1,9 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import FAST, write_tsv
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SMALL_REAL = Path(__file__).resolve().parent / "data" / "height_qa_small.tsv.gz"  # shipped: see data/README.md
-
-
-def run_cli(*args, check=True, env=None, cwd=None):
-    """Run the installed CLI as a user would: a subprocess, stdout and stderr apart."""
-    proc = subprocess.run([sys.executable, "-m", "hpcsnp", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpcsnp {' '.join(map(str, args))} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def write_tsv(path: Path, text: str, gz=False):
-    import gzip
-
-    data = text.encode()
-    if gz:
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
 
 
 @pytest.fixture
@@ -50,3 +27,14 @@ def sim_store(tmp_path_factory):
     truth = simulate(d / "sim.tsv", samples=240, snps=60, causal=3, folds=3, missing=0.05, seed=1)
     ingest_tsv(d / "sim.tsv", d / "sim.zarr", progress=False, chunk_rows=64)
     return d / "sim.zarr", truth
+
+
+@pytest.fixture(scope="module")
+def run(sim_store, tmp_path_factory):
+    """All three folds of the simulated store, trained in this process."""
+    from hpcsnp.train import train_fold
+
+    path, _ = sim_store
+    run = tmp_path_factory.mktemp("run")
+    results = [train_fold(path, i, run, FAST) for i in (1, 2, 3)]
+    return run, results

@@ -190,8 +190,8 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
 
     store, _ = sim_store
     for i in (1, 2, 3):
-        train_fold(store, i, tmp_path, Config(max_epochs=1, batch_size=32), log=lambda m: None)
-        baseline_fold(store, i, tmp_path, log=lambda m: None)
+        train_fold(store, i, tmp_path, Config(max_epochs=1, batch_size=32))
+        baseline_fold(store, i, tmp_path)
     out = reduce_run(tmp_path, plot=False)
     log = pd.read_csv(tmp_path / "fold_pcc_log.csv")
     assert sorted(set(log["model"])) == ["cnn", "ensemble", "gblup_dosage", "gblup_onehot"]

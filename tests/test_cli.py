@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from hpcsnp.resources import cap_threads, granted_cpus
 
@@ -126,3 +126,25 @@ def test_hpcsnp_threads_env_and_cgroup_quota(monkeypatch, tmp_path):
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert _cgroup_cpu_quota(v2) == 2 and _cgroup_cpu_quota(unlimited) is None
     assert _cgroup_cpu_quota(v1) == 1 and _cgroup_cpu_quota(tmp_path / "absent") is None
+
+
+def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
+    proc = run_cli("demo", tmp_path / "q", "--samples", 300, "--snps", 60, "--threads", 1, "--no-progress")
+    assert "planted causal SNPs, rank by mean saliency:" in proc.stdout
+    ranks = proc.stdout.split("rank by mean saliency:")[1].split()
+    assert ranks[:4] == ["snp", "saliency", "rank", "of"] and len(ranks) == 4 + 5 * 4  # the 5 planted SNPs
+    summary = pd.read_csv(tmp_path / "q" / "run" / "fold_pcc_summary.csv")
+    assert set(summary["model"]) == {"cnn", "gblup_dosage", "gblup_onehot", "ensemble"}
+    for name in ("fold_pcc.png", "observed_vs_predicted.png", "avg_saliency_across_folds.png"):
+        assert (tmp_path / "q" / "run" / name).stat().st_size > 10_000
+    again = run_cli("demo", tmp_path / "q", "--samples", 300, "--snps", 60, "--threads", 1, "--no-progress")
+    assert again.stdout.split("rank by mean saliency:")[1] == proc.stdout.split("rank by mean saliency:")[1]
+
+
+def test_info_describes_a_store(sim_store):
+    out = run_cli("info", sim_store[0]).stdout
+    assert "samples      240" in out and "SNPs         60" in out and "K=3" in out
+    assert "format       version 1" in out and "missing      " in out
+    assert run_cli("info", "--folds", sim_store[0]).stdout.strip() == "3"
+    missing = run_cli("info", sim_store[0].parent / "nothing.zarr", check=False)
+    assert missing.returncode == 2 and "no such store" in missing.stderr

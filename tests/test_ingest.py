@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SMALL_REAL, run_cli
+from helpers import SMALL_REAL, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,10 +114,10 @@ def test_missing_phenotype_rows_dropped_on_request(tsv, tmp_path):
     assert rep.dropped_missing_phenotype == 1 and rep.n_samples == 4
 
 
-def test_constant_snp_warns_and_is_kept(tsv, tmp_path):
-    warnings = []
+def test_constant_snp_warns_and_is_kept(tsv, tmp_path, caplog):
     rows = ["1\t1\t0\t1\t2\n", "2\t2\t0\t2\t0\n", "3\t3\t0\t0\t1\n"]
-    rep = ingest_tsv(tsv(good(rows)), tmp_path / "s.zarr", progress=False, warn=warnings.append)
+    rep = ingest_tsv(tsv(good(rows)), tmp_path / "s.zarr", progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert rep.constant_snps == ["Gm01_100"] and rep.n_variants == 3
     assert "Gm01_100" in warnings[0]
 
@@ -185,6 +185,6 @@ def test_parser_matches_a_plain_reading(tmp_path_factory, rows, gz):
         f"{f}\t{i}.5\t" + "\t".join(r) + "\n" for i, (f, r) in enumerate(zip(folds, rows)))
     p = d / ("x.tsv.gz" if gz else "x.tsv")
     p.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
-    ingest_tsv(p, d / "s.zarr", progress=False, warn=lambda m: None)
+    ingest_tsv(p, d / "s.zarr", progress=False)
     expect = [[-1 if c in ("NA", ".") else int(c) for c in r] for r in rows]
     assert open_store(d / "s.zarr").genotypes[:].tolist() == expect

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from hpcsnp.errors import InputError
 from hpcsnp.ingest import ingest_tsv
@@ -137,7 +137,7 @@ def test_cli_vcf_with_assigned_folds_and_filters(sim, tmp_path):
     assert none.returncode == 2 and "no folds: give --folds K" in none.stderr
 
 
-def test_missing_rate_filters_drop_and_record(tmp_path):
+def test_missing_rate_filters_drop_and_record(tmp_path, caplog):
     # 4 samples; SNP 2 is 75 % missing; sample D misses 3 of 4 SNPs
     path = tmp_path / "m.vcf"
     path.write_text(VCF_HEAD.replace("\tA\tB\tC\n", "\tA\tB\tC\tD\n")
@@ -146,9 +146,9 @@ def test_missing_rate_filters_drop_and_record(tmp_path):
                     + "1\t30\t.\tA\tG\t.\t.\t.\tGT\t0/0\t0/1\t0/0\t./.\n"
                     + "1\t40\t.\tA\tG\t.\t.\t.\tGT\t1/1\t0/1\t0/0\t0/1\n")
     (tmp_path / "ph.tsv").write_text("id\ty\tfold\nA\t1\t1\nB\t2\t2\nC\t3\t3\nD\t4\t3\n")
-    warnings = []
     rep = ingest_genotypes(VcfSource(path), tmp_path / "s.zarr", pheno=tmp_path / "ph.tsv", progress=False,
-                           max_missing=0.5, max_sample_missing=0.5, warn=warnings.append)
+                           max_missing=0.5, max_sample_missing=0.5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     s = open_store(tmp_path / "s.zarr")
     assert list(s.variant_id) == ["1_10", "1_30", "1_40"]  # 1_20 dropped by --max-missing
     assert list(s.sample_id) == ["A", "B", "C"]  # D misses 2 of the 3 kept SNPs

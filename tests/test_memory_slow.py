@@ -7,7 +7,7 @@ fast counterpart is test_data.py::test_streaming_memory_does_not_grow_with_sampl
 import json
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from hpcsnp.simulate import simulate_store
 

@@ -1,16 +1,14 @@
 """Model shape, one fold's outputs, saliency averaging and the reduce contract."""
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import FAST
 
 from hpcsnp.config import Config
-from hpcsnp.errors import IncompleteRunError, InputError
-
-FAST = Config(max_epochs=3, batch_size=16, patience=2, dropout=0.5, learning_rate=3e-3)
+from hpcsnp.errors import InputError
 
 
 def test_model_follows_the_spec():
@@ -105,7 +103,7 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels):
     assert abs(kept.mean() - 0.5625) < 0.01 and np.allclose(y[kept], 1 / 0.5625)
 
 
-def test_the_fused_step_checks_the_layer_sequence_and_falls_back():
+def test_the_fused_step_checks_the_layer_sequence_and_falls_back(caplog):
     """TrainingForward recomputes one particular network: a model that is not it (here an
     activation after conv1 and nothing else) trains through its Keras layers, with a warning."""
     import keras
@@ -120,8 +118,8 @@ def test_the_fused_step_checks_the_layer_sequence_and_falls_back():
     inp = keras.Input((100, 4), name="one_hot")
     x = keras.layers.Conv1D(10, 4, padding="same", activation="relu", name="conv1")(inp)
     other = keras.Model(inp, x)
-    said = []
-    assert training_forward(other, cfg, said.append) is other
+    assert training_forward(other, cfg) is other
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "does not apply to this model (convolution 'conv1' is not linear" in said[0], said
 
 
@@ -263,17 +261,6 @@ def test_isru_is_bounded_by_alpha():
     assert abs(y[0]) == pytest.approx(1 / np.sqrt(0.03), rel=1e-4) == y[3]
 
 
-@pytest.fixture(scope="module")
-def run(sim_store, tmp_path_factory):
-    """All three folds of the simulated store, trained in this process."""
-    from hpcsnp.train import train_fold
-
-    path, _ = sim_store
-    run = tmp_path_factory.mktemp("run")
-    results = [train_fold(path, i, run, FAST, log=lambda m: None) for i in (1, 2, 3)]
-    return run, results
-
-
 def test_fold_outputs(run, sim_store):
     import keras
 
@@ -308,136 +295,15 @@ def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
 
     run_dir, results = run
     before = (results[0].path / "metrics.json").stat().st_mtime_ns
-    again = train_fold(sim_store[0], 1, run_dir, FAST, log=lambda m: None)
+    again = train_fold(sim_store[0], 1, run_dir, FAST)
     assert again.skipped and (results[0].path / "metrics.json").stat().st_mtime_ns == before
 
 
-def test_shard_average_equals_direct_mean_over_all_test_samples(run, sim_store):
-    """SPEC 5: S_bar_i = (1/M) sum_j max_c |df/dx[i, c]| over every test sample of every fold,
-    computed here one sample at a time, with no batching."""
-    import keras
-    import tensorflow as tf
-
-    from hpcsnp.data import one_hot
-    from hpcsnp.reduce import reduce_run
-    from hpcsnp.store import open_store
-
-    run_dir, _ = run
-    out = reduce_run(run_dir, top=5, plot=False)
-    store = open_store(sim_store[0])
-    g = store.genotypes[:]
-    total, m = np.zeros(store.n_variants), 0
-    for i in (1, 2, 3):
-        model = keras.models.load_model(run_dir / "sim" / f"fold_{i}" / "model.keras")
-        for row in np.flatnonzero(store.fold == i):
-            x = tf.constant(one_hot(g[row:row + 1]))
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = model(x, training=False)
-            total += np.abs(tape.gradient(y, x).numpy()[0]).max(-1)
-            m += 1
-    assert m == store.n_samples
-    got = out["saliency"].set_index("snp").loc[list(store.variant_id), "saliency"].to_numpy()
-    np.testing.assert_allclose(got, total / m, rtol=1e-4, atol=1e-9)
-    stored = pd.read_csv(run_dir / "avg_saliency.csv")
-    np.testing.assert_allclose(stored["saliency"], got, rtol=1e-5)
-
-
-def test_reduce_outputs_and_summary(run):
-    from hpcsnp.reduce import reduce_run
-
-    run_dir, results = run
-    reduce_run(run_dir, top=7, plot=True)
-    log = pd.read_csv(run_dir / "fold_pcc_log.csv")
-    assert log["fold"].tolist() == [1, 2, 3]
-    np.testing.assert_allclose(log["pcc"], [r.metrics["pcc"] for r in results], rtol=1e-5)
-    summary = pd.read_csv(run_dir / "fold_pcc_summary.csv")
-    assert list(summary.columns[:5]) == ["dataset", "model", "n_folds", "pcc_mean", "pcc_sd"]
-    assert summary.loc[0, "pcc_mean"] == pytest.approx(np.mean([r.metrics["pcc"] for r in results]), rel=1e-5)
-    assert summary.loc[0, "pcc_sd"] == pytest.approx(np.std([r.metrics["pcc"] for r in results], ddof=1), rel=1e-4)
-    top = pd.read_csv(run_dir / "top_saliency_snps.csv")
-    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency"]
-    assert top["rank"].tolist() == list(range(1, 8)) and top["saliency"].is_monotonic_decreasing
-    png = (run_dir / "avg_saliency_across_folds.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-
-
-def test_reduce_refuses_missing_and_half_written_folds(run, tmp_path):
-    from hpcsnp.reduce import reduce_run
-
-    run_dir, _ = run
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    shutil.rmtree(copy / "sim" / "fold_2")
-    (copy / "sim" / "fold_3").rename(copy / "sim" / "fold_3.partial")
-    with pytest.raises(IncompleteRunError) as e:
-        reduce_run(copy)
-    msg = str(e.value)
-    assert "sim fold 2 (missing)" in msg and "sim fold 3 (half-written: interrupted" in msg
-    assert f"--fold 2 --run {copy}" in msg and "sbatch --array=2,3 slurm/cv_array.sh" in msg
-    assert e.value.missing == [("sim", 2), ("sim", 3)]
-
-
-def test_query(run):
-    from hpcsnp.reduce import reduce_run
-    from hpcsnp.report import query
-
-    run_dir, _ = run
-    out = reduce_run(run_dir, top=5, plot=False)
-    best = out["top"].iloc[0]
-    q = query(run_dir, [best["snp"]])
-    assert q.iloc[0]["rank"] == 1 and q.iloc[0]["saliency"] == pytest.approx(best["saliency"], rel=1e-5)  # CSVs keep 6 significant digits  # noqa: E501
-    assert q.iloc[0]["of"] == 60
-    with pytest.raises(InputError, match="did you mean"):
-        query(run_dir, [best["snp"][:-1]])
-
-
-def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path):
+def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, caplog):
     from hpcsnp.train import train_fold
 
-    logs = []
-    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32),
-               log=logs.append)
+    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32))
+    logs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("beyond the ISRU bound" in line for line in logs)
 
 
-def test_reduce_on_a_distributed_scheduler_gives_the_same_saliency(run):
-    """`reduce --scheduler tcp://...`: the Dask graph runs on a distributed cluster."""
-    distributed = pytest.importorskip("distributed")
-    from hpcsnp.reduce import dask_context, reduce_run
-
-    run_dir, _ = run
-    local = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
-        with dask_context(cluster.scheduler_address) as client:
-            assert client is not None
-            remote = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
-    np.testing.assert_array_equal(local, remote)
-
-
-def test_two_data_sets_in_one_run(run, sim_store, tmp_path):
-    """The typical run: imputed and QA stores of the same individuals, reduced together."""
-    import shutil
-
-    from PIL import Image
-
-    from hpcsnp.reduce import reduce_run
-    from hpcsnp.report import query
-    from hpcsnp.train import train_fold
-
-    run_dir, _ = run
-    reduce_run(run_dir, top=4)  # the one-data-set plot, for comparison
-    two = tmp_path / "two"
-    shutil.copytree(run_dir, two)
-    for i in (1, 2, 3):
-        train_fold(sim_store[0], i, two, None, dataset="sim_qa", log=lambda m: None)  # the run's settings
-    out = reduce_run(two, top=4)
-    assert out["summary"].query("model == 'cnn'")["dataset"].tolist() == ["sim", "sim_qa"]
-    top = pd.read_csv(two / "top_saliency_snps.csv")
-    assert top.groupby("dataset").size().to_dict() == {"sim": 4, "sim_qa": 4}
-    q = query(two, [top["snp"].iloc[0]])
-    assert q["dataset"].tolist() == ["sim", "sim_qa"]
-    w, h = Image.open(two / "avg_saliency_across_folds.png").size
-    one = Image.open(run_dir / "avg_saliency_across_folds.png").size
-    assert w == one[0] and h > 1.8 * one[1]  # one panel per data set

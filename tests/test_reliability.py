@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--batch-size", "32", "--threads", "1"]
@@ -190,7 +190,7 @@ def _train_folds(store, run, folds=(1, 2, 3), cfg=None, **kw):
 
     cfg = cfg or Config(max_epochs=2, batch_size=32)
     for i in folds:
-        train_fold(store, i, run, cfg, threads=1, log=lambda m: None, **kw)
+        train_fold(store, i, run, cfg, threads=1, **kw)
 
 
 def test_reduce_refuses_a_fold_with_nan_or_truncated_metrics(sim_store, tmp_path):
@@ -211,32 +211,39 @@ def test_reduce_refuses_a_fold_with_nan_or_truncated_metrics(sim_store, tmp_path
 
 # --- 5, 6. settings: resume, redo, reduce ---------------------------------------------------
 
-def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path):
+def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path, monkeypatch, caplog):
+    import logging
+
     from hpcsnp.config import Config
     from hpcsnp.errors import InputError
-    from hpcsnp.train import train_fold
+    from hpcsnp.train import Checkpointer, train_fold
 
     class Killed(Exception):
         pass
 
-    def die_after_epoch_2(msg):
-        if "epoch    2" in msg:
+    save_epoch = Checkpointer.save_epoch
+
+    def die_after_epoch_2(self, state, epoch):
+        save_epoch(self, state, epoch)
+        if epoch == 2:
             raise Killed
     cfg = Config(max_epochs=6, patience=10, batch_size=32)
-    with pytest.raises(Killed):
-        train_fold(sim_store[0], 1, tmp_path, cfg, threads=1, log=die_after_epoch_2)
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save_epoch", die_after_epoch_2)
+        with pytest.raises(Killed):
+            train_fold(sim_store[0], 1, tmp_path, cfg, threads=1)
     assert (tmp_path / "sim" / "fold_1.partial" / "state.json").exists()
     other = cfg.replace(batch_size=16, learning_rate=0.01)
     with pytest.raises(InputError, match=r"config.json holds this run's settings.*batch_size 32 vs 16.*"
                                          r"learning_rate 0.003 vs 0.01"):
-        train_fold(sim_store[0], 1, tmp_path, other, threads=1, log=lambda m: None)
+        train_fold(sim_store[0], 1, tmp_path, other, threads=1)
     (tmp_path / "config.json").unlink()  # without the run's settings the checkpoint's still hold
     with pytest.raises(InputError, match=r"checkpointed with other settings.*batch_size 32 vs 16.*--force"):
-        train_fold(sim_store[0], 1, tmp_path, other, threads=1, log=lambda m: None)
+        train_fold(sim_store[0], 1, tmp_path, other, threads=1)
     (tmp_path / "config.json").unlink()
-    logs = []
-    train_fold(sim_store[0], 1, tmp_path, cfg, threads=1, log=logs.append)
-    assert any("resuming after epoch 2" in m for m in logs)
+    with caplog.at_level(logging.INFO, logger="hpcsnp"):
+        train_fold(sim_store[0], 1, tmp_path, cfg, threads=1)
+    assert any("resuming after epoch 2" in r.getMessage() for r in caplog.records)
 
 
 def test_reduce_refuses_folds_trained_with_other_settings_and_redo_keeps_the_run_settings(sim_store, tmp_path):

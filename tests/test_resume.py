@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 ARGS = ["--fold", "1", "--epochs", "30", "--patience", "40", "--batch-size", "16", "--threads", "1",
         "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1"]
@@ -66,7 +66,7 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     from hpcsnp.train import train_fold
 
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5)
-    r = train_fold(sim_store[0], 1, tmp_path, cfg, log=lambda m: None)
+    r = train_fold(sim_store[0], 1, tmp_path, cfg)
     m = r.metrics
     maes = [h["val_mae"] for h in m["history"]]
     assert m["best_epoch"] == int(np.argmin(maes)) + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +136,30 @@ def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tm
     assert wait(red) == ["FAILED"]
     log = (run / "logs" / f"reduce_{red}.log").read_text()
     assert "sim fold 3 (missing)" in log and "sbatch --array=3 slurm/cv_array.sh" in log
+
+
+def test_every_script_runs_hpcsnp_in_the_image_with_the_stores_bound(cluster, sim_store, tmp_path):
+    """HPCSNP_IMAGE set: submit.sh's `info`, every array task and the reduce run
+    `RUNTIME exec --bind DIRS IMAGE hpcsnp ...` with the run directory and the store's
+    directory bound (a store on another file system must be visible inside the container).
+    The runtime is a stand-in that records its arguments and runs the command."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = elsewhere / "sim.zarr"
+    shutil.copytree(sim_store[0], store)
+    record = tmp_path / "calls.txt"
+    fake = tmp_path / "fake-apptainer"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n'
+                    '[ "$1" = exec ] || exit 9\nshift; [ "$1" = --bind ] && shift 2\nshift\nexec "$@"\n')
+    fake.chmod(0o755)
+    run = tmp_path / "run"
+    array_id, reduce_id = submit(run, store, env_extra={"HPCSNP_IMAGE": "/images/hpcsnp.sif",
+                                                        "HPCSNP_CONTAINER": str(fake), "HPCSNP_BASELINE": "0"})
+    assert set(wait(array_id)) == {"COMPLETED"} and wait(reduce_id) == ["COMPLETED"]
+    calls = [line.split() for line in record.read_text().splitlines()]
+    verbs = sorted({c[c.index("hpcsnp") + 1] for c in calls})
+    assert verbs == ["info", "reduce", "train"], calls
+    for c in calls:
+        assert c[:2] == ["exec", "--bind"] and c[3:5] == ["/images/hpcsnp.sif", "hpcsnp"], c
+        assert str(elsewhere.resolve()) in c[2].split(","), c  # the store's directory, in every script
+    assert (run / "fold_pcc_summary.csv").exists()
