@@ -39,11 +39,12 @@ from hpcsnp.store import (
     FLOAT32_MAX,
     MAX_FOLDS,
     MIN_FOLDS,
-    StoreWriter,
-    check_folds,
+    SampleBlock,
     check_phenotype_float32,  # noqa: F401 - part of the ingest API
     check_replaceable,
+    default_chunk_rows,
     parse_marker_name,
+    write_store,
 )
 
 logger = logging.getLogger(__name__)
@@ -263,40 +264,56 @@ def _parse_fold(path, lineno, col, tok: bytes) -> int:
     return v
 
 
-def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
-               chunk_rows=None, progress=True) -> IngestReport:
-    """Validate a SPEC section 1 text file and write it as a store at ``out``."""
-    from tqdm import tqdm
+class TextSource:
+    """A text file (SPEC section 1 format) as a source of ``SampleBlock``s, validated as it is
+    read: the header when opened, every row as ``blocks`` parses it.  Counts what it
+    handled (NA cells, dropped rows, constant SNPs) for the summary and the attributes."""
 
-    path, out = Path(path), Path(out)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    check_output_path(path, out, force=force)
-    t0 = time.perf_counter()
-    size = path.stat().st_size
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"ingest {path.name}",
-               disable=not progress, file=sys.stderr, leave=False)
-    reader, tap = open_text(path, bar)
-    writer = None
-    try:
-        lines = _numbered_lines(reader, path)
-        header = next(lines, (1, b""))[1]
-        if not header:
-            raise ParseError(path, 1, "file is empty (expected a header row)")
-        if not header.strip():
-            raise ParseError(path, 1, "line 1 is blank; the header must be the first line")
-        id_col, snps = _parse_header(path, header)
-        n = len(snps)
-        lead = 3 if id_col else 2  # leading columns before the first SNP
-        writer = StoreWriter(out, snps, force=force, chunk_rows=chunk_rows)
-        ids, phen, folds = [], [], []
+    def __init__(self, path: Path, *, strict=False, drop_missing_phenotype=False, progress=True):
+        from tqdm import tqdm
+
+        self.path, self.strict, self.drop_missing_phenotype = Path(path), strict, drop_missing_phenotype
+        self.size = self.path.stat().st_size
+        self.bar = tqdm(total=self.size, unit="B", unit_scale=True, desc=f"ingest {self.path.name}",
+                        disable=not progress, file=sys.stderr, leave=False)
+        try:
+            self.reader, self.tap = open_text(self.path, self.bar)
+            self.lines = _numbered_lines(self.reader, self.path)
+            header = next(self.lines, (1, b""))[1]
+            if not header:
+                raise ParseError(self.path, 1, "file is empty (expected a header row)")
+            if not header.strip():
+                raise ParseError(self.path, 1, "line 1 is blank; the header must be the first line")
+            self.id_column, self.snps = _parse_header(self.path, header)
+        except BaseException:
+            self.close()
+            raise
+        self.na_cells = self.dropped = 0
+        self.constant: list = []
+
+    def close(self) -> None:
+        self.bar.close()
+        if getattr(self, "reader", None) is not None:
+            self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def blocks(self, rows: int = 1024):
+        """SampleBlocks of up to ``rows`` parsed rows; every problem is a ParseError naming
+        the file, line and column."""
+        path, snps, n = self.path, self.snps, len(self.snps)
+        lead = 3 if self.id_column else 2  # leading columns before the first SNP
         col_min = np.full(n, 127, dtype=np.int8)
         col_max = np.full(n, -128, dtype=np.int8)
-        na_cells = dropped = 0
+        buf = np.empty((rows, n), dtype=np.int8)
+        ids, phen, folds = [], [], []
         expected_len = 2 * n - 1
-        lineno = 1
-        blank_at = None
-        for lineno, raw in lines:
+        lineno, blank_at, kept = 1, None, 0
+        for lineno, raw in self.lines:
             line = _strip_eol(raw)
             if not line.strip():
                 blank_at = blank_at or lineno
@@ -319,17 +336,17 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
                 fields_ = rest.split(b"\t")
                 if len(fields_) != n:
                     raise ParseError(path, lineno, f"row has {len(fields_) + lead} columns, header has {n + lead}")
-                codes, na = _parse_genotypes_slow(path, lineno, fields_, snps, lead + 1, strict)
-                na_cells += na
+                codes, na = _parse_genotypes_slow(path, lineno, fields_, snps, lead + 1, self.strict)
+                self.na_cells += na
             fold = _parse_fold(path, lineno, lead - 1, parts[lead - 2])
             y = _parse_float(path, lineno, lead, "phenotype", parts[lead - 1])
             if y is None:
-                if not drop_missing_phenotype:
+                if not self.drop_missing_phenotype:
                     raise ParseError(path, lineno, "phenotype is missing (use --drop-missing-phenotype "
                                      "to drop such rows)", column=lead, column_name="phenotype")
-                dropped += 1
+                self.dropped += 1
                 continue
-            if id_col:
+            if self.id_column:
                 sid = parts[0].strip().decode("utf-8", "replace")
                 if not sid:
                     raise ParseError(path, lineno, "empty sample id", column=1)
@@ -340,50 +357,48 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
             folds.append(fold)
             np.minimum(col_min, codes, out=col_min)
             np.maximum(col_max, codes, out=col_max)
-            writer.add_row(codes)
-        if not phen:
+            buf[len(ids) - 1] = codes
+            if len(ids) == rows:
+                kept += len(ids)
+                yield SampleBlock(ids, np.asarray(phen), np.asarray(folds, np.int8), buf.copy())
+                ids, phen, folds = [], [], []
+        if ids:
+            kept += len(ids)
+            yield SampleBlock(ids, np.asarray(phen), np.asarray(folds, np.int8), buf[:len(ids)].copy())
+        if not kept:
             raise ParseError(path, lineno, "no data rows after the header"
-                             + (f" ({dropped} dropped for a missing phenotype)" if dropped else ""))
-        if id_col and len(set(ids)) != len(ids):
-            seen, dup = set(), None
-            for s in ids:
-                if s in seen:
-                    dup = s
-                    break
-                seen.add(s)
-            raise InputError(f"{path}: sample id {dup!r} occurs more than once")
-        fold_arr = np.asarray(folds, dtype=np.int8)
-        k, sizes = check_folds(fold_arr, str(path))
-        y = np.asarray(phen, dtype=np.float64)
-        constant = [snps[j] for j in np.flatnonzero(col_min == col_max)]
-        if constant:
-            shown = ", ".join(constant[:5]) + (", ..." if len(constant) > 5 else "")
-            logger.warning(f"{len(constant)} SNP column(s) are constant (kept; they carry no information): {shown}")
-        if float(y.std()) == 0.0:
-            logger.warning("the phenotype is the same for every sample")
-        reader.close()
-        report = IngestReport(
-            store=str(out), source=str(path), n_samples=len(y), n_variants=n, n_folds=k,
-            fold_sizes={i + 1: int(s) for i, s in enumerate(sizes)}, missing_rate=0.0,
-            phenotype_mean=float(y.mean()), phenotype_sd=float(y.std(ddof=1)) if len(y) > 1 else 0.0,
-            na_cells=na_cells, dropped_missing_phenotype=dropped, constant_snps=constant,
-            parsed_positions=writer.parsed_positions, chunk_rows=writer.chunk_rows,
-            bytes_read=size, id_column=id_col)
-        writer.drain()
-        report.missing_rate = writer.missing / (writer.n_rows * n)
-        writer.finish(ids, y.astype(np.float32), fold_arr, {
-            "source": {"path": str(path.resolve()), "name": path.name, "sha256": tap.sha.hexdigest(),
-                       "bytes": size},
-            "na_cells_read_as_missing": na_cells, "dropped_missing_phenotype": dropped,
-            "constant_snps": len(constant),
-            "phenotype_mean": report.phenotype_mean, "phenotype_sd": report.phenotype_sd,
-        })
-        report.seconds = time.perf_counter() - t0
-        return report
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
-        reader.close()
+                             + (f" ({self.dropped} dropped for a missing phenotype)" if self.dropped else ""))
+        self.constant = [snps[j] for j in np.flatnonzero(col_min == col_max)]
+        if self.constant:
+            shown = ", ".join(self.constant[:5]) + (", ..." if len(self.constant) > 5 else "")
+            logger.warning(f"{len(self.constant)} SNP column(s) are constant (kept; they carry no information): "
+                           f"{shown}")
+
+    def attrs(self) -> dict:
+        """The store attributes that describe this source (once every block has been read)."""
+        return {"source": {"path": str(self.path.resolve()), "name": self.path.name,
+                           "sha256": self.tap.sha.hexdigest(), "bytes": self.size},
+                "na_cells_read_as_missing": self.na_cells, "dropped_missing_phenotype": self.dropped,
+                "constant_snps": len(self.constant)}
+
+
+def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
+               chunk_rows=None, progress=True) -> IngestReport:
+    """Validate a SPEC section 1 text file and write it as a store at ``out``."""
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    check_output_path(path, out, force=force)
+    t0 = time.perf_counter()
+    with TextSource(path, strict=strict, drop_missing_phenotype=drop_missing_phenotype,
+                    progress=progress) as source:
+        rows = chunk_rows or default_chunk_rows(len(source.snps))
+        w = write_store(out, source.snps, source.blocks(rows), attrs=source.attrs, where=str(path), force=force,
+                        chunk_rows=chunk_rows)
+    return IngestReport(
+        store=str(out), source=str(path), n_samples=w.n_samples, n_variants=w.n_variants, n_folds=w.n_folds,
+        fold_sizes={i + 1: int(x) for i, x in enumerate(w.fold_sizes)}, missing_rate=w.missing_rate,
+        phenotype_mean=w.phenotype_mean, phenotype_sd=w.phenotype_sd, na_cells=source.na_cells,
+        dropped_missing_phenotype=source.dropped, constant_snps=source.constant,
+        parsed_positions=w.parsed_positions, chunk_rows=w.chunk_rows, bytes_read=source.size,
+        id_column=source.id_column, seconds=time.perf_counter() - t0)

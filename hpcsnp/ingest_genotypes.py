@@ -27,7 +27,14 @@ import numpy as np
 from hpcsnp.errors import InputError
 from hpcsnp.ingest import IngestReport, check_output_path
 from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
-from hpcsnp.store import StoreWriter, check_folds, check_phenotype_float32, default_chunk_rows, tmp_name
+from hpcsnp.store import (
+    SampleBlock,
+    check_phenotype_float32,
+    default_chunk_rows,
+    first_duplicate,
+    tmp_name,
+    write_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +150,6 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
     sample_missing = np.zeros(n, dtype=np.int64)
     filtered = Counter()
     bar = tqdm(desc=f"ingest {source.path.name}", unit=" variants", disable=not progress, file=sys.stderr)
-    writer = None
     try:
         for bids, bchrom, bpos, g in source.blocks(keep, block):
             miss = g < 0
@@ -173,7 +179,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
         if n_var == 0:
             raise InputError(f"{source.path}: no variant left (skipped: {dict(source.skipped) or 'none'}; "
                              f"filtered: {dict(filtered) or 'none'})")
-        dup = _first_duplicate(vid)
+        dup = first_duplicate(vid)
         if dup:
             raise InputError(f"{source.path}: variant id {dup!r} occurs twice")
         srow = sample_missing / n_var > max_sample_missing
@@ -200,31 +206,30 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
         else:
             raise InputError("no folds: give --folds K [--seed S] [--group-column COL], --folds-from FILE, "
                              "or a 'fold' column in the phenotype table")
-        # contig/position as given by the file, not parsed from names
-        writer = StoreWriter(out, vid, force=force, chunk_rows=chunk_rows or default_chunk_rows(n_var),
-                             contigs=vchrom, positions=vpos)
-        step = writer.chunk_rows
-        for s in range(0, len(kept), step):
-            rows = kept[s:s + step]
-            block_t = T[:, rows[0]:rows[-1] + 1]
-            writer.add_block(np.ascontiguousarray(block_t[:, rows - rows[0]].T))
-        k, sizes = check_folds(fold, str(source.path))
         yk = y[kept]
-        writer.finish(ids_k, yk, fold, {
-            "fold_assignment": how,
-            "source": {"path": str(source.path.resolve()), "name": source.path.name,
-                       "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},
-            "skipped_variants": dict(source.skipped), "filtered_variants": dict(filtered),
-            "filters": {"min_maf": min_maf, "max_missing": max_missing, "max_sample_missing": max_sample_missing},
-            "dropped_samples": {"no_phenotype": n_no_pheno, "phenotype_only": n_no_geno,
-                                "sample_missing": int(srow.sum())},
-            "phenotype_mean": float(yk.mean()), "phenotype_sd": float(yk.std(ddof=1)) if len(yk) > 1 else 0.0,
-        })
-        rep = IngestReport(store=str(out), source=str(source.path), n_samples=len(kept), n_variants=n_var,
-                           n_folds=k, fold_sizes={i + 1: int(x) for i, x in enumerate(sizes)},
-                           missing_rate=writer.missing / (len(kept) * n_var),
-                           phenotype_mean=float(yk.mean()), phenotype_sd=float(yk.std(ddof=1)) if len(yk) > 1 else 0.0,
-                           parsed_positions=n_var, chunk_rows=writer.chunk_rows,
+        step = chunk_rows or default_chunk_rows(n_var)
+
+        def blocks():  # pass 2: the transposed variants, one store chunk of samples at a time
+            for s in range(0, len(kept), step):
+                rows = kept[s:s + step]
+                block_t = T[:, rows[0]:rows[-1] + 1]
+                yield SampleBlock(ids_k[s:s + step], yk[s:s + step], fold[s:s + step],
+                                  np.ascontiguousarray(block_t[:, rows - rows[0]].T))
+        # contig/position as given by the file, not parsed from names
+        w = write_store(out, vid, blocks(), where=str(source.path), force=force, chunk_rows=step,
+                        contigs=vchrom, positions=vpos, attrs={
+                            "fold_assignment": how,
+                            "source": {"path": str(source.path.resolve()), "name": source.path.name,
+                                       "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},
+                            "skipped_variants": dict(source.skipped), "filtered_variants": dict(filtered),
+                            "filters": {"min_maf": min_maf, "max_missing": max_missing,
+                                        "max_sample_missing": max_sample_missing},
+                            "dropped_samples": {"no_phenotype": n_no_pheno, "phenotype_only": n_no_geno,
+                                                "sample_missing": int(srow.sum())}})
+        rep = IngestReport(store=str(out), source=str(source.path), n_samples=w.n_samples, n_variants=n_var,
+                           n_folds=w.n_folds, fold_sizes={i + 1: int(x) for i, x in enumerate(w.fold_sizes)},
+                           missing_rate=w.missing_rate, phenotype_mean=w.phenotype_mean,
+                           phenotype_sd=w.phenotype_sd, parsed_positions=n_var, chunk_rows=w.chunk_rows,
                            bytes_read=source.path.stat().st_size)
         rep.seconds = time.perf_counter() - t0
         rep.extra = [f"folds        {how}"]
@@ -236,19 +241,6 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             rep.extra.append(f"dropped      {n_no_pheno} genotyped without phenotype, {n_no_geno} phenotyped "
                              f"without genotypes, {int(srow.sum())} over --max-sample-missing")
         return rep
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     finally:
         bar.close()
         shutil.rmtree(tmp_v, ignore_errors=True)
-
-
-def _first_duplicate(items):
-    seen = set()
-    for x in items:
-        if x in seen:
-            return x
-        seen.add(x)
-    return None

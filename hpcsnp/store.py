@@ -487,3 +487,83 @@ class StoreWriter:
             pass
         self._pool.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass
+class SampleBlock:
+    """Consecutive samples from a source: their ids, phenotypes, folds and int8 genotypes
+    [samples, variants] (codes 0/1/2, -1 missing)."""
+
+    ids: list
+    phenotype: np.ndarray
+    fold: np.ndarray
+    genotypes: np.ndarray
+
+
+@dataclass
+class WrittenStore:
+    """What ``write_store`` wrote."""
+
+    path: Path
+    n_samples: int
+    n_variants: int
+    n_folds: int
+    fold_sizes: np.ndarray
+    missing_rate: float
+    phenotype_mean: float
+    phenotype_sd: float
+    chunk_rows: int
+    parsed_positions: int
+
+
+def write_store(out, variant_ids, blocks, *, attrs, where: str, force: bool = False, chunk_rows=None,
+                contigs=None, positions=None) -> WrittenStore:
+    """Write a store from any source: ``blocks`` yields ``SampleBlock``s in sample order
+    (the text reader as it parses, the VCF/PLINK reader from its transposed variants, the
+    simulator).  Sample ids must be unique, folds follow the fold rules, phenotypes must fit
+    float32 (``where`` names the source in those errors).  ``attrs``: the source's own
+    attributes, a dict or a callable returning one once every block has been read (a
+    checksum of the input, counts).  Written under a temporary name, renamed when complete;
+    nothing is left behind on an error."""
+    writer = StoreWriter(out, variant_ids, force=force, chunk_rows=chunk_rows, contigs=contigs,
+                         positions=positions)
+    ids, phen, folds = [], [], []
+    try:
+        for block in blocks:
+            writer.add_block(block.genotypes)
+            ids += list(block.ids)
+            phen.append(np.asarray(block.phenotype, dtype=np.float64))
+            folds.append(np.asarray(block.fold, dtype=np.int8))
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise InputError(f"{where}: sample id {dup!r} occurs more than once")
+        y = np.concatenate(phen) if phen else np.zeros(0)
+        fold = np.concatenate(folds) if folds else np.zeros(0, np.int8)
+        k, sizes = check_folds(fold, where)
+        if len(y) and float(y.std()) == 0.0:
+            logger.warning("the phenotype is the same for every sample")
+        mean, sd = float(y.mean()), float(y.std(ddof=1)) if len(y) > 1 else 0.0
+        writer.drain()
+        n_cells = writer.n_rows * len(variant_ids)
+        missing = writer.missing / n_cells if n_cells else 0.0
+        extra = attrs() if callable(attrs) else attrs
+        writer.finish(ids, y, fold, {**extra, "phenotype_mean": mean, "phenotype_sd": sd})
+    except BaseException:
+        writer.abort()
+        raise
+    return WrittenStore(Path(out), len(ids), len(variant_ids), k, sizes, missing, mean, sd, writer.chunk_rows,
+                        writer.parsed_positions)
+
+
+def first_duplicate(items):
+    """The first item seen twice, or None.
+
+    >>> first_duplicate(["a", "b", "a"]), first_duplicate([1, 2])
+    ('a', None)
+    """
+    seen = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
