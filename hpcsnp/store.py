@@ -125,24 +125,6 @@ def remove_stale_temporaries(path) -> None:
         logger.warning(f"removed {p}, left by an ingest that was killed before it finished")
 
 
-def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    tmp = tmp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place; an old one is removed first."""
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def store_id_of(attrs: dict) -> str:
     """Identity of one write of a store: a new random id each ingest (older stores: a hash
     of their attributes, which include the source file's checksum)."""

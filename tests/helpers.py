@@ -29,3 +29,12 @@ def write_tsv(path: Path, text: str, gz=False):
         data = gzip.compress(data)
     path.write_bytes(data)
     return path
+
+
+def fake_container_runtime(path: Path, record: Path) -> Path:
+    """A stand-in for apptainer: records its arguments in ``record`` (a line a call), checks
+    they are `exec [--bind DIRS] IMAGE CMD...` and runs CMD."""
+    path.write_text(f'#!/bin/sh\necho "$@" >> {record}\n'
+                    '[ "$1" = exec ] || exit 9\nshift; [ "$1" = --bind ] && shift 2\nshift\nexec "$@"\n')
+    path.chmod(0o755)
+    return path

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import fake_container_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,11 +15,8 @@ def test_array_script_runs_through_a_container_runtime(sim_store, tmp_path):
     """HPCSNP_IMAGE set: each command goes through `RUNTIME exec --bind ... IMAGE hpcsnp ...`
     (here a stand-in runtime that records its arguments, then runs the command)."""
     store, _ = sim_store
-    fake = tmp_path / "fake-apptainer"
     record = tmp_path / "calls.txt"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n'
-                    '[ "$1" = exec ] || exit 9\nshift; [ "$1" = --bind ] && shift 2\nshift\nexec "$@"\n')
-    fake.chmod(0o755)
+    fake = fake_container_runtime(tmp_path / "fake-apptainer", record)
     run = tmp_path / "run"
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "77",
            "HPCSNP_IMAGE": "/images/hpcsnp.sif", "HPCSNP_CONTAINER": str(fake), "HPCSNP_BIND": "/scratch",

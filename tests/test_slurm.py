@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_cli
+from helpers import fake_container_runtime, run_cli
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,10 +148,7 @@ def test_every_script_runs_hpcsnp_in_the_image_with_the_stores_bound(cluster, si
     store = elsewhere / "sim.zarr"
     shutil.copytree(sim_store[0], store)
     record = tmp_path / "calls.txt"
-    fake = tmp_path / "fake-apptainer"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n'
-                    '[ "$1" = exec ] || exit 9\nshift; [ "$1" = --bind ] && shift 2\nshift\nexec "$@"\n')
-    fake.chmod(0o755)
+    fake = fake_container_runtime(tmp_path / "fake-apptainer", record)
     run = tmp_path / "run"
     array_id, reduce_id = submit(run, store, env_extra={"HPCSNP_IMAGE": "/images/hpcsnp.sif",
                                                         "HPCSNP_CONTAINER": str(fake), "HPCSNP_BASELINE": "0"})
