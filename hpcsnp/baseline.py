@@ -46,6 +46,31 @@ GRAM_VERSION = 1
 GRAM_BLOCK = 1024  # SNPs per block when accumulating a Gram matrix
 
 
+def memory_needed(n_samples: int, n_variants: int) -> int:
+    """Bytes the exact GBLUP baseline needs at its peak: the n x n Gram matrix and a fold's
+    n x n kernel in float64 (16 n^2), the int8 genotypes while the Gram matrix is built
+    (n p), and ~200 MB for the interpreter and libraries.
+
+    >>> round(memory_needed(5059, 4236) / 2**30, 2), round(memory_needed(100_000, 50_000) / 2**30)
+    (0.6, 154)
+    """
+    return 16 * n_samples ** 2 + n_samples * n_variants + (200 << 20)
+
+
+def check_memory(store, available: int | None = None) -> None:
+    """Refuse, before any work, a baseline that would run out of memory halfway: it needs
+    O(n^2) memory (``memory_needed``), and ``available`` (default: what this process may
+    use, see resources.memory_limit_bytes) is less."""
+    from hpcsnp.resources import memory_limit_bytes
+
+    available = memory_limit_bytes() if available is None else available
+    need = memory_needed(store.n_samples, store.n_variants)
+    if available is not None and need > available:
+        raise InputError(f"{store.path}: the GBLUP baseline of {store.n_samples:,} samples needs about "
+                         f"{need / 2**30:.1f} GB of memory (it holds n x n matrices) and {available / 2**30:.1f} GB "
+                         "is available here: run with --no-baseline (hpcsnp cv) or on a node with more memory")
+
+
 def dosage_fill(g: np.ndarray) -> np.ndarray:
     """Per-SNP mean dosage over the called genotypes (0 for an all-missing SNP)."""
     called = g >= 0
@@ -324,6 +349,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=ENCODINGS, datase
                 check_same_store(p, store, f"{dataset} fold {fold} baseline {enc}")
         if all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
             return [read_json(p) for p in done.values()]
+    check_memory(store)
     y = store.phenotype.astype(np.float64)
     out = []
     for enc in encodings:

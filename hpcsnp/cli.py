@@ -383,6 +383,11 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     cfg = _build_config(config_path, **hyper)
     run = Path(run_dir)
     plan = plan_datasets(stores, names, run, force=force)
+    if baseline:  # before hours of training: a baseline that cannot fit in memory is refused now
+        from hpcsnp.baseline import check_memory
+
+        for store, _ in plan:
+            check_memory(store)
     run.mkdir(parents=True, exist_ok=True)
     config = RunDir(run).save_config(cfg if explicit else None, force=force)
     outcome = run_cv(plan, run, config_path=config, threads=threads, jobs=jobs, force=force,

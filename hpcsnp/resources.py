@@ -107,6 +107,35 @@ def _cgroup_cpu_quota(root="/sys/fs/cgroup") -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
+def memory_limit_bytes(env=None, root="/sys/fs/cgroup") -> int | None:
+    """Memory this process may use: the smallest of the machine's available memory, a cgroup
+    v2 limit (memory.max less what the group uses), and SLURM's grant (SLURM_MEM_PER_NODE,
+    or SLURM_MEM_PER_CPU x SLURM_CPUS_PER_TASK, in MB); None when nothing says."""
+    env = os.environ if env is None else env
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        top = (Path(root) / "memory.max").read_text().strip()
+        if top.isdigit():
+            used = (Path(root) / "memory.current").read_text().strip()
+            limits.append(int(top) - (int(used) if used.isdigit() else 0))
+    except OSError:
+        pass
+    per_node, per_cpu = env.get("SLURM_MEM_PER_NODE", ""), env.get("SLURM_MEM_PER_CPU", "")
+    if per_node.isdigit() and int(per_node) > 0:
+        limits.append(int(per_node) << 20)
+    elif per_cpu.isdigit() and int(per_cpu) > 0:
+        cpus = env.get("SLURM_CPUS_PER_TASK", "1")
+        limits.append(int(per_cpu) * (int(cpus) if cpus.isdigit() else 1) << 20)
+    return min(limits) if limits else None
+
+
 def parse_cpu_list(spec: str) -> set[int]:
     """"0,2-3" -> {0, 2, 3} (the kernel's cpulist format).
     >>> sorted(parse_cpu_list("0,2-3"))

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_cli
 
 from hpcsnp.baseline import (
     REMLSpectrum,
@@ -256,3 +257,21 @@ def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path
     os.utime(zj, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     _, _, s3 = cached_gram(open_store(store.path), "onehot", tmp_path)
     assert s3 > 0
+
+
+def test_a_baseline_that_cannot_fit_in_memory_is_refused_up_front(sim_store, tmp_path):
+    """The exact GBLUP holds n x n matrices: where the memory granted (here SLURM's 100 MB)
+    is less than it needs, cv refuses before training anything, naming --no-baseline."""
+    from hpcsnp.baseline import check_memory, memory_needed
+    from hpcsnp.errors import InputError
+    from hpcsnp.store import open_store
+
+    store = open_store(sim_store[0])
+    check_memory(store, available=memory_needed(store.n_samples, store.n_variants))
+    with pytest.raises(InputError, match=r"needs about 0\.2 GB of memory .* 0\.1 GB is available"):
+        check_memory(store, available=100 << 20)
+    env = {"SLURM_MEM_PER_NODE": "100"}
+    for verb in (["cv", sim_store[0], "--run", tmp_path / "run"], ["baseline", sim_store[0], "--run", tmp_path / "b"]):
+        proc = run_cli(*verb, env=env, check=False)
+        assert proc.returncode == 2 and "--no-baseline" in proc.stderr, proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
