@@ -16,9 +16,8 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
-from hpcsnp.config import PUBLICATION, Config
+from hpcsnp.config import MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
 from hpcsnp.errors import HpcsnpError
-from hpcsnp.store import MAX_FOLDS, MIN_FOLDS
 
 VERBOSE = {"level": 0}
 

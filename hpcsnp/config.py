@@ -14,6 +14,8 @@ from pathlib import Path
 
 from hpcsnp.errors import InputError
 
+MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in store.check_folds)
+
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75}
 
 

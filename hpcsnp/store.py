@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.atomic import tmp_name  # noqa: F401 - the writer names its temporary store with it
+from hpcsnp.config import MAX_FOLDS, MIN_FOLDS
 from hpcsnp.errors import InputError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,6 @@ def open_store(path) -> Store:
 
 # --- the fold rules -------------------------------------------------------------------
 
-MIN_FOLDS, MAX_FOLDS = 3, 10
 
 
 def check_k(k: int, what: str = "folds") -> int:
