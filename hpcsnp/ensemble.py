@@ -39,20 +39,19 @@ def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[
     models = ["cnn", *baselines]
     if len(models) < 2:
         return []
-    dirs = {"cnn": lambda i: run.fold(name, i)}
-    dirs.update({b: (lambda i, b=b: run.baseline(name, b.removeprefix("gblup_"), i)) for b in baselines})
     out = []
     grid = simplex_weights(len(models))
     for i in range(1, ds["n_folds"] + 1):
-        if not all((dirs[m](i) / "val_predictions.csv").exists() for m in models):
+        dirs = {m: run.model_fold(name, m, i) for m in models}
+        if not all((dirs[m] / "val_predictions.csv").exists() for m in models):
             return []
-        val = _aligned([pd.read_csv(dirs[m](i) / "val_predictions.csv", dtype={"sample_id": str}) for m in models])
-        test = _aligned([pd.read_csv(dirs[m](i) / "predictions.csv", dtype={"sample_id": str}) for m in models])
+        val = _aligned([pd.read_csv(dirs[m] / "val_predictions.csv", dtype={"sample_id": str}) for m in models])
+        test = _aligned([pd.read_csv(dirs[m] / "predictions.csv", dtype={"sample_id": str}) for m in models])
         mse = (((val["P"] @ grid.T) - val["truth"][:, None]) ** 2).mean(axis=0)
         w = grid[int(np.argmin(mse))]
         pred = test["P"] @ w
         m = regression_metrics(test["truth"], pred)
-        secs = sum(read_json(dirs[k](i) / "metrics.json")["seconds"] for k in models)
+        secs = sum(read_json(dirs[k] / "metrics.json")["seconds"] for k in models)
         row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
                "saliency_seconds": 0.0, "n_test": len(pred)}
         vm = regression_metrics(val["truth"], val["P"] @ w)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsnp.atomic import tmp_name
 from hpcsnp.errors import InputError
 from hpcsnp.ingest import IngestReport, check_output_path
 from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
@@ -32,7 +33,6 @@ from hpcsnp.store import (
     check_phenotype_float32,
     default_chunk_rows,
     first_duplicate,
-    tmp_name,
     write_store,
 )
 

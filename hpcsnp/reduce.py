@@ -230,11 +230,9 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
 def _test_predictions(run: RunDir, ds: dict, baselines: list[str], ens) -> pd.DataFrame:
     """Every model's test predictions of one data set (dataset, model, truth, prediction)."""
     name, frames = ds["dataset"], []
-    dirs = {"cnn": lambda i: run.fold(name, i)}
-    dirs.update({b: (lambda i, b=b: run.baseline(name, b.removeprefix("gblup_"), i)) for b in baselines})
-    for model, fold_dir in dirs.items():
+    for model in ["cnn", *baselines]:
         for i in range(1, ds["n_folds"] + 1):
-            f = pd.read_csv(fold_dir(i) / "predictions.csv", usecols=["truth", "prediction"])
+            f = pd.read_csv(run.model_fold(name, model, i) / "predictions.csv", usecols=["truth", "prediction"])
             frames.append(f.assign(dataset=name, model=model))
     frames += [p[["truth", "prediction"]].assign(dataset=name, model="ensemble") for _, _, p in ens]
     return pd.concat(frames, ignore_index=True)

@@ -146,6 +146,12 @@ class RunDir:
     def baseline(self, dataset: str, encoding: str, fold: int) -> Path:
         return self.path / dataset / f"baseline_{encoding}" / f"fold_{fold}"
 
+    def model_fold(self, dataset: str, model: str, fold: int) -> Path:
+        """The fold directory of a model as reduce names it: ``cnn`` or ``gblup_<encoding>``."""
+        if model == "cnn":
+            return self.fold(dataset, fold)
+        return self.baseline(dataset, model.removeprefix("gblup_"), fold)
+
     def baseline_cache(self, dataset: str, encoding: str) -> Path:
         """Where a data set's Gram matrix for one encoding is cached."""
         return self.path / dataset / f"baseline_{encoding}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.atomic import tmp_name  # noqa: F401 - the writer names its temporary store with it
+from hpcsnp.atomic import tmp_name
 from hpcsnp.config import MAX_FOLDS, MIN_FOLDS
 from hpcsnp.errors import InputError, StoreError
 
@@ -67,19 +67,22 @@ def default_chunk_rows(n_variants: int, target_bytes: int = 1 << 20) -> int:
     return int(max(64, min(1024, target_bytes // max(1, n_variants))))
 
 
-def is_hpcsnp_store(path) -> bool:
-    """A directory whose group metadata carries the hpcsnp format key (complete or not):
-    the only kind of directory ``ingest --force`` may replace."""
-    meta = Path(path) / "zarr.json"
-    if not Path(path).is_dir() or not meta.is_file():
-        return False
+def _hpcsnp_attrs(path) -> dict | None:
+    """The group attributes of the hpcsnp store (complete or not) at ``path``, read from its
+    metadata alone; None when there is no readable hpcsnp store there."""
     import json
 
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
+        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(attrs, dict) and FORMAT_KEY in attrs
+        return None
+    return attrs if isinstance(attrs, dict) and FORMAT_KEY in attrs else None
+
+
+def is_hpcsnp_store(path) -> bool:
+    """A directory holding an hpcsnp store (complete or not): the only kind of directory
+    ``ingest --force`` may replace."""
+    return Path(path).is_dir() and _hpcsnp_attrs(path) is not None
 
 
 def check_replaceable(path, *, force: bool, what: str = "store") -> None:
@@ -141,13 +144,8 @@ def store_id_of(attrs: dict) -> str:
 def peek_store_id(path) -> str | None:
     """The store id of the store at ``path`` from its metadata alone, None when there is no
     readable hpcsnp store there."""
-    import json
-
-    try:
-        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    return store_id_of(attrs) if isinstance(attrs, dict) and FORMAT_KEY in attrs else None
+    attrs = _hpcsnp_attrs(path)
+    return None if attrs is None else store_id_of(attrs)
 
 
 @dataclass
