@@ -447,7 +447,10 @@ def info(store, folds_only):
     click.echo(f"store        {s.path}\nformat       version {a['hpcsnp_format_version']}, written by "
                f"hpcsnp {a.get('hpcsnp_version')}\nsamples      {s.n_samples:,}\nSNPs         {s.n_variants:,}"
                f"\nfolds        K={s.n_folds}: {sizes}\nmissing      {100 * a.get('missing_rate', 0):.2f} %"
-               f"\nchunks       {s.chunk_rows} samples x all SNPs\nsource       "
+               f"\nchunks       {s.chunk_rows} samples x all SNPs\nalleles      "
+               + ("REF/ALT recorded (predict flips swapped alleles)" if s.alleles is not None
+                  else "unknown (text input; predict matches SNPs by name and position only)")
+               + "\nsource       "
                f"{a.get('source', {}).get('path', '?')} (sha256 {a.get('source', {}).get('sha256', '?')})")
 
 

@@ -58,7 +58,9 @@ class VcfSource:
         self.skipped = Counter()
 
     def blocks(self, keep, block=1024):
-        ids, contigs, positions, rows = [], [], [], []
+        """(ids, contigs, positions, (REF, ALT) pairs, int8 dosages [variants, samples]) per
+        block of variants."""
+        ids, contigs, positions, alleles, rows = [], [], [], [], []
         try:
             for v in self.vcf:
                 why = None
@@ -78,16 +80,17 @@ class VcfSource:
                 ids.append(v.ID or f"{v.CHROM}_{v.POS}")
                 contigs.append(v.CHROM)
                 positions.append(v.POS)
+                alleles.append((v.REF, v.ALT[0]))
                 rows.append(gt)
                 if len(rows) == block:
-                    yield ids, contigs, positions, np.stack(rows)
-                    ids, contigs, positions, rows = [], [], [], []
+                    yield ids, contigs, positions, alleles, np.stack(rows)
+                    ids, contigs, positions, alleles, rows = [], [], [], [], []
         except InputError:
             raise
         except Exception as e:
             raise InputError(f"{self.path}: corrupt VCF ({type(e).__name__}: {e})") from None
         if rows:
-            yield ids, contigs, positions, np.stack(rows)
+            yield ids, contigs, positions, alleles, np.stack(rows)
 
 
 class PlinkSource:
@@ -106,6 +109,8 @@ class PlinkSource:
             self.samples = [str(s) for s in self.bed.iid]
             self.sid, self.chrom = self.bed.sid, self.bed.chromosome
             self.pos = self.bed.bp_position
+            # bed-reader counts allele_1 (A1): the ALT allele of the store; allele_2 is REF
+            self.alleles = list(zip(self.bed.allele_2, self.bed.allele_1))
         except Exception as e:
             raise InputError(f"{self.path}: not a readable PLINK file set ({e})") from None
         self.skipped = Counter()
@@ -122,7 +127,8 @@ class PlinkSource:
             g[(g < 0) | (g > 2)] = -1
             ids = [s if s not in ("", ".") else f"{c}_{p}" for s, c, p in
                    zip(self.sid[start:end], self.chrom[start:end], self.pos[start:end])]
-            yield ids, [str(c) for c in self.chrom[start:end]], [int(p) for p in self.pos[start:end]], g
+            yield (ids, [str(c) for c in self.chrom[start:end]], [int(p) for p in self.pos[start:end]],
+                   self.alleles[start:end], g)
 
 
 def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=False, folds=None, seed=0,
@@ -146,12 +152,12 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
     import zarr
 
     T = zarr.create_array(str(tmp_v), shape=(0, n), chunks=(block, crow), dtype="int8", fill_value=-1)
-    vid, vchrom, vpos = [], [], []
+    vid, vchrom, vpos, valleles = [], [], [], []
     sample_missing = np.zeros(n, dtype=np.int64)
     filtered = Counter()
     bar = tqdm(desc=f"ingest {source.path.name}", unit=" variants", disable=not progress, file=sys.stderr)
     try:
-        for bids, bchrom, bpos, g in source.blocks(keep, block):
+        for bids, bchrom, bpos, balleles, g in source.blocks(keep, block):
             miss = g < 0
             n_called = (~miss).sum(1)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -173,6 +179,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             vid += [bids[i] for i in sel]
             vchrom += [bchrom[i] for i in sel]
             vpos += [bpos[i] for i in sel]
+            valleles += [balleles[i] for i in sel]
             bar.update(len(bids))
         bar.close()
         n_var = T.shape[0]
@@ -217,7 +224,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
                                   np.ascontiguousarray(block_t[:, rows - rows[0]].T))
         # contig/position as given by the file, not parsed from names
         w = write_store(out, vid, blocks(), where=str(source.path), force=force, chunk_rows=step,
-                        contigs=vchrom, positions=vpos, attrs={
+                        contigs=vchrom, positions=vpos, alleles=valleles, attrs={
                             "fold_assignment": how,
                             "source": {"path": str(source.path.resolve()), "name": source.path.name,
                                        "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},

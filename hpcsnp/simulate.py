@@ -113,9 +113,10 @@ def simulate_store(path, *, samples=1000, snps=1000, folds=5, missing=0.0, seed=
         raise
 
 
-def write_vcf(path, sample_ids, names, genotypes) -> None:
-    """Genotypes [samples, variants] (0/1/2/-1) as a VCF (gzip if .gz); CHROM and POS from
-    names like Chr01_12345, ID '.', REF A, ALT G, unphased GT."""
+def write_vcf(path, sample_ids, names, genotypes, alleles=None) -> None:
+    """Genotypes [samples, variants] (0/1/2/-1, the count of ALT) as a VCF (gzip if .gz);
+    CHROM and POS from names like Chr01_12345, ID '.', REF/ALT from ``alleles`` (pairs;
+    default A, G), unphased GT."""
     path = Path(path)
     gt = np.array([b"./.\t", b"0/0\t", b"0/1\t", b"1/1\t"], dtype=object)  # indexed by code + 1
     head = ["##fileformat=VCFv4.2", "##source=hpcsnp.simulate"]
@@ -123,25 +124,30 @@ def write_vcf(path, sample_ids, names, genotypes) -> None:
     head += ['##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(sample_ids)]
     f = gzip.open(path, "wb", compresslevel=1) if path.suffix == ".gz" else open(path, "wb")
+    alleles = [("A", "G")] * len(names) if alleles is None else alleles
     with f:
         f.write(("\n".join(head) + "\n").encode())
         for j, name in enumerate(names):
             chrom, pos = name.rsplit("_", 1)
             calls = b"".join(gt[genotypes[:, j].astype(np.int64) + 1])
-            f.write(f"{chrom}\t{pos}\t.\tA\tG\t.\tPASS\t.\tGT\t".encode() + calls[:-1] + b"\n")
+            ref, alt = alleles[j]
+            f.write(f"{chrom}\t{pos}\t.\t{ref}\t{alt}\t.\tPASS\t.\tGT\t".encode() + calls[:-1] + b"\n")
 
 
-def write_plink(prefix, sample_ids, names, genotypes) -> None:
-    """Genotypes as PLINK .bed/.bim/.fam (A1 = the counted allele = ALT), via bed-reader."""
+def write_plink(prefix, sample_ids, names, genotypes, alleles=None) -> None:
+    """Genotypes as PLINK .bed/.bim/.fam (A1 = the counted allele = ALT), via bed-reader;
+    ``alleles``: (REF, ALT) pairs, default (A, G)."""
     from bed_reader import to_bed
 
     val = genotypes.astype(np.float32)
     val[genotypes < 0] = np.nan
     chrom = [n.rsplit("_", 1)[0] for n in names]
     pos = [int(n.rsplit("_", 1)[1]) for n in names]
+    alleles = [("A", "G")] * len(names) if alleles is None else alleles
     to_bed(f"{prefix}.bed", val, properties={"iid": list(sample_ids), "fid": list(sample_ids),
                                               "sid": list(names), "chromosome": chrom, "bp_position": pos,
-                                              "allele_1": ["G"] * len(names), "allele_2": ["A"] * len(names)})
+                                              "allele_1": [a for _, a in alleles],
+                                              "allele_2": [r for r, _ in alleles]})
 
 
 def simulate_formats(directory, *, samples=200, snps=100, folds=5, missing=0.05, seed=0):

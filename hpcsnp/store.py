@@ -26,7 +26,8 @@ from hpcsnp.errors import InputError, StoreError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: variant_allele added; version-1 stores are still read (alleles unknown)
+READABLE_VERSIONS = (1, 2)
 FORMAT_KEY = "hpcsnp_format_version"
 COMPLETE_KEY = "hpcsnp_complete"
 EVERY_CHUNK_KEY = "hpcsnp_every_chunk_written"  # chunks equal to the fill value are on disk too
@@ -43,7 +44,19 @@ ARRAYS = {
     "variant_id": (("variants",), "str", "marker name"),
     "variant_contig": (("variants",), "str", "chromosome parsed from the name ('' if it did not parse)"),
     "variant_position": (("variants",), "int64", "position parsed from the name (-1 if it did not parse)"),
+    "variant_allele": (("variants", "alleles"), "str",
+                       "REF and ALT allele (ALT is the allele call_dosage counts); '' where unknown (text input)"),
 }
+ADDED_IN = {"variant_allele": 2}  # arrays a store of an older format version lacks
+
+
+def arrays_of(version: int) -> list[str]:
+    """The arrays a store of this format version holds.
+
+    >>> "variant_allele" in arrays_of(1), "variant_allele" in arrays_of(2)
+    (False, True)
+    """
+    return [name for name in ARRAYS if ADDED_IN.get(name, 1) <= version]
 
 _NAME_RE = re.compile(r"^(?P<chrom>[A-Za-z]*\d+|[A-Za-z]*[XYWZ]|[A-Za-z]*MT?)[_:](?P<pos>\d+)$")
 
@@ -162,6 +175,7 @@ class Store:
     variant_id: np.ndarray
     contig: np.ndarray
     position: np.ndarray
+    alleles: np.ndarray | None = None  # [variants, 2] REF, ALT; None when no allele is known
 
     @property
     def n_samples(self) -> int:
@@ -207,7 +221,7 @@ def _check_chunks(path: Path, group, attrs: dict) -> None:
     zero phenotypes), not as data.  Stores written before every chunk was written (even one
     equal to the fill value) are checked for genotype chunks only: a whole chunk of samples
     with every call missing does not occur in real data."""
-    names = ARRAYS if attrs.get(EVERY_CHUNK_KEY) else ("call_dosage",)
+    names = arrays_of(attrs[FORMAT_KEY]) if attrs.get(EVERY_CHUNK_KEY) else ("call_dosage",)
     for name in names:
         arr = group[name]
         try:
@@ -245,13 +259,14 @@ def open_store(path) -> Store:
     version = attrs.get(FORMAT_KEY)
     if version is None:
         raise StoreError(f"{path}: not an hpcsnp store (no {FORMAT_KEY} attribute)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise StoreError(f"{path}: store format version {version}, this hpcsnp reads "
-                         f"version {FORMAT_VERSION}; re-run `hpcsnp ingest`")
+                         f"version {readable}; re-run `hpcsnp ingest` (or use the hpcsnp that wrote it)")
     if not attrs.get(COMPLETE_KEY):
         raise StoreError(f"{path}: store is incomplete (an ingest was interrupted); "
                          "re-run `hpcsnp ingest --force`")
-    missing = [name for name in ARRAYS if name not in group]
+    missing = [name for name in arrays_of(version) if name not in group]
     if missing:
         raise StoreError(f"{path}: store lacks arrays {', '.join(missing)}")
     _check_chunks(path, group, attrs)
@@ -261,7 +276,14 @@ def open_store(path) -> Store:
                  fold=np.asarray(group["sample_fold"][:], dtype=np.int64),
                  variant_id=_strings(group["variant_id"]),
                  contig=_strings(group["variant_contig"]),
-                 position=np.asarray(group["variant_position"][:], dtype=np.int64))
+                 position=np.asarray(group["variant_position"][:], dtype=np.int64),
+                 alleles=_alleles(group) if version >= ADDED_IN["variant_allele"] else None)
+
+
+def _alleles(group) -> np.ndarray | None:
+    """REF/ALT per variant, or None when the store knows none (a text ingest)."""
+    a = np.asarray(group["variant_allele"][:].tolist(), dtype=object).reshape(-1, 2)
+    return a if (a != "").any() else None
 
 
 # --- the fold rules -------------------------------------------------------------------
@@ -335,7 +357,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, variant_ids, *, force=False, chunk_rows=None, contigs=None,
-                 positions=None):
+                 positions=None, alleles=None):
         import zarr
         from zarr.codecs import BloscCodec
 
@@ -359,6 +381,8 @@ class StoreWriter:
         self._small("variant_id", np.asarray(variant_ids, dtype=object))
         self._small("variant_contig", np.asarray(contigs, dtype=object))
         self._small("variant_position", np.asarray(positions, dtype=np.int64))
+        self._small("variant_allele", np.asarray(alleles if alleles is not None else [("", "")] * n,
+                                                 dtype=object).reshape(n, 2))
         self.parsed_positions = sum(p >= 0 for p in positions)
         self.buffer = np.empty((self.chunk_rows, n), dtype=np.int8)
         self.fill = 0
@@ -374,11 +398,11 @@ class StoreWriter:
     def _small(self, name, data):
         dims, dtype, meaning = ARRAYS[name]
         if dtype == "str":
-            data = np.asarray([str(x) for x in data], dtype=np.dtypes.StringDType())
+            data = np.asarray([str(x) for x in np.ravel(data)], dtype=np.dtypes.StringDType()).reshape(data.shape)
         else:
             data = np.asarray(data, dtype=dtype)
-        arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype,
-                                      dimension_names=dims, chunks=(max(1, len(data)),), config=EVERY_CHUNK)
+        arr = self.group.create_array(name, shape=data.shape, dtype=data.dtype, dimension_names=dims,
+                                      chunks=tuple(max(1, d) for d in data.shape), config=EVERY_CHUNK)
         arr[:] = data
         arr.attrs["description"] = meaning
 
@@ -497,7 +521,7 @@ class WrittenStore:
 
 
 def write_store(out, variant_ids, blocks, *, attrs, where: str, force: bool = False, chunk_rows=None,
-                contigs=None, positions=None) -> WrittenStore:
+                contigs=None, positions=None, alleles=None) -> WrittenStore:
     """Write a store from any source: ``blocks`` yields ``SampleBlock``s in sample order
     (the text reader as it parses, the VCF/PLINK reader from its transposed variants, the
     simulator).  Sample ids must be unique, folds follow the fold rules, phenotypes must fit
@@ -506,7 +530,7 @@ def write_store(out, variant_ids, blocks, *, attrs, where: str, force: bool = Fa
     checksum of the input, counts).  Written under a temporary name, renamed when complete;
     nothing is left behind on an error."""
     writer = StoreWriter(out, variant_ids, force=force, chunk_rows=chunk_rows, contigs=contigs,
-                         positions=positions)
+                         positions=positions, alleles=alleles)
     ids, phen, folds = [], [], []
     try:
         for block in blocks:

@@ -144,7 +144,7 @@ def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
 def test_info_describes_a_store(sim_store):
     out = run_cli("info", sim_store[0]).stdout
     assert "samples      240" in out and "SNPs         60" in out and "K=3" in out
-    assert "format       version 1" in out and "missing      " in out
+    assert "format       version 2" in out and "alleles      unknown" in out and "missing      " in out
     assert run_cli("info", "--folds", sim_store[0]).stdout.strip() == "3"
     missing = run_cli("info", sim_store[0].parent / "nothing.zarr", check=False)
     assert missing.returncode == 2 and "no such store" in missing.stderr

@@ -34,7 +34,7 @@ def test_roundtrip_values_names_and_positions(tsv, tmp_path):
     assert list(s.sample_id) == ["1", "2", "3", "4"]
     assert rep.n_folds == 3 and rep.fold_sizes == {1: 2, 2: 1, 3: 1}
     assert rep.missing_rate == pytest.approx(2 / 12)
-    assert len(s.attrs["source"]["sha256"]) == 64 and s.attrs["hpcsnp_format_version"] == 1
+    assert len(s.attrs["source"]["sha256"]) == 64 and s.attrs["hpcsnp_format_version"] == 2
 
 
 def test_unparsed_names_are_left_empty_not_guessed(tsv, tmp_path):

@@ -42,10 +42,12 @@ def test_store_opens_in_xarray_with_named_dimensions(sim, tmp_path):
     xr = pytest.importorskip("xarray")
     ingest_genotypes(VcfSource(sim["vcf"]), tmp_path / "v.zarr", pheno=sim["pheno"], progress=False)
     ds = xr.open_zarr(tmp_path / "v.zarr")
-    assert dict(ds.sizes) == {"samples": 150, "variants": 60}
+    assert dict(ds.sizes) == {"samples": 150, "variants": 60, "alleles": 2}
     assert ds["call_dosage"].dims == ("samples", "variants") and ds["call_dosage"].dtype == np.int8
-    for name in ("sample_id", "sample_phenotype", "sample_fold", "variant_id", "variant_contig", "variant_position"):
+    for name in ("sample_id", "sample_phenotype", "sample_fold", "variant_id", "variant_contig", "variant_position",
+                 "variant_allele"):
         assert name in ds
+    assert ds["variant_allele"].dims == ("variants", "alleles") and ds["variant_allele"][0].values.tolist() == ["A", "G"]
 
 
 def test_mismatched_ids_are_listed_and_dropped_only_on_request(sim, tmp_path):
