@@ -233,6 +233,24 @@ def _parse_genotypes_slow(path, lineno, fields, snps, first_col, strict):
     return out, na
 
 
+def parse_genotypes(path, lineno, cells: bytes, snps, lead: int, strict: bool) -> tuple[np.ndarray, int]:
+    """The genotype cells of one line (``cells``: the line after its ``lead`` leading
+    columns) as int8 codes, and how many NA tokens were read as missing.  A ragged row or an
+    invalid code is a ParseError naming the line and the column."""
+    n = len(snps)
+    # Fast path: every cell one of 0/1/2/-1, one tab between cells.
+    r = cells.replace(b"-1", b"m")
+    if len(r) == 2 * n - 1:
+        a = np.frombuffer(r, dtype=np.uint8)
+        codes = _LUT[a[0::2]]
+        if not (codes == _BAD).any() and not (n > 1 and (a[1::2] != 9).any()):
+            return codes, 0
+    fields_ = cells.split(b"\t")
+    if len(fields_) != n:
+        raise ParseError(path, lineno, f"row has {len(fields_) + lead} columns, header has {n + lead}")
+    return _parse_genotypes_slow(path, lineno, fields_, snps, lead + 1, strict)
+
+
 def _parse_float(path, lineno, col, name, tok: bytes):
     t = tok.strip()
     if not t or t in MISSING_TOKENS:
@@ -311,7 +329,6 @@ class TextSource:
         col_max = np.full(n, -128, dtype=np.int8)
         buf = np.empty((rows, n), dtype=np.int8)
         ids, phen, folds = [], [], []
-        expected_len = 2 * n - 1
         lineno, blank_at, kept = 1, None, 0
         for lineno, raw in self.lines:
             line = _strip_eol(raw)
@@ -323,21 +340,8 @@ class TextSource:
             parts = line.split(b"\t", lead)
             if len(parts) <= lead:
                 raise ParseError(path, lineno, f"row has {len(parts)} column(s), header has {n + lead}")
-            rest = parts[lead]
-            # Fast path: every cell one of 0/1/2/-1, one tab between cells.
-            r = rest.replace(b"-1", b"m")
-            codes = None
-            if len(r) == expected_len:
-                a = np.frombuffer(r, dtype=np.uint8)
-                codes = _LUT[a[0::2]]
-                if (codes == _BAD).any() or (n > 1 and (a[1::2] != 9).any()):
-                    codes = None
-            if codes is None:
-                fields_ = rest.split(b"\t")
-                if len(fields_) != n:
-                    raise ParseError(path, lineno, f"row has {len(fields_) + lead} columns, header has {n + lead}")
-                codes, na = _parse_genotypes_slow(path, lineno, fields_, snps, lead + 1, self.strict)
-                self.na_cells += na
+            codes, na = parse_genotypes(path, lineno, parts[lead], snps, lead, self.strict)
+            self.na_cells += na
             fold = _parse_fold(path, lineno, lead - 1, parts[lead - 2])
             y = _parse_float(path, lineno, lead, "phenotype", parts[lead - 1])
             if y is None:
