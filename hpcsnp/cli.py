@@ -466,6 +466,59 @@ def query(run_dir, snps):
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("genotypes", type=click.Path(), required=False)
+@click.option("--bfile", type=click.Path(), help="PLINK .bed/.bim/.fam prefix of the new lines (instead of GENOTYPES).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+              help="Predictions CSV to write (with OUT's stem + .alignment.json beside it).")
+@click.option("--dataset", help="Data set of the run to predict with (needed when the run holds several).")
+@click.option("--min-overlap", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Refuse when fewer than this share of the training SNPs are present in GENOTYPES.")
+@click.option("--explain", is_flag=True,
+              help="Also write OUT's stem + .explain.csv: each line's top 10 SNPs by saliency of the CNN mean.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Refit the run's GBLUP baselines on all phenotyped lines (cached in the run) and report them; "
+                   "the headline is then the ensemble.")
+@click.option("--fold", "-k", type=click.IntRange(min=1),
+              help="Use only this fold's CNN (a check: it reproduces the fold's own test predictions).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUT.")
+@threads_option
+@progress_option
+@_handle_errors
+def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, baseline, fold, force, threads, progress):
+    """Predict new, unphenotyped lines with a finished run.
+
+    GENOTYPES: a tab-separated table (sample ids in column 1, one column per SNP
+    in any order; `fold` and `phenotype` columns are ignored), a VCF/VCF.gz, or an
+    hpcsnp store; or --bfile PREFIX for PLINK.  SNPs are matched with the training
+    store by name, else by chromosome + position; swapped alleles are flipped (when
+    both sides know them); training SNPs the file lacks are read as missing.  The
+    alignment is reported on stderr and in OUT's stem + .alignment.json.
+
+    Every fold's CNN predicts every line (cnn_mean, cnn_sd); each GBLUP baseline of
+    the run is refitted on all phenotyped lines (gblup_dosage, gblup_onehot); the
+    headline `prediction` is their ensemble with the weights the run chose on its
+    validation folds, averaged over folds (the CNN mean when the run has no
+    baseline).  `rank` 1 is the highest prediction.  Phenotype units throughout.
+    """
+    from hpcsnp.predict import predict_run
+
+    show = _progress_default() if progress is None else progress
+    r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,
+                    explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force)
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in r.weights.items()) if r.weights else "none (CNN mean)"
+    click.echo(f"predicted {r.n_lines:,} lines in {r.seconds:.1f}s -> {r.out}")
+    click.echo(f"alignment  {r.alignment['matched']:,} of {r.alignment['training_snps']:,} training SNPs present "
+               f"({100 * r.alignment['overlap']:.1f} %), {r.alignment['flipped']:,} flipped, "
+               f"{r.alignment['extra']:,} extra ignored -> {r.report_path}")
+    click.echo(f"headline   ensemble weights: {weights}")
+    if r.explain_path:
+        click.echo(f"explained  top 10 SNPs per line -> {r.explain_path}")
+    top = r.table.nsmallest(min(5, len(r.table)), "rank")[["rank", "sample_id", "prediction", "cnn_mean", "cnn_sd"]]
+    click.echo("\n" + top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+@cli.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--samples", type=click.IntRange(min=6), default=600, show_default=True)
 @click.option("--snps", type=click.IntRange(min=1), default=500, show_default=True)

@@ -1,0 +1,367 @@
+"""Predict new, unphenotyped lines from a finished run: ``hpcsnp predict RUN GENOTYPES``.
+
+No retraining: every fold's CNN predicts every new line (one compiled call runs all the
+fold models on a batch); their mean is ``cnn_mean`` and their spread ``cnn_sd``.  Each
+GBLUP encoding the run has is refitted once on all phenotyped lines of the store (REML
+shrinkage, the same machinery as the baseline) and kept in marker-effect form, so a new
+line needs only its own genotypes: prediction = mu + (x - m)' beta with
+beta = Z' (K + delta I)^-1 (y - mu) / p.  The refit is cached in the run directory.
+The headline ``prediction`` is the ensemble of the CNN mean and the GBLUPs with the
+weights chosen on the run's validation folds (each fold's weights, as ``reduce``
+computes them, averaged over the folds); without a baseline it is the CNN mean.
+
+The input is streamed in blocks of lines (see ``newlines``), so memory does not grow
+with the number of new lines; the output is written only when every line is predicted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcsnp.errors import InputError
+from hpcsnp.rundir import RunDir, read_json
+
+logger = logging.getLogger(__name__)
+
+REFIT_VERSION = 1
+EXPLAIN_TOP = 10
+COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot",
+           "observed_fraction"]
+
+
+def choose_dataset(run: RunDir, name: str | None) -> dict:
+    """The data set to predict with: ``name``, or the run's only one."""
+    found = run.datasets()
+    if not found:
+        raise InputError(f"{run}: no data sets in this run (expected RUN/<dataset>/dataset.json; "
+                         "run `hpcsnp cv STORE --run RUN` first)")
+    names = [d["dataset"] for d in found]
+    if name is None:
+        if len(found) > 1:
+            raise InputError(f"{run} holds {len(found)} data sets ({', '.join(names)}): choose one with --dataset")
+        return found[0]
+    for d in found:
+        if d["dataset"] == name:
+            return d
+    raise InputError(f"{run}: no data set {name!r} (it holds {', '.join(names)})")
+
+
+# --- GBLUP refitted on every phenotyped line, in marker-effect form ---------------------
+
+@dataclass
+class MarkerEffects:
+    """A GBLUP fit as marker effects: prediction = mu + (X - means) @ beta, with X the
+    uncentred design of an encoding and missing dosages replaced by ``fill``."""
+
+    encoding: str
+    beta: np.ndarray
+    means: np.ndarray
+    fill: np.ndarray
+    mu: float
+    delta: float
+
+    def predict(self, g: np.ndarray) -> np.ndarray:
+        from hpcsnp.baseline import uncentred
+
+        return self.mu + (uncentred(g, self.encoding, self.fill) - self.means) @ self.beta
+
+
+def _store_chunks(store):
+    from hpcsnp.store import read_genotype_rows
+
+    for lo in range(0, store.n_samples, store.chunk_rows):
+        hi = min(lo + store.chunk_rows, store.n_samples)
+        yield lo, hi, read_genotype_rows(store, lo, hi)
+
+
+def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np.ndarray) -> MarkerEffects:
+    """GBLUP fitted on ``fit_rows`` (REML delta), turned into marker effects by one pass over
+    the store.  ``G``: the store's uncentred Gram matrix (baseline.cached_gram).  On a fold's
+    fitting rows it reproduces that fold's baseline predictions (tested)."""
+    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, centred_kernels, uncentred
+
+    fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
+    y = store.phenotype.astype(np.float64)[fit_rows]
+    K, _ = centred_kernels(G, width, fit_rows, fit_rows[:0])
+    spectrum = REMLSpectrum(K, y, overwrite=True)
+    delta, _ = spectrum.maximise()
+    if spectrum.centred:  # always, up to rounding: the kernel is centred by its own rows
+        alpha, mu = spectrum.solve(delta), spectrum.mean
+    else:  # then REMLSpectrum left K as it was
+        alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
+    del K, spectrum
+    # missing dosages are filled with the SNP's mean over every sample of the store, as the
+    # baseline's Gram matrix does (no phenotype involved)
+    p = store.n_variants
+    called, total = np.zeros(p, np.int64), np.zeros(p, np.int64)
+    for _, _, g in _store_chunks(store):
+        ok = g >= 0
+        called += ok.sum(axis=0)
+        total += np.where(ok, g, 0).sum(axis=0, dtype=np.int64)
+    fill = np.where(called > 0, total / np.maximum(called, 1), 0.0)
+    beta, col_sum = None, None
+    for lo, hi, g in _store_chunks(store):
+        a, b = np.searchsorted(fit_rows, [lo, hi])
+        if a == b:
+            continue
+        x = uncentred(g[fit_rows[a:b] - lo], encoding, fill)
+        beta = x.T @ alpha[a:b] if beta is None else beta + x.T @ alpha[a:b]
+        col_sum = x.sum(axis=0) if col_sum is None else col_sum + x.sum(axis=0)
+    means = col_sum / len(fit_rows)
+    beta = (beta - means * alpha.sum()) / width  # Z' alpha with Z = X - means (alpha sums to ~0)
+    return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
+
+
+def refitted(run: RunDir, ds: dict, store, encoding: str) -> MarkerEffects:
+    """The GBLUP of one encoding fitted on all phenotyped lines, cached as
+    RUN/<dataset>/baseline_<enc>/refit_all.npz (recomputed for another write of the store)."""
+    from hpcsnp.atomic import atomic_write_text
+    from hpcsnp.baseline import cached_gram, check_memory
+
+    cache = run.baseline_cache(ds["dataset"], encoding)
+    data, meta = cache / "refit_all.npz", cache / "refit_all.json"
+    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "encoding": encoding}
+    try:
+        if json.loads(meta.read_text()).get("key") == key:
+            with np.load(data) as z:
+                return MarkerEffects(encoding, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
+    except (OSError, ValueError, KeyError):
+        pass
+    check_memory(store)
+    t0 = time.perf_counter()
+    G, width, _ = cached_gram(store, encoding, cache)
+    fit = marker_effects(store, encoding, G, width, np.arange(store.n_samples))
+    del G
+    tmp = data.with_name(f".refit_all.{os.getpid()}.npz")
+    np.savez(tmp, beta=fit.beta, means=fit.means, fill=fit.fill, mu=fit.mu, delta=fit.delta)
+    os.replace(tmp, data)
+    atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
+                                        "n_fit": store.n_samples, "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
+    logger.info(f"[{ds['dataset']}] GBLUP {encoding} refitted on all {store.n_samples:,} phenotyped lines "
+                f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
+    return fit
+
+
+# --- the fold CNNs --------------------------------------------------------------------
+
+class FoldModels:
+    """Every fold's saved model, run together: one compiled call maps an int8 batch to each
+    model's prediction in phenotype units [folds, batch]; ``explain`` adds the top SNPs of
+    each line by saliency of the CNN mean (max over channels of |d cnn_mean / d x|, the
+    run's attribution, here in phenotype units)."""
+
+    def __init__(self, run: RunDir, dataset: str, folds: list[int], n_variants: int):
+        import keras
+        import tensorflow as tf
+
+        import hpcsnp.model  # noqa: F401 - registers the custom layers for loading
+        from hpcsnp.data import one_hot
+
+        self.folds = list(folds)
+        self.models, means, sds = [], [], []
+        for i in self.folds:
+            d = run.fold(dataset, i)
+            self.models.append(keras.models.load_model(d / "model.keras", compile=False))
+            m = read_json(d / "metrics.json")
+            means.append(m["target_mean"])
+            sds.append(m["target_sd"])
+        mean = tf.constant(np.asarray(means, np.float32)[:, None])
+        sd = tf.constant(np.asarray(sds, np.float32)[:, None])
+        models = self.models
+        spec = (tf.TensorSpec((None, n_variants), tf.int8),)
+
+        def each(x):
+            return tf.stack([m(x, training=False)[:, 0] for m in models]) * sd + mean
+
+        @tf.function(input_signature=spec, autograph=False)
+        def predict(g):
+            return each(one_hot(g))
+
+        @tf.function(input_signature=spec, autograph=False)
+        def explain(g):
+            x = one_hot(g)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                z = each(x)
+                total = tf.reduce_sum(tf.reduce_mean(z, axis=0))  # lines are independent
+            s = tf.reduce_max(tf.abs(tape.gradient(total, x)), axis=-1)
+            top = tf.math.top_k(s, k=min(EXPLAIN_TOP, n_variants))
+            return z, top.values, top.indices
+
+        self._predict, self._explain = predict, explain
+
+    def predict(self, g: np.ndarray) -> np.ndarray:
+        return self._predict(g).numpy().astype(np.float64)
+
+    def explain(self, g: np.ndarray):
+        z, v, i = self._explain(g)
+        return z.numpy().astype(np.float64), v.numpy(), i.numpy()
+
+
+def ensemble_weights(run: RunDir, ds: dict, baselines: list[str]) -> dict | None:
+    """Weights of cnn + baselines for the headline: each fold's weights (chosen on its
+    validation fold by ``reduce``'s rule) averaged over the folds; None when the run has no
+    baseline or no validation predictions."""
+    from hpcsnp.ensemble import ensemble_folds
+
+    if not baselines:
+        return None
+    rows = [w for _, w, _ in ensemble_folds(run.path, ds, baselines)]
+    if not rows:
+        return None
+    models = ["cnn", *baselines]
+    w = np.mean([[r[f"w_{m}"] for m in models] for r in rows], axis=0)
+    return {m: float(x) for m, x in zip(models, w)}
+
+
+# --- the command ----------------------------------------------------------------------
+
+@dataclass
+class PredictResult:
+    out: Path
+    n_lines: int
+    alignment: dict
+    weights: dict | None
+    seconds: float
+    report_path: Path
+    explain_path: Path | None
+    table: object  # pandas DataFrame
+
+
+def report_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".alignment.json")
+
+
+def explain_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".explain.csv")
+
+
+def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
+                fold=None, baseline=True, threads=None, progress=False, force=False) -> PredictResult:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from hpcsnp.atomic import atomic_write_text, tmp_name
+    from hpcsnp.newlines import VariantMeta, align, check_overlap, open_new_lines
+    from hpcsnp.reduce import baseline_rows, check_complete
+    from hpcsnp.resources import cap_threads, configure_tensorflow
+    from hpcsnp.store import open_store
+
+    t0 = time.perf_counter()
+    n_threads = cap_threads(threads)  # before TensorFlow or NumPy's BLAS start their pools
+    run, out = RunDir(run_dir), Path(out)
+    if not run.path.is_dir():
+        raise InputError(f"{run}: no such run directory")
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; use --force to overwrite it")
+    if out.is_dir():
+        raise InputError(f"-o {out} is a directory; give a file name such as predictions.csv")
+    ds = choose_dataset(run, dataset)
+    name = ds["dataset"]
+    if fold is not None:
+        if not 1 <= fold <= ds["n_folds"]:
+            raise InputError(f"--fold {fold}: {name} has folds 1..{ds['n_folds']}")
+        if not run.is_complete(name, fold):
+            raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds['store']} "
+                             f"--fold {fold} --run {run}")
+        folds = [fold]
+    else:
+        check_complete(run.path, [ds])  # every fold finished, readable, from this write of the store
+        folds = list(range(1, ds["n_folds"] + 1))
+    store = open_store(ds["store"])
+    if store.store_id != ds.get("store_id", store.store_id):
+        raise InputError(f"{ds['store']} was re-ingested after {run}/{name} was trained on it; "
+                         "predict needs the store the run was trained on")
+    train_meta = VariantMeta.of_store(store)
+    cfg = run.config()
+    source = open_new_lines(genotypes, bfile=bfile, train=train_meta, progress=progress)
+    try:
+        alignment = align(train_meta, source.meta, getattr(source, "unread_extra", 0))
+        where = str(getattr(source, "path", genotypes or bfile))
+        logger.info(f"alignment with {name}: {alignment.summary()}")
+        check_overlap(alignment, min_overlap, where)
+        baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
+        effects = {m: refitted(run, ds, store, m.removeprefix("gblup_")) for m in baselines}
+        weights = ensemble_weights(run, ds, baselines)
+        if baselines and weights is None:
+            logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
+                           "the headline is the CNN mean")
+        configure_tensorflow(n_threads)
+        from hpcsnp.config import Config
+        from hpcsnp.train import eval_batch_size
+
+        batch = eval_batch_size(Config.from_dict(cfg) if cfg else Config(), store.n_variants)
+        models = FoldModels(run, name, folds, store.n_variants)
+        cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "rank")}
+        tmp_explain = None
+        if explain:
+            tmp_explain = tmp_name(explain_path_for(out))
+            tmp_explain.write_text("sample_id,snp_rank,snp,chrom,pos,genotype,saliency\n")
+        bar = tqdm(desc="predict", unit=" lines", disable=not progress, leave=False)
+        for ids, codes in source.blocks():
+            g = alignment.apply(codes)
+            cols["sample_id"] += list(ids)
+            cols["observed_fraction"].append((g >= 0).mean(axis=1))
+            for enc in ("dosage", "onehot"):
+                m = effects.get(f"gblup_{enc}")
+                cols[f"gblup_{enc}"].append(m.predict(g) if m else np.full(len(g), np.nan))
+            for s in range(0, len(g), batch):
+                gb = g[s:s + batch]
+                if explain:
+                    z, sal, idx = models.explain(gb)
+                    _append_explanations(tmp_explain, ids[s:s + batch], gb, sal, idx, store)
+                else:
+                    z = models.predict(gb)
+                cols["cnn_mean"].append(z.mean(axis=0))
+                cols["cnn_sd"].append(z.std(axis=0, ddof=1) if len(z) > 1 else np.full(z.shape[1], np.nan))
+            bar.update(len(ids))
+        bar.close()
+    except BaseException:
+        if explain and tmp_explain is not None:
+            tmp_explain.unlink(missing_ok=True)
+        raise
+    finally:
+        source.close()
+    table = pd.DataFrame({c: (v if c == "sample_id" else np.concatenate(v) if v else np.zeros(0))
+                          for c, v in cols.items()})
+    head = table["cnn_mean"].to_numpy()
+    if weights:
+        head = sum(w * table[m if m != "cnn" else "cnn_mean"].to_numpy() for m, w in weights.items())
+    table.insert(1, "prediction", head)
+    table.insert(2, "rank", table["prediction"].rank(ascending=False, method="first").astype(int))
+    table = table[COLUMNS]
+    seconds = time.perf_counter() - t0
+    report = {"run": str(run.path), "dataset": name, "store": ds["store"], "input": where,
+              "input_format": source.kind, "lines": len(table), "folds": folds,
+              "alignment": alignment.report(), "min_overlap": min_overlap,
+              "headline": ("ensemble, weights averaged over the folds' validation-fold choices" if weights
+                           else "cnn_mean"), "weights": weights, "seconds": round(seconds, 2)}
+    if getattr(source, "skipped", None):
+        report["skipped_variants"] = source.skipped
+    tmp = tmp_name(out)
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    rpath = report_path_for(out)
+    atomic_write_text(rpath, json.dumps(report, indent=2) + "\n")
+    if tmp_explain is not None:
+        os.replace(tmp_explain, explain_path_for(out))
+    os.replace(tmp, out)
+    return PredictResult(out, len(table), report["alignment"], weights, seconds, rpath,
+                         explain_path_for(out) if explain else None, table)
+
+
+def _append_explanations(path: Path, ids, g, sal, idx, store) -> None:
+    import csv
+
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        for r, sid in enumerate(ids):
+            for k, (j, s) in enumerate(zip(idx[r], sal[r]), start=1):
+                w.writerow([sid, k, store.variant_id[j], store.contig[j], store.position[j], int(g[r, j]),
+                            f"{s:.6g}"])

@@ -1,0 +1,217 @@
+"""`hpcsnp predict`: new lines from every input format, aligned with the training store,
+predicted by the fold CNNs and the refitted GBLUPs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import FAST, run_cli
+
+from hpcsnp.errors import InputError
+from hpcsnp.predict import predict_run
+from hpcsnp.simulate import simulate, simulate_formats, write_plink, write_vcf
+
+PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "observed_fraction"]
+
+
+def _train_run(store, run, k):
+    from hpcsnp.baseline import baseline_fold
+    from hpcsnp.train import train_fold
+
+    for i in range(1, k + 1):
+        train_fold(store, i, run, FAST)
+        baseline_fold(store, i, run)
+
+
+@pytest.fixture(scope="module")
+def vcf_run(tmp_path_factory):
+    """A run trained on a store ingested from VCF (so it knows REF/ALT), with its source data."""
+    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+
+    d = tmp_path_factory.mktemp("predict")
+    paths = simulate_formats(d / "data", samples=240, snps=60, folds=3, missing=0.05, seed=3)
+    ingest_genotypes(VcfSource(paths["vcf"]), d / "train.zarr", pheno=paths["pheno"], progress=False,
+                     chunk_rows=64)
+    _train_run(d / "train.zarr", d / "run", 3)
+    table = pd.read_csv(paths["tsv"], sep="\t")
+    return d, table
+
+
+def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
+    """The fold model alone on its test lines gives predictions.csv; the marker-effect GBLUP
+    fitted on a fold's fitting rows gives that fold's baseline predictions."""
+    from hpcsnp.baseline import cached_gram
+    from hpcsnp.data import fold_split
+    from hpcsnp.predict import marker_effects
+    from hpcsnp.rundir import RunDir
+    from hpcsnp.store import open_store
+
+    d, _ = vcf_run
+    store = open_store(d / "train.zarr")
+    for fold in (1, 3):
+        r = predict_run(d / "run", d / "train.zarr", out=d / f"fold{fold}.csv", fold=fold)
+        got = r.table.set_index("sample_id")
+        want = pd.read_csv(d / "run" / "train" / f"fold_{fold}" / "predictions.csv",
+                           dtype={"sample_id": str}).set_index("sample_id")
+        np.testing.assert_allclose(got.loc[want.index, "cnn_mean"], want["prediction"], rtol=1e-5)
+        assert got["cnn_sd"].isna().all() and got["gblup_dosage"].isna().all()  # one model, no baseline
+        split = fold_split(store.fold, store.n_folds, fold)
+        fit = np.sort(np.concatenate([split.train, split.val]))
+        for enc in ("dosage", "onehot"):
+            G, width, _ = cached_gram(store, enc, RunDir(d / "run").baseline_cache("train", enc))
+            effects = marker_effects(store, enc, G, width, fit)
+            base = pd.read_csv(d / "run" / "train" / f"baseline_{enc}" / f"fold_{fold}" / "predictions.csv")
+            np.testing.assert_allclose(effects.predict(store.genotypes[:][split.test]), base["prediction"],
+                                       rtol=1e-8)
+
+
+def _new_lines(table, n=40):
+    lines = table.sample(n, random_state=1).reset_index(drop=True)
+    lines["sample"] = [f"NEW{i:03d}" for i in range(n)]
+    return lines
+
+
+def test_every_format_shuffled_swapped_partial_gives_the_aligned_predictions(vcf_run):
+    """TSV with shuffled columns, VCF and PLINK with swapped alleles, each with SNPs absent and
+    extra ones, predict exactly what the perfectly aligned store does with the absent SNPs
+    missing."""
+    from hpcsnp.ingest import ingest_tsv
+
+    d, table = vcf_run
+    rng = np.random.default_rng(0)
+    lines = _new_lines(table)
+    snps = list(table.columns[3:])
+    absent = set(rng.choice(snps, 4, replace=False))
+    present = [s for s in snps if s not in absent]
+    swapped = set(rng.choice(present, 10, replace=False))
+    g = lines[snps].to_numpy(np.int8)
+    # the reference: every training SNP in training order, the absent ones missing
+    ref = lines[["sample"]].assign(fold=np.arange(len(lines)) % 3 + 1, phenotype=0.0)
+    ref_g = g.copy()
+    ref_g[:, [snps.index(s) for s in absent]] = -1
+    ref = pd.concat([ref, pd.DataFrame(ref_g, columns=snps)], axis=1)
+    ref.to_csv(d / "ref.tsv", sep="\t", index=False)
+    ingest_tsv(d / "ref.tsv", d / "ref.zarr", progress=False)
+    want = predict_run(d / "run", d / "ref.zarr", out=d / "ref.csv").table
+
+    extra = {f"Chr09_{1000 + i}": rng.integers(0, 3, len(lines)) for i in range(3)}
+    # text: an ignored phenotype column, SNP columns shuffled, extra columns
+    cols = list(rng.permutation(present + list(extra)))
+    tsv = pd.concat([lines[["sample"]].assign(phenotype=1.0), lines[present], pd.DataFrame(extra)], axis=1)[
+        ["sample", "phenotype", *cols]]
+    tsv.to_csv(d / "new.tsv", sep="\t", index=False)
+    # VCF and PLINK: swapped REF/ALT with the dosage counted the other way
+    names = present + list(extra)
+    gv = np.column_stack([lines[present].to_numpy(np.int8), np.column_stack(list(extra.values()))]).astype(np.int8)
+    alleles = []
+    for j, s in enumerate(names):
+        if s in swapped:
+            gv[:, j] = np.where(gv[:, j] >= 0, 2 - gv[:, j], -1)
+            alleles.append(("G", "A"))
+        else:
+            alleles.append(("A", "G"))
+    write_vcf(d / "new.vcf.gz", list(lines["sample"]), names, gv, alleles)
+    write_plink(d / "new", list(lines["sample"]), names, gv, alleles)
+
+    results = {"tsv": predict_run(d / "run", d / "new.tsv", out=d / "t.csv"),
+               "vcf": predict_run(d / "run", d / "new.vcf.gz", out=d / "v.csv"),
+               "plink": predict_run(d / "run", bfile=d / "new", out=d / "p.csv")}
+    for fmt, r in results.items():
+        got = r.table.set_index("sample_id").loc[want["sample_id"]]
+        for c in PRED_COLUMNS:
+            np.testing.assert_allclose(got[c], want[c].to_numpy(), rtol=1e-5, err_msg=f"{fmt} {c}")
+        a = r.alignment
+        assert (a["matched"], a["absent"], a["extra"]) == (56, 4, 3), (fmt, a)
+        assert a["flipped"] == (0 if fmt == "tsv" else 10), (fmt, a)
+        report = json.loads(r.report_path.read_text())
+        assert report["alignment"]["matched"] == 56 and report["lines"] == len(lines)
+    np.testing.assert_allclose(want["observed_fraction"], 1 - 4 / 60 - (g[:, [snps.index(s) for s in present]] < 0)
+                               .sum(1) / 60)
+
+
+def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
+    """Same planted effects, lines never seen in training: PCC close to the CV's."""
+    from hpcsnp.ensemble import ensemble_folds
+    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.rundir import RunDir
+
+    simulate(tmp_path / "all.tsv", samples=900, snps=200, causal=4, folds=3, seed=7)
+    table = pd.read_csv(tmp_path / "all.tsv", sep="\t")
+    table.insert(0, "line", [f"L{i}" for i in range(len(table))])
+    table.iloc[:600].to_csv(tmp_path / "train.tsv", sep="\t", index=False)
+    table.iloc[600:].drop(columns=["fold", "phenotype"]).to_csv(tmp_path / "new.tsv", sep="\t", index=False)
+    ingest_tsv(tmp_path / "train.tsv", tmp_path / "train.zarr", progress=False)
+    _train_run(tmp_path / "train.zarr", tmp_path / "run", 3)
+    ds = RunDir(tmp_path / "run").datasets()[0]
+    cv_pcc = np.mean([row["pcc"] for row, _, _ in ensemble_folds(tmp_path / "run", ds, ["gblup_dosage",
+                                                                                          "gblup_onehot"])])
+    r = predict_run(tmp_path / "run", tmp_path / "new.tsv", out=tmp_path / "pred.csv")
+    truth = table.iloc[600:].set_index("line").loc[r.table["sample_id"], "phenotype"]
+    pcc = np.corrcoef(truth, r.table["prediction"])[0, 1]
+    assert pcc > 0.5 and abs(pcc - cv_pcc) < 0.1, (pcc, cv_pcc)
+    assert r.table["rank"].tolist() == r.table["prediction"].rank(ascending=False).astype(int).tolist()
+    assert list(pd.read_csv(tmp_path / "pred.csv").columns) == ["sample_id", "prediction", "rank", "cnn_mean",
+                                                              "cnn_sd", "gblup_dosage", "gblup_onehot",
+                                                              "observed_fraction"]
+
+
+def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):
+    d, table = vcf_run
+    lines = _new_lines(table)
+    snps = list(table.columns[3:])
+    lines[["sample", *snps[:50]]].to_csv(d / "few.tsv", sep="\t", index=False)  # 50 of 60 = 0.83
+    proc = run_cli("predict", d / "run", d / "few.tsv", "-o", d / "few.csv", check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hpcsnp: error")]
+    assert len(errors) == 1 and "below --min-overlap 0.9" in errors[0] and "50 of the 60" in errors[0]
+    assert not list(d.glob("few.*csv*")) and not (d / "few.alignment.json").exists()
+    r = predict_run(d / "run", d / "few.tsv", out=d / "few.csv", min_overlap=0.8)  # allowed when lowered
+    assert r.alignment["absent"] == 10 and (r.table["observed_fraction"] <= 50 / 60).all()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("sample\tChr01_1\nA\t0\nA\t1\n", "sample id 'A' occurs more than once"),
+    ("sample\tChr01_1\tChr01_2\nA\t0\n", "row has 2 columns, header has 3"),
+    ("sample\tChr01_1\nA\t7\n", "genotype '7' is not one of -1, 0, 1, 2"),
+])
+def test_bad_text_rows_are_the_errors_ingest_gives(vcf_run, body, message):
+    from hpcsnp.newlines import TextLines
+
+    d, _ = vcf_run
+    (d / "bad.tsv").write_text(body)
+    source = TextLines(d / "bad.tsv")
+    with pytest.raises(InputError, match=message):
+        list(source.blocks())
+    source.close()
+
+
+def test_unknown_dataset_unfinished_run_and_other_store_versions_are_clear_errors(vcf_run, tmp_path):
+    import shutil
+
+    from hpcsnp.store import FORMAT_KEY, open_store
+
+    d, _ = vcf_run
+    with pytest.raises(InputError, match=r"no data set 'nope' \(it holds train\)"):
+        predict_run(d / "run", d / "ref.tsv", out=tmp_path / "x.csv", dataset="nope")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    shutil.copy(d / "run" / "train" / "dataset.json", tmp_path / "empty" / "train")
+    proc = run_cli("predict", tmp_path / "empty", d / "train.zarr", "-o", tmp_path / "x.csv", check=False)
+    assert proc.returncode == 1 and "3 fold(s) not finished" in proc.stderr and "hpcsnp train" in proc.stderr
+    assert not (tmp_path / "x.csv").exists()
+    # another format version, and a version-1 store (no alleles) that still opens
+    for version in (99, 1):
+        s = tmp_path / f"v{version}.zarr"
+        shutil.copytree(d / "train.zarr", s)
+        meta = json.loads((s / "zarr.json").read_text())
+        meta["attributes"][FORMAT_KEY] = version
+        meta.pop("consolidated_metadata", None)
+        (s / "zarr.json").write_text(json.dumps(meta))
+        if version == 1:
+            shutil.rmtree(s / "variant_allele")
+    with pytest.raises(InputError, match="store format version 99, this hpcsnp reads version 1 and 2"):
+        predict_run(d / "run", tmp_path / "v99.zarr", out=tmp_path / "x.csv")
+    old = open_store(tmp_path / "v1.zarr")
+    assert old.alleles is None and old.n_variants == 60
+    r = predict_run(d / "run", tmp_path / "v1.zarr", out=tmp_path / "v1.csv")  # no alleles: none flipped
+    assert r.alignment["flipped"] == 0 and r.n_lines == 240
