@@ -47,7 +47,8 @@ def test_store_opens_in_xarray_with_named_dimensions(sim, tmp_path):
     for name in ("sample_id", "sample_phenotype", "sample_fold", "variant_id", "variant_contig", "variant_position",
                  "variant_allele"):
         assert name in ds
-    assert ds["variant_allele"].dims == ("variants", "alleles") and ds["variant_allele"][0].values.tolist() == ["A", "G"]
+    assert ds["variant_allele"].dims == ("variants", "alleles")
+    assert ds["variant_allele"][0].values.tolist() == ["A", "G"]
 
 
 def test_mismatched_ids_are_listed_and_dropped_only_on_request(sim, tmp_path):
