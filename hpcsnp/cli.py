@@ -318,27 +318,30 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--fold", "-k", "folds", type=click.IntRange(min=1), multiple=True,
               help="Test fold(s) [all].  Repeat for several.")
-@click.option("--encoding", type=click.Choice(["dosage", "onehot", "both"]), default="both", show_default=True,
-              help="dosage: centred 0/1/2, missing -> mean; onehot: the CNN's channels, missing a category.")
+@click.option("--encoding", type=click.Choice(["dosage", "onehot", "rkhs", "both", "all"]), default="all",
+              show_default=True,
+              help="dosage: GBLUP on centred 0/1/2, missing -> mean; onehot: GBLUP on the CNN's channels, missing "
+                   "a category; rkhs: Gaussian-kernel RKHS on the dosage distances, bandwidth chosen on the "
+                   "validation fold; both: the two GBLUPs; all: all three.")
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
                              "'.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
 @threads_option
 @_handle_errors
 def baseline(store, run_dir, folds, encoding, name, force, threads):
-    """Linear baseline on the same folds: GBLUP/rrBLUP with REML shrinkage.
+    """Baselines on the same folds: GBLUP/rrBLUP with REML shrinkage, and RKHS.
 
     Fitted on the training and validation folds, evaluated on the test fold;
     writes RUN/<name>/baseline_<encoding>/fold_<i>/ (predictions.csv,
-    metrics.json).  `reduce` reports it beside the CNN.
+    val_predictions.csv, metrics.json).  `reduce` reports them beside the CNN.
     """
     from hpcsnp.resources import cap_threads
 
     cap_threads(threads)
-    from hpcsnp.baseline import ENCODINGS, baseline_fold
+    from hpcsnp.baseline import ENCODINGS, KINDS, baseline_fold
     from hpcsnp.store import open_store
 
-    encs = ENCODINGS if encoding == "both" else (encoding,)
+    encs = {"both": ENCODINGS, "all": KINDS}.get(encoding, (encoding,))
     k = open_store(store).n_folds
     for i in folds or range(1, k + 1):
         for m in baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force):
@@ -352,7 +355,7 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also fit the linear baseline (GBLUP, both encodings) on the same folds.")
+              help="Also fit the baselines (GBLUP in both encodings, RKHS) on the same folds.")
 @threads_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1),
               help="Folds trained at a time, sharing the cores [one per core, as memory allows].")

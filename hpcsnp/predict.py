@@ -5,8 +5,10 @@ fold models on a batch); their mean is ``cnn_mean`` and their spread ``cnn_sd``.
 GBLUP encoding the run has is refitted once on all phenotyped lines of the store (REML
 shrinkage, the same machinery as the baseline) and kept in marker-effect form, so a new
 line needs only its own genotypes: prediction = mu + (x - m)' beta with
-beta = Z' (K + delta I)^-1 (y - mu) / p.  The refit is cached in the run directory.
-The headline ``prediction`` is the ensemble of the CNN mean and the GBLUPs with the
+beta = Z' (K + delta I)^-1 (y - mu) / p.  The RKHS baseline is refitted the same way with
+the bandwidth its folds chose most often, and predicts from kernel values between the new
+line and the fitting lines.  Refits are cached in the run directory.
+The headline ``prediction`` is the ensemble of the CNN mean and the baselines with the
 weights chosen on the run's validation folds (each fold's weights, as ``reduce``
 computes them, averaged over the folds); without a baseline it is the CNN mean.
 
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 REFIT_VERSION = 1
 EXPLAIN_TOP = 10
-COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot",
+COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs",
            "observed_fraction"]
 
 
@@ -99,13 +101,7 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     del K, spectrum
     # missing dosages are filled with the SNP's mean over every sample of the store, as the
     # baseline's Gram matrix does (no phenotype involved)
-    p = store.n_variants
-    called, total = np.zeros(p, np.int64), np.zeros(p, np.int64)
-    for _, _, g in _store_chunks(store):
-        ok = g >= 0
-        called += ok.sum(axis=0)
-        total += np.where(ok, g, 0).sum(axis=0, dtype=np.int64)
-    fill = np.where(called > 0, total / np.maximum(called, 1), 0.0)
+    fill = dosage_fill_of(store)
     beta, col_sum = None, None
     for lo, hi, g in _store_chunks(store):
         a, b = np.searchsorted(fit_rows, [lo, hi])
@@ -119,34 +115,114 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
 
 
-def refitted(run: RunDir, ds: dict, store, encoding: str) -> MarkerEffects:
-    """The GBLUP of one encoding fitted on all phenotyped lines, cached as
-    RUN/<dataset>/baseline_<enc>/refit_all.npz (recomputed for another write of the store)."""
-    from hpcsnp.atomic import atomic_write_text
-    from hpcsnp.baseline import cached_gram, check_memory
+@dataclass
+class KernelFit:
+    """An RKHS fit with the Gaussian kernel: prediction = mu + k(x) @ alpha with
+    k_j(x) = exp(-theta |x - x_j|^2 / scale) over the fitting lines' dosages ``X`` (missing
+    calls filled with ``fill``, as in CV).  Needs the fitting lines' genotypes: memory of
+    the training store's size, not of the new lines'."""
 
-    cache = run.baseline_cache(ds["dataset"], encoding)
+    alpha: np.ndarray
+    mu: float
+    theta: float
+    scale: float
+    fill: np.ndarray
+    X: np.ndarray
+    delta: float
+
+    def predict(self, g: np.ndarray) -> np.ndarray:
+        from hpcsnp.baseline import uncentred
+
+        x = uncentred(g, "dosage", self.fill)
+        d2 = (x * x).sum(axis=1)[:, None] + (self.X * self.X).sum(axis=1)[None, :] - 2.0 * (x @ self.X.T)
+        return self.mu + np.exp(np.maximum(d2, 0.0) * (-self.theta / self.scale)) @ self.alpha
+
+
+def dosage_fill_of(store) -> np.ndarray:
+    """Per-SNP mean dosage over every sample of the store, by chunks (the baselines' fill)."""
+    p = store.n_variants
+    called, total = np.zeros(p, np.int64), np.zeros(p, np.int64)
+    for _, _, g in _store_chunks(store):
+        ok = g >= 0
+        called += ok.sum(axis=0)
+        total += np.where(ok, g, 0).sum(axis=0, dtype=np.int64)
+    return np.where(called > 0, total / np.maximum(called, 1), 0.0)
+
+
+def kernel_fit(store, G: np.ndarray, fit_rows, theta: float) -> KernelFit:
+    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta): on a
+    fold's fitting rows and its chosen theta it reproduces that fold's predictions (tested).
+    ``G``: the store's dosage Gram matrix, overwritten."""
+    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, _read_rows, squared_distances, uncentred
+
+    fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
+    D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
+    del G
+    scale = float(np.median(D2[np.triu_indices(len(fit_rows), 1)])) or 1.0
+    K = np.exp(D2 * (-theta / scale))
+    del D2
+    y = store.phenotype.astype(np.float64)[fit_rows]
+    delta, _ = REMLSpectrum(K, y).maximise()
+    alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
+    fill = dosage_fill_of(store)
+    X = uncentred(_read_rows(store, fit_rows), "dosage", fill)
+    return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta))
+
+
+def _folds_theta(run: RunDir, ds: dict) -> float:
+    """The bandwidth the folds chose most often (the smaller on a tie)."""
+    from collections import Counter
+
+    thetas = [read_json(run.baseline(ds["dataset"], "rkhs", i) / "metrics.json")["theta"]
+              for i in range(1, ds["n_folds"] + 1)]
+    counts = Counter(thetas)
+    return min(counts, key=lambda t: (-counts[t], t))
+
+
+def refitted(run: RunDir, ds: dict, store, kind: str):
+    """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
+    RKHS as a KernelFit with the bandwidth the folds chose most often.  Cached as
+    RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed for another write of the store)."""
+    from hpcsnp.atomic import atomic_write_text
+    from hpcsnp.baseline import _read_rows, cached_gram, check_memory, uncentred
+
+    cache = run.baseline_cache(ds["dataset"], kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
-    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "encoding": encoding}
+    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind}
     try:
         if json.loads(meta.read_text()).get("key") == key:
             with np.load(data) as z:
-                return MarkerEffects(encoding, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
+                if kind == "rkhs":
+                    X = uncentred(_read_rows(store, np.arange(store.n_samples)), "dosage", z["fill"])
+                    return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
+                                     X, float(z["delta"]))
+                return MarkerEffects(kind, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
     except (OSError, ValueError, KeyError):
         pass
     check_memory(store)
     t0 = time.perf_counter()
-    G, width, _ = cached_gram(store, encoding, cache)
-    fit = marker_effects(store, encoding, G, width, np.arange(store.n_samples))
+    everyone = np.arange(store.n_samples)
+    if kind == "rkhs":
+        G, _, _ = cached_gram(store, "dosage", run.baseline_cache(ds["dataset"], "dosage"))
+        fit = kernel_fit(store, G, everyone, _folds_theta(run, ds))
+        arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale}
+    else:
+        G, width, _ = cached_gram(store, kind, cache)
+        fit = marker_effects(store, kind, G, width, everyone)
+        arrays = {"beta": fit.beta, "means": fit.means}
     del G
     tmp = data.with_name(f".refit_all.{os.getpid()}.npz")
-    np.savez(tmp, beta=fit.beta, means=fit.means, fill=fit.fill, mu=fit.mu, delta=fit.delta)
+    np.savez(tmp, **arrays, fill=fit.fill, mu=fit.mu, delta=fit.delta)
     os.replace(tmp, data)
     atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
                                         "n_fit": store.n_samples, "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
-    logger.info(f"[{ds['dataset']}] GBLUP {encoding} refitted on all {store.n_samples:,} phenotyped lines "
+    logger.info(f"[{ds['dataset']}] {model_label(kind)} refitted on all {store.n_samples:,} phenotyped lines "
                 f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
     return fit
+
+
+def model_label(kind: str) -> str:
+    return "RKHS" if kind == "rkhs" else f"GBLUP {kind}"
 
 
 # --- the fold CNNs --------------------------------------------------------------------
@@ -309,9 +385,9 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             g = alignment.apply(codes)
             cols["sample_id"] += list(ids)
             cols["observed_fraction"].append((g >= 0).mean(axis=1))
-            for enc in ("dosage", "onehot"):
-                m = effects.get(f"gblup_{enc}")
-                cols[f"gblup_{enc}"].append(m.predict(g) if m else np.full(len(g), np.nan))
+            for col in ("gblup_dosage", "gblup_onehot", "rkhs"):
+                m = effects.get(col)
+                cols[col].append(m.predict(g) if m else np.full(len(g), np.nan))
             for s in range(0, len(g), batch):
                 gb = g[s:s + batch]
                 if explain:

@@ -12,7 +12,7 @@ from hpcsnp.errors import InputError
 from hpcsnp.predict import predict_run
 from hpcsnp.simulate import simulate, simulate_formats, write_plink, write_vcf
 
-PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "observed_fraction"]
+PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs", "observed_fraction"]
 
 
 def _train_run(store, run, k):
@@ -40,10 +40,10 @@ def vcf_run(tmp_path_factory):
 
 def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
     """The fold model alone on its test lines gives predictions.csv; the marker-effect GBLUP
-    fitted on a fold's fitting rows gives that fold's baseline predictions."""
+    and the RKHS fit on a fold's fitting rows give that fold's baseline predictions."""
     from hpcsnp.baseline import cached_gram
     from hpcsnp.data import fold_split
-    from hpcsnp.predict import marker_effects
+    from hpcsnp.predict import kernel_fit, marker_effects
     from hpcsnp.rundir import RunDir
     from hpcsnp.store import open_store
 
@@ -64,6 +64,11 @@ def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
             base = pd.read_csv(d / "run" / "train" / f"baseline_{enc}" / f"fold_{fold}" / "predictions.csv")
             np.testing.assert_allclose(effects.predict(store.genotypes[:][split.test]), base["prediction"],
                                        rtol=1e-8)
+        G, _, _ = cached_gram(store, "dosage", RunDir(d / "run").baseline_cache("train", "dosage"))
+        rk = d / "run" / "train" / "baseline_rkhs" / f"fold_{fold}"
+        fit_k = kernel_fit(store, G, fit, json.loads((rk / "metrics.json").read_text())["theta"])
+        np.testing.assert_allclose(fit_k.predict(store.genotypes[:][split.test]),
+                                   pd.read_csv(rk / "predictions.csv")["prediction"], rtol=1e-7)
 
 
 def _new_lines(table, n=40):
@@ -138,7 +143,7 @@ def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
 
     simulate(tmp_path / "all.tsv", samples=900, snps=200, causal=4, folds=3, seed=7)
     table = pd.read_csv(tmp_path / "all.tsv", sep="\t")
-    table.insert(0, "line", [f"L{i}" for i in range(len(table))])
+    table = pd.concat([pd.DataFrame({"line": [f"L{i}" for i in range(len(table))]}), table], axis=1)
     table.iloc[:600].to_csv(tmp_path / "train.tsv", sep="\t", index=False)
     table.iloc[600:].drop(columns=["fold", "phenotype"]).to_csv(tmp_path / "new.tsv", sep="\t", index=False)
     ingest_tsv(tmp_path / "train.tsv", tmp_path / "train.zarr", progress=False)
@@ -153,7 +158,7 @@ def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
     assert r.table["rank"].tolist() == r.table["prediction"].rank(ascending=False).astype(int).tolist()
     assert list(pd.read_csv(tmp_path / "pred.csv").columns) == ["sample_id", "prediction", "rank", "cnn_mean",
                                                               "cnn_sd", "gblup_dosage", "gblup_onehot",
-                                                              "observed_fraction"]
+                                                              "rkhs", "observed_fraction"]
 
 
 def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):
