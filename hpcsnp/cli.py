@@ -212,7 +212,12 @@ def cli(verbose):
               help="Assign K folds at random (balanced).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --folds.")
 @click.option("--folds-from", type=click.Path(exists=True, dir_okay=False), help="Table of sample id, fold.")
-@click.option("--group-column", help="With --folds: keep each group of this --pheno column in one fold.")
+@click.option("--group-column", help="A column of --pheno (or of --groups) naming each sample's group, e.g. its "
+                                    "family: stored for within-group accuracy; with --folds, whole groups stay in "
+                                    "one fold.")
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              help="Table of sample id and group (--group-column, else its second column), stored for "
+                   "within-group accuracy in reduce. Text files without an id column have ids 1, 2, ...")
 @click.option("--min-maf", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
 @click.option("--max-missing", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Drop SNPs with a larger missing rate.")
@@ -221,7 +226,7 @@ def cli(verbose):
 @progress_option
 @_handle_errors
 def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, pheno, pheno_column,
-           drop_unmatched, n_folds, seed, folds_from, group_column, min_maf, max_missing,
+           drop_unmatched, n_folds, seed, folds_from, group_column, groups_file, min_maf, max_missing,
            max_sample_missing, progress):
     """Validate genotypes and convert them to an int8 Zarr store.
 
@@ -238,6 +243,11 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
     Prints a summary of what was stored.
     """
     show = _progress_default() if progress is None else progress
+    groups = None
+    if groups_file:
+        from hpcsnp.pheno import read_groups
+
+        groups = read_groups(groups_file, group_column)
     is_vcf = data is not None and any(str(data).endswith(s) for s in (".vcf", ".vcf.gz", ".bcf", ".vcf.bgz"))
     if bfile is None and data is not None and str(data).endswith(".bed"):
         bfile = data
@@ -262,18 +272,19 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
                                   drop_unmatched=drop_unmatched, folds=n_folds, seed=seed,
                                   folds_file=folds_from, group_column=group_column, min_maf=min_maf,
                                   max_missing=max_missing, max_sample_missing=max_sample_missing,
-                                  force=force, progress=show, chunk_rows=chunk_rows)
+                                  force=force, progress=show, chunk_rows=chunk_rows, groups=groups)
     else:
         _warn_ignored("for text input (its folds and phenotype are in the file)", pheno=pheno,
                       pheno_column=pheno_column, drop_unmatched=drop_unmatched, folds=n_folds,
-                      seed=seed if seed != 0 else None, folds_from=folds_from, group_column=group_column,
+                      seed=seed if seed != 0 else None, folds_from=folds_from,
+                      group_column=None if groups_file else group_column,
                       min_maf=min_maf or None, max_missing=None if max_missing == 1.0 else max_missing,
                       max_sample_missing=None if max_sample_missing == 1.0 else max_sample_missing)
         from hpcsnp.ingest import ingest_tsv
 
         report = ingest_tsv(data, out, force=force, strict=strict,
                             drop_missing_phenotype=drop_missing_phenotype, chunk_rows=chunk_rows,
-                            progress=show)
+                            progress=show, groups=groups)
     click.echo(report.summary())
 
 

@@ -387,8 +387,9 @@ class TextSource:
 
 
 def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
-               chunk_rows=None, progress=True) -> IngestReport:
-    """Validate a SPEC section 1 text file and write it as a store at ``out``."""
+               chunk_rows=None, progress=True, groups=None) -> IngestReport:
+    """Validate a SPEC section 1 text file and write it as a store at ``out``; ``groups``
+    (a Series: sample id -> group, see pheno.read_groups) is stored as sample_group."""
     path, out = Path(path), Path(out)
     if not path.is_file():
         raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
@@ -397,12 +398,18 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
     with TextSource(path, strict=strict, drop_missing_phenotype=drop_missing_phenotype,
                     progress=progress) as source:
         rows = chunk_rows or default_chunk_rows(len(source.snps))
+        lookup = None
+        if groups is not None:
+            from hpcsnp.pheno import group_lookup
+
+            lookup = group_lookup(groups, str(path))
         w = write_store(out, source.snps, source.blocks(rows), attrs=source.attrs, where=str(path), force=force,
-                        chunk_rows=chunk_rows)
+                        chunk_rows=chunk_rows, groups=lookup)
     return IngestReport(
         store=str(out), source=str(path), n_samples=w.n_samples, n_variants=w.n_variants, n_folds=w.n_folds,
         fold_sizes={i + 1: int(x) for i, x in enumerate(w.fold_sizes)}, missing_rate=w.missing_rate,
         phenotype_mean=w.phenotype_mean, phenotype_sd=w.phenotype_sd, na_cells=source.na_cells,
         dropped_missing_phenotype=source.dropped, constant_snps=source.constant,
         parsed_positions=w.parsed_positions, chunk_rows=w.chunk_rows, bytes_read=source.size,
-        id_column=source.id_column, seconds=time.perf_counter() - t0)
+        id_column=source.id_column, seconds=time.perf_counter() - t0,
+        extra=[] if groups is None else [f"groups       {groups.name!r} stored per sample (within-group accuracy)"])

@@ -134,7 +134,7 @@ class PlinkSource:
 def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=False, folds=None, seed=0,
                      folds_file=None, group_column=None, min_maf=0.0, max_missing=1.0,
                      max_sample_missing=1.0, force=False, progress=True, chunk_rows=None,
-                     block=1024) -> IngestReport:
+                     block=1024, groups=None) -> IngestReport:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -200,13 +200,14 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             fold = folds_from(folds_file, ids_k)
             how = f"from {folds_file}"
         elif folds:
-            groups = None
+            fold_groups = None
             if group_column:
                 if group_column not in table.columns:
                     raise InputError(f"{pheno}: no column {group_column!r} for --group-column")
-                groups = table.loc[ids_k, group_column].to_numpy()
-            fold = assign_folds(ids_k, folds, seed, groups)
-            how = f"random, K={folds}, seed {seed}" + (f", whole {group_column} groups" if groups is not None else "")
+                fold_groups = table.loc[ids_k, group_column].to_numpy()
+            fold = assign_folds(ids_k, folds, seed, fold_groups)
+            how = f"random, K={folds}, seed {seed}" + (f", whole {group_column} groups"
+                                                       if fold_groups is not None else "")
         elif "fold" in table.columns:
             fold = folds_from(pheno, ids_k)
             how = f"'fold' column of {pheno}"
@@ -214,6 +215,15 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             raise InputError("no folds: give --folds K [--seed S] [--group-column COL], --folds-from FILE, "
                              "or a 'fold' column in the phenotype table")
         yk = y[kept]
+        if groups is None and group_column:  # the --pheno column that keeps families together
+            if group_column not in table.columns:
+                raise InputError(f"{pheno}: no column {group_column!r} for --group-column")
+            groups = table[group_column].astype(str).str.strip()
+        lookup = None
+        if groups is not None:
+            from hpcsnp.pheno import group_lookup
+
+            lookup = group_lookup(groups, str(source.path))
         step = chunk_rows or default_chunk_rows(n_var)
 
         def blocks():  # pass 2: the transposed variants, one store chunk of samples at a time
@@ -224,7 +234,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
                                   np.ascontiguousarray(block_t[:, rows - rows[0]].T))
         # contig/position as given by the file, not parsed from names
         w = write_store(out, vid, blocks(), where=str(source.path), force=force, chunk_rows=step,
-                        contigs=vchrom, positions=vpos, alleles=valleles, attrs={
+                        contigs=vchrom, positions=vpos, alleles=valleles, groups=lookup, attrs={
                             "fold_assignment": how,
                             "source": {"path": str(source.path.resolve()), "name": source.path.name,
                                        "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},

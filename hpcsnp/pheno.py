@@ -47,6 +47,40 @@ def read_pheno(path, column: str | None = None) -> tuple[pd.Series, pd.DataFrame
     return pd.Series(values.to_numpy(float), index=table[idcol].str.strip(), name=column), table.set_index(idcol)
 
 
+def read_groups(path, column: str | None = None) -> pd.Series:
+    """Group (e.g. family) per sample id from a table: ids in its first column, groups in
+    ``column`` (default: its second column)."""
+    table = read_table(path, "groups table")
+    if table.shape[1] < 2:
+        raise InputError(f"{path}: a groups table needs a sample-id column and a group column")
+    idcol = table.columns[0]
+    column = column or table.columns[1]
+    if column not in table.columns:
+        raise InputError(f"{path}: no column {column!r} (columns: {', '.join(table.columns)})")
+    if table[idcol].duplicated().any():
+        raise InputError(f"{path}: sample id {table[idcol][table[idcol].duplicated()].iloc[0]!r} occurs twice")
+    return pd.Series(table[column].str.strip().to_numpy(), index=table[idcol].str.strip(), name=column)
+
+
+def group_lookup(groups: pd.Series, where: str):
+    """A function from sample ids to their groups ('' for ids the table lacks, with a
+    warning); refuses a table that matches no sample at all."""
+    import logging
+
+    def lookup(ids):
+        found = groups.reindex([str(i) for i in ids])
+        missing = int(found.isna().sum())
+        if missing == len(ids):
+            raise InputError(f"{where}: no sample id is in the groups table (samples: {_few(list(ids))}; "
+                             f"table: {_few(list(groups.index))}); text files without an id column have ids "
+                             "1, 2, ... (the row number)")
+        if missing:
+            logging.getLogger(__name__).warning(f"{missing} sample(s) have no group in the groups table "
+                                                f"({_few([i for i, g in zip(ids, found) if pd.isna(g)])})")
+        return found.fillna("").astype(str).to_numpy(dtype=object)
+    return lookup
+
+
 def match_samples(geno_ids, pheno: pd.Series, *, drop_unmatched: bool, source: str):
     """Positions (into geno_ids) of samples with a genotype and a non-missing phenotype, in
     genotype order.  Anything unmatched is an error unless drop_unmatched."""

@@ -180,6 +180,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     log_rows, sal_frames, top_frames, weight_rows, ens_preds, test_preds = [], [], [], [], [], []
     for ds in datasets:
         name = ds["dataset"]
+        first_row = len(log_rows)
         for i in range(1, ds["n_folds"] + 1):
             m = read_json(run.fold(name, i) / "metrics.json")
             log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
@@ -193,6 +194,8 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         log_rows += [r for r, _, _ in ens]
         weight_rows += [w for _, w, _ in ens]
         ens_preds += [p for _, _, p in ens]
+        if run.groups_csv(name).exists():
+            add_within_group_pcc(run, name, log_rows[first_row:], ens)
         if plot:
             test_preds.append(_test_predictions(run, ds, sorted({r["model"] for r in base}), ens))
         sal, count = mean_saliency(run.path, name, ds["n_folds"], ds["n_variants"])
@@ -225,6 +228,39 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         plot_fold_pcc(log, run.output(FOLD_PCC_PNG))
         plot_observed_predicted(pd.concat(test_preds, ignore_index=True), run.output(OBS_PRED_PNG))
     return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
+
+
+MIN_GROUP = 5  # lines of a group in a test fold for its within-group PCC to count
+
+
+def within_group_pcc(truth, pred, groups, min_size: int = MIN_GROUP) -> float:
+    """Mean over groups (e.g. families) with at least ``min_size`` lines of the PCC inside
+    the group: the accuracy that is left once differences between group means are taken
+    away.  Lines whose group is '' are left out; nan when no group qualifies.
+
+    >>> within_group_pcc([1, 2, 3, 10, 11, 12], [3, 2, 1, 0, 1, 2], ["a"] * 3 + ["b"] * 3, min_size=3)
+    0.0
+    """
+    frame = pd.DataFrame({"t": np.asarray(truth, float), "p": np.asarray(pred, float), "g": list(groups)})
+    pccs = []
+    for _, part in frame[frame["g"] != ""].groupby("g"):
+        if len(part) >= min_size and part["t"].std() > 0 and part["p"].std() > 0:
+            pccs.append(np.corrcoef(part["t"], part["p"])[0, 1])
+    return float(np.mean(pccs)) if pccs else float("nan")
+
+
+def add_within_group_pcc(run: RunDir, dataset: str, rows: list[dict], ens) -> None:
+    """Add ``within_group_pcc`` to the fold-log rows of one data set (every model)."""
+    groups = pd.read_csv(run.groups_csv(dataset), dtype=str, keep_default_na=False).set_index("sample_id")["group"]
+    ensemble = {int(p["fold"].iloc[0]): p for _, _, p in ens}
+    for row in rows:
+        if row["model"] == "ensemble":
+            f = ensemble[row["fold"]]
+        else:
+            f = pd.read_csv(run.model_fold(dataset, row["model"], row["fold"]) / "predictions.csv",
+                            dtype={"sample_id": str})
+        row["within_group_pcc"] = within_group_pcc(f["truth"], f["prediction"],
+                                                   groups.reindex(f["sample_id"]).fillna(""))
 
 
 def _test_predictions(run: RunDir, ds: dict, baselines: list[str], ens) -> pd.DataFrame:
@@ -296,7 +332,9 @@ def summarize(log: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (name, model), g in log.groupby(["dataset", "model"], sort=False):
         row = {"dataset": name, "model": model, "n_folds": len(g)}
-        for k in ("pcc", "mse", "mae"):
+        for k in ("pcc", "within_group_pcc", "mse", "mae"):
+            if k not in g or g[k].isna().all():
+                continue
             row[f"{k}_mean"] = g[k].mean()
             row[f"{k}_sd"] = g[k].std(ddof=1) if len(g) > 1 else float("nan")
         row["seconds_total"] = g["seconds"].sum() + g["saliency_seconds"].fillna(0).sum()

@@ -135,6 +135,10 @@ class RunDir:
     def variants_csv(self, dataset: str) -> Path:
         return self.path / dataset / "variants.csv"
 
+    def groups_csv(self, dataset: str) -> Path:
+        """sample_id, group: written when the store has groups (within-group accuracy)."""
+        return self.path / dataset / "groups.csv"
+
     def fold(self, dataset: str, fold: int) -> Path:
         """A finished CNN fold (the directory exists only once it is complete)."""
         return self.path / dataset / f"fold_{fold}"
@@ -183,11 +187,20 @@ class RunDir:
             same = False
         info = {"dataset": dataset, "store": str(store.path.resolve()), "store_id": store.store_id,
                 "n_folds": store.n_folds, "n_samples": store.n_samples, "n_variants": store.n_variants,
-                "store_source": store.attrs.get("source", {})}
+                "store_source": store.attrs.get("source", {}), "groups": store.groups is not None}
         if not same or not variants.exists():
             tmp = variants.with_name(f"variants.csv.tmp-{os.getpid()}")
             store.variants_frame().to_csv(tmp, index=False)
             os.replace(tmp, variants)
+        groups = self.groups_csv(dataset)
+        if store.groups is not None and (not same or not groups.exists()):
+            import pandas as pd
+
+            tmp = groups.with_name(f"groups.csv.tmp-{os.getpid()}")
+            pd.DataFrame({"sample_id": store.sample_id, "group": store.groups}).to_csv(tmp, index=False)
+            os.replace(tmp, groups)
+        elif store.groups is None and not same:
+            groups.unlink(missing_ok=True)
         atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
 
     # --- the run's settings -----------------------------------------------------------

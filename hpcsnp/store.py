@@ -48,6 +48,8 @@ ARRAYS = {
                        "REF and ALT allele (ALT is the allele call_dosage counts); '' where unknown (text input)"),
 }
 ADDED_IN = {"variant_allele": 2}  # arrays a store of an older format version lacks
+OPTIONAL = {"sample_group": (("samples",), "str", "group of the sample (e.g. its bi-parental family), for "
+                                                 "within-group accuracy; '' where unknown")}
 
 
 def arrays_of(version: int) -> list[str]:
@@ -176,6 +178,7 @@ class Store:
     contig: np.ndarray
     position: np.ndarray
     alleles: np.ndarray | None = None  # [variants, 2] REF, ALT; None when no allele is known
+    groups: np.ndarray | None = None  # per sample, e.g. the family; None when the store has none
 
     @property
     def n_samples(self) -> int:
@@ -277,7 +280,8 @@ def open_store(path) -> Store:
                  variant_id=_strings(group["variant_id"]),
                  contig=_strings(group["variant_contig"]),
                  position=np.asarray(group["variant_position"][:], dtype=np.int64),
-                 alleles=_alleles(group) if version >= ADDED_IN["variant_allele"] else None)
+                 alleles=_alleles(group) if version >= ADDED_IN["variant_allele"] else None,
+                 groups=_strings(group["sample_group"]) if "sample_group" in group else None)
 
 
 def _alleles(group) -> np.ndarray | None:
@@ -396,7 +400,7 @@ class StoreWriter:
         self._pending = None
 
     def _small(self, name, data):
-        dims, dtype, meaning = ARRAYS[name]
+        dims, dtype, meaning = ARRAYS[name] if name in ARRAYS else OPTIONAL[name]
         if dtype == "str":
             data = np.asarray([str(x) for x in np.ravel(data)], dtype=np.dtypes.StringDType()).reshape(data.shape)
         else:
@@ -447,9 +451,10 @@ class StoreWriter:
         self.n_rows += len(block)
         self.missing += int(np.count_nonzero(block == -1))
 
-    def finish(self, sample_id, phenotype, fold, attrs: dict) -> None:
-        """Write the per-sample arrays and the attributes (``n_folds`` and ``fold_sizes`` from
-        ``fold``, checked by the fold rules), mark the store complete and rename it into place."""
+    def finish(self, sample_id, phenotype, fold, attrs: dict, groups=None) -> None:
+        """Write the per-sample arrays (``groups``: optional, one string per sample) and the
+        attributes (``n_folds`` and ``fold_sizes`` from ``fold``, checked by the fold rules),
+        mark the store complete and rename it into place."""
         from hpcsnp import __version__
         from hpcsnp.resources import provenance
 
@@ -460,6 +465,8 @@ class StoreWriter:
         self._small("sample_id", np.asarray(sample_id, dtype=object))
         self._small("sample_phenotype", phenotype)
         self._small("sample_fold", fold)
+        if groups is not None:
+            self._small("sample_group", np.asarray(groups, dtype=object))
         n_cells = self.n_rows * self.gt.shape[1]
         self.group.attrs.update({
             **attrs, "n_samples": self.n_rows, "n_variants": int(self.gt.shape[1]),
@@ -521,13 +528,14 @@ class WrittenStore:
 
 
 def write_store(out, variant_ids, blocks, *, attrs, where: str, force: bool = False, chunk_rows=None,
-                contigs=None, positions=None, alleles=None) -> WrittenStore:
+                contigs=None, positions=None, alleles=None, groups=None) -> WrittenStore:
     """Write a store from any source: ``blocks`` yields ``SampleBlock``s in sample order
     (the text reader as it parses, the VCF/PLINK reader from its transposed variants, the
     simulator).  Sample ids must be unique, folds follow the fold rules, phenotypes must fit
     float32 (``where`` names the source in those errors).  ``attrs``: the source's own
     attributes, a dict or a callable returning one once every block has been read (a
-    checksum of the input, counts).  Written under a temporary name, renamed when complete;
+    checksum of the input, counts).  ``groups``: None, or a callable mapping the sample ids
+    to one group string each.  Written under a temporary name, renamed when complete;
     nothing is left behind on an error."""
     writer = StoreWriter(out, variant_ids, force=force, chunk_rows=chunk_rows, contigs=contigs,
                          positions=positions, alleles=alleles)
@@ -551,7 +559,8 @@ def write_store(out, variant_ids, blocks, *, attrs, where: str, force: bool = Fa
         n_cells = writer.n_rows * len(variant_ids)
         missing = writer.missing / n_cells if n_cells else 0.0
         extra = attrs() if callable(attrs) else attrs
-        writer.finish(ids, y, fold, {**extra, "phenotype_mean": mean, "phenotype_sd": sd})
+        writer.finish(ids, y, fold, {**extra, "phenotype_mean": mean, "phenotype_sd": sd},
+                      groups=None if groups is None else groups(ids))
     except BaseException:
         writer.abort()
         raise

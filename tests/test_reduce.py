@@ -133,3 +133,36 @@ def test_two_data_sets_in_one_run(run, sim_store, tmp_path):
     for figure, grows in (("fold_pcc.png", 0), ("observed_vs_predicted.png", 1)):  # by data set: wider, taller
         two_size, one_size = Image.open(two / figure).size, Image.open(run_dir / figure).size
         assert two_size[grows] > 1.5 * one_size[grows], (figure, two_size, one_size)
+
+
+def test_within_group_pcc_is_reported_when_the_store_has_groups(tmp_path):
+    """Groups given at ingest (a table keyed by sample id) are stored, copied into the run,
+    and reduce reports every model's mean within-group PCC beside its PCC."""
+    from helpers import FAST, run_cli
+
+    from hpcsnp.baseline import baseline_fold
+    from hpcsnp.reduce import reduce_run, within_group_pcc
+    from hpcsnp.simulate import simulate_formats
+    from hpcsnp.store import open_store
+    from hpcsnp.train import train_fold
+
+    paths = simulate_formats(tmp_path / "d", samples=180, snps=40, folds=3, seed=5)
+    run_cli("ingest", paths["tsv"], "-o", tmp_path / "s.zarr", "--groups", paths["pheno"], "--group-column", "family")
+    store = open_store(tmp_path / "s.zarr")
+    fam = pd.read_csv(paths["pheno"], sep="\t", dtype=str).set_index("sample")["family"]
+    assert store.groups.tolist() == fam.loc[store.sample_id].tolist()
+    for i in (1, 2, 3):
+        train_fold(tmp_path / "s.zarr", i, tmp_path / "run", FAST)
+        baseline_fold(tmp_path / "s.zarr", i, tmp_path / "run", encodings=("dosage",))
+    out = reduce_run(tmp_path / "run", plot=False)
+    log = out["log"]
+    assert set(log["model"]) == {"cnn", "gblup_dosage", "ensemble"} and log["within_group_pcc"].notna().all()
+    p = pd.read_csv(tmp_path / "run" / "s" / "baseline_dosage" / "fold_2" / "predictions.csv", dtype={"sample_id": str})
+    direct = within_group_pcc(p["truth"], p["prediction"], fam.loc[p["sample_id"]])
+    row = log[(log.model == "gblup_dosage") & (log.fold == 2)].iloc[0]
+    assert row["within_group_pcc"] == pytest.approx(direct) and direct != pytest.approx(row["pcc"])
+    summary = out["summary"].set_index("model")
+    assert summary.loc["cnn", "within_group_pcc_mean"] == pytest.approx(log[log.model == "cnn"]["within_group_pcc"].mean())
+    # a store without groups: no such column
+    run_cli("ingest", paths["tsv"], "-o", tmp_path / "plain.zarr")
+    assert open_store(tmp_path / "plain.zarr").groups is None
