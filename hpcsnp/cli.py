@@ -114,9 +114,21 @@ def config_options(fn):
         click.option("--lr-decay-patience", type=click.IntRange(min=0),
                      help=f"Halve the learning rate after this many epochs without a better validation MAE; "
                           f"0 = constant [{DEFAULTS.lr_decay_patience}]."),
+        click.option("--patience-steps", type=click.IntRange(min=0),
+                     help=f"Raise --patience to cover this many optimiser steps, so that small data sets "
+                          f"(few steps an epoch) are not stopped before they learn; 0 = epochs only "
+                          f"[{DEFAULTS.patience_steps}: 5 epochs of 4,000 lines at batch 64]."),
+        click.option("--lr-decay-steps", type=click.IntRange(min=0),
+                     help=f"Raise --lr-decay-patience to cover this many optimiser steps [{DEFAULTS.lr_decay_steps}]."),
+        click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
+                     help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
+                          f"afresh every step [{DEFAULTS.mask_rate}]."),
         click.option("--dropout", type=float, help=f"Dropout rate [{DEFAULTS.dropout}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
+        click.option("--seeds", type=click.IntRange(min=1),
+                     help=f"Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
+                          f"saliency are their average (costs that many times the training) [{DEFAULTS.seeds}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
         click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,

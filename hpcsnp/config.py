@@ -31,6 +31,7 @@ class Config:
     alpha: float = 0.03  # ISRU bound is +-1/sqrt(alpha), on the standardised target
     l2_kernel: float = 0.1
     l2_bias: float = 0.01
+    l2_dense: float = 0.0  # L2 on the output layer's kernel (the publication has none)
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
@@ -38,6 +39,11 @@ class Config:
     patience: int = 5  # 6 in the sweep; 5 stopped at the same best epoch in all 20 folds of the full CV
     lr_decay_patience: int = 2  # >0: multiply the lr by lr_decay_factor after this many epochs without improvement
     lr_decay_factor: float = 0.5
+    # the same patience in optimiser steps: an epoch of a small data set is a few steps, so
+    # patience counted in epochs alone stops it before it has learnt (0 = epochs only)
+    patience_steps: int = 320  # 5 epochs of SoyNAM's ~4,050 training lines at batch 64
+    lr_decay_steps: int = 128  # 2 such epochs
+    mask_rate: float = 0.0  # share of training calls set to missing (-1) afresh at every step (augmentation)
     min_learning_rate: float = 1e-5
     max_epochs: int = 1000
     steps_per_epoch: int = 0  # 0 = every training batch; N = at most N batches an epoch
@@ -46,6 +52,7 @@ class Config:
     restore_best: bool = True  # keep the weights of the best validation epoch
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
+    seeds: int = 1  # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged
     fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (SPEC section 5)
@@ -61,15 +68,18 @@ class Config:
         problems = []
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.mask_rate < 1.0:
+            problems.append(f"mask_rate must be in [0, 1), got {self.mask_rate}")
         for name in ("filters", "kernel_1", "kernel_2", "kernel_shortcut", "kernel_3",
                      "batch_size", "max_epochs", "eval_batch_size", "window_chunks", "step_activation_mb",
-                     "eval_activation_mb"):
+                     "eval_activation_mb", "seeds"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
-        if self.patience < 0:
-            problems.append(f"patience must be >= 0, got {self.patience}")
+        for name in ("patience", "patience_steps", "lr_decay_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.alpha <= 0:
             problems.append(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 < self.lr_decay_factor <= 1.0:
@@ -95,6 +105,18 @@ class Config:
         if self.cache != "auto" and self.cache_limit_mb != Config.cache_limit_mb:
             out.append(f"--cache-limit-mb ignored with --cache {self.cache}")
         return out
+
+    def epochs_patience(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(early-stopping patience, learning-rate patience) in epochs for epochs of this many
+        optimiser steps: the epoch counts, raised to cover patience_steps / lr_decay_steps.
+
+        >>> Config().epochs_patience(64), Config().epochs_patience(15), Config(patience_steps=0).epochs_patience(15)
+        ((5, 2), (22, 9), (5, 9))
+        """
+        def cover(epochs: int, steps: int) -> int:
+            return max(epochs, -(-steps // max(1, steps_per_epoch)))
+        lr = cover(self.lr_decay_patience, self.lr_decay_steps) if self.lr_decay_patience else 0
+        return cover(self.patience, self.patience_steps), lr
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -101,6 +101,7 @@ def build_model(n_snps: int, cfg) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 3, name="dropout3")(x)
     x = layers.Dense(1, kernel_initializer=keras.initializers.TruncatedNormal(),
+                     kernel_regularizer=regularizers.l2(cfg.l2_dense) if cfg.l2_dense else None,
                      bias_regularizer=regularizers.l2(cfg.l2_bias), name="dense")(x)
     out = ISRU(cfg.alpha, name="isru")(x)
     return keras.Model(inp, out, name="hpcsnp_resnet")

@@ -241,10 +241,11 @@ class FoldModels:
         from hpcsnp.data import one_hot
 
         self.folds = list(folds)
-        self.models, means, sds = [], [], []
+        self.models, means, sds = [], [], []  # models: per fold, its model and those of its other seeds
         for i in self.folds:
             d = run.fold(dataset, i)
-            self.models.append(keras.models.load_model(d / "model.keras", compile=False))
+            paths = [d / "model.keras", *sorted(d.glob("seed_*/model.keras"))]
+            self.models.append([keras.models.load_model(p, compile=False) for p in paths])
             m = read_json(d / "metrics.json")
             means.append(m["target_mean"])
             sds.append(m["target_sd"])
@@ -253,8 +254,9 @@ class FoldModels:
         models = self.models
         spec = (tf.TensorSpec((None, n_variants), tf.int8),)
 
-        def each(x):
-            return tf.stack([m(x, training=False)[:, 0] for m in models]) * sd + mean
+        def each(x):  # [folds, batch]: each fold's prediction, the mean of its seeds' models
+            return tf.stack([tf.add_n([m(x, training=False)[:, 0] for m in fold]) / len(fold)
+                             for fold in models]) * sd + mean
 
         @tf.function(input_signature=spec, autograph=False)
         def predict(g):

@@ -12,6 +12,7 @@ skipped unless ``force``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -91,20 +92,101 @@ def _skipped(final: Path, dataset: str, fold: int, store) -> FoldResult:
 
 
 def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
-    """One fold, as a page of calls: scale the target, build the sources and the compiled
-    steps, fit with checkpoints, predict, explain, write the outputs, rename into place."""
+    """One fold, as a page of calls: train ``cfg.seeds`` models (one is the default) that
+    differ only in their seed, average their predictions and saliency, write the outputs,
+    rename into place."""
     fold = split.test_fold
     say = FoldLog(dataset, fold)
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
+    t_start = time.perf_counter()
+    members = []
+    for k in range(cfg.seeds):
+        where = partial if k == 0 else partial / f"seed_{k}"
+        member_cfg = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
+        members.append(_train_member(store, split, where, member_cfg, n_threads,
+                                     say if cfg.seeds == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}")))
+    tp = np.mean([m.test_pred for m in members], axis=0)
+    tr, vr = members[0].test_rows, members[0].val_rows
+    metrics = regression_metrics(store.phenotype[tr], tp)
+    if not all_finite(metrics):
+        why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
+        raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
+                              f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
+                              f"(--force trains it afresh)")
+    out = FoldOutputs(partial, store, split, dataset)
+    out.predictions("predictions.csv", tr, tp, fold)
+    # of the kept weights: what `reduce` weighs the ensemble on
+    out.predictions("val_predictions.csv", vr, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
+    sal_n = members[0].sal_n
+    out.saliency_shard(np.mean([m.sal_sum for m in members], axis=0), sal_n, cfg)
+    first = members[0]
+    metrics.update(fold_record(dataset, split, first.state, store, cfg, first.scale, n_threads, first.fit, sal_n,
+                               sum(m.sal_seconds for m in members), len(tr),
+                               sum(m.predict_seconds for m in members), t_start))
+    if cfg.seeds > 1:
+        import pandas as pd
+
+        pd.DataFrame({"sample_id": store.sample_id[tr], "truth": store.phenotype[tr],
+                      **{f"seed_{m.seed}": m.test_pred for m in members}}).to_csv(partial / "seed_predictions.csv",
+                                                                                  index=False)
+        metrics["seconds"] = sum(m.state["train_seconds"] for m in members)
+        metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(store.phenotype[tr], m.test_pred)["pcc"],
+                                 "epochs": m.state["epoch"], "best_epoch": m.state["best_epoch"],
+                                 "seconds": m.state["train_seconds"]} for m in members]
+    out.metrics(metrics)
+    for m in members:
+        (m.dir / MEMBER_FILE).unlink(missing_ok=True)
+    atomic_replace_dir(partial, final)
+    say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {first.state['epoch']} "
+        f"epochs (best {first.state['best_epoch']})  {metrics['seconds']:.0f}s train, "
+        f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {cfg.seeds} seeds" if cfg.seeds > 1 else ""))
+    return FoldResult(dataset, fold, final, metrics)
+
+
+MEMBER_FILE = "member.npz"  # a finished model's predictions, kept until the fold is complete
+
+
+@dataclass
+class Member:
+    """One trained model of a fold and what it produced."""
+
+    dir: Path
+    seed: int
+    scale: "TargetScale"
+    state: dict
+    fit: dict
+    test_pred: np.ndarray
+    test_rows: np.ndarray
+    val_pred: np.ndarray
+    val_rows: np.ndarray
+    sal_sum: np.ndarray
+    sal_n: int
+    predict_seconds: float
+    sal_seconds: float
+
+
+def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member:
+    """Fit one model of the fold in ``where`` (checkpointed there), predict the test and
+    validation folds, compute its saliency, save model.keras.  A model finished before an
+    interruption of the fold (its MEMBER_FILE is there) is read back, not trained again."""
     import keras
 
-    t_start = time.perf_counter()
-    keras.utils.set_random_seed(cfg.seed * 1009 + fold)
+    fold = split.test_fold
+    where.mkdir(parents=True, exist_ok=True)
     scale = TargetScale.fit(store.phenotype, split.train, cfg, say)
+    done = where / MEMBER_FILE
+    if done.exists() and (where / "model.keras").exists():
+        with np.load(done, allow_pickle=False) as z:
+            state = json.loads(str(z["state"]))
+            check_resumable(state, cfg, store, where)
+            return Member(where, cfg.seed, scale, state, json.loads(str(z["fit"])), z["test_pred"], z["test_rows"],
+                          z["val_pred"], z["val_rows"], z["sal_sum"], int(z["sal_n"]), float(z["predict_seconds"]),
+                          float(z["sal_seconds"]))
+    keras.utils.set_random_seed(cfg.seed * 1009 + fold)
     sources = FoldSources.build(store, split, scale, cfg)
     steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
-    ckpt = Checkpointer(partial, steps.run_variables, steps.model.variables)
+    ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
     state = ckpt.resume(cfg, store, steps.optimizer, say)
     say(f"test fold {fold} ({len(split.test)}), validation fold {split.val_fold} ({len(split.val)}), training "
         f"{len(split.train)} samples x {store.n_variants} SNPs; "
@@ -112,39 +194,30 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
     if cfg.restore_best and state["best_epoch"]:
         ckpt.restore_best()
-    out = FoldOutputs(partial, store, split, dataset)
     t_pred = time.perf_counter()
     tp, tr = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
-    metrics = regression_metrics(store.phenotype[tr], tp)
-    if not all_finite(metrics):
-        why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
-        raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
-                              f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
-                              f"(the checkpoint stays in {partial})")
-    out.predictions("predictions.csv", tr, tp, fold)
-    vp, vr = steps.predict(sources.val)  # of the kept weights: what `reduce` weighs the ensemble on
-    out.predictions("val_predictions.csv", vr, vp, split.val_fold)
+    vp, vr = steps.predict(sources.val)
     t_sal = time.perf_counter()
     sal_sum, sal_n = steps.saliency(sources.test)
     sal_seconds = time.perf_counter() - t_sal
-    out.saliency_shard(sal_sum, sal_n, cfg)
-    steps.model.save(partial / "model.keras")
-    metrics.update(fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n, sal_seconds,
-                               len(tr), predict_seconds, t_start))
-    out.metrics(metrics)
-    ckpt.clear()
-    atomic_replace_dir(partial, final)
-    say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {state['epoch']} "
-        f"epochs (best {state['best_epoch']})  {state['train_seconds']:.0f}s train, {sal_seconds:.1f}s saliency")
-    return FoldResult(dataset, fold, final, metrics)
+    steps.model.save(where / "model.keras")
+    member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, sal_sum, sal_n, predict_seconds, sal_seconds)
+    with _signals_blocked():
+        tmp = where / f".{MEMBER_FILE}.{os.getpid()}.npz"
+        np.savez(tmp, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
+                 val_rows=vr, sal_sum=sal_sum, sal_n=sal_n, predict_seconds=predict_seconds, sal_seconds=sal_seconds)
+        os.replace(tmp, done)
+        ckpt.clear()
+    return member
 
 
 class FoldLog:
-    """Progress of one fold on the module's logger, each line prefixed [dataset fold i]."""
+    """Progress of one fold on the module's logger, each line prefixed [dataset fold i]
+    (and the model's seed when a fold trains several)."""
 
-    def __init__(self, dataset: str, fold: int):
-        self.prefix = f"[{dataset} fold {fold}]"
+    def __init__(self, dataset: str, fold: int, member: str = ""):
+        self.prefix = f"[{dataset} fold {fold}{' ' + member if member else ''}]"
 
     def __call__(self, message: str) -> None:
         logger.info(f"{self.prefix} {message}")
@@ -220,12 +293,13 @@ class CompiledSteps:
         optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
         optimizer.build(model.trainable_variables)
         forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
+        encode = masked_one_hot(cfg, optimizer.iterations) if cfg.mask_rate else one_hot
 
         # The training step keeps its batch length in the graph: a graph for any length would
         # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
         @tf.function(reduce_retracing=True, autograph=False)
         def train_step(g, t):
-            x = one_hot(g)
+            x = encode(g)
             with tf.GradientTape() as tape:
                 pred = forward(x, training=True)[:, 0]
                 mse = tf.reduce_mean(tf.square(pred - t))
@@ -236,7 +310,7 @@ class CompiledSteps:
 
         micro = micro_batch_size(cfg, n_var)
         if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
-            train_step = _accumulating_step(model, forward, optimizer, micro, one_hot)
+            train_step = _accumulating_step(model, forward, optimizer, micro, encode)
             say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
                 f"(--step-activation-mb {cfg.step_activation_mb})")
         self.train_step = train_step
@@ -313,10 +387,10 @@ class Checkpointer:
 
 class EarlyStopping:
     """Counts epochs without a better validation MAE (``best_mae``, ``best_epoch``, ``wait``
-    live in the checkpointed state)."""
+    live in the checkpointed state); stops after ``patience`` of them."""
 
-    def __init__(self, state: dict, cfg):
-        self.state, self.cfg = state, cfg
+    def __init__(self, state: dict, cfg, patience: int):
+        self.state, self.cfg, self.patience = state, cfg, patience
 
     def update(self, epoch: int, val_mae: float) -> bool:
         """Record an epoch; True when it improved on the best."""
@@ -330,19 +404,19 @@ class EarlyStopping:
 
     @property
     def stop(self) -> bool:
-        return self.state["wait"] >= self.cfg.patience
+        return self.state["wait"] >= self.patience
 
     @property
     def go_on(self) -> bool:
-        return self.state["epoch"] < self.cfg.max_epochs and self.state["wait"] <= self.cfg.patience
+        return self.state["epoch"] < self.cfg.max_epochs and self.state["wait"] <= self.patience
 
 
 class Plateau:
-    """Multiplies the learning rate by ``lr_decay_factor`` after ``lr_decay_patience`` epochs
-    without improvement, counted afresh after each cut (``lr``, ``lr_wait`` in the state)."""
+    """Multiplies the learning rate by ``lr_decay_factor`` after ``patience`` epochs without
+    improvement (0: never), counted afresh after each cut (``lr``, ``lr_wait`` in the state)."""
 
-    def __init__(self, state: dict, cfg, optimizer):
-        self.state, self.cfg, self.optimizer = state, cfg, optimizer
+    def __init__(self, state: dict, cfg, optimizer, patience: int):
+        self.state, self.cfg, self.optimizer, self.patience = state, cfg, optimizer, patience
 
     def update(self, improved: bool) -> None:
         s, cfg = self.state, self.cfg
@@ -350,7 +424,7 @@ class Plateau:
             s["lr_wait"] = 0
             return
         s["lr_wait"] = s.get("lr_wait", 0) + 1
-        if cfg.lr_decay_patience and s["lr_wait"] >= cfg.lr_decay_patience:
+        if self.patience and s["lr_wait"] >= self.patience:
             s["lr"] = max(s.get("lr", cfg.learning_rate) * cfg.lr_decay_factor, cfg.min_learning_rate)
             self.optimizer.learning_rate.assign(s["lr"])
             s["lr_wait"] = 0
@@ -362,8 +436,17 @@ class Plateau:
 
 def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Checkpointer, cfg, y,
                n_threads: int, say) -> dict:
-    """Epochs until early stopping or max_epochs, each checkpointed; returns the CPU use."""
-    stopping, plateau = EarlyStopping(state, cfg), Plateau(state, cfg, steps.optimizer)
+    """Epochs until early stopping or max_epochs, each checkpointed; returns the CPU use and
+    the patience in epochs (the configured epochs, raised to cover the patience in steps)."""
+    n_steps = -(-len(sources.train) // cfg.batch_size)
+    if cfg.steps_per_epoch:
+        n_steps = min(n_steps, cfg.steps_per_epoch)
+    patience, lr_patience = cfg.epochs_patience(n_steps)
+    if (patience, lr_patience) != (cfg.patience, cfg.lr_decay_patience):
+        say(f"{n_steps} optimiser steps an epoch: patience {patience} epochs, learning rate halved after "
+            f"{lr_patience} (--patience-steps {cfg.patience_steps}, --lr-decay-steps {cfg.lr_decay_steps})")
+    stopping = EarlyStopping(state, cfg, patience)
+    plateau = Plateau(state, cfg, steps.optimizer, lr_patience)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     while stopping.go_on:
         t0 = time.perf_counter()
@@ -391,7 +474,8 @@ def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Ch
         if stopping.stop:
             break
     # CPU seconds per wall second of this process's epochs: at most the granted cores
-    return {"cpu_utilisation": (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)}
+    return {"cpu_utilisation": (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9),
+            "patience_epochs": patience, "lr_patience_epochs": lr_patience}
 
 
 class FoldOutputs:
@@ -438,6 +522,7 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
         "threads": n_threads,
         **_throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, store.n_variants, cfg),
         "train_cpu_utilisation": fit["cpu_utilisation"],
+        "patience_epochs": fit["patience_epochs"], "lr_patience_epochs": fit["lr_patience_epochs"],
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "thread_pools": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                          "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -465,6 +550,23 @@ def check_resumable(state: dict, cfg, store, partial: Path) -> None:
         raise InputError(f"{partial} was checkpointed with other settings than this command's "
                          f"({'; '.join(problems)}; checkpoint vs command): rerun with the checkpoint's "
                          "settings to resume it, or --force to start this fold afresh")
+
+
+def masked_one_hot(cfg, counter):
+    """One-hot encoding for training with missing-genotype augmentation: each call is set to
+    missing (-1) with probability cfg.mask_rate, a fresh mask every optimiser step (stateless
+    draws keyed by the seed and the step counter, so a resumed fold draws what the
+    uninterrupted one would have).  The model learns not to lean on any single call, and how
+    to predict lines with absent SNPs."""
+    import tensorflow as tf
+
+    from hpcsnp.data import one_hot
+
+    def encode(g):
+        seed = tf.stack([tf.constant(cfg.seed * 7919 + 17, tf.int64), tf.cast(counter, tf.int64)])
+        drop = tf.random.stateless_uniform(tf.shape(g), seed=seed) < cfg.mask_rate
+        return one_hot(tf.where(drop, tf.constant(-1, g.dtype), g))
+    return encode
 
 
 def micro_batch_size(cfg, n_variants: int) -> int:

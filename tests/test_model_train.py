@@ -307,3 +307,52 @@ def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, 
     assert any("beyond the ISRU bound" in line for line in logs)
 
 
+
+
+def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store, tmp_path):
+    """--seeds 2: two models per fold; predictions, validation predictions and the saliency
+    shard are their averages, and a seed-1 run of the first seed is the same model."""
+    import zarr
+
+    from hpcsnp.train import train_fold
+
+    store, _ = sim_store
+    train_fold(store, 1, tmp_path / "two", FAST.replace(seeds=2))
+    train_fold(store, 1, tmp_path / "one", FAST)
+    train_fold(store, 1, tmp_path / "other", FAST.replace(seed=1))
+    two, one, other = (tmp_path / d / "sim" / "fold_1" for d in ("two", "one", "other"))
+    per_seed = pd.read_csv(two / "seed_predictions.csv", dtype={"sample_id": str})
+    pred = pd.read_csv(two / "predictions.csv", dtype={"sample_id": str})
+    np.testing.assert_allclose(pred["prediction"], (per_seed["seed_0"] + per_seed["seed_1"]) / 2, rtol=1e-6)
+    for seed, d in ((0, one), (1, other)):  # each member is the model a one-seed run with that seed trains
+        alone = pd.read_csv(d / "predictions.csv")
+        np.testing.assert_allclose(per_seed[f"seed_{seed}"], alone["prediction"], rtol=1e-6)
+    sal = [zarr.open_array(str(d / "saliency.zarr"))[:] for d in (two, one, other)]
+    np.testing.assert_allclose(sal[0], (sal[1] + sal[2]) / 2, rtol=1e-6)
+    m = json.loads((two / "metrics.json").read_text())
+    assert [r["seed"] for r in m["seed_runs"]] == [0, 1] and (two / "seed_1" / "model.keras").exists()
+    assert not list(two.rglob("member.npz"))
+    from hpcsnp.predict import predict_run  # predict loads every seed's model of the fold
+
+    got = predict_run(tmp_path / "two", store, out=tmp_path / "p.csv", fold=1).table.set_index("sample_id")
+    np.testing.assert_allclose(got.loc[pred["sample_id"], "cnn_mean"], pred["prediction"], rtol=1e-5)
+
+
+def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
+    import tensorflow as tf
+
+    from hpcsnp.config import Config
+    from hpcsnp.train import masked_one_hot
+
+    g = tf.constant(np.random.default_rng(0).integers(0, 3, (64, 500)).astype(np.int8))
+    counter = tf.Variable(0, dtype=tf.int64)
+    encode = masked_one_hot(Config(mask_rate=0.3), counter)
+    a, b = encode(g).numpy(), encode(g).numpy()
+    np.testing.assert_array_equal(a, b)  # same step, same mask
+    missing = a[..., 0] == 1  # the missing channel
+    assert abs(missing.mean() - 0.3) < 0.01
+    from hpcsnp.data import one_hot
+
+    np.testing.assert_array_equal(a[~missing], one_hot(g).numpy()[~missing])  # every other call as it was
+    counter.assign(1)
+    assert (encode(g).numpy()[..., 0] == 1).tolist() != missing.tolist()  # a fresh mask each step

@@ -11,7 +11,7 @@ import pytest
 from helpers import run_cli
 
 ARGS = ["--fold", "1", "--epochs", "30", "--patience", "40", "--batch-size", "16", "--threads", "1",
-        "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1"]
+        "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1", "--lr-decay-steps", "0"]
 
 
 def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
