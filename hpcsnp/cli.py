@@ -426,7 +426,8 @@ def _print_reduce(result, run):
     s = result["summary"]
     click.echo(s.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if len(result["paired"]):
-        click.echo("\nCNN and ensemble minus the better linear baseline, paired by fold (PCC):")
+        click.echo("\nPaired by fold (PCC): each model minus the better linear baseline, and minus the best "
+                   "baseline where that is another:")
         click.echo(result["paired"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo("")
     click.echo(result["top"].groupby("dataset").head(10).to_string(index=False))
