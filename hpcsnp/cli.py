@@ -493,6 +493,54 @@ def query(run_dir, snps):
 
 
 @cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(file_okay=False),
+              help="Write into RUN/<dataset>/ (where reduce finds it) and reuse the run's cached Gram matrix.")
+@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+              help="Directory for the outputs when there is no --run [STORE's name + _gwas].")
+@threads_option
+@_handle_errors
+def gwas(store, run_dir, name, out_dir, threads):
+    """Single-marker mixed-model GWAS (EMMAX/P3D) on every phenotyped line.
+
+    REML variance components once (the kinship of the baseline), then one
+    generalised least-squares t-test per SNP. Writes gwas.csv (snp, chrom, pos,
+    n, maf, beta, se, t, p, q_bh), gwas.json (genomic inflation lambda,
+    Bonferroni and Benjamini-Hochberg thresholds, h2), gwas_manhattan.png and
+    gwas_qq.png.
+    """
+    from hpcsnp.resources import cap_threads
+
+    cap_threads(threads)
+    from hpcsnp.gwas import gwas_store, write_gwas
+    from hpcsnp.rundir import RunDir, dataset_name
+    from hpcsnp.store import open_store
+
+    s = open_store(store)
+    gram = None
+    if run_dir:
+        from hpcsnp.baseline import cached_gram
+
+        run = RunDir(run_dir)
+        ds = dataset_name(s, name)
+        run.write_dataset_info(ds, s)
+        G, width, _ = cached_gram(s, "dosage", run.baseline_cache(ds, "dosage"))
+        gram, where, label = (G, width), run.dataset_dir(ds), ds
+    else:
+        where, label = Path(out_dir or f"{s.name}_gwas"), s.name
+    r = gwas_store(s, gram=gram)
+    paths = write_gwas(r, where, label)
+    m = r.summary
+    click.echo(f"{m['snps_tested']:,} SNPs x {m['n']:,} lines in {m['seconds']:.1f}s: lambda {m['lambda_gc']:.3f}, "
+               f"h2 {m['h2_reml']:.3f}; {m['significant_bonferroni']} below Bonferroni "
+               f"{m['bonferroni_p']:.2e}, {m['significant_bh_5pct']} at BH 5 %")
+    click.echo(r.table.nsmallest(10, "p")[["snp", "chrom", "pos", "maf", "beta", "se", "p"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    click.echo("outputs: " + " ".join(map(str, paths)))
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("genotypes", type=click.Path(), required=False)
 @click.option("--bfile", type=click.Path(), help="PLINK .bed/.bim/.fam prefix of the new lines (instead of GENOTYPES).")
