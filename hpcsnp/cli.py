@@ -129,6 +129,10 @@ def config_options(fn):
         click.option("--seeds", type=click.IntRange(min=1),
                      help=f"Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
                           f"saliency are their average (costs that many times the training) [{DEFAULTS.seeds}]."),
+        click.option("--attribution",
+                     help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
+                          "(integrated gradients from the all-missing genotype); the publication's saliency is "
+                          f"always computed [{DEFAULTS.attribution}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
         click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,

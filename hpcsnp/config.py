@@ -32,9 +32,11 @@ class Config:
     l2_kernel: float = 0.1
     l2_bias: float = 0.01
     l2_dense: float = 0.0  # L2 on the output layer's kernel (the publication has none)
+    dense_init: str = "truncated_normal"  # or "zeros": the output layer starts at the mean prediction
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
+    adam_epsilon: float = 1e-7  # Keras' default; large values make Adam's steps proportional to the gradient
     batch_size: int = 64
     patience: int = 5  # 6 in the sweep; 5 stopped at the same best epoch in all 20 folds of the full CV
     lr_decay_patience: int = 2  # >0: multiply the lr by lr_decay_factor after this many epochs without improvement
@@ -57,6 +59,7 @@ class Config:
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (SPEC section 5)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
+    attribution: str = "saliency"  # comma-separated: saliency (always computed), smoothgrad, ig
     # input pipeline
     eval_batch_size: int = 256
     eval_activation_mb: int = 32  # prediction/saliency batches shrink so one activation stays under this
@@ -88,6 +91,13 @@ class Config:
             problems.append(f"lr_decay_patience must be >= 0, got {self.lr_decay_patience}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        bad = [m for m in self.attribution_methods() if m not in ("saliency", "smoothgrad", "ig")]
+        if bad:
+            problems.append(f"attribution must list saliency, smoothgrad or ig, got {', '.join(bad)}")
+        if self.dense_init not in ("truncated_normal", "zeros"):
+            problems.append(f"dense_init must be truncated_normal or zeros, got {self.dense_init!r}")
+        if self.adam_epsilon <= 0:
+            problems.append(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         if self.cache not in ("auto", "always", "never"):
             problems.append(f"cache must be auto, always or never, got {self.cache!r}")
         if problems:
@@ -105,6 +115,15 @@ class Config:
         if self.cache != "auto" and self.cache_limit_mb != Config.cache_limit_mb:
             out.append(f"--cache-limit-mb ignored with --cache {self.cache}")
         return out
+
+    def attribution_methods(self) -> list[str]:
+        """The attributions a fold computes: saliency first (reduce's ranking), then the others.
+
+        >>> Config(attribution="ig,smoothgrad").attribution_methods()
+        ['saliency', 'ig', 'smoothgrad']
+        """
+        given = [m.strip() for m in self.attribution.split(",") if m.strip()]
+        return ["saliency", *dict.fromkeys(m for m in given if m != "saliency")]
 
     def epochs_patience(self, steps_per_epoch: int) -> tuple[int, int]:
         """(early-stopping patience, learning-rate patience) in epochs for epochs of this many

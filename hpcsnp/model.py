@@ -100,7 +100,8 @@ def build_model(n_snps: int, cfg) -> keras.Model:
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 2, name="dropout2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 3, name="dropout3")(x)
-    x = layers.Dense(1, kernel_initializer=keras.initializers.TruncatedNormal(),
+    init = keras.initializers.Zeros() if cfg.dense_init == "zeros" else keras.initializers.TruncatedNormal()
+    x = layers.Dense(1, kernel_initializer=init,
                      kernel_regularizer=regularizers.l2(cfg.l2_dense) if cfg.l2_dense else None,
                      bias_regularizer=regularizers.l2(cfg.l2_bias), name="dense")(x)
     out = ISRU(cfg.alpha, name="isru")(x)

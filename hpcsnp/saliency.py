@@ -1,11 +1,18 @@
-"""Attribution of predictions to SNPs.
+"""Attribution of predictions to SNPs, each batched in one compiled call.
 
-Gradient saliency (SPEC section 5): for one sample's one-hot input x,
-S_i = max_c |d f(x) / d x[i, c]|, computed for a whole batch in one compiled
-call.  ``f`` is the network's output, i.e. the prediction on the
-standardised scale when the target was standardised.  A fold's shard holds
-the sum of S over its test samples and their count, so averaging over all
-folds is a sum of shards divided by the number of samples.
+``saliency`` (SPEC section 5, the default): for one sample's one-hot input x,
+S_i = max_c |d f(x) / d x[i, c]|.  ``smoothgrad`` (Smilkov et al. 2017): the same of the
+gradient averaged over ``SMOOTH_SAMPLES`` copies of x with Gaussian noise of sd
+``SMOOTH_NOISE`` (15 % of the one-hot range) added; with no noise it is the saliency.
+``ig``, integrated gradients (Sundararajan et al. 2017): A_i = sum_c (x - x')[i, c] times
+the gradient averaged along the straight path from x' to x (``IG_STEPS`` midpoints), with
+x' the all-missing genotype (every SNP in the missing channel): an input the model has a
+meaning for that carries no genotype information and does not depend on the data; the A_i
+of a sample sum to f(x) - f(x') (completeness).  The shard of a method holds the sum over
+a fold's test samples of |A_i| (S_i for the gradient methods) and their count, so
+averaging over all folds is a sum of shards divided by the number of samples.  ``f`` is
+the network's output, i.e. the prediction on the standardised scale when the target was
+standardised.
 """
 
 from __future__ import annotations
@@ -13,36 +20,106 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+ATTRIBUTIONS = ("saliency", "smoothgrad", "ig")
+SMOOTH_SAMPLES, SMOOTH_NOISE = 16, 0.15
+IG_STEPS = 32
 
-def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
-    """A compiled function: one-hot batch [b, N, 4] (or, with ``encoded=False``, int8
-    genotypes [b, N], one-hot inside the graph) -> per-SNP S summed over the batch.
-    Traced once for any batch length."""
+
+def shard_name(method: str) -> str:
+    """The shard file of a method in a fold directory: saliency.zarr, smoothgrad.zarr, ig.zarr."""
+    return f"{method}.zarr"
+
+
+def _encoded(model, encoded: bool):
     n = model.inputs[0].shape[1] if getattr(model, "inputs", None) else None
-    spec = tf.TensorSpec((None, n, 4), tf.float32) if encoded else tf.TensorSpec((None, n), tf.int8)
+    return tf.TensorSpec((None, n, 4), tf.float32) if encoded else tf.TensorSpec((None, n), tf.int8)
 
-    @tf.function(input_signature=(spec,), autograph=False)
-    def batch_saliency(x):
+
+def _gradient(model, x, training):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        # sum over the batch: d(sum_j f(x_j))/dx_j = df(x_j)/dx_j, samples are independent
+        y = tf.reduce_sum(model(x, training=training))
+    return tape.gradient(y, x)
+
+
+def missing_baseline(x):
+    """The all-missing genotype: every SNP in the missing channel (one-hot [1, 0, 0, 0])."""
+    return tf.one_hot(tf.zeros(tf.shape(x)[:-1], tf.int32), 4, dtype=x.dtype)
+
+
+def integrated_gradients(model, x, steps: int = IG_STEPS, training: bool = False):
+    """Per-SNP signed attributions [b, N] of one-hot inputs x [b, N, 4] against the
+    all-missing baseline (midpoint rule over ``steps`` points)."""
+    base = missing_baseline(x)
+    diff = x - base
+    total = tf.zeros_like(x)
+    for k in range(steps):
+        total += _gradient(model, base + ((k + 0.5) / steps) * diff, training)
+    return tf.reduce_sum(diff * total / steps, axis=-1)
+
+
+def smoothgrad(model, x, samples: int = SMOOTH_SAMPLES, noise: float = SMOOTH_NOISE, training: bool = False,
+               seed: int = 0):
+    """max_c |mean gradient over noisy copies| [b, N]; the noise comes from fixed seeds, so a
+    fold's shard is the same on every run."""
+    total = tf.zeros_like(x)
+    for k in range(samples):
+        eps = tf.random.stateless_normal(tf.shape(x), seed=[seed, k]) * noise if noise else 0.0
+        total += _gradient(model, x + eps, training)
+    return tf.reduce_max(tf.abs(total / samples), axis=-1)
+
+
+def make_attribution(model, method: str = "saliency", training: bool = False, encoded: bool = True,
+                     **options):
+    """A compiled function: one-hot batch [b, N, 4] (or, with ``encoded=False``, int8
+    genotypes [b, N], one-hot inside the graph) -> per-SNP attribution magnitude summed
+    over the batch.  Traced once for any batch length."""
+    if method not in ATTRIBUTIONS:
+        raise ValueError(f"unknown attribution {method!r} (one of {', '.join(ATTRIBUTIONS)})")
+
+    @tf.function(input_signature=(_encoded(model, encoded),), autograph=False)
+    def batch_attribution(x):
         if not encoded:
             from hpcsnp.data import one_hot
 
             x = one_hot(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            # sum over the batch: d(sum_j f(x_j))/dx_j = df(x_j)/dx_j, samples are independent
-            y = tf.reduce_sum(model(x, training=training))
-        g = tape.gradient(y, x)
-        return tf.reduce_sum(tf.reduce_max(tf.abs(g), axis=-1), axis=0)
+        if method == "saliency":
+            per = tf.reduce_max(tf.abs(_gradient(model, x, training)), axis=-1)
+        elif method == "smoothgrad":
+            per = smoothgrad(model, x, training=training, **options)
+        else:
+            per = tf.abs(integrated_gradients(model, x, training=training, **options))
+        return tf.reduce_sum(per, axis=0)
 
-    return batch_saliency
+    return batch_attribution
+
+
+def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
+    """The publication's saliency as a compiled batch function (see make_attribution)."""
+    return make_attribution(model, "saliency", training, encoded)
+
+
+def fold_attributions(model, batches, n_variants: int, methods=("saliency",),
+                      training: bool = False) -> tuple[dict, int, dict]:
+    """Per method, the sum over every sample of ``batches`` ((int8 genotypes, y, row)
+    tuples) of its per-SNP attribution; the count; the seconds each method took."""
+    import time
+
+    fns = {m: make_attribution(model, m, training, encoded=False) for m in methods}
+    totals = {m: np.zeros(n_variants, dtype=np.float64) for m in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    count = 0
+    for x, _, _ in batches:
+        for m, fn in fns.items():
+            t = time.perf_counter()
+            totals[m] += fn(x).numpy()
+            seconds[m] += time.perf_counter() - t
+        count += int(x.shape[0])
+    return totals, count, seconds
 
 
 def fold_saliency(model, batches, n_variants: int, training: bool = False) -> tuple[np.ndarray, int]:
     """Sum of S over every sample of ``batches`` ((int8 genotypes, y, row) tuples), and the count."""
-    fn = make_gradient_saliency(model, training, encoded=False)
-    total = np.zeros(n_variants, dtype=np.float64)
-    count = 0
-    for x, _, _ in batches:
-        total += fn(x).numpy()
-        count += int(x.shape[0])
-    return total, count
+    totals, count, _ = fold_attributions(model, batches, n_variants, ("saliency",), training)
+    return totals["saliency"], count

@@ -119,11 +119,13 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     # of the kept weights: what `reduce` weighs the ensemble on
     out.predictions("val_predictions.csv", vr, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
     sal_n = members[0].sal_n
-    out.saliency_shard(np.mean([m.sal_sum for m in members], axis=0), sal_n, cfg)
+    for method in cfg.attribution_methods():
+        out.attribution_shard(method, np.mean([m.attr[method] for m in members], axis=0), sal_n, cfg)
     first = members[0]
     metrics.update(fold_record(dataset, split, first.state, store, cfg, first.scale, n_threads, first.fit, sal_n,
-                               sum(m.sal_seconds for m in members), len(tr),
+                               sum(m.attr_seconds["saliency"] for m in members), len(tr),
                                sum(m.predict_seconds for m in members), t_start))
+    metrics["attribution_seconds"] = {k: sum(m.attr_seconds[k] for m in members) for k in first.attr_seconds}
     if cfg.seeds > 1:
         import pandas as pd
 
@@ -160,10 +162,10 @@ class Member:
     test_rows: np.ndarray
     val_pred: np.ndarray
     val_rows: np.ndarray
-    sal_sum: np.ndarray
+    attr: dict  # method -> per-SNP sum over the test samples
     sal_n: int
     predict_seconds: float
-    sal_seconds: float
+    attr_seconds: dict  # method -> seconds
 
 
 def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member:
@@ -180,9 +182,10 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         with np.load(done, allow_pickle=False) as z:
             state = json.loads(str(z["state"]))
             check_resumable(state, cfg, store, where)
+            attr = {k.removeprefix("attr_"): z[k] for k in z.files if k.startswith("attr_")}
             return Member(where, cfg.seed, scale, state, json.loads(str(z["fit"])), z["test_pred"], z["test_rows"],
-                          z["val_pred"], z["val_rows"], z["sal_sum"], int(z["sal_n"]), float(z["predict_seconds"]),
-                          float(z["sal_seconds"]))
+                          z["val_pred"], z["val_rows"], attr, int(z["sal_n"]), float(z["predict_seconds"]),
+                          json.loads(str(z["attr_seconds"])))
     keras.utils.set_random_seed(cfg.seed * 1009 + fold)
     sources = FoldSources.build(store, split, scale, cfg)
     steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
@@ -198,15 +201,14 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     tp, tr = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
     vp, vr = steps.predict(sources.val)
-    t_sal = time.perf_counter()
-    sal_sum, sal_n = steps.saliency(sources.test)
-    sal_seconds = time.perf_counter() - t_sal
+    attr, sal_n, attr_seconds = steps.attributions(sources.test)
     steps.model.save(where / "model.keras")
-    member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, sal_sum, sal_n, predict_seconds, sal_seconds)
+    member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, attr, sal_n, predict_seconds, attr_seconds)
     with _signals_blocked():
         tmp = where / f".{MEMBER_FILE}.{os.getpid()}.npz"
         np.savez(tmp, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
-                 val_rows=vr, sal_sum=sal_sum, sal_n=sal_n, predict_seconds=predict_seconds, sal_seconds=sal_seconds)
+                 val_rows=vr, sal_n=sal_n, predict_seconds=predict_seconds, attr_seconds=json.dumps(attr_seconds),
+                 **{f"attr_{k}": v for k, v in attr.items()})
         os.replace(tmp, done)
         ckpt.clear()
     return member
@@ -290,7 +292,7 @@ class CompiledSteps:
         self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
         self.eval_batch = eval_batch_size(cfg, n_var)
         model = self.model = build_model(n_var, cfg)
-        optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon)
         optimizer.build(model.trainable_variables)
         forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
         encode = masked_one_hot(cfg, optimizer.iterations) if cfg.mask_rate else one_hot
@@ -335,11 +337,13 @@ class CompiledSteps:
             rows.append(np.asarray(r))
         return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
 
-    def saliency(self, src) -> tuple[np.ndarray, int]:
-        from hpcsnp.saliency import fold_saliency
+    def attributions(self, src) -> tuple[dict, int, dict]:
+        """Per attribution method of the settings: the per-SNP sum over ``src``'s samples; the
+        count; the seconds each took."""
+        from hpcsnp.saliency import fold_attributions
 
-        return fold_saliency(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
-                             self.n_var, training=self.cfg.saliency_dropout)
+        return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
+                                 self.n_var, self.cfg.attribution_methods(), training=self.cfg.saliency_dropout)
 
 
 class Checkpointer:
@@ -490,15 +494,21 @@ class FoldOutputs:
         pd.DataFrame({"sample_id": self.store.sample_id[rows], "fold": fold, "truth": self.store.phenotype[rows],
                       "prediction": pred}).to_csv(self.dir / name, index=False)
 
-    def saliency_shard(self, sal_sum, sal_n: int, cfg) -> None:
+    QUANTITY = {"saliency": "sum over test samples of max_c |d f / d x[i, c]|",
+                "smoothgrad": "sum over test samples of max_c |mean over noisy copies of d f / d x[i, c]|",
+                "ig": "sum over test samples of |integrated gradients of SNP i| (all-missing baseline)"}
+
+    def attribution_shard(self, method: str, total, n: int, cfg) -> None:
         import zarr
 
-        n_var = len(sal_sum)
-        shard = zarr.create_array(str(self.dir / "saliency.zarr"), shape=(n_var,), dtype="float64",
+        from hpcsnp.saliency import shard_name
+
+        n_var = len(total)
+        shard = zarr.create_array(str(self.dir / shard_name(method)), shape=(n_var,), dtype="float64",
                                   chunks=(n_var,), dimension_names=("variants",), overwrite=True)
-        shard[:] = sal_sum
-        shard.attrs.update({"n_samples": sal_n, "dataset": self.dataset, "fold": self.split.test_fold,
-                            "quantity": "sum over test samples of max_c |d f / d x[i, c]|",
+        shard[:] = total
+        shard.attrs.update({"n_samples": n, "dataset": self.dataset, "fold": self.split.test_fold,
+                            "method": method, "quantity": self.QUANTITY[method],
                             "scale": "standardised phenotype" if cfg.standardize else "phenotype"})
 
     def metrics(self, metrics: dict) -> None:
