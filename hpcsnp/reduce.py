@@ -21,7 +21,14 @@ from hpcsnp.atomic import atomic_write_text
 from hpcsnp.ensemble import ensemble_folds
 from hpcsnp.errors import IncompleteRunError, InputError
 from hpcsnp.metrics import all_finite
-from hpcsnp.report import SALIENCY_CSV, plot_fold_pcc, plot_observed_predicted, plot_saliency
+from hpcsnp.ranking import rank_dataset
+from hpcsnp.report import (
+    SALIENCY_CSV,
+    plot_attribution_vs_gwas,
+    plot_fold_pcc,
+    plot_observed_predicted,
+    plot_saliency,
+)
 from hpcsnp.rundir import RunDir, read_json
 from hpcsnp.store import peek_store_id
 
@@ -36,6 +43,11 @@ ENSEMBLE_CSV = "ensemble_weights.csv"
 ENSEMBLE_PRED_CSV = "ensemble_predictions.csv"
 FOLD_PCC_PNG = "fold_pcc.png"
 OBS_PRED_PNG = "observed_vs_predicted.png"
+LOCI_CSV = "top_loci.csv"
+STABILITY_CSV = "attribution_stability.csv"
+ATTRIBUTION_CSV = "attribution_summary.csv"
+VS_GWAS_CSV = "attribution_vs_gwas.csv"
+VS_GWAS_PNG = "attribution_vs_gwas.png"
 
 
 def datasets_in(run_dir) -> list[dict]:
@@ -178,6 +190,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     datasets = datasets_in(run.path)
     check_complete(run.path, datasets)
     log_rows, sal_frames, top_frames, weight_rows, ens_preds, test_preds = [], [], [], [], [], []
+    rankings = []
     for ds in datasets:
         name = ds["dataset"]
         first_row = len(log_rows)
@@ -207,8 +220,17 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
             raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds['n_samples']}")
         frame = var.assign(dataset=name, saliency=sal)
         frame["rank"] = frame["saliency"].rank(ascending=False, method="first").astype(int)
-        sal_frames.append(frame[["dataset", "snp", "chrom", "pos", "saliency", "rank"]])
-        top_frames.append(frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]])
+        ranking = rank_dataset(run, ds, var, sal, top)
+        rankings.append(ranking)
+        extra = [c for c in ranking.scores.columns if c not in ("snp", "chrom", "pos", "saliency", "saliency_rank")]
+        sal_frames.append(pd.concat([frame[["dataset", "snp", "chrom", "pos", "saliency", "rank"]],
+                                     ranking.scores[extra]], axis=1))
+        tops_ = frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]]
+        stab = pd.DataFrame([r for r in ranking.stability if r["method"] == "saliency"])
+        if len(stab):
+            tops_ = tops_.merge(stab[["snp", "locus", "folds_in_top", "n_folds", "fold_score_sd"]], on="snp",
+                                how="left")
+        top_frames.append(tops_)
     log = pd.DataFrame(log_rows)
     summary = summarize(log)
     paired = paired_comparison(log)
@@ -223,11 +245,30 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     if weight_rows:
         _write_csv(pd.DataFrame(weight_rows), run.output(ENSEMBLE_CSV))
         _write_csv(pd.concat(ens_preds, ignore_index=True), run.output(ENSEMBLE_PRED_CSV))
+    _write_ranking_tables(run, rankings)
     if plot:
-        plot_saliency(saliency, run.output(PLOT_PNG), label_top=min(top, 10))
+        leads = [r["lead_snp"] for g in rankings for r in g.loci if r["method"] == "saliency"]
+        plot_saliency(saliency, run.output(PLOT_PNG), label_top=min(top, 10), labels=leads or None)
+        if any(g.gwas is not None for g in rankings):
+            plot_attribution_vs_gwas(rankings, run.output(VS_GWAS_PNG))
         plot_fold_pcc(log, run.output(FOLD_PCC_PNG))
         plot_observed_predicted(pd.concat(test_preds, ignore_index=True), run.output(OBS_PRED_PNG))
     return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
+
+
+def _write_ranking_tables(run: RunDir, rankings) -> None:
+    """top_loci.csv, attribution_stability.csv, attribution_summary.csv and, where a GWAS
+    was run, attribution_vs_gwas.csv (loci of the GWAS itself as method 'gwas')."""
+    loci = [r for g in rankings for r in g.loci]
+    loci += [r for g in rankings if g.gwas_loci is not None for r in g.gwas_loci.assign(method="gwas")
+             .to_dict("records")]
+    for rows, name in ((loci, LOCI_CSV), ([r for g in rankings for r in g.stability], STABILITY_CSV),
+                       ([r for g in rankings for r in g.summary], ATTRIBUTION_CSV),
+                       ([r for g in rankings for r in g.vs_gwas], VS_GWAS_CSV)):
+        if rows:
+            frame = pd.DataFrame(rows)
+            first = [c for c in ("dataset", "method") if c in frame]
+            _write_csv(frame[first + [c for c in frame if c not in first]], run.output(name))
 
 
 MIN_GROUP = 5  # lines of a group in a test fold for its within-group PCC to count

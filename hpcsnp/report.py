@@ -47,7 +47,9 @@ def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
     return x, ticks
 
 
-def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10) -> None:
+def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, labels=None) -> None:
+    """Mean saliency along the genome; labelled: ``labels`` (the lead SNPs of the top loci)
+    when given, else the top ``label_top`` SNPs."""
     plt = _pyplot()
     names = list(dict.fromkeys(saliency["dataset"]))
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
@@ -57,7 +59,8 @@ def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10) -> No
         chrom_idx = pd.factorize(f["chrom"])[0]
         colours = np.where(chrom_idx % 2 == 0, "#1f4e79", "#7fa7cf")
         ax.scatter(x, f["saliency"], c=colours, s=6, linewidths=0)
-        for _, r in f.nsmallest(label_top, "rank").iterrows():
+        shown = f[f["snp"].isin(labels)] if labels is not None else f.nsmallest(label_top, "rank")
+        for _, r in shown.iterrows():
             i = r.name
             ax.annotate(r["snp"], (x[i], r["saliency"]), fontsize=7, rotation=30,
                         xytext=(2, 3), textcoords="offset points")
@@ -69,6 +72,39 @@ def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10) -> No
             ax.set_xlabel("SNP index")
         ax.set_xlim(x.min() - 1, x.max() + 1)
         ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_attribution_vs_gwas(rankings, path: Path) -> None:
+    """Per data set with a GWAS: its Manhattan plot above the mean saliency on the same genome
+    axis, the top loci of each marked, loci found by both in red."""
+    plt = _pyplot()
+    done = [g for g in rankings if g.gwas is not None]
+    fig, axes = plt.subplots(2 * len(done), 1, figsize=(12, 5.6 * len(done)), squeeze=False, sharex=False)
+    for k, g in enumerate(done):
+        f = g.scores.reset_index(drop=True)
+        x, ticks = genome_x(f)
+        colours = np.where(pd.factorize(f["chrom"])[0] % 2 == 0, "#1f4e79", "#7fa7cf")
+        loci = pd.DataFrame([r for r in g.loci if r["method"] == "saliency"])
+        gl = g.gwas_loci if g.gwas_loci is not None else pd.DataFrame(columns=["lead_snp", "found_by_saliency"])
+        shared = loci["shared_with_gwas"].to_numpy(bool) if "shared_with_gwas" in loci else np.zeros(len(loci), bool)
+        gshared = gl["found_by_saliency"].to_numpy(bool)
+        top_ax, bottom_ax = axes[2 * k, 0], axes[2 * k + 1, 0]
+        top_ax.scatter(x, -np.log10(np.maximum(f["gwas_p"].to_numpy(float), 1e-300)), c=colours, s=6, linewidths=0)
+        top_ax.set_ylabel("GWAS -log10 p")
+        bottom_ax.scatter(x, f["saliency"], c=colours, s=6, linewidths=0)
+        bottom_ax.set_ylabel("mean saliency")
+        where = dict(zip(f["snp"], x))
+        for ax, table, both in ((top_ax, gl, gshared), (bottom_ax, loci, shared)):
+            for r, s in zip(table.itertuples(), both):
+                ax.axvline(where[r.lead_snp], color="#b03a2e" if s else "#999999", lw=0.8, alpha=0.7)
+            if ticks:
+                ax.set_xticks([t for _, t in ticks], [c for c, _ in ticks], fontsize=7, rotation=90)
+        name = f"{done[k].scores.attrs.get('dataset', '')}"
+        top_ax.set_title(f"{name} mixed-model GWAS (top loci marked; red: also a top saliency locus)".strip(),
+                         fontsize=9)
+        bottom_ax.set_title("mean saliency (top loci marked; red: also a top GWAS locus)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 

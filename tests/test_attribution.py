@@ -52,3 +52,50 @@ def test_a_fold_writes_a_shard_per_attribution(sim_store, tmp_path):
         shard = zarr.open_array(str(r.path / f"{method}.zarr"))
         assert shard.attrs["n_samples"] == r.metrics["n_test"] and (shard[:] >= 0).all() and shard[:].sum() > 0
     assert set(r.metrics["attribution_seconds"]) == {"saliency", "smoothgrad", "ig"}
+
+
+def test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart():
+    import pandas as pd
+
+    from hpcsnp.loci import clump, loci_table, r2_matrix
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 3, 200).astype(float)
+    X = np.column_stack([block, rng.integers(0, 3, 200), block, 2 - block, rng.integers(0, 3, 200)])
+    top = pd.DataFrame({"snp": list("abcde"), "chrom": ["1"] * 5, "pos": [100, 200, 300, 400, 500],
+                        "score": [5, 4, 3, 2, 1], "rank": [1, 2, 3, 4, 5]})
+    loci = clump(top, r2_matrix(X))
+    table = loci_table(top, loci, "score")
+    assert table["snps"].tolist() == ["a;c;d", "b", "e"] and table["n_snps"].tolist() == [3, 1, 1]
+    assert table.loc[0, "start"] == 100 and table.loc[0, "end"] == 400 and table.loc[0, "lead_snp"] == "a"
+    far = top.assign(pos=[100, 200, 300, 90_000_000, 500])  # the same genotypes beyond the window
+    assert [lo.members for lo in clump(far, r2_matrix(X))] == [[0, 2], [1], [3], [4]]
+    other = top.assign(chrom=["1", "1", "2", "1", "1"])  # another chromosome never joins
+    assert [lo.members for lo in clump(other, r2_matrix(X))] == [[0, 3], [1], [2], [4]]
+
+
+def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(tmp_path):
+    import pandas as pd
+    from helpers import FAST, run_cli
+
+    from hpcsnp.reduce import reduce_run
+    from hpcsnp.simulate import simulate
+    from hpcsnp.train import train_fold
+
+    simulate(tmp_path / "s.tsv", samples=300, snps=80, causal=3, folds=3, seed=2)
+    run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr")
+    for i in (1, 2, 3):
+        train_fold(tmp_path / "s.zarr", i, tmp_path / "run", FAST.replace(attribution="ig"))
+    run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
+    out = reduce_run(tmp_path / "run", top=10)
+    loci = pd.read_csv(tmp_path / "run" / "top_loci.csv")
+    assert set(loci["method"]) == {"saliency", "ig", "gwas"}
+    assert (loci.groupby("method")["n_snps"].sum().drop("gwas") == 10).all()  # every top SNP in one locus
+    summary = pd.read_csv(tmp_path / "run" / "attribution_summary.csv").set_index("method")
+    assert set(summary.index) == {"saliency", "ig"} and summary["spearman_vs_gwas"].notna().all()
+    vs = pd.read_csv(tmp_path / "run" / "attribution_vs_gwas.csv")
+    assert (vs["gwas_loci_found"] <= vs["gwas_loci"]).all()
+    stab = pd.read_csv(tmp_path / "run" / "attribution_stability.csv")
+    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 20
+    assert {"ig", "ig_rank", "gwas_p"} <= set(out["saliency"].columns)
+    assert (tmp_path / "run" / "attribution_vs_gwas.png").stat().st_size > 0

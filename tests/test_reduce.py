@@ -54,7 +54,9 @@ def test_reduce_outputs_and_summary(run):
     assert summary.loc[0, "pcc_mean"] == pytest.approx(np.mean([r.metrics["pcc"] for r in results]), rel=1e-5)
     assert summary.loc[0, "pcc_sd"] == pytest.approx(np.std([r.metrics["pcc"] for r in results], ddof=1), rel=1e-4)
     top = pd.read_csv(run_dir / "top_saliency_snps.csv")
-    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency"]
+    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency", "locus", "folds_in_top",
+                                 "n_folds", "fold_score_sd"]
+    assert top["locus"].notna().all() and top["folds_in_top"].between(0, 3).all()
     assert top["rank"].tolist() == list(range(1, 8)) and top["saliency"].is_monotonic_decreasing
     png = (run_dir / "avg_saliency_across_folds.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
