@@ -54,14 +54,15 @@ GRAM_BLOCK = 1024  # SNPs per block when accumulating a Gram matrix
 
 
 def memory_needed(n_samples: int, n_variants: int) -> int:
-    """Bytes the exact GBLUP baseline needs at its peak: the n x n Gram matrix and a fold's
-    n x n kernel in float64 (16 n^2), the int8 genotypes while the Gram matrix is built
-    (n p), and ~200 MB for the interpreter and libraries.
+    """Bytes the exact baselines need at their peak: the n x n Gram matrix (turned into
+    distances in place for RKHS) and up to two more kernels of the fitting rows in float64
+    (24 n^2), the int8 genotypes while the Gram matrix is built (n p), and ~200 MB for the
+    interpreter and libraries.
 
     >>> round(memory_needed(5059, 4236) / 2**30, 2), round(memory_needed(100_000, 50_000) / 2**30)
-    (0.6, 154)
+    (0.79, 228)
     """
-    return 16 * n_samples ** 2 + n_samples * n_variants + (200 << 20)
+    return 24 * n_samples ** 2 + n_samples * n_variants + (200 << 20)
 
 
 def check_memory(store, available: int | None = None) -> None:

@@ -233,6 +233,25 @@ def _parse_genotypes_slow(path, lineno, fields, snps, first_col, strict):
     return out, na
 
 
+def split_rows(lines, path, lead: int, n_columns: int):
+    """(line number, [the ``lead`` leading cells..., the rest of the line]) of every data
+    line of ``lines`` (from _numbered_lines, after the header): blank lines at the end are
+    ignored; a blank line inside the data, or a row that stops before its genotype cells,
+    is a ParseError."""
+    blank_at = None
+    for lineno, raw in lines:
+        line = _strip_eol(raw)
+        if not line.strip():
+            blank_at = blank_at or lineno
+            continue
+        if blank_at is not None:
+            raise ParseError(path, blank_at, "blank line inside the data")
+        parts = line.split(b"\t", lead)
+        if len(parts) <= lead:
+            raise ParseError(path, lineno, f"row has {len(parts)} column(s), header has {n_columns}")
+        yield lineno, parts
+
+
 def parse_genotypes(path, lineno, cells: bytes, snps, lead: int, strict: bool) -> tuple[np.ndarray, int]:
     """The genotype cells of one line (``cells``: the line after its ``lead`` leading
     columns) as int8 codes, and how many NA tokens were read as missing.  A ragged row or an
@@ -329,17 +348,8 @@ class TextSource:
         col_max = np.full(n, -128, dtype=np.int8)
         buf = np.empty((rows, n), dtype=np.int8)
         ids, phen, folds = [], [], []
-        lineno, blank_at, kept = 1, None, 0
-        for lineno, raw in self.lines:
-            line = _strip_eol(raw)
-            if not line.strip():
-                blank_at = blank_at or lineno
-                continue
-            if blank_at is not None:
-                raise ParseError(path, blank_at, "blank line inside the data")
-            parts = line.split(b"\t", lead)
-            if len(parts) <= lead:
-                raise ParseError(path, lineno, f"row has {len(parts)} column(s), header has {n + lead}")
+        lineno, kept = 1, 0
+        for lineno, parts in split_rows(self.lines, path, lead, n + lead):
             codes, na = parse_genotypes(path, lineno, parts[lead], snps, lead, self.strict)
             self.na_cells += na
             fold = _parse_fold(path, lineno, lead - 1, parts[lead - 2])

@@ -256,22 +256,12 @@ class TextLines:
         self.na_cells = 0
 
     def blocks(self, rows: int = 1024):
-        from hpcsnp.ingest import _strip_eol, parse_genotypes
+        from hpcsnp.ingest import parse_genotypes, split_rows
 
         snps, lead, path = list(self.meta.ids), self.lead, self.path
         seen: dict = {}
         ids, buf = [], np.empty((rows, len(snps)), dtype=np.int8)
-        blank_at = None
-        for lineno, raw in self.lines:
-            line = _strip_eol(raw)
-            if not line.strip():
-                blank_at = blank_at or lineno
-                continue
-            if blank_at is not None:
-                raise ParseError(path, blank_at, "blank line inside the data")
-            parts = line.split(b"\t", lead)
-            if len(parts) <= lead:
-                raise ParseError(path, lineno, f"row has {len(parts)} column(s), header has {len(snps) + lead}")
+        for lineno, parts in split_rows(self.lines, path, lead, len(snps) + lead):
             codes, na = parse_genotypes(path, lineno, parts[lead], snps, lead, strict=False)
             self.na_cells += na
             sid = parts[0].strip().decode("utf-8", "replace") if self.has_ids else str(lineno - 1)
