@@ -118,7 +118,8 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int) -> list[dict]:
     truth = json.loads(truth_path.read_text())
     t0 = time.perf_counter()
     if not (d / "run" / "attribution_summary.csv").exists():
-        hpcsnp("ingest", d / "sim.tsv", "-o", d / "sim.zarr", "--force", "--no-progress")
+        if not (d / "sim.zarr").exists():
+            hpcsnp("ingest", d / "sim.tsv", "-o", d / "sim.zarr", "--no-progress")
         hpcsnp("cv", d / "sim.zarr", "--run", d / "run", "--attribution", "smoothgrad,ig", "--no-progress")
         hpcsnp("gwas", d / "sim.zarr", "--run", d / "run")
         hpcsnp("reduce", d / "run")
