@@ -170,13 +170,19 @@ def _numbered_lines(reader, path):
         yield lineno, raw
 
 
-def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
+def header_text(path, line: bytes) -> str:
+    """The header line as text: a UTF-8 byte-order mark and the line end removed; bytes
+    that are not UTF-8 are a ParseError."""
     if line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
     try:
-        text = _strip_eol(line).decode("utf-8")
+        return _strip_eol(line).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ParseError(path, 1, f"header is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
+    text = header_text(path, line)
     cols = text.split("\t")
     if len(cols) < 3:
         hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if "," in text else ""

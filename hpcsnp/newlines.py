@@ -182,15 +182,10 @@ def check_overlap(alignment: Alignment, min_overlap: float, where: str) -> None:
 
 def _parse_header(path, line: bytes) -> tuple[bool, int, list[str]]:
     """(has ids, leading columns before the SNPs, SNP names) of a new-lines table."""
-    from hpcsnp.ingest import _strip_eol
+    from hpcsnp.ingest import header_text
     from hpcsnp.store import parse_marker_name
 
-    if line.startswith(b"\xef\xbb\xbf"):
-        line = line[3:]
-    try:
-        text = _strip_eol(line).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ParseError(path, 1, f"header is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = header_text(path, line)
     names = [c.strip() for c in text.split("\t")]
     lower = [n.lower() for n in names]
     if len(names) < 2:
