@@ -25,13 +25,12 @@ R2_MIN = 0.5
 def genotype_columns(store, columns) -> np.ndarray:
     """Dosages of the given SNP columns for every sample, float64 [n, k], missing calls set
     to the column mean; read chunk by chunk (memory n x k)."""
-    from hpcsnp.store import read_genotype_rows
+    from hpcsnp.store import row_chunks
 
     columns = np.asarray(columns, dtype=np.int64)
     out = np.empty((store.n_samples, len(columns)))
-    for lo in range(0, store.n_samples, store.chunk_rows):
-        hi = min(lo + store.chunk_rows, store.n_samples)
-        out[lo:hi] = read_genotype_rows(store, lo, hi)[:, columns]
+    for lo, hi, g in row_chunks(store):
+        out[lo:hi] = g[:, columns]
     miss = out < 0
     if miss.any():
         called = np.where(miss, 0.0, out)

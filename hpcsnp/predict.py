@@ -29,6 +29,7 @@ import numpy as np
 
 from hpcsnp.errors import InputError
 from hpcsnp.rundir import RunDir, read_json
+from hpcsnp.store import row_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +76,6 @@ class MarkerEffects:
         return self.mu + (uncentred(g, self.encoding, self.fill) - self.means) @ self.beta
 
 
-def _store_chunks(store):
-    from hpcsnp.store import read_genotype_rows
-
-    for lo in range(0, store.n_samples, store.chunk_rows):
-        hi = min(lo + store.chunk_rows, store.n_samples)
-        yield lo, hi, read_genotype_rows(store, lo, hi)
-
-
 def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np.ndarray) -> MarkerEffects:
     """GBLUP fitted on ``fit_rows`` (REML delta), turned into marker effects by one pass over
     the store.  ``G``: the store's uncentred Gram matrix (baseline.cached_gram).  On a fold's
@@ -103,7 +96,7 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     # baseline's Gram matrix does (no phenotype involved)
     fill = dosage_fill_of(store)
     beta, col_sum = None, None
-    for lo, hi, g in _store_chunks(store):
+    for lo, hi, g in row_chunks(store):
         a, b = np.searchsorted(fit_rows, [lo, hi])
         if a == b:
             continue
@@ -142,7 +135,7 @@ def dosage_fill_of(store) -> np.ndarray:
     """Per-SNP mean dosage over every sample of the store, by chunks (the baselines' fill)."""
     p = store.n_variants
     called, total = np.zeros(p, np.int64), np.zeros(p, np.int64)
-    for _, _, g in _store_chunks(store):
+    for _, _, g in row_chunks(store):
         ok = g >= 0
         called += ok.sum(axis=0)
         total += np.where(ok, g, 0).sum(axis=0, dtype=np.int64)
@@ -327,10 +320,12 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     from tqdm import tqdm
 
     from hpcsnp.atomic import atomic_write_text, tmp_name
+    from hpcsnp.config import Config
     from hpcsnp.newlines import VariantMeta, align, check_overlap, open_new_lines
     from hpcsnp.reduce import baseline_rows, check_complete
     from hpcsnp.resources import cap_threads, configure_tensorflow
     from hpcsnp.store import open_store
+    from hpcsnp.train import eval_batch_size
 
     t0 = time.perf_counter()
     n_threads = cap_threads(threads)  # before TensorFlow or NumPy's BLAS start their pools
@@ -372,9 +367,6 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
                            "the headline is the CNN mean")
         configure_tensorflow(n_threads)
-        from hpcsnp.config import Config
-        from hpcsnp.train import eval_batch_size
-
         batch = eval_batch_size(Config.from_dict(cfg) if cfg else Config(), store.n_variants)
         models = FoldModels(run, name, folds, store.n_variants)
         cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "rank")}

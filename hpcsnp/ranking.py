@@ -107,11 +107,7 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
             k = [where[c] for c in idx]
             table = loci_table(sub.rename(columns={f"{m}_rank": "rank"}), clump(sub, R2[np.ix_(k, k)]),
                                "gwas_score" if m == "gwas" else m)
-            loci_by[m] = table
-            if m == "gwas":
-                loci_by[m] = table
-                continue
-            if "gwas_p" in scores:
+            if m != "gwas" and "gwas_p" in scores:
                 table["lead_gwas_p"] = scores.set_index("snp").loc[table["lead_snp"], "gwas_p"].to_numpy()
             loci_by[m] = table
     if "gwas" in loci_by:

@@ -248,6 +248,13 @@ def read_genotype_rows(store: "Store", lo: int, hi: int) -> np.ndarray:
                          f"{type(e).__name__}: {e}; the store is damaged: re-run `hpcsnp ingest --force`") from None
 
 
+def row_chunks(store: "Store"):
+    """(first row, end row, int8 genotypes) of every chunk of rows, in order."""
+    for lo in range(0, store.n_samples, store.chunk_rows):
+        hi = min(lo + store.chunk_rows, store.n_samples)
+        yield lo, hi, read_genotype_rows(store, lo, hi)
+
+
 def open_store(path) -> Store:
     import zarr
 
