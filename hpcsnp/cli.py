@@ -503,13 +503,20 @@ def query(run_dir, snps):
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory for the outputs when there is no --run [STORE's name + _gwas].")
+@click.option("--loco/--no-loco", default=False, show_default=True,
+              help="Test each chromosome's SNPs against the kinship of the other chromosomes (leave one "
+                   "chromosome out), so a SNP is not also in the random effect that competes with it. For "
+                   "panels of unrelated lines; in families of inbred lines (NAM, biparental) LD spans whole "
+                   "chromosomes and whole chromosomes then test as associated.")
 @threads_option
+@progress_option
 @_handle_errors
-def gwas(store, run_dir, name, out_dir, threads):
+def gwas(store, run_dir, name, out_dir, loco, threads, progress):
     """Single-marker mixed-model GWAS (EMMAX/P3D) on every phenotyped line.
 
     REML variance components once (the kinship of the baseline), then one
-    generalised least-squares t-test per SNP. Writes gwas.csv (snp, chrom, pos,
+    generalised least-squares t-test per SNP (with --loco, against the
+    kinship of the other chromosomes). Writes gwas.csv (snp, chrom, pos,
     n, maf, beta, se, t, p, q_bh), gwas.json (genomic inflation lambda,
     Bonferroni and Benjamini-Hochberg thresholds, h2), gwas_manhattan.png and
     gwas_qq.png.
@@ -533,10 +540,15 @@ def gwas(store, run_dir, name, out_dir, threads):
         gram, where, label = (G, width), run.dataset_dir(ds), ds
     else:
         where, label = Path(out_dir or f"{s.name}_gwas"), s.name
-    r = gwas_store(s, gram=gram)
+    from tqdm import tqdm
+
+    with tqdm(total=s.n_variants, desc=f"gwas {label}", unit=" SNPs", file=sys.stderr,
+              disable=not (_progress_default() if progress is None else progress)) as bar:
+        r = gwas_store(s, gram=gram, loco=loco, progress=bar.update)
     paths = write_gwas(r, where, label)
     m = r.summary
-    click.echo(f"{m['snps_tested']:,} SNPs x {m['n']:,} lines in {m['seconds']:.1f}s: lambda {m['lambda_gc']:.3f}, "
+    click.echo(f"{m['snps_tested']:,} SNPs x {m['n']:,} lines in {m['seconds']:.1f}s"
+               f"{' (leave one chromosome out)' if m['loco'] else ''}: lambda {m['lambda_gc']:.3f}, "
                f"h2 {m['h2_reml']:.3f}; {m['significant_bonferroni']} below Bonferroni "
                f"{m['bonferroni_p']:.2e}, {m['significant_bh_5pct']} at BH 5 %")
     click.echo(r.table.nsmallest(10, "p")[["snp", "chrom", "pos", "maf", "beta", "se", "p"]].to_string(

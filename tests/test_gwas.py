@@ -60,26 +60,36 @@ def test_without_kinship_it_is_ordinary_least_squares():
         assert got.loc[j, "p"] == pytest.approx(fit.pvalue, rel=1e-6)
 
 
-def test_lambda_is_about_one_under_the_null_and_the_cli_writes_every_output(tmp_path):
-    """A null trait on structured genotypes (families): the mixed model keeps lambda near 1."""
-    rng = np.random.default_rng(3)
+def test_lambda_is_about_one_on_a_null_chromosome_and_the_cli_writes_every_output(tmp_path):
+    """Families; a polygenic trait from the SNPs of chromosomes 1-4, none from chromosome 5.
+    Tested against the other chromosomes' kinship (--loco), chromosome 5's SNPs keep
+    lambda near 1; against the whole genome's (the default) they are deflated, and a plain
+    regression is inflated by the family structure."""
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
     n_fam, per, p = 40, 15, 1500
     parents = rng.integers(0, 3, (n_fam, p))
     g = np.clip(parents[np.repeat(np.arange(n_fam), per)] + rng.integers(-1, 2, (n_fam * per, p)), 0, 2)
-    family = np.repeat(rng.normal(0, 1.0, n_fam), per)
-    y = 10 + family + rng.normal(0, 1, n_fam * per)  # polygenic family effect, no single SNP
+    beta = np.where(np.arange(p) < 1200, rng.normal(0, 1, p), 0.0)
+    gv = (g - g.mean(0)) @ beta
+    y = 10 + gv / gv.std() + rng.normal(0, 1, n_fam * per)
     lines = ["sample\tfold\tphenotype\t" + "\t".join(f"Chr{1 + j // 300:02d}_{1000 * (j + 1)}" for j in range(p))]
     lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.5f}\t" + "\t".join(map(str, g[i])) for i in range(len(y))]
     (tmp_path / "null.tsv").write_text("\n".join(lines) + "\n")
     run_cli("ingest", tmp_path / "null.tsv", "-o", tmp_path / "null.zarr")
-    proc = run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "out")
+    proc = run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "out", "--loco")
     summary = json.loads((tmp_path / "out" / "gwas.json").read_text())
-    assert 0.85 < summary["lambda_gc"] < 1.15, summary
-    assert "lambda" in proc.stdout
+    null = pd.read_csv(tmp_path / "out" / "gwas.csv").query("chrom == 'Chr05'")["p"].to_numpy()
+    assert summary["loco"] and len(null) == 300
+    assert 0.85 < genomic_inflation(null) < 1.15
+    assert "lambda" in proc.stdout and "leave one chromosome out" in proc.stdout
     for f in ("gwas.csv", "gwas_manhattan.png", "gwas_qq.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
-    # a plain regression on the same data is inflated by the family structure
-    ols = associate(g.astype(np.int8), y, None, None)
+    run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "whole")
+    whole = pd.read_csv(tmp_path / "whole" / "gwas.csv").query("chrom == 'Chr05'")["p"].to_numpy()
+    assert genomic_inflation(whole) < genomic_inflation(null)
+    ols = associate(g[:, 1200:].astype(np.int8), y, None, None)
     assert genomic_inflation(ols["p"].to_numpy()) > 1.3
 
 
@@ -90,3 +100,67 @@ def test_benjamini_hochberg_matches_the_step_up_rule():
     order = np.sort(p)
     k = max(i + 1 for i in range(len(p)) if order[i] <= 0.05 * (i + 1) / len(p))
     assert cut == order[k - 1] and ((q <= 0.05) == (p <= cut)).all()
+
+
+def _structured_store(tmp_path, seed=5, n_fam=30, per=10, p=240, n_chrom=4):
+    """Families on ``n_chrom`` chromosomes with missing calls and three strong QTL on chromosomes 1-3."""
+    from hpcsnp.ingest import ingest_tsv
+
+    rng = np.random.default_rng(seed)
+    parents = rng.integers(0, 3, (n_fam, p))
+    g = np.clip(parents[np.repeat(np.arange(n_fam), per)] + rng.integers(-1, 2, (n_fam * per, p)), 0, 2)
+    qtl = [10, 70, 130]
+    y = 5 + g[:, qtl] @ np.array([1.0, -0.8, 0.7]) + rng.normal(0, 1, len(g))
+    g[rng.random(g.shape) < 0.03] = -1
+    per_chrom = p // n_chrom
+    names = [f"Chr{1 + j // per_chrom:02d}_{1000 * (j + 1)}" for j in range(p)]
+    lines = ["sample\tfold\tphenotype\t" + "\t".join(names)]
+    lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.5f}\t" + "\t".join(map(str, g[i])).replace("-1", "NA") for i in range(len(y))]
+    (tmp_path / "s.tsv").write_text("\n".join(lines) + "\n")
+    ingest_tsv(tmp_path / "s.tsv", tmp_path / "s.zarr")
+    return tmp_path / "s.zarr", g, y, per_chrom, qtl
+
+
+def test_leave_one_chromosome_out_equals_gls_with_the_other_chromosomes_kinship(tmp_path):
+    from scipy import stats
+
+    from hpcsnp.gwas import gwas_store
+    from hpcsnp.store import open_store
+
+    path, g, y, per_chrom, qtl = _structured_store(tmp_path)
+    store = open_store(path)
+    loco = gwas_store(store, loco=True)
+    whole = gwas_store(store, loco=False)
+    assert loco.summary["loco"] and loco.summary["chromosomes"] == 4 and not whole.summary["loco"]
+    assert loco.summary["delta"] == pytest.approx(whole.summary["delta"])
+    y = store.phenotype.astype(float)  # as written to the text file
+    n = len(y)
+    called = g >= 0
+    x_all = np.where(called, g, (np.where(called, g, 0).sum(0) / called.sum(0))).astype(float)
+    delta = loco.summary["delta"]
+    for j in (0, qtl[0], qtl[1], 239):  # chromosomes 1, 1, 2, 4
+        other = np.flatnonzero(np.arange(g.shape[1]) // per_chrom != j // per_chrom)
+        Z = x_all[:, other] - x_all[:, other].mean(0)
+        Vi = np.linalg.inv(Z @ Z.T / len(other) + delta * np.eye(n))
+        X = np.column_stack([np.ones(n), x_all[:, j]])
+        cov = np.linalg.inv(X.T @ Vi @ X)
+        b = cov @ X.T @ Vi @ y
+        r = y - X @ b
+        se = np.sqrt((r @ Vi @ r) / (n - 2) * cov[1, 1])
+        row = loco.table.iloc[j]
+        assert row["snp"] == f"Chr{1 + j // per_chrom:02d}_{1000 * (j + 1)}"
+        assert row["beta"] == pytest.approx(b[1], rel=1e-7)
+        assert row["p"] == pytest.approx(2 * stats.t.sf(abs(b[1] / se), n - 2), rel=1e-5)
+    # the QTL are not absorbed by a kinship that contains them: more significant than with the whole genome's
+    assert (loco.table["p"].iloc[qtl].to_numpy() < whole.table["p"].iloc[qtl].to_numpy()).all()
+    assert loco.summary["lambda_gc"] > whole.summary["lambda_gc"]
+
+
+def test_one_chromosome_has_nothing_to_leave_out(tmp_path):
+    from hpcsnp.gwas import gwas_store
+    from hpcsnp.store import open_store
+
+    path, *_ = _structured_store(tmp_path, n_chrom=1)
+    r = gwas_store(open_store(path), loco=True)
+    assert not r.summary["loco"] and r.summary["chromosomes"] == 1
+    assert r.table["p"].equals(gwas_store(open_store(path), loco=False).table["p"])
