@@ -2,6 +2,7 @@
 |rrBLUP marker effects|, on simulated architectures with linkage disequilibrium.
 
     python bench/bench_attribution.py --work DIR [--seeds 3] [--samples 1500] [--snps 1500]
+                                      [--pair-gap 12] [-- CV OPTIONS, e.g. --activation elu]
 
 Genotypes: each haplotype is a Markov chain along blocks of ``--block`` SNPs (the next SNP
 copies the previous allele with probability 0.9, else is drawn afresh from its frequency;
@@ -33,7 +34,7 @@ import pandas as pd
 TYPES = {"additive": 3, "dominant": 2, "recessive": 2}
 
 
-def simulate_ld(path: Path, n: int, p: int, block: int, seed: int) -> dict:
+def simulate_ld(path: Path, n: int, p: int, block: int, seed: int, pair_gap: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     n_blocks = p // block
     freq = rng.uniform(0.15, 0.85, p)
@@ -42,7 +43,14 @@ def simulate_ld(path: Path, n: int, p: int, block: int, seed: int) -> dict:
     for t, count in TYPES.items():
         causal[t] = [int(blocks[k + i] * block + rng.integers(block)) for i in range(count)]
         k += count
-    pair = [int(blocks[k] * block + rng.integers(block)), int(blocks[k + 1] * block + rng.integers(block))]
+    if not pair_gap:  # two random blocks, almost always far apart
+        pair = [int(blocks[k] * block + rng.integers(block)), int(blocks[k + 1] * block + rng.integers(block))]
+    else:  # pair_gap SNPs apart on one chromosome, in blocks no other causal SNP uses
+        taken = {int(b) for b in blocks[:k]}
+        first = next(int(b) * block + block // 2 for b in blocks[k:]
+                     if all((int(b) * block + block // 2 + d) // block not in taken for d in (0, pair_gap))
+                     and (int(b) * block + block // 2 + pair_gap) * 10 // p == int(b) * block * 10 // p)
+        pair = [first, first + pair_gap]
     causal["epistatic"] = pair
     freq[pair] = 0.5
 
@@ -110,19 +118,20 @@ def score_ranking(score: np.ndarray, truth: dict, p: int) -> dict:
     return out
 
 
-def run_seed(work: Path, seed: int, n: int, p: int, block: int) -> list[dict]:
+def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 0,
+             cv_args: tuple[str, ...] = ()) -> list[dict]:
     d = work / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     truth_path = d / "truth.json"
     if not truth_path.exists():
-        truth = simulate_ld(d / "sim.tsv", n, p, block, seed)
+        truth = simulate_ld(d / "sim.tsv", n, p, block, seed, pair_gap)
         truth_path.write_text(json.dumps(truth))
     truth = json.loads(truth_path.read_text())
     t0 = time.perf_counter()
     if not (d / "run" / "attribution_summary.csv").exists():
         if not (d / "sim.zarr").exists():
             hpcsnp("ingest", d / "sim.tsv", "-o", d / "sim.zarr", "--no-progress")
-        hpcsnp("cv", d / "sim.zarr", "--run", d / "run", "--attribution", "smoothgrad,ig", "--no-progress")
+        hpcsnp("cv", d / "sim.zarr", "--run", d / "run", "--attribution", "smoothgrad,ig", "--no-progress", *cv_args)
         hpcsnp("gwas", d / "sim.zarr", "--run", d / "run")
         hpcsnp("reduce", d / "run")
     seconds = time.perf_counter() - t0
@@ -152,10 +161,14 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=1500)
     ap.add_argument("--snps", type=int, default=1500)
     ap.add_argument("--block", type=int, default=10)
+    ap.add_argument("--pair-gap", type=int, default=0,
+                    help="Put the epistatic pair this many SNPs apart on one chromosome (within the CNN's "
+                         "receptive field of 26 SNPs when < 26) instead of in two random blocks.")
+    ap.add_argument("cv_args", nargs="*", help="Options for hpcsnp cv, after --, e.g. -- --activation elu")
     args = ap.parse_args(argv)
     rows = []
     for seed in range(1, args.seeds + 1):
-        rows += run_seed(args.work, seed, args.samples, args.snps, args.block)
+        rows += run_seed(args.work, seed, args.samples, args.snps, args.block, args.pair_gap, tuple(args.cv_args))
         print(f"seed {seed} done", flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.work / "attribution_benchmark.csv", index=False)

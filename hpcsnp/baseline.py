@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 ENCODINGS = ("dosage", "onehot")
 KINDS = (*ENCODINGS, "rkhs")  # every baseline: GBLUP in each encoding, and the Gaussian-kernel RKHS
 RKHS_THETAS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # K = exp(-theta d^2 / median d^2), chosen on the validation fold
+RKHS_DISTANCES = ENCODINGS  # d: between dosages or between one-hot codes; chosen on the validation fold with theta
 
 
 def model_name(kind: str) -> str:
@@ -341,15 +342,40 @@ def squared_distances(G: np.ndarray) -> np.ndarray:
 
 
 def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows, thetas=RKHS_THETAS):
-    """RKHS regression with a Gaussian kernel K = exp(-theta d^2 / m) on the dosage distances
-    (m: the median squared distance between the fitting samples): a GBLUP whose kernel also
-    captures non-additive similarity (Gianola & van Kaam 2008; Perez & de los Campos 2014).
-    The bandwidth theta is chosen from ``thetas`` by the validation fold's MSE, each fitted on
-    the training folds alone (REML delta per theta); those validation predictions are the
-    ones returned for the ensemble.  Then refitted with that theta on training + validation
-    (REML again) and the test rows predicted.  ``G``: the dosage Gram matrix, overwritten."""
-    fit_rows = np.asarray(fit_rows)
+    """RKHS regression with a Gaussian kernel K = exp(-theta d^2 / m) on the distances of one
+    encoding's Gram matrix ``G`` (overwritten); m: the median squared distance between the
+    fitting samples.  A GBLUP whose kernel also captures non-additive similarity (Gianola &
+    van Kaam 2008; Perez & de los Campos 2014).  The bandwidth theta is chosen from
+    ``thetas`` by the validation fold's MSE, each fitted on the training folds alone (REML
+    delta per theta); those validation predictions are the ones returned for the ensemble.
+    Then refitted with that theta on training + validation (REML again) and the test rows
+    predicted."""
     D2 = squared_distances(G)
+    return _rkhs_refit(D2, y, fit_rows, test_rows, _rkhs_select(D2, y, fit_rows, inner, thetas))
+
+
+def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=RKHS_DISTANCES,
+                thetas=RKHS_THETAS):
+    """RKHS with the distance (dosage or one-hot codes, whose missing category keeps missing
+    calls apart instead of filling them with a mean) and the bandwidth chosen together by the
+    validation fold's MSE; ``load_gram(encoding)`` gives that encoding's Gram matrix (each is
+    overwritten, and loaded again for the refit).  As rkhs_fit_predict otherwise; info also
+    has ``distance`` and the validation MSE of every (distance, theta)."""
+    best, by_distance = None, {}
+    for d in distances:
+        choice = _rkhs_select(squared_distances(load_gram(d)), y, fit_rows, inner, thetas)
+        by_distance[d] = choice["val_mse_by_theta"]
+        if best is None or choice["val_mse"] < best[1]["val_mse"]:
+            best = (d, choice)
+    d, choice = best
+    pred, val_pred, info = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice)
+    return pred, val_pred, {"kernel": "gaussian", "distance": d, **{k: v for k, v in info.items() if k != "kernel"},
+                            "val_mse_by_distance": by_distance}
+
+
+def _rkhs_select(D2, y, fit_rows, inner, thetas) -> dict:
+    """theta by the validation MSE of fits on the training folds alone; D2: squared distances."""
+    fit_rows = np.asarray(fit_rows)
     sub = D2[np.ix_(fit_rows, fit_rows)]
     scale = float(np.median(sub[np.triu_indices(len(fit_rows), 1)])) or 1.0
     del sub
@@ -362,14 +388,21 @@ def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows, t
         val_mse[theta] = float(np.mean((p - y[val]) ** 2))
         if best is None or val_mse[theta] < val_mse[best[0]]:
             best = (theta, p)
-    theta, val_pred = best
+    return {"theta": best[0], "val_pred": best[1], "val_mse": val_mse[best[0]], "scale": scale,
+            "val_mse_by_theta": {str(k): v for k, v in val_mse.items()}}
+
+
+def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict):
+    """The chosen theta refitted on training + validation (REML again); test predictions."""
+    fit_rows = np.asarray(fit_rows)
+    theta, scale = choice["theta"], choice["scale"]
     K = np.exp(D2[np.ix_(fit_rows, fit_rows)] * (-theta / scale))
     K_test = np.exp(D2[np.ix_(test_rows, fit_rows)] * (-theta / scale))
     del D2
     pred, delta, mu, _ = gblup_kernel_predict(K, y[fit_rows], K_test, overwrite=True)
-    return pred, val_pred, {"kernel": "gaussian", "theta": theta, "distance_scale": scale,
-                            "val_mse_by_theta": {str(k): v for k, v in val_mse.items()},
-                            "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu}
+    return pred, choice["val_pred"], {"kernel": "gaussian", "theta": theta, "distance_scale": scale,
+                                      "val_mse_by_theta": choice["val_mse_by_theta"],
+                                      "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu}
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=None,
@@ -412,12 +445,18 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
             out.append(read_json(final / "metrics.json"))
             continue
         t0 = time.perf_counter()
-        # the RKHS kernel is a function of distances in dosage, from the dosage Gram matrix
-        gram_enc = "dosage" if enc == "rkhs" else enc
-        G, width, gram_s = cached_gram(store, gram_enc, run.baseline_cache(dataset, gram_enc))
-        if enc == "rkhs":
-            pred, val_pred, info = rkhs_fit_predict(G, y, fit_rows, inner, split.test)
+        if enc == "rkhs":  # a function of distances, from the dosage and one-hot Gram matrices
+            gram_s = 0.0
+
+            def load_gram(e):
+                nonlocal gram_s
+                G, _, seconds = cached_gram(store, e, run.baseline_cache(dataset, e))
+                gram_s += seconds
+                return G
+
+            pred, val_pred, info = rkhs_choose(load_gram, y, fit_rows, inner, split.test)
         else:
+            G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc))
             K, K_test = centred_kernels(G, width, fit_rows, split.test)
             del G
             pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True)
@@ -441,7 +480,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                       "prediction": val_pred}).to_csv(partial / "val_predictions.csv", index=False)
         (partial / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         atomic_replace_dir(partial, final)
-        extra = f"theta {m['theta']:g}" if enc == "rkhs" else ""
+        extra = f"{m['distance']} distance, theta {m['theta']:g}" if enc == "rkhs" else ""
         logger.info(f"[{dataset} fold {fold}] {model_name(enc)}: PCC {m['pcc']:.4f}  h2 {m['h2_reml']:.3f}  "
                     f"{extra}  {m['seconds']:.1f}s")
         out.append(m)

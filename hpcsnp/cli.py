@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
-from hpcsnp.config import MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
+from hpcsnp.config import ACTIVATIONS, MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
 from hpcsnp.errors import HpcsnpError
 
 VERBOSE = {"level": 0}
@@ -124,6 +124,10 @@ def config_options(fn):
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),
         click.option("--dropout", type=float, help=f"Dropout rate [{DEFAULTS.dropout}]."),
+        click.option("--activation", type=click.Choice(ACTIVATIONS),
+                     help="Activation of every convolution; the publication's network is linear up to its "
+                          "output, so it cannot represent interactions between SNPs. Trains through the Keras "
+                          f"layers (slower) [{DEFAULTS.activation}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
         click.option("--seeds", type=click.IntRange(min=1),
@@ -348,8 +352,8 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @click.option("--encoding", type=click.Choice(["dosage", "onehot", "rkhs", "both", "all"]), default="all",
               show_default=True,
               help="dosage: GBLUP on centred 0/1/2, missing -> mean; onehot: GBLUP on the CNN's channels, missing "
-                   "a category; rkhs: Gaussian-kernel RKHS on the dosage distances, bandwidth chosen on the "
-                   "validation fold; both: the two GBLUPs; all: all three.")
+                   "a category; rkhs: Gaussian-kernel RKHS on the dosage or one-hot distances, distance and "
+                   "bandwidth chosen on the validation fold; both: the two GBLUPs; all: all three.")
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
                              "'.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")

@@ -16,6 +16,7 @@ from hpcsnp.errors import InputError
 
 MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in store.check_folds)
 
+ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75}
 
 
@@ -33,6 +34,7 @@ class Config:
     l2_bias: float = 0.01
     l2_dense: float = 0.0  # L2 on the output layer's kernel (the publication has none)
     dense_init: str = "truncated_normal"  # or "zeros": the output layer starts at the mean prediction
+    activation: str = "linear"  # of every convolution; the publication's network is linear up to its ISRU output
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
@@ -94,6 +96,8 @@ class Config:
         bad = [m for m in self.attribution_methods() if m not in ("saliency", "smoothgrad", "ig")]
         if bad:
             problems.append(f"attribution must list saliency, smoothgrad or ig, got {', '.join(bad)}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.dense_init not in ("truncated_normal", "zeros"):
             problems.append(f"dense_init must be truncated_normal or zeros, got {self.dense_init!r}")
         if self.adam_epsilon <= 0:
@@ -112,6 +116,9 @@ class Config:
         out = []
         if self.bf16_step and not self.fuse_convolutions:
             out.append("--bf16 ignored with --no-fuse (it computes the fused training step in bfloat16)")
+        elif self.bf16_step and self.activation != "linear":
+            out.append(f"--bf16 ignored with --activation {self.activation} (the fused training step it computes "
+                       "composes linear convolutions)")
         if self.cache != "auto" and self.cache_limit_mb != Config.cache_limit_mb:
             out.append(f"--cache-limit-mb ignored with --cache {self.cache}")
         return out

@@ -62,6 +62,10 @@ def _input_names(layer) -> list[str]:
 def training_forward(model, cfg):
     """A TrainingForward for ``model``, or the model itself (the Keras path, same result,
     slower) when its layer sequence is not the one TrainingForward recomputes."""
+    if cfg.activation != "linear":  # expected: the fused step composes linear convolutions
+        logger.info(f"activation {cfg.activation}: training through the Keras layers (the fused step composes "
+                    "linear convolutions)")
+        return model
     problem = layer_sequence_problem(model)
     if problem:
         logger.warning(f"the fused training step does not apply to this model ({problem}); "

@@ -1,7 +1,10 @@
 """The 1-D residual CNN of SPEC section 3, built from a Config.
 
-Layers carry names so a saved model reads like the paper's figure.  Every
-convolution is linear; the only non-linearity is the ISRU output.
+Layers carry names so a saved model reads like the paper's figure.  As published every
+convolution is linear and the only non-linearity is the ISRU output, so the network is
+a linear function of the one-hot input up to that bounded output; ``activation`` (an
+option) puts a non-linearity on every convolution, so it can also represent
+interactions between SNPs within its receptive field (k1 + k2 + k3 - 2 = 26 SNPs).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class FastDropout(layers.Layer):
 
 
 def _conv(cfg, kernel, name):
-    return layers.Conv1D(cfg.filters, kernel, padding="same", activation="linear",
+    return layers.Conv1D(cfg.filters, kernel, padding="same", activation=cfg.activation,
                          kernel_initializer=keras.initializers.TruncatedNormal(seed=None),
                          kernel_regularizer=regularizers.l2(cfg.l2_kernel),
                          bias_regularizer=regularizers.l2(cfg.l2_bias), name=name)

@@ -6,7 +6,7 @@ GBLUP encoding the run has is refitted once on all phenotyped lines of the store
 shrinkage, the same machinery as the baseline) and kept in marker-effect form, so a new
 line needs only its own genotypes: prediction = mu + (x - m)' beta with
 beta = Z' (K + delta I)^-1 (y - mu) / p.  The RKHS baseline is refitted the same way with
-the bandwidth its folds chose most often, and predicts from kernel values between the new
+the distance and bandwidth its folds chose most often, and predicts from kernel values between the new
 line and the fitting lines.  Refits are cached in the run directory.
 The headline ``prediction`` is the ensemble of the CNN mean and the baselines with the
 weights chosen on the run's validation folds (each fold's weights, as ``reduce``
@@ -33,7 +33,7 @@ from hpcsnp.store import row_chunks
 
 logger = logging.getLogger(__name__)
 
-REFIT_VERSION = 1
+REFIT_VERSION = 2  # 2: the RKHS refit records its distance
 EXPLAIN_TOP = 10
 COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs",
            "observed_fraction"]
@@ -111,9 +111,10 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
 @dataclass
 class KernelFit:
     """An RKHS fit with the Gaussian kernel: prediction = mu + k(x) @ alpha with
-    k_j(x) = exp(-theta |x - x_j|^2 / scale) over the fitting lines' dosages ``X`` (missing
-    calls filled with ``fill``, as in CV).  Needs the fitting lines' genotypes: memory of
-    the training store's size, not of the new lines'."""
+    k_j(x) = exp(-theta |x - x_j|^2 / scale) over the fitting lines' designs ``X`` in the
+    encoding ``distance`` (dosage with missing calls filled with ``fill``, as in CV, or the
+    one-hot codes, held in float32: their products are exact small integers).  Needs the
+    fitting lines' genotypes: memory of the training store's size, not of the new lines'."""
 
     alpha: np.ndarray
     mu: float
@@ -122,13 +123,21 @@ class KernelFit:
     fill: np.ndarray
     X: np.ndarray
     delta: float
+    distance: str = "dosage"
 
     def predict(self, g: np.ndarray) -> np.ndarray:
-        from hpcsnp.baseline import uncentred
-
-        x = uncentred(g, "dosage", self.fill)
-        d2 = (x * x).sum(axis=1)[:, None] + (self.X * self.X).sum(axis=1)[None, :] - 2.0 * (x @ self.X.T)
+        x = kernel_design(g, self.distance, self.fill)
+        d2 = ((x * x).sum(axis=1, dtype=np.float64)[:, None] + (self.X * self.X).sum(axis=1, dtype=np.float64)[None, :]
+              - 2.0 * (x @ self.X.T).astype(np.float64))
         return self.mu + np.exp(np.maximum(d2, 0.0) * (-self.theta / self.scale)) @ self.alpha
+
+
+def kernel_design(g: np.ndarray, distance: str, fill: np.ndarray) -> np.ndarray:
+    """The design an RKHS kernel measures distances in: float64 dosages, float32 one-hot codes."""
+    from hpcsnp.baseline import uncentred
+
+    x = uncentred(g, distance, fill)
+    return x.astype(np.float32) if distance == "onehot" else x
 
 
 def dosage_fill_of(store) -> np.ndarray:
@@ -142,11 +151,11 @@ def dosage_fill_of(store) -> np.ndarray:
     return np.where(called > 0, total / np.maximum(called, 1), 0.0)
 
 
-def kernel_fit(store, G: np.ndarray, fit_rows, theta: float) -> KernelFit:
-    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta): on a
-    fold's fitting rows and its chosen theta it reproduces that fold's predictions (tested).
-    ``G``: the store's dosage Gram matrix, overwritten."""
-    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, _read_rows, squared_distances, uncentred
+def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage") -> KernelFit:
+    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta) on the
+    ``distance`` encoding: on a fold's fitting rows and its chosen kernel it reproduces that
+    fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten."""
+    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, _read_rows, squared_distances
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
     D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
@@ -158,26 +167,27 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float) -> KernelFit:
     delta, _ = REMLSpectrum(K, y).maximise()
     alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
     fill = dosage_fill_of(store)
-    X = uncentred(_read_rows(store, fit_rows), "dosage", fill)
-    return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta))
+    X = kernel_design(_read_rows(store, fit_rows), distance, fill)
+    return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
 
 
-def _folds_theta(run: RunDir, ds: dict) -> float:
-    """The bandwidth the folds chose most often (the smaller on a tie)."""
+def _folds_kernel(run: RunDir, ds: dict) -> tuple[str, float]:
+    """The (distance, bandwidth) the folds chose most often (dosage, then the smaller theta,
+    on a tie); runs from before the distance was chosen used dosage."""
     from collections import Counter
 
-    thetas = [read_json(run.baseline(ds["dataset"], "rkhs", i) / "metrics.json")["theta"]
-              for i in range(1, ds["n_folds"] + 1)]
-    counts = Counter(thetas)
-    return min(counts, key=lambda t: (-counts[t], t))
+    chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
+              (read_json(run.baseline(ds["dataset"], "rkhs", i) / "metrics.json") for i in range(1, ds["n_folds"] + 1))]
+    counts = Counter(chosen)
+    return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
 def refitted(run: RunDir, ds: dict, store, kind: str):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
-    RKHS as a KernelFit with the bandwidth the folds chose most often.  Cached as
+    RKHS as a KernelFit with the distance and bandwidth the folds chose most often.  Cached as
     RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed for another write of the store)."""
     from hpcsnp.atomic import atomic_write_text
-    from hpcsnp.baseline import _read_rows, cached_gram, check_memory, uncentred
+    from hpcsnp.baseline import _read_rows, cached_gram, check_memory
 
     cache = run.baseline_cache(ds["dataset"], kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
@@ -186,9 +196,10 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
         if json.loads(meta.read_text()).get("key") == key:
             with np.load(data) as z:
                 if kind == "rkhs":
-                    X = uncentred(_read_rows(store, np.arange(store.n_samples)), "dosage", z["fill"])
+                    distance = str(z["distance"])
+                    X = kernel_design(_read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
-                                     X, float(z["delta"]))
+                                     X, float(z["delta"]), distance)
                 return MarkerEffects(kind, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
     except (OSError, ValueError, KeyError):
         pass
@@ -196,9 +207,10 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
     t0 = time.perf_counter()
     everyone = np.arange(store.n_samples)
     if kind == "rkhs":
-        G, _, _ = cached_gram(store, "dosage", run.baseline_cache(ds["dataset"], "dosage"))
-        fit = kernel_fit(store, G, everyone, _folds_theta(run, ds))
-        arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale}
+        distance, theta = _folds_kernel(run, ds)
+        G, _, _ = cached_gram(store, distance, run.baseline_cache(ds["dataset"], distance))
+        fit = kernel_fit(store, G, everyone, theta, distance)
+        arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale, "distance": fit.distance}
     else:
         G, width, _ = cached_gram(store, kind, cache)
         fit = marker_effects(store, kind, G, width, everyone)

@@ -280,6 +280,33 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
     np.testing.assert_allclose(pred, direct(fit, test, theta), rtol=1e-6)
 
 
+def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
+    """Missing calls that carry signal (as where calls are missing for one parent's allele):
+    the one-hot distance keeps them apart, the filled dosage does not. The choice is the
+    (distance, theta) with the smallest validation MSE, and its predictions are that
+    distance's alone; one-hot squared distances count twice the SNPs whose codes differ."""
+    from hpcsnp.baseline import gram_matrix, rkhs_choose, rkhs_fit_predict
+
+    rng = np.random.default_rng(5)
+    n, p = 120, 60
+    g = rng.integers(0, 3, size=(n, p)).astype(np.int8)
+    hidden = rng.random((n, 20)) < 0.5  # half the lines cannot be called at 20 SNPs...
+    g[:, :20][hidden] = -1
+    y = hidden.sum(axis=1) * 0.5 + rng.normal(0, 0.5, n)  # ...and that is what the trait follows
+    fit, test = np.arange(100), np.arange(100, n)
+    inner = (np.arange(75), np.arange(75, 100))
+    grams = {e: gram_matrix(g, e)[0] for e in ("dosage", "onehot")}
+    pred, val_pred, info = rkhs_choose(lambda e: grams[e].copy(), y, fit, inner, test)
+    single = {e: rkhs_fit_predict(grams[e].copy(), y, fit, inner, test) for e in grams}
+    best = {e: min(single[e][2]["val_mse_by_theta"].values()) for e in grams}
+    assert info["distance"] == min(best, key=best.get) == "onehot"
+    assert info["val_mse_by_distance"] == {e: single[e][2]["val_mse_by_theta"] for e in grams}
+    np.testing.assert_allclose(pred, single["onehot"][0], rtol=1e-12)
+    np.testing.assert_allclose(val_pred, single["onehot"][1], rtol=1e-12)
+    mismatches = (g[fit][:, None, :] != g[fit][None, :, :]).sum(-1)
+    assert info["distance_scale"] == pytest.approx(np.median(2 * mismatches[np.triu_indices(len(fit), 1)]))
+
+
 def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path):
     import os
 

@@ -123,6 +123,41 @@ def test_the_fused_step_checks_the_layer_sequence_and_falls_back(caplog):
     assert "does not apply to this model (convolution 'conv1' is not linear" in said[0], said
 
 
+def test_an_activation_lets_the_network_represent_interactions_within_its_receptive_field(caplog):
+    """Before its bounded output the published network is linear in the one-hot input, so the
+    interaction contrast f(2,2) - f(2,0) - f(0,2) + f(0,0) of any two SNPs is zero; with
+    --activation it is not for SNPs within the receptive field (26 SNPs) and still is beyond.
+    Such a model trains through its Keras layers, said at info level, not as a warning."""
+    import logging
+
+    import keras
+
+    from hpcsnp.data import ONE_HOT_TABLE
+    from hpcsnp.fused import training_forward
+    from hpcsnp.model import build_model
+
+    def contrast(model, a, b):
+        pre = keras.Model(model.input, model.get_layer("dense").output)  # before the ISRU
+        g = np.zeros((4, 200), np.int64)
+        g[0, [a, b]] = 2
+        g[1, a] = 2
+        g[2, b] = 2
+        out = pre.predict(ONE_HOT_TABLE[g + 1], verbose=0)[:, 0].astype(np.float64)
+        return abs(out[0] - out[1] - out[2] + out[3]) / max(abs(out[1] - out[3]), abs(out[2] - out[3]))
+
+    linear = build_model(200, Config(seed=1))
+    relu = build_model(200, Config(seed=1, activation="relu"))  # relative to the main effects:
+    assert contrast(linear, 100, 105) < 1e-4 and contrast(linear, 20, 150) < 1e-4  # float32 rounding
+    assert contrast(relu, 100, 105) > 1e-2 and contrast(relu, 20, 150) < 1e-4
+    with caplog.at_level(logging.INFO, logger="hpcsnp.fused"):
+        assert training_forward(relu, Config(activation="relu")) is relu
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "training through the Keras layers" in caplog.text
+    with pytest.raises(InputError, match="activation must be one of"):
+        Config(activation="sigmoid")
+    assert Config(activation="relu", bf16_step=True).ignored()
+
+
 @pytest.mark.parametrize("n_snps", [300, 40])
 def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
     """With dropout on, TrainingForward (scale folded into the kernels, mask as one

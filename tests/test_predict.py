@@ -64,9 +64,10 @@ def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
             base = pd.read_csv(d / "run" / "train" / f"baseline_{enc}" / f"fold_{fold}" / "predictions.csv")
             np.testing.assert_allclose(effects.predict(store.genotypes[:][split.test]), base["prediction"],
                                        rtol=1e-8)
-        G, _, _ = cached_gram(store, "dosage", RunDir(d / "run").baseline_cache("train", "dosage"))
         rk = d / "run" / "train" / "baseline_rkhs" / f"fold_{fold}"
-        fit_k = kernel_fit(store, G, fit, json.loads((rk / "metrics.json").read_text())["theta"])
+        chosen = json.loads((rk / "metrics.json").read_text())
+        G, _, _ = cached_gram(store, chosen["distance"], RunDir(d / "run").baseline_cache("train", chosen["distance"]))
+        fit_k = kernel_fit(store, G, fit, chosen["theta"], chosen["distance"])
         np.testing.assert_allclose(fit_k.predict(store.genotypes[:][split.test]),
                                    pd.read_csv(rk / "predictions.csv")["prediction"], rtol=1e-7)
 
