@@ -150,12 +150,13 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     G, width = gram if gram is not None else gram_matrix(g, "dosage")
     everyone = np.arange(store.n_samples)
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
-    y = store.phenotype.astype(np.float64)
-    delta, _ = REMLSpectrum(K, y).maximise()
     groups = chromosome_columns(store.contig)
     loco = loco and len(groups) > 1
     if not loco:
-        del G
+        del G  # LOCO derives each chromosome's kinship from it
+    y = store.phenotype.astype(np.float64)
+    delta, _ = REMLSpectrum(K, y).maximise()
+    if not loco:
         frame = associate(g, y, K, delta, block=block, overwrite=True)
         if progress:
             progress(g.shape[1])
