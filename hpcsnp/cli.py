@@ -349,11 +349,12 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--fold", "-k", "folds", type=click.IntRange(min=1), multiple=True,
               help="Test fold(s) [all].  Repeat for several.")
-@click.option("--encoding", type=click.Choice(["dosage", "onehot", "rkhs", "both", "all"]), default="all",
-              show_default=True,
+@click.option("--encoding", type=click.Choice(["dosage", "onehot", "rkhs", "rkhs_local", "both", "all"]),
+              default="all", show_default=True,
               help="dosage: GBLUP on centred 0/1/2, missing -> mean; onehot: GBLUP on the CNN's channels, missing "
                    "a category; rkhs: Gaussian-kernel RKHS on the dosage or one-hot distances, distance and "
-                   "bandwidth chosen on the validation fold; both: the two GBLUPs; all: all three.")
+                   "bandwidth chosen on the validation fold; rkhs_local: the same with the narrowest kernel "
+                   "(theta 2), an ensemble member; both: the two GBLUPs; all: all four.")
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
                              "'.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")

@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 REFIT_VERSION = 2  # 2: the RKHS refit records its distance
 EXPLAIN_TOP = 10
-COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs",
-           "observed_fraction"]
+BASELINE_COLUMNS = ["gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local"]
+COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", *BASELINE_COLUMNS, "observed_fraction"]
 
 
 def choose_dataset(run: RunDir, name: str | None) -> dict:
@@ -171,23 +171,23 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
 
 
-def _folds_kernel(run: RunDir, ds: dict) -> tuple[str, float]:
-    """The (distance, bandwidth) the folds chose most often (dosage, then the smaller theta,
-    on a tie); runs from before the distance was chosen used dosage."""
+def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
+    """The (distance, bandwidth) the folds of a kernel baseline chose most often (dosage, then
+    the smaller theta, on a tie); runs from before the distance was chosen used dosage."""
     from collections import Counter
 
     chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
-              (read_json(run.baseline(ds["dataset"], "rkhs", i) / "metrics.json") for i in range(1, ds["n_folds"] + 1))]
+              (read_json(run.baseline(ds["dataset"], kind, i) / "metrics.json") for i in range(1, ds["n_folds"] + 1))]
     counts = Counter(chosen)
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
 def refitted(run: RunDir, ds: dict, store, kind: str):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
-    RKHS as a KernelFit with the distance and bandwidth the folds chose most often.  Cached as
+    RKHS (and rkhs_local) as a KernelFit with the distance and bandwidth its folds chose most often.  Cached as
     RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed for another write of the store)."""
     from hpcsnp.atomic import atomic_write_text
-    from hpcsnp.baseline import _read_rows, cached_gram, check_memory
+    from hpcsnp.baseline import KERNEL_KINDS, _read_rows, cached_gram, check_memory
 
     cache = run.baseline_cache(ds["dataset"], kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
@@ -195,7 +195,7 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
     try:
         if json.loads(meta.read_text()).get("key") == key:
             with np.load(data) as z:
-                if kind == "rkhs":
+                if kind in KERNEL_KINDS:
                     distance = str(z["distance"])
                     X = kernel_design(_read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
@@ -206,8 +206,8 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
     check_memory(store)
     t0 = time.perf_counter()
     everyone = np.arange(store.n_samples)
-    if kind == "rkhs":
-        distance, theta = _folds_kernel(run, ds)
+    if kind in KERNEL_KINDS:
+        distance, theta = _folds_kernel(run, ds, kind)
         G, _, _ = cached_gram(store, distance, run.baseline_cache(ds["dataset"], distance))
         fit = kernel_fit(store, G, everyone, theta, distance)
         arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale, "distance": fit.distance}
@@ -227,7 +227,7 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
 
 
 def model_label(kind: str) -> str:
-    return "RKHS" if kind == "rkhs" else f"GBLUP {kind}"
+    return {"rkhs": "RKHS", "rkhs_local": "RKHS (narrow kernel)"}.get(kind, f"GBLUP {kind}")
 
 
 # --- the fold CNNs --------------------------------------------------------------------
@@ -391,7 +391,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             g = alignment.apply(codes)
             cols["sample_id"] += list(ids)
             cols["observed_fraction"].append((g >= 0).mean(axis=1))
-            for col in ("gblup_dosage", "gblup_onehot", "rkhs"):
+            for col in BASELINE_COLUMNS:
                 m = effects.get(col)
                 cols[col].append(m.predict(g) if m else np.full(len(g), np.nan))
             for s in range(0, len(g), batch):

@@ -195,18 +195,22 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
         baseline_fold(store, i, tmp_path)
     out = reduce_run(tmp_path, plot=False)
     log = pd.read_csv(tmp_path / "fold_pcc_log.csv")
-    assert sorted(set(log["model"])) == ["cnn", "ensemble", "gblup_dosage", "gblup_onehot", "rkhs"]
+    assert sorted(set(log["model"])) == ["cnn", "ensemble", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local"]
     assert (log.groupby("model").size() == 3).all()
     paired = pd.read_csv(tmp_path / "paired_comparison.csv")
     best = log[~log.model.isin(["cnn", "ensemble"])].groupby("model")["pcc"].mean()
     linear = best[["gblup_dosage", "gblup_onehot"]].idxmax()
-    # against the better GBLUP: the CNN, the ensemble and RKHS; against RKHS too when it is the best
-    assert paired[paired.baseline == linear]["model"].tolist() == ["cnn", "ensemble", "rkhs"]
+    # against the better GBLUP: the CNN, the ensemble and the RKHS; against an RKHS too when it is the best
+    assert paired[paired.baseline == linear]["model"].tolist() == ["cnn", "ensemble", "rkhs", "rkhs_local"]
     assert paired["baseline"].unique().tolist() == list(dict.fromkeys([linear, best.idxmax()]))
     row = paired.iloc[0]
     d = (log[log.model == "cnn"].set_index("fold")["pcc"] - log[log.model == row["baseline"]].set_index("fold")["pcc"])
     assert row["diff_mean"] == pytest.approx(d.mean(), rel=1e-5)
-    assert out["summary"]["model"].tolist() == ["cnn", "gblup_dosage", "gblup_onehot", "rkhs", "ensemble"]
+    assert out["summary"]["model"].tolist() == ["cnn", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local",
+                                                "ensemble"]
+    local = [json.loads((tmp_path / open_store(store).name / "baseline_rkhs_local" / f"fold_{i}" / "metrics.json")
+                        .read_text()) for i in (1, 2, 3)]
+    assert all(m["theta"] == 2.0 and m["distance"] in ("dosage", "onehot") for m in local)
     # the simulated trait is additive with h2 0.8: the linear baseline predicts it well
     assert best.max() > 0.4
     check_ensemble(tmp_path, store)
@@ -224,7 +228,7 @@ def check_ensemble(run, store):
     from hpcsnp.store import open_store
 
     w = pd.read_csv(run / "ensemble_weights.csv")
-    cols = ["w_cnn", "w_gblup_dosage", "w_gblup_onehot", "w_rkhs"]
+    cols = ["w_cnn", "w_gblup_dosage", "w_gblup_onehot", "w_rkhs", "w_rkhs_local"]
     np.testing.assert_allclose(w[cols].sum(axis=1), 1.0)
     assert ((w[cols] >= 0) & (w[cols] <= 1)).all().all()
     pred = pd.read_csv(run / "ensemble_predictions.csv", dtype={"sample_id": str})
@@ -232,7 +236,7 @@ def check_ensemble(run, store):
     for _, r in w.iterrows():
         i = int(r["fold"])
         dirs = [run / st.name / f"fold_{i}", *(run / st.name / f"baseline_{k}" / f"fold_{i}"
-                                                for k in ("dosage", "onehot", "rkhs"))]
+                                                for k in ("dosage", "onehot", "rkhs", "rkhs_local"))]
         val = [pd.read_csv(d / "val_predictions.csv", dtype={"sample_id": str}).set_index("sample_id") for d in dirs]
         assert set(val[0].index) == set(st.sample_id[fold_split(st.fold, st.n_folds, i).val])
         y = val[0]["truth"]

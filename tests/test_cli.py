@@ -134,7 +134,7 @@ def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
     ranks = proc.stdout.split("rank by mean saliency:")[1].split()
     assert ranks[:4] == ["snp", "saliency", "rank", "of"] and len(ranks) == 4 + 5 * 4  # the 5 planted SNPs
     summary = pd.read_csv(tmp_path / "q" / "run" / "fold_pcc_summary.csv")
-    assert set(summary["model"]) == {"cnn", "gblup_dosage", "gblup_onehot", "rkhs", "ensemble"}
+    assert set(summary["model"]) == {"cnn", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local", "ensemble"}
     for name in ("fold_pcc.png", "observed_vs_predicted.png", "avg_saliency_across_folds.png"):
         assert (tmp_path / "q" / "run" / name).stat().st_size > 10_000
     again = run_cli("demo", tmp_path / "q", "--samples", 300, "--snps", 60, "--threads", 1, "--no-progress")

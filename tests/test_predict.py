@@ -12,7 +12,8 @@ from hpcsnp.errors import InputError
 from hpcsnp.predict import predict_run
 from hpcsnp.simulate import simulate, simulate_formats, write_plink, write_vcf
 
-PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs", "observed_fraction"]
+PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local",
+                "observed_fraction"]
 
 
 def _train_run(store, run, k):
@@ -64,12 +65,14 @@ def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
             base = pd.read_csv(d / "run" / "train" / f"baseline_{enc}" / f"fold_{fold}" / "predictions.csv")
             np.testing.assert_allclose(effects.predict(store.genotypes[:][split.test]), base["prediction"],
                                        rtol=1e-8)
-        rk = d / "run" / "train" / "baseline_rkhs" / f"fold_{fold}"
-        chosen = json.loads((rk / "metrics.json").read_text())
-        G, _, _ = cached_gram(store, chosen["distance"], RunDir(d / "run").baseline_cache("train", chosen["distance"]))
-        fit_k = kernel_fit(store, G, fit, chosen["theta"], chosen["distance"])
-        np.testing.assert_allclose(fit_k.predict(store.genotypes[:][split.test]),
-                                   pd.read_csv(rk / "predictions.csv")["prediction"], rtol=1e-7)
+        for kind in ("rkhs", "rkhs_local"):
+            rk = d / "run" / "train" / f"baseline_{kind}" / f"fold_{fold}"
+            chosen = json.loads((rk / "metrics.json").read_text())
+            dist = chosen["distance"]
+            G, _, _ = cached_gram(store, dist, RunDir(d / "run").baseline_cache("train", dist))
+            fit_k = kernel_fit(store, G, fit, chosen["theta"], dist)
+            np.testing.assert_allclose(fit_k.predict(store.genotypes[:][split.test]),
+                                       pd.read_csv(rk / "predictions.csv")["prediction"], rtol=1e-7)
 
 
 def _new_lines(table, n=40):
@@ -159,7 +162,7 @@ def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
     assert r.table["rank"].tolist() == r.table["prediction"].rank(ascending=False).astype(int).tolist()
     assert list(pd.read_csv(tmp_path / "pred.csv").columns) == ["sample_id", "prediction", "rank", "cnn_mean",
                                                               "cnn_sd", "gblup_dosage", "gblup_onehot",
-                                                              "rkhs", "observed_fraction"]
+                                                              "rkhs", "rkhs_local", "observed_fraction"]
 
 
 def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):
