@@ -5,9 +5,10 @@ fold models on a batch); their mean is ``cnn_mean`` and their spread ``cnn_sd``.
 GBLUP encoding the run has is refitted once on all phenotyped lines of the store (REML
 shrinkage, the same machinery as the baseline) and kept in marker-effect form, so a new
 line needs only its own genotypes: prediction = mu + (x - m)' beta with
-beta = Z' (K + delta I)^-1 (y - mu) / p.  The RKHS baseline is refitted the same way with
-the distance and bandwidth its folds chose most often, and predicts from kernel values between the new
-line and the fitting lines.  Refits are cached in the run directory.
+beta = Z' (K + delta I)^-1 (y - mu) / p.  Each RKHS baseline is refitted the same way
+with the distance and bandwidth its folds chose most often, and predicts from kernel
+values between the new line and the fitting lines.  Refits are cached in the run
+directory.
 The headline ``prediction`` is the ensemble of the CNN mean and the baselines with the
 weights chosen on the run's validation folds (each fold's weights, as ``reduce``
 computes them, averaged over the folds); without a baseline it is the CNN mean.
@@ -184,8 +185,9 @@ def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
 
 def refitted(run: RunDir, ds: dict, store, kind: str):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
-    RKHS (and rkhs_local) as a KernelFit with the distance and bandwidth its folds chose most often.  Cached as
-    RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed for another write of the store)."""
+    an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
+    chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
+    for another write of the store)."""
     from hpcsnp.atomic import atomic_write_text
     from hpcsnp.baseline import KERNEL_KINDS, _read_rows, cached_gram, check_memory
 
