@@ -152,10 +152,11 @@ def dosage_fill_of(store) -> np.ndarray:
     return np.where(called > 0, total / np.maximum(called, 1), 0.0)
 
 
-def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage") -> KernelFit:
+def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage", X=None) -> KernelFit:
     """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta) on the
     ``distance`` encoding: on a fold's fitting rows and its chosen kernel it reproduces that
-    fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten."""
+    fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten;
+    ``X``: the fitting rows' design (kernel_design) when the caller already has it."""
     from hpcsnp.baseline import REMLSpectrum, _gblup_solve, _read_rows, squared_distances
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
@@ -168,7 +169,8 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     delta, _ = REMLSpectrum(K, y).maximise()
     alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
     fill = dosage_fill_of(store)
-    X = kernel_design(_read_rows(store, fit_rows), distance, fill)
+    if X is None:
+        X = kernel_design(_read_rows(store, fit_rows), distance, fill)
     return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
 
 
@@ -183,11 +185,12 @@ def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
-def refitted(run: RunDir, ds: dict, store, kind: str):
+def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = None):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
     an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
     chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
-    for another write of the store)."""
+    for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
+    distance, shared between the RKHS fits (filled here), so they are read and held once."""
     from hpcsnp.atomic import atomic_write_text
     from hpcsnp.baseline import KERNEL_KINDS, _read_rows, cached_gram, check_memory
 
@@ -199,7 +202,11 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
             with np.load(data) as z:
                 if kind in KERNEL_KINDS:
                     distance = str(z["distance"])
-                    X = kernel_design(_read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
+                    X = designs.get(distance) if designs is not None else None
+                    if X is None:
+                        X = kernel_design(_read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
+                    if designs is not None:
+                        designs[distance] = X
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
                                      X, float(z["delta"]), distance)
                 return MarkerEffects(kind, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
@@ -211,7 +218,9 @@ def refitted(run: RunDir, ds: dict, store, kind: str):
     if kind in KERNEL_KINDS:
         distance, theta = _folds_kernel(run, ds, kind)
         G, _, _ = cached_gram(store, distance, run.baseline_cache(ds["dataset"], distance))
-        fit = kernel_fit(store, G, everyone, theta, distance)
+        fit = kernel_fit(store, G, everyone, theta, distance, None if designs is None else designs.get(distance))
+        if designs is not None:
+            designs[distance] = fit.X
         arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale, "distance": fit.distance}
     else:
         G, width, _ = cached_gram(store, kind, cache)
@@ -375,7 +384,8 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         logger.info(f"alignment with {name}: {alignment.summary()}")
         check_overlap(alignment, min_overlap, where)
         baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
-        effects = {m: refitted(run, ds, store, m.removeprefix("gblup_")) for m in baselines}
+        designs: dict = {}  # the RKHS fits' designs, shared
+        effects = {m: refitted(run, ds, store, m.removeprefix("gblup_"), designs) for m in baselines}
         weights = ensemble_weights(run, ds, baselines)
         if baselines and weights is None:
             logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
