@@ -120,6 +120,11 @@ def config_options(fn):
                           f"[{DEFAULTS.patience_steps}: 5 epochs of 4,000 lines at batch 64]."),
         click.option("--lr-decay-steps", type=click.IntRange(min=0),
                      help=f"Raise --lr-decay-patience to cover this many optimiser steps [{DEFAULTS.lr_decay_steps}]."),
+        click.option("--refit/--no-refit", default=None,
+                     help="After early stopping, train the model afresh on the training + validation folds (the "
+                          "lines GBLUP fits on) for the epochs the validation fold chose, replaying their "
+                          "learning rates; about doubles the training time [on]. --no-refit keeps the "
+                          "early-stopped model, as the publication did."),
         click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),

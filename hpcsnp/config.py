@@ -17,7 +17,10 @@ from hpcsnp.errors import InputError
 MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in store.check_folds)
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
-PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75}
+# the value of a setting in records (config.json, metrics.json) written before it existed
+RECORDED_BEFORE = {"refit": False}
+PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
+               "refit": False}
 
 
 @dataclass
@@ -54,6 +57,11 @@ class Config:
     step_activation_mb: int = 16  # wider batches are split into micro-batches, gradients accumulated
     min_delta: float = 0.0
     restore_best: bool = True  # keep the weights of the best validation epoch
+    # after early stopping, train afresh on the training + validation folds for as many epochs as
+    # the validation fold chose, replaying their learning rates (Goodfellow, Bengio & Courville 2016,
+    # Deep Learning, algorithm 7.2): the model then learns from the lines GBLUP fits on.  The
+    # validation predictions (the ensemble's weights) stay those of the early-stopped model.
+    refit: bool = True
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
     seeds: int = 1  # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged
@@ -153,11 +161,14 @@ class Config:
     @classmethod
     def publication(cls, **changes) -> "Config":
         """The publication's training settings (SPEC section 4): batch 4, constant Adam lr
-        0.001, patience 10, dropout 0.75."""
+        0.001, patience 10, dropout 0.75, the early-stopped model kept (no refit)."""
         return cls(**{**PUBLICATION, **changes})
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
+        """Settings as recorded; a key the record lacks takes the value it had before the
+        setting existed (RECORDED_BEFORE), else the default."""
+        data = {**RECORDED_BEFORE, **data}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,4 +1,4 @@
-"""One cross-validation fold: fit, early stop, save model, predictions, metrics, shard.
+"""One cross-validation fold: fit, early stop, refit, save model, predictions, metrics, shard.
 
 ``train_fold`` trains test fold i of one store in this process only and
 writes ``RUN/<dataset>/fold_<i>/`` atomically: everything is written into
@@ -132,21 +132,24 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         pd.DataFrame({"sample_id": store.sample_id[tr], "truth": store.phenotype[tr],
                       **{f"seed_{m.seed}": m.test_pred for m in members}}).to_csv(partial / "seed_predictions.csv",
                                                                                   index=False)
-        metrics["seconds"] = sum(m.state["train_seconds"] for m in members)
+        metrics["seconds"] = sum(training_seconds(m.state) for m in members)
         metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(store.phenotype[tr], m.test_pred)["pcc"],
                                  "epochs": m.state["epoch"], "best_epoch": m.state["best_epoch"],
-                                 "seconds": m.state["train_seconds"]} for m in members]
+                                 "seconds": training_seconds(m.state)} for m in members]
     out.metrics(metrics)
     for m in members:
         (m.dir / MEMBER_FILE).unlink(missing_ok=True)
     atomic_replace_dir(partial, final)
     say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {first.state['epoch']} "
-        f"epochs (best {first.state['best_epoch']})  {metrics['seconds']:.0f}s train, "
+        f"epochs (best {first.state['best_epoch']}{', refitted' if cfg.refit else ''})  "
+        f"{metrics['seconds']:.0f}s train, "
         f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {cfg.seeds} seeds" if cfg.seeds > 1 else ""))
     return FoldResult(dataset, fold, final, metrics)
 
 
 MEMBER_FILE = "member.npz"  # a finished model's predictions, kept until the fold is complete
+STOPPED_FILE = "early_stopped.npz"  # the early-stopped model's record and validation predictions, until refitted
+REFIT_DIR = "refit"  # the refit's checkpoints
 
 
 @dataclass
@@ -169,9 +172,12 @@ class Member:
 
 
 def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member:
-    """Fit one model of the fold in ``where`` (checkpointed there), predict the test and
-    validation folds, compute its saliency, save model.keras.  A model finished before an
-    interruption of the fold (its MEMBER_FILE is there) is read back, not trained again."""
+    """Fit one model of the fold in ``where`` (checkpointed there): early-stopped on the
+    validation fold, whose predictions it makes, then (cfg.refit) refitted on training +
+    validation; predict the test fold with the final model, compute its saliency, save
+    model.keras.  A model finished before an interruption of the fold (its MEMBER_FILE is
+    there) is read back, not trained again; an interrupted refit resumes without the
+    early-stopped training being redone."""
     import keras
 
     fold = split.test_fold
@@ -183,35 +189,111 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
             state = json.loads(str(z["state"]))
             check_resumable(state, cfg, store, where)
             attr = {k.removeprefix("attr_"): z[k] for k in z.files if k.startswith("attr_")}
+            if "scale" in z.files:
+                scale = TargetScale(*map(float, z["scale"]))
             return Member(where, cfg.seed, scale, state, json.loads(str(z["fit"])), z["test_pred"], z["test_rows"],
                           z["val_pred"], z["val_rows"], attr, int(z["sal_n"]), float(z["predict_seconds"]),
                           json.loads(str(z["attr_seconds"])))
-    keras.utils.set_random_seed(cfg.seed * 1009 + fold)
-    sources = FoldSources.build(store, split, scale, cfg)
-    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
-    ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
-    state = ckpt.resume(cfg, store, steps.optimizer, say)
-    say(f"test fold {fold} ({len(split.test)}), validation fold {split.val_fold} ({len(split.val)}), training "
-        f"{len(split.train)} samples x {store.n_variants} SNPs; "
-        f"{'cached int8' if sources.cached else 'streamed from store'}, {n_threads} thread(s)")
-    fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
-    if cfg.restore_best and state["best_epoch"]:
-        ckpt.restore_best()
+    stopped = where / STOPPED_FILE
+    if cfg.refit and stopped.exists():
+        with np.load(stopped, allow_pickle=False) as z:
+            state, fit = json.loads(str(z["state"])), json.loads(str(z["fit"]))
+            check_resumable(state, cfg, store, where)
+            vp, vr = z["val_pred"], z["val_rows"]
+    else:
+        keras.utils.set_random_seed(cfg.seed * 1009 + fold)
+        sources = FoldSources.build(store, split.train, split, scale, cfg)
+        steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
+        ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
+        state = ckpt.resume(new_state(cfg, store), cfg, store, steps.optimizer)
+        if state["epoch"]:
+            say(f"resuming after epoch {state['epoch']} "
+                f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
+        say(f"test fold {fold} ({len(split.test)}), validation fold {split.val_fold} ({len(split.val)}), training "
+            f"{len(split.train)} samples x {store.n_variants} SNPs; "
+            f"{'cached int8' if sources.cached else 'streamed from store'}, {n_threads} thread(s)")
+        fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
+        if cfg.restore_best and state["best_epoch"]:
+            ckpt.restore_best()
+        vp, vr = steps.predict(sources.val)  # of a model that never trained on the validation fold
+        if cfg.refit:
+            with _signals_blocked():
+                _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=vp, val_rows=vr)
+                ckpt.clear()
+    if cfg.refit:
+        steps, sources, scale, state["refit"] = _refit(store, split, where, cfg, state, n_threads, say)
     t_pred = time.perf_counter()
     tp, tr = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
-    vp, vr = steps.predict(sources.val)
     attr, sal_n, attr_seconds = steps.attributions(sources.test)
     steps.model.save(where / "model.keras")
     member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, attr, sal_n, predict_seconds, attr_seconds)
     with _signals_blocked():
-        tmp = where / f".{MEMBER_FILE}.{os.getpid()}.npz"
-        np.savez(tmp, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
-                 val_rows=vr, sal_n=sal_n, predict_seconds=predict_seconds, attr_seconds=json.dumps(attr_seconds),
-                 **{f"attr_{k}": v for k, v in attr.items()})
-        os.replace(tmp, done)
-        ckpt.clear()
+        _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
+                      val_rows=vr, sal_n=sal_n, predict_seconds=predict_seconds,
+                      attr_seconds=json.dumps(attr_seconds), scale=np.array([scale.mean, scale.sd]),
+                      **{f"attr_{k}": v for k, v in attr.items()})
+        if cfg.refit:
+            shutil.rmtree(where / REFIT_DIR, ignore_errors=True)
+            stopped.unlink(missing_ok=True)
+        else:
+            ckpt.clear()
     return member
+
+
+def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
+    """Train afresh (same initialisation) on the training + validation folds for the epochs
+    the early-stopped model was kept at, each with the learning rate it had then; the
+    target scaled with those lines' mean and sd.  Checkpointed every epoch in REFIT_DIR.
+    Returns the compiled steps, the sources, the scale and a record for metrics.json."""
+    import keras
+
+    rows = np.sort(np.concatenate([split.train, split.val]))
+    epochs = state["best_epoch"] if cfg.restore_best and state["best_epoch"] else state["epoch"]
+    # the learning rate of epoch e: the starting one, then as the plateau rule left it after epoch e - 1
+    lrs = [cfg.learning_rate] + [h["lr"] for h in state["history"]][:epochs - 1]
+    scale = TargetScale.fit(store.phenotype, rows, cfg, say)
+    keras.utils.set_random_seed(cfg.seed * 1009 + split.test_fold)
+    sources = FoldSources.build(store, rows, split, scale, cfg)
+    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
+    (where / REFIT_DIR).mkdir(exist_ok=True)
+    ckpt = Checkpointer(where / REFIT_DIR, steps.run_variables, steps.model.variables)
+    rstate = ckpt.resume({**new_state(cfg, store), "epochs": epochs}, cfg, store, steps.optimizer)
+    say(f"refit on training + validation ({len(rows)} samples) for {epochs} epochs"
+        + (f", resuming after epoch {rstate['epoch']}" if rstate["epoch"] else ""))
+    while rstate["epoch"] < epochs:
+        t0 = time.perf_counter()
+        epoch = rstate["epoch"] + 1
+        rstate["lr"] = lrs[epoch - 1]
+        steps.optimizer.learning_rate.assign(rstate["lr"])
+        losses = []
+        for step, (g, t, _) in enumerate(sources.train.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                                                epoch=epoch, threads=n_threads)):
+            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
+                break
+            losses.append(float(steps.train_step(g, t)))
+            rstate["samples"] = rstate.get("samples", 0) + int(g.shape[0])
+        rstate["epoch"] = epoch
+        rstate["train_seconds"] += time.perf_counter() - t0
+        rstate["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "lr": rstate["lr"]})
+        ckpt.save_epoch(rstate, epoch)
+        say(f"refit epoch {epoch:4d}/{epochs}  loss {np.mean(losses):.4f}  lr {rstate['lr']:.3g}  "
+            f"{time.perf_counter() - t0:.1f}s  rss {_rss_mb('VmRSS'):.0f} MB")
+    record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
+              "samples": rstate.get("samples", 0), "history": rstate["history"]}
+    return steps, sources, scale, record
+
+
+def new_state(cfg, store) -> dict:
+    """A training's checkpointed state before its first epoch."""
+    return {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
+            "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
+
+
+def _savez_atomic(path: Path, **arrays) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 class FoldLog:
@@ -265,13 +347,14 @@ class FoldSources:
     cached: bool
 
     @classmethod
-    def build(cls, store, split, scale: TargetScale, cfg) -> "FoldSources":
+    def build(cls, store, train_rows, split, scale: TargetScale, cfg) -> "FoldSources":
+        """``train_rows``: the training folds', or with the validation fold's for the refit."""
         z = scale.forward(store.phenotype)
         cache = should_cache(cfg, len(split.train) + len(split.val) + len(split.test), store.n_variants)
 
         def source(rows):
             return RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)
-        return cls(source(split.train), source(split.val), source(split.test), bool(cache))
+        return cls(source(train_rows), source(split.val), source(split.test), bool(cache))
 
 
 class CompiledSteps:
@@ -356,16 +439,14 @@ class Checkpointer:
         self.dir, self.run_vars, self.model_vars = partial, run_variables, model_variables
         self.state_path = partial / "state.json"
 
-    def resume(self, cfg, store, optimizer, say) -> dict:
-        state = {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
-                 "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
-        if self.state_path.exists():
-            state = read_json(self.state_path)
-            check_resumable(state, cfg, store, self.dir)
-            load_variables(self.dir / state.get("checkpoint", "last.npz"), self.run_vars)
-            optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
-            say(f"resuming after epoch {state['epoch']} "
-                f"(best val MAE {state['best_mae']:.4g} at epoch {state['best_epoch']})")
+    def resume(self, fresh: dict, cfg, store, optimizer) -> dict:
+        """The state checkpointed here (its variables loaded), else ``fresh``."""
+        if not self.state_path.exists():
+            return fresh
+        state = read_json(self.state_path)
+        check_resumable(state, cfg, store, self.dir)
+        load_variables(self.dir / state.get("checkpoint", "last.npz"), self.run_vars)
+        optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
         return state
 
     def save_best(self) -> None:
@@ -524,9 +605,11 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
     record = {
         "dataset": dataset, "fold": split.test_fold, "val_fold": split.val_fold,
         "epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_mae": state["best_mae"],
-        "seconds": state["train_seconds"], "saliency_seconds": sal_seconds,
+        "seconds": training_seconds(state), "saliency_seconds": sal_seconds,
         "total_seconds": time.perf_counter() - t_start,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+        # the model kept: refitted on training + validation (its epochs, seconds, lines), or None
+        "refit": state.get("refit"),
         "saliency_n": sal_n, "cached": should_cache(cfg, len(split.train) + len(split.val) + len(split.test),
                                                     store.n_variants),
         "threads": n_threads,
@@ -547,6 +630,11 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
     if rss:
         record["peak_rss_mb"] = rss
     return record
+
+
+def training_seconds(state: dict) -> float:
+    """Seconds of training epochs: the early-stopped run's and its refit's."""
+    return state["train_seconds"] + (state.get("refit") or {}).get("seconds", 0.0)
 
 
 def check_resumable(state: dict, cfg, store, partial: Path) -> None:

@@ -33,9 +33,14 @@ def test_publication_settings_and_overrides():
     from hpcsnp.cli import _build_config
 
     cfg = _build_config(publication=True, batch_size=8)
-    assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience) == (8, 1e-3, 10, 0.75, 0)  # noqa: E501
-    assert Config().replace(**{k: getattr(cfg, k) for k in ("learning_rate", "patience", "dropout",
-                                                            "lr_decay_patience")}) == cfg.replace(batch_size=64)
+    assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
+        8, 1e-3, 10, 0.75, 0, False)
+    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit")
+    assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
+    # a record written before --refit existed (no "refit" key) reads as trained without it
+    recorded = Config().to_dict()
+    del recorded["refit"]
+    assert Config.from_dict(recorded).refit is False and Config.from_dict(Config().to_dict()).refit is True
     with pytest.raises(InputError, match="give one"):
         _build_config("x.json", publication=True)
 

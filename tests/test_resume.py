@@ -57,7 +57,7 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
 
 
 def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
-    """The saved model is the best validation epoch's, not the last one's."""
+    """Without the refit, the saved model is the best validation epoch's, not the last one's."""
     import keras
 
     from hpcsnp.config import Config
@@ -65,7 +65,7 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     from hpcsnp.store import open_store
     from hpcsnp.train import train_fold
 
-    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5)
+    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, refit=False)
     r = train_fold(sim_store[0], 1, tmp_path, cfg)
     m = r.metrics
     maes = [h["val_mae"] for h in m["history"]]
@@ -94,3 +94,69 @@ def test_sigterm_says_what_happens_and_a_rerun_resumes(sim_store, tmp_path):
     assert "terminated by signal 15" in err and "resumes" in err and "Traceback" not in err
     again = run_cli("train", store, *ARGS, "--run", tmp_path)
     assert "resuming after epoch" in again.stderr
+
+
+def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation_chose(sim_store, tmp_path):
+    """--refit: the early-stopped model gives the validation predictions (the same as without
+    the refit); the kept model is trained afresh on training + validation for its best epoch
+    count, each epoch at the learning rate it had then, with those lines' target scale."""
+    import keras
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import fold_split, one_hot
+    from hpcsnp.store import open_store
+    from hpcsnp.train import train_fold
+
+    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
+                 lr_decay_steps=0)
+    kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
+    r = train_fold(sim_store[0], 1, tmp_path / "refit", cfg)
+    m, k = r.metrics, kept.metrics
+    assert m["history"] == k["history"] and m["best_epoch"] == k["best_epoch"] < m["epochs"]
+    assert k["refit"] is None
+    refit = m["refit"]
+    assert refit["n_train"] == m["n_train"] + m["n_val"] and refit["epochs"] == m["best_epoch"]
+    lrs = [cfg.learning_rate] + [h["lr"] for h in m["history"]]
+    assert [h["lr"] for h in refit["history"]] == lrs[:m["best_epoch"]]
+    assert len(set(lrs[:m["best_epoch"]])) > 1, "the replayed schedule must change for this to test it"
+    assert m["seconds"] == pytest.approx(refit["seconds"] + k["seconds"], rel=0.5)
+    assert (r.path / "val_predictions.csv").read_bytes() == (kept.path / "val_predictions.csv").read_bytes()
+    assert (r.path / "predictions.csv").read_bytes() != (kept.path / "predictions.csv").read_bytes()
+    store = open_store(sim_store[0])
+    split = fold_split(store.fold, 3, 1)
+    both = np.concatenate([split.train, split.val])
+    assert m["target_mean"] == pytest.approx(store.phenotype[both].mean())
+    model = keras.models.load_model(r.path / "model.keras")  # the refitted model makes the test predictions
+    pred = model(one_hot(store.genotypes[:][split.test]), training=False).numpy()[:, 0]
+    got = np.loadtxt(r.path / "predictions.csv", delimiter=",", skiprows=1, usecols=3)
+    np.testing.assert_allclose(pred * m["target_sd"] + m["target_mean"], got, rtol=1e-4)
+    assert not [p.name for p in r.path.iterdir() if p.name in ("refit", "early_stopped.npz", "member.npz")]
+
+
+def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path):
+    """Killed mid-refit, a rerun neither retrains the early-stopped model nor restarts the
+    refit, and gives the uninterrupted run's result bit for bit."""
+    store, _ = sim_store
+    args = [a for a in ARGS]
+    args[args.index("--epochs") + 1] = "12"
+    run_cli("train", store, *args, "--run", tmp_path / "whole")
+    state = tmp_path / "killed" / "sim" / "fold_1.partial" / "refit" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *args,
+                             "--run", str(tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = json.loads(state.read_text())["epoch"]
+    whole = json.loads((tmp_path / "whole" / "sim" / "fold_1" / "metrics.json").read_text())
+    assert 2 <= at_kill < whole["refit"]["epochs"], "the kill must land mid-refit"
+    resumed = run_cli("train", store, *args, "--run", tmp_path / "killed")
+    assert f"resuming after epoch {at_kill}" in resumed.stderr
+    assert "val MAE" not in resumed.stderr  # the early-stopped training was not redone
+    a, b = (tmp_path / d / "sim" / "fold_1" for d in ("whole", "killed"))
+    assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+    assert (a / "val_predictions.csv").read_bytes() == (b / "val_predictions.csv").read_bytes()
