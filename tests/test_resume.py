@@ -14,6 +14,19 @@ ARGS = ["--fold", "1", "--epochs", "30", "--patience", "40", "--batch-size", "16
         "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1", "--lr-decay-steps", "0"]
 
 
+def _train_until(store, args, run, state, epoch):
+    """Start `hpcsnp train` in another process; return it once the checkpoint ``state``
+    records ``epoch`` (or it ended, or 120 s passed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *args, "--run", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            break
+        time.sleep(0.01)
+    return proc
+
+
 def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
     """'Same' on CPU here: with the same thread count, the resumed fold's predictions,
     metrics and saliency are bitwise identical to an uninterrupted run's (data order is
@@ -21,14 +34,7 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
     store, _ = sim_store
     run_cli("train", store, *ARGS, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *ARGS,
-                             "--run", str(tmp_path / "killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 3:
-            break
-        time.sleep(0.02)
+    proc = _train_until(store, ARGS, tmp_path / "killed", state, 3)
     proc.send_signal(signal.SIGSTOP)  # frozen mid-training, still holding its lock: epochs take ~0.1 s
     second = run_cli("train", store, *ARGS, "--run", tmp_path / "killed", check=False)
     assert second.returncode == 1 and "is being trained by pid" in second.stderr
@@ -141,14 +147,7 @@ def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path):
     args[args.index("--epochs") + 1] = "12"
     run_cli("train", store, *args, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "refit" / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *args,
-                             "--run", str(tmp_path / "killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
-            break
-        time.sleep(0.01)
+    proc = _train_until(store, args, tmp_path / "killed", state, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     at_kill = json.loads(state.read_text())["epoch"]
