@@ -125,7 +125,6 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     lrs = [cfg.learning_rate] + [h["lr"] for h in m["history"]]
     assert [h["lr"] for h in refit["history"]] == lrs[:m["best_epoch"]]
     assert len(set(lrs[:m["best_epoch"]])) > 1, "the replayed schedule must change for this to test it"
-    assert m["seconds"] == pytest.approx(refit["seconds"] + k["seconds"], rel=0.5)
     assert (r.path / "val_predictions.csv").read_bytes() == (kept.path / "val_predictions.csv").read_bytes()
     assert (r.path / "predictions.csv").read_bytes() != (kept.path / "predictions.csv").read_bytes()
     store = open_store(sim_store[0])
