@@ -202,7 +202,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
             vp, vr = z["val_pred"], z["val_rows"]
     else:
         keras.utils.set_random_seed(cfg.seed * 1009 + fold)
-        sources = FoldSources.build(store, split.train, split, scale, cfg)
+        sources = FoldSources.build(store, split, scale, cfg)
         steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
         ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
         state = ckpt.resume(new_state(cfg, store), cfg, store, steps.optimizer)
@@ -248,13 +248,13 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
     Returns the compiled steps, the sources, the scale and a record for metrics.json."""
     import keras
 
-    rows = np.sort(np.concatenate([split.train, split.val]))
     epochs = state["best_epoch"] if cfg.restore_best and state["best_epoch"] else state["epoch"]
     # the learning rate of epoch e: the starting one, then as the plateau rule left it after epoch e - 1
     lrs = [cfg.learning_rate] + [h["lr"] for h in state["history"]][:epochs - 1]
+    rows = refit_rows(split)
     scale = TargetScale.fit(store.phenotype, rows, cfg, say)
     keras.utils.set_random_seed(cfg.seed * 1009 + split.test_fold)
-    sources = FoldSources.build(store, rows, split, scale, cfg)
+    sources = FoldSources.build(store, split, scale, cfg, refit=True)
     steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
     (where / REFIT_DIR).mkdir(exist_ok=True)
     ckpt = Checkpointer(where / REFIT_DIR, steps.run_variables, steps.model.variables)
@@ -266,13 +266,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
         epoch = rstate["epoch"] + 1
         rstate["lr"] = lrs[epoch - 1]
         steps.optimizer.learning_rate.assign(rstate["lr"])
-        losses = []
-        for step, (g, t, _) in enumerate(sources.train.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                                                epoch=epoch, threads=n_threads)):
-            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
-                break
-            losses.append(float(steps.train_step(g, t)))
-            rstate["samples"] = rstate.get("samples", 0) + int(g.shape[0])
+        losses = train_epoch(steps, sources.train, rstate, cfg, epoch, n_threads)
         rstate["epoch"] = epoch
         rstate["train_seconds"] += time.perf_counter() - t0
         rstate["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "lr": rstate["lr"]})
@@ -282,6 +276,11 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
     record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
     return steps, sources, scale, record
+
+
+def refit_rows(split) -> np.ndarray:
+    """The refit's training lines: the training and validation folds, in store order."""
+    return np.sort(np.concatenate([split.train, split.val]))
 
 
 def new_state(cfg, store) -> dict:
@@ -342,19 +341,23 @@ class FoldSources:
     """Row sources of the fold's training, validation and test sets (cached int8 or streamed)."""
 
     train: RowSource
-    val: RowSource
+    val: RowSource | None  # None for the refit, which trains on it
     test: RowSource
     cached: bool
 
     @classmethod
-    def build(cls, store, train_rows, split, scale: TargetScale, cfg) -> "FoldSources":
-        """``train_rows``: the training folds', or with the validation fold's for the refit."""
+    def build(cls, store, split, scale: TargetScale, cfg, *, refit: bool = False) -> "FoldSources":
+        """The training folds, validation and test; ``refit``: training + validation folds
+        as one training source, and no validation source (a cached one would be read for
+        nothing)."""
         z = scale.forward(store.phenotype)
         cache = should_cache(cfg, len(split.train) + len(split.val) + len(split.test), store.n_variants)
 
         def source(rows):
             return RowSource(store, rows, z[rows], cache=cache, window_chunks=cfg.window_chunks)
-        return cls(source(train_rows), source(split.val), source(split.test), bool(cache))
+        if refit:
+            return cls(source(refit_rows(split)), None, source(split.test), bool(cache))
+        return cls(source(split.train), source(split.val), source(split.test), bool(cache))
 
 
 class CompiledSteps:
@@ -536,13 +539,7 @@ def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Ch
     while stopping.go_on:
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
-        batches = sources.train.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
-        losses = []
-        for step, (g, t, _) in enumerate(batches):
-            if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
-                break
-            losses.append(float(steps.train_step(g, t)))
-            state["samples"] = state.get("samples", 0) + int(g.shape[0])
+        losses = train_epoch(steps, sources.train, state, cfg, epoch, n_threads)
         vp, vr = steps.predict(sources.val)
         val_mae = float(np.mean(np.abs(vp - y[vr])))
         improved = stopping.update(epoch, val_mae)
@@ -561,6 +558,19 @@ def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Ch
     # CPU seconds per wall second of this process's epochs: at most the granted cores
     return {"cpu_utilisation": (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9),
             "patience_epochs": patience, "lr_patience_epochs": lr_patience}
+
+
+def train_epoch(steps: CompiledSteps, source, state: dict, cfg, epoch: int, n_threads: int) -> list[float]:
+    """One epoch of optimiser steps over ``source`` (shuffled by seed and epoch, at most
+    cfg.steps_per_epoch batches); counts the samples seen in ``state``; the batch losses."""
+    losses = []
+    batches = source.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
+    for step, (g, t, _) in enumerate(batches):
+        if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
+            break
+        losses.append(float(steps.train_step(g, t)))
+        state["samples"] = state.get("samples", 0) + int(g.shape[0])
+    return losses
 
 
 class FoldOutputs:
