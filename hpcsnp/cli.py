@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
-from hpcsnp.config import ACTIVATIONS, MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
+from hpcsnp.config import ACTIVATIONS, GENOTYPE_BASES, MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
 from hpcsnp.errors import HpcsnpError
 
 VERBOSE = {"level": 0}
@@ -133,6 +133,12 @@ def config_options(fn):
                      help="Activation of every convolution; the publication's network is linear up to its "
                           "output, so it cannot represent interactions between SNPs. Trains through the Keras "
                           f"layers (slower) [{DEFAULTS.activation}]."),
+        click.option("--genotype-basis", type=click.Choice(GENOTYPE_BASES),
+                     help="What the first convolutions read for each SNP: 'additive' = missing, centred allele "
+                          "dosage, heterozygote, called (the additive-dominance coding; an invertible map of the "
+                          "one-hot channels, so the same model class, trained toward additive effects first); "
+                          f"'onehot' = the publication's four channels [{DEFAULTS.genotype_basis}]. Saliency is "
+                          "taken with respect to the one-hot genotype either way."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
         click.option("--seeds", type=click.IntRange(min=1),

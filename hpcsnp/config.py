@@ -18,9 +18,10 @@ MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in stor
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # the value of a setting in records (config.json, metrics.json) written before it existed
-RECORDED_BEFORE = {"refit": False}
+RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot"}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
-               "refit": False}
+               "refit": False, "genotype_basis": "onehot"}
+GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Config:
     l2_dense: float = 0.0  # L2 on the output layer's kernel (the publication has none)
     dense_init: str = "truncated_normal"  # or "zeros": the output layer starts at the mean prediction
     activation: str = "linear"  # of every convolution; the publication's network is linear up to its ISRU output
+    # the per-SNP coordinates the first convolutions read: "additive" (missing, centred dosage,
+    # heterozygote, called; an invertible map of the one-hot channels, so the same functions) or
+    # the publication's "onehot" channels themselves
+    genotype_basis: str = "additive"
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
@@ -106,6 +111,8 @@ class Config:
             problems.append(f"attribution must list saliency, smoothgrad or ig, got {', '.join(bad)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.genotype_basis not in GENOTYPE_BASES:
+            problems.append(f"genotype_basis must be one of {', '.join(GENOTYPE_BASES)}, got {self.genotype_basis!r}")
         if self.dense_init not in ("truncated_normal", "zeros"):
             problems.append(f"dense_init must be truncated_normal or zeros, got {self.dense_init!r}")
         if self.adam_epsilon <= 0:
@@ -161,7 +168,8 @@ class Config:
     @classmethod
     def publication(cls, **changes) -> "Config":
         """The publication's training settings (SPEC section 4): batch 4, constant Adam lr
-        0.001, patience 10, dropout 0.75, the early-stopped model kept (no refit)."""
+        0.001, patience 10, dropout 0.75, the early-stopped model kept (no refit), the one-hot
+        channels read directly."""
         return cls(**{**PUBLICATION, **changes})
 
     @classmethod

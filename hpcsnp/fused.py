@@ -13,7 +13,7 @@ import logging
 
 import tensorflow as tf
 
-from hpcsnp.model import ISRU, FastDropout
+from hpcsnp.model import ISRU, FastDropout, GenotypeBasis
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,15 @@ EXPECTED = (
 
 
 def layer_sequence_problem(model) -> str | None:
-    """Why ``model`` is not the network TrainingForward recomputes, or None when it is."""
+    """Why ``model`` is not the network TrainingForward recomputes, or None when it is.
+    A GenotypeBasis layer "basis" may sit between the input and both first convolutions."""
     by_name = {layer.name: layer for layer in model.layers}
-    for name, kind, inputs in EXPECTED:
+    expected = EXPECTED
+    if "basis" in by_name:
+        if not isinstance(by_name["basis"], GenotypeBasis) or tuple(_input_names(by_name["basis"])) != ("one_hot",):
+            return "layer 'basis' is not a GenotypeBasis of the input"
+        expected = [(n, k, tuple("basis" if i == "one_hot" else i for i in ins)) for n, k, ins in EXPECTED]
+    for name, kind, inputs in expected:
         layer = by_name.get(name)
         if layer is None:
             return f"no layer {name!r}"
@@ -128,6 +134,7 @@ class TrainingForward:
         self.shortcut = layer("shortcut")
         self.drop1, self.drop2, self.drop3 = layer("dropout1"), layer("dropout2"), layer("dropout3")
         self.dense, self.isru = layer("dense"), layer("isru")
+        self.basis = layer("basis") if any(lr.name == "basis" for lr in model.layers) else None
         k1, k2 = cfg.kernel_1, cfg.kernel_2
         self.l1, self.r1 = _same_pads(k1)
         self.l2, self.r2 = _same_pads(k2)
@@ -172,6 +179,8 @@ class TrainingForward:
     def __call__(self, x, training=True):
         # every operation computes in x's type: bfloat16 only for training with --bf16
         x = tf.cast(x, self.train_dtype if training else tf.float32)
+        if self.basis is not None:
+            x = self.basis.apply(x)
         r1 = self.drop1.rate if training else 0.0
         y = self.conv12(x, 1.0 / (1.0 - r1))
         if r1:

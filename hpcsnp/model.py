@@ -10,8 +10,26 @@ interactions between SNPs within its receptive field (k1 + k2 + k3 - 2 = 26 SNPs
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, regularizers
+
+from hpcsnp.data import ONE_HOT_TABLE
+
+# Per-SNP coordinates the convolutions read (GenotypeBasis), by genotype code (-1 missing,
+# 0, 1, 2 copies of the counted allele).  "additive": missing, centred allele dosage (-1, 0, 1),
+# heterozygote, called -- the additive-dominance coding of quantitative genetics.  It is an
+# invertible map of the one-hot channels, so the network represents exactly the functions it
+# does on them ("onehot", the publication's); only what training reaches first differs: an
+# additive effect is one weight, not a contrast of three.
+CODED = {"additive": np.array([[1, 0, 0, 0],    # -1 missing
+                               [0, -1, 0, 1],   # 0
+                               [0, 0, 1, 1],    # 1
+                               [0, 1, 0, 1]],   # 2
+                              dtype=np.float32)}
+# the same as maps of the one-hot channels (ONE_HOT_TABLE's rows are the codes' one-hot vectors,
+# a permutation): one_hot(code) @ BASES[b] = CODED[b][code + 1]
+BASES = {"onehot": None, **{b: (ONE_HOT_TABLE.T @ m).astype(np.float32) for b, m in CODED.items()}}
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
@@ -27,6 +45,28 @@ class ISRU(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
+
+
+@keras.saving.register_keras_serializable(package="hpcsnp")
+class GenotypeBasis(layers.Layer):
+    """A fixed linear map of each SNP's one-hot channels to the coordinates of ``BASES[basis]``;
+    no weights.  The model's input stays the one-hot genotype, so saliency, SmoothGrad and
+    integrated gradients are taken with respect to it, as published."""
+
+    def __init__(self, basis="additive", **kwargs):
+        super().__init__(**kwargs)
+        self.basis = basis
+        self.matrix = BASES[basis]
+
+    def call(self, x):
+        return self.apply(x)
+
+    def apply(self, x):
+        """The map in x's own type (a Keras layer call would cast a bfloat16 x to float32)."""
+        return tf.tensordot(x, tf.constant(self.matrix, dtype=x.dtype), axes=[[x.shape.rank - 1], [0]])
+
+    def get_config(self):
+        return {**super().get_config(), "basis": self.basis}
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
@@ -92,12 +132,15 @@ def _conv(cfg, kernel, name):
 
 def build_model(n_snps: int, cfg) -> keras.Model:
     """SPEC section 3: two stacked convolutions plus a shortcut, one more
-    convolution, flatten, and a dense ISRU output; dropout after each block."""
+    convolution, flatten, and a dense ISRU output; dropout after each block.  With a
+    genotype basis other than "onehot" the convolutions read the one-hot input through
+    a fixed GenotypeBasis layer."""
     inp = keras.Input((n_snps, 4), name="one_hot")
-    x = _conv(cfg, cfg.kernel_1, "conv1")(inp)
+    coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(cfg.genotype_basis, name="basis")(inp)
+    x = _conv(cfg, cfg.kernel_1, "conv1")(coded)
     x = _conv(cfg, cfg.kernel_2, "conv2")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 1, name="dropout1")(x)
-    s = _conv(cfg, cfg.kernel_shortcut, "shortcut")(inp)
+    s = _conv(cfg, cfg.kernel_shortcut, "shortcut")(coded)
     x = layers.Add(name="residual")([s, x])
     x = _conv(cfg, cfg.kernel_3, "conv3")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 2, name="dropout2")(x)
