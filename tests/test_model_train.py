@@ -94,8 +94,12 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels, b
     assert f.fused == (n_snps >= 2 * f.span)
     x = one_hot(np.random.default_rng(0).integers(-1, 3, (6, n_snps)).astype(np.int8))
     t = tf.constant(np.linspace(-1, 1, 6), tf.float32)
-    want = m(x, training=False).numpy()  # float32 sums: tolerance relative to the largest output
-    np.testing.assert_allclose(f(x, training=True).numpy(), want, rtol=2e-5, atol=1e-5 * np.abs(want).max())
+    want = m(x, training=False).numpy()
+    # float32 rounding: the additive basis feeds three non-zero channels per SNP where one-hot
+    # feeds one, so its sums carry more rounding; its tolerance is relative to the largest entry
+    additive = basis == "additive"
+    np.testing.assert_allclose(f(x, training=True).numpy(), want, rtol=2e-5,
+                               atol=1e-5 * np.abs(want).max() if additive else 2e-6)
 
     def grads(fn):
         with tf.GradientTape() as tape:
@@ -103,7 +107,8 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels, b
         return tape.gradient(loss, m.trainable_variables)
     for a, b in zip(grads(lambda x: f(x, training=True)), grads(lambda x: m(x, training=True))):
         # float32 rounding of sums over the whole tensor: tolerance relative to its largest entry
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5 + 2e-5 * np.abs(b.numpy()).max())
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4,
+                                   atol=1e-5 + (2e-5 if additive else 2e-6) * np.abs(b.numpy()).max())
     fl = flops_per_sample(4236, Config())
     assert fl["train_step_fused"] < 0.5 * fl["train_step"]
 
