@@ -16,7 +16,16 @@ from pathlib import Path
 import click
 
 from hpcsnp import __version__
-from hpcsnp.config import ACTIVATIONS, GENOTYPE_BASES, MAX_FOLDS, MIN_FOLDS, PUBLICATION, Config
+from hpcsnp.config import (
+    ACTIVATIONS,
+    AUTO_SEED_LINES,
+    AUTO_SEEDS_MAX,
+    GENOTYPE_BASES,
+    MAX_FOLDS,
+    MIN_FOLDS,
+    PUBLICATION,
+    Config,
+)
 from hpcsnp.errors import HpcsnpError
 
 VERBOSE = {"level": 0}
@@ -141,9 +150,11 @@ def config_options(fn):
                           "taken with respect to the one-hot genotype either way."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
-        click.option("--seeds", type=click.IntRange(min=1),
-                     help=f"Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
-                          f"saliency are their average (costs that many times the training) [{DEFAULTS.seeds}]."),
+        click.option("--seeds", type=click.IntRange(min=0),
+                     help="Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
+                          "saliency are their average (costs that many times the training). 0 = by the fold's "
+                          f"training lines: round({AUTO_SEED_LINES} / lines), 1 to {AUTO_SEEDS_MAX} (one for "
+                          f"2,731 lines or more, as SoyNAM's folds; five for 910 or fewer) [{DEFAULTS.seeds}]."),
         click.option("--attribution",
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
                           "(integrated gradients from the all-missing genotype); the publication's saliency is "

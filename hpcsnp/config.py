@@ -18,9 +18,12 @@ MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in stor
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # the value of a setting in records (config.json, metrics.json) written before it existed
-RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot"}
+RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
-               "refit": False, "genotype_basis": "onehot"}
+               "refit": False, "genotype_basis": "onehot", "seeds": 1}
+# seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
+# AUTO_SEEDS_MAX (Config.models_per_fold): one for SoyNAM's ~4,050, five for 900 or fewer
+AUTO_SEED_LINES, AUTO_SEEDS_MAX = 4096, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
 
 
@@ -69,7 +72,10 @@ class Config:
     refit: bool = True
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
-    seeds: int = 1  # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged
+    # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged; 0 = as
+    # many as the fold's training lines call for (models_per_fold): one network trained on a few
+    # hundred lines varies with its seed as much as it learns, and such folds train fast
+    seeds: int = 0
     fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (SPEC section 5)
@@ -90,12 +96,12 @@ class Config:
             problems.append(f"mask_rate must be in [0, 1), got {self.mask_rate}")
         for name in ("filters", "kernel_1", "kernel_2", "kernel_shortcut", "kernel_3",
                      "batch_size", "max_epochs", "eval_batch_size", "window_chunks", "step_activation_mb",
-                     "eval_activation_mb", "seeds"):
+                     "eval_activation_mb"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
-        for name in ("patience", "patience_steps", "lr_decay_steps"):
+        for name in ("patience", "patience_steps", "lr_decay_steps", "seeds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.alpha <= 0:
@@ -146,6 +152,18 @@ class Config:
         """
         given = [m.strip() for m in self.attribution.split(",") if m.strip()]
         return ["saliency", *dict.fromkeys(m for m in given if m != "saliency")]
+
+    def models_per_fold(self, n_train: int) -> int:
+        """Models a fold trains: ``seeds``, or with seeds = 0 round(AUTO_SEED_LINES / training
+        lines) between 1 and AUTO_SEEDS_MAX, so a small store spends about the training of one
+        SoyNAM-sized fold.
+
+        >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=2).models_per_fold(600)
+        ([1, 2, 3, 5, 5], 2)
+        """
+        if self.seeds:
+            return self.seeds
+        return min(AUTO_SEEDS_MAX, max(1, round(AUTO_SEED_LINES / max(1, n_train))))
 
     def epochs_patience(self, steps_per_epoch: int) -> tuple[int, int]:
         """(early-stopping patience, learning-rate patience) in epochs for epochs of this many

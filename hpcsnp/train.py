@@ -92,8 +92,8 @@ def _skipped(final: Path, dataset: str, fold: int, store) -> FoldResult:
 
 
 def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
-    """One fold, as a page of calls: train ``cfg.seeds`` models (one is the default) that
-    differ only in their seed, average their predictions and saliency, write the outputs,
+    """One fold, as a page of calls: train ``cfg.models_per_fold`` models that differ only in
+    their seed, average their predictions and saliency, write the outputs,
     rename into place."""
     fold = split.test_fold
     say = FoldLog(dataset, fold)
@@ -101,11 +101,12 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     configure_tensorflow(n_threads)
     t_start = time.perf_counter()
     members = []
-    for k in range(cfg.seeds):
+    n_models = cfg.models_per_fold(len(split.train))
+    for k in range(n_models):
         where = partial if k == 0 else partial / f"seed_{k}"
         member_cfg = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
         members.append(_train_member(store, split, where, member_cfg, n_threads,
-                                     say if cfg.seeds == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}")))
+                                     say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}")))
     tp = np.mean([m.test_pred for m in members], axis=0)
     tr, vr = members[0].test_rows, members[0].val_rows
     metrics = regression_metrics(store.phenotype[tr], tp)
@@ -126,7 +127,8 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
                                sum(m.attr_seconds["saliency"] for m in members), len(tr),
                                sum(m.predict_seconds for m in members), t_start))
     metrics["attribution_seconds"] = {k: sum(m.attr_seconds[k] for m in members) for k in first.attr_seconds}
-    if cfg.seeds > 1:
+    metrics["models"] = n_models
+    if n_models > 1:
         import pandas as pd
 
         pd.DataFrame({"sample_id": store.sample_id[tr], "truth": store.phenotype[tr],
@@ -143,7 +145,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {first.state['epoch']} "
         f"epochs (best {first.state['best_epoch']}{', refitted' if cfg.refit else ''})  "
         f"{metrics['seconds']:.0f}s train, "
-        f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {cfg.seeds} seeds" if cfg.seeds > 1 else ""))
+        f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {n_models} seeds" if n_models > 1 else ""))
     return FoldResult(dataset, fold, final, metrics)
 
 

@@ -10,7 +10,8 @@ from helpers import run_cli
 
 from hpcsnp.resources import cap_threads, granted_cpus
 
-QUICK = ["--epochs", "40", "--patience", "8", "--batch-size", "16", "--lr", "0.003", "--dropout", "0.5"]
+QUICK = ["--epochs", "40", "--patience", "8", "--batch-size", "16", "--lr", "0.003", "--dropout", "0.5",
+         "--seeds", "1"]
 
 
 def test_end_to_end_finds_planted_snps(tmp_path):

@@ -35,17 +35,18 @@ def test_publication_settings_and_overrides():
     cfg = _build_config(publication=True, batch_size=8)
     assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
         8, 1e-3, 10, 0.75, 0, False)
-    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis")
+    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "seeds")
     assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
-    # a record written before --refit and --genotype-basis existed (no such keys) reads as
-    # trained without the refit, on the one-hot channels
+    assert cfg.seeds == 1 and Config().seeds == 0  # one model per fold, as published; by default, by data size
+    # a record written before --refit, --genotype-basis and --seeds existed (no such keys) reads
+    # as trained without the refit, on the one-hot channels, one model per fold
     recorded = Config().to_dict()
-    del recorded["refit"], recorded["genotype_basis"]
+    del recorded["refit"], recorded["genotype_basis"], recorded["seeds"]
     old = Config.from_dict(recorded)
-    assert (old.refit, old.genotype_basis) == (False, "onehot")
+    assert (old.refit, old.genotype_basis, old.seeds) == (False, "onehot", 1)
     now = Config.from_dict(Config().to_dict())
-    assert (now.refit, now.genotype_basis) == (True, "additive")
+    assert (now.refit, now.genotype_basis, now.seeds) == (True, "additive", 0)
     with pytest.raises(InputError, match="give one"):
         _build_config("x.json", publication=True)
 
@@ -387,7 +388,7 @@ def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
 def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, caplog):
     from hpcsnp.train import train_fold
 
-    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32))
+    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32, seeds=1))
     logs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("beyond the ISRU bound" in line for line in logs)
 
@@ -416,11 +417,28 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     np.testing.assert_allclose(sal[0], (sal[1] + sal[2]) / 2, rtol=1e-6)
     m = json.loads((two / "metrics.json").read_text())
     assert [r["seed"] for r in m["seed_runs"]] == [0, 1] and (two / "seed_1" / "model.keras").exists()
+    assert m["models"] == 2 and json.loads((one / "metrics.json").read_text())["models"] == 1
     assert not list(two.rglob("member.npz"))
     from hpcsnp.predict import predict_run  # predict loads every seed's model of the fold
 
     got = predict_run(tmp_path / "two", store, out=tmp_path / "p.csv", fold=1).table.set_index("sample_id")
     np.testing.assert_allclose(got.loc[pred["sample_id"], "cnn_mean"], pred["prediction"], rtol=1e-5)
+
+
+def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_store, tmp_path):
+    """The default: 80 training lines (240 in 3 folds) are far below AUTO_SEED_LINES, so
+    the fold trains AUTO_SEEDS_MAX models, seeds 0..4, averaged."""
+    from hpcsnp.config import AUTO_SEEDS_MAX
+    from hpcsnp.train import train_fold
+
+    r = train_fold(sim_store[0], 1, tmp_path, FAST.replace(seeds=0, max_epochs=1))
+    assert r.metrics["n_train"] == 80 and r.metrics["models"] == AUTO_SEEDS_MAX == 5
+    assert [s["seed"] for s in r.metrics["seed_runs"]] == [0, 1, 2, 3, 4]
+    per_seed = pd.read_csv(r.path / "seed_predictions.csv")
+    pred = pd.read_csv(r.path / "predictions.csv")
+    np.testing.assert_allclose(pred["prediction"], per_seed[[f"seed_{k}" for k in range(5)]].mean(axis=1),
+                               rtol=1e-6)
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 0  # the run records the rule
 
 
 def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
