@@ -22,7 +22,7 @@ RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
                "refit": False, "genotype_basis": "onehot", "seeds": 1}
 # seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
-# AUTO_SEEDS_MAX (Config.models_per_fold): one for SoyNAM's ~4,050, five for 900 or fewer
+# AUTO_SEEDS_MAX (Config.models_per_fold): one for SoyNAM's ~4,050, five for 910 or fewer
 AUTO_SEED_LINES, AUTO_SEEDS_MAX = 4096, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
 
