@@ -19,7 +19,7 @@ import pytest
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--epochs", "2", "--batch-size", "32", "--threads", "1", "--seeds", "1"]
+QUICK = ["--epochs", "2", "--batch-size", "32", "--seeds", "1", "--threads", "1"]
 
 
 def _ingest_sim(tmp_path, name="s", **kw):
