@@ -160,6 +160,11 @@ class Config:
 
         >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=2).models_per_fold(600)
         ([1, 2, 3, 5, 5], 2)
+
+        The bounds --help states (one model from 2,731 lines, five up to 910):
+
+        >>> [Config().models_per_fold(n) for n in (2730, 2731, 910, 911)]
+        [2, 1, 5, 4]
         """
         if self.seeds:
             return self.seeds
