@@ -153,8 +153,8 @@ def config_options(fn):
         click.option("--seeds", type=click.IntRange(min=0),
                      help="Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
                           "saliency are their average (costs that many times the training). 0 = by the fold's "
-                          f"training lines: round({AUTO_SEED_LINES} / lines), 1 to {AUTO_SEEDS_MAX} (one for "
-                          f"2,731 lines or more, as SoyNAM's folds; five for 910 or fewer) [{DEFAULTS.seeds}]."),
+                          f"training lines: round({AUTO_SEED_LINES} / lines), 1 to {AUTO_SEEDS_MAX} (two for "
+                          f"SoyNAM's ~4,050; one from 5,462 lines; five for 1,820 or fewer) [{DEFAULTS.seeds}]."),
         click.option("--attribution",
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
                           "(integrated gradients from the all-missing genotype); the publication's saliency is "

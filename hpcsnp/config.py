@@ -22,8 +22,9 @@ RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
                "refit": False, "genotype_basis": "onehot", "seeds": 1}
 # seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
-# AUTO_SEEDS_MAX (Config.models_per_fold): one for SoyNAM's ~4,050, five for 910 or fewer
-AUTO_SEED_LINES, AUTO_SEEDS_MAX = 4096, 5
+# AUTO_SEEDS_MAX (Config.models_per_fold): two for SoyNAM's ~4,050, one from 5,462, five for 1,820
+# or fewer
+AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
 
 
@@ -155,15 +156,15 @@ class Config:
 
     def models_per_fold(self, n_train: int) -> int:
         """Models a fold trains: ``seeds``, or with seeds = 0 round(AUTO_SEED_LINES / training
-        lines) between 1 and AUTO_SEEDS_MAX, so a small store spends about the training of one
-        SoyNAM-sized fold.
+        lines) between 1 and AUTO_SEEDS_MAX, so a fold spends about the training of two
+        SoyNAM-sized models.
 
-        >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=2).models_per_fold(600)
-        ([1, 2, 3, 5, 5], 2)
+        >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=1).models_per_fold(600)
+        ([2, 4, 5, 5, 5], 1)
 
-        The bounds --help states (one model from 2,731 lines, five up to 910):
+        The bounds --help states (one model from 5,462 lines, five up to 1,820):
 
-        >>> [Config().models_per_fold(n) for n in (2730, 2731, 910, 911)]
+        >>> [Config().models_per_fold(n) for n in (5461, 5462, 1820, 1821)]
         [2, 1, 5, 4]
         """
         if self.seeds:
