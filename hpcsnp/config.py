@@ -156,8 +156,8 @@ class Config:
 
     def models_per_fold(self, n_train: int) -> int:
         """Models a fold trains: ``seeds``, or with seeds = 0 round(AUTO_SEED_LINES / training
-        lines) between 1 and AUTO_SEEDS_MAX, so a fold spends about the training of two
-        SoyNAM-sized models.
+        lines) between 1 and AUTO_SEEDS_MAX, so no fold spends much more than the training of
+        two SoyNAM-sized models (a small store, capped at AUTO_SEEDS_MAX, spends less).
 
         >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=1).models_per_fold(600)
         ([2, 4, 5, 5, 5], 1)
