@@ -148,6 +148,13 @@ def config_options(fn):
                           "one-hot channels, so the same model class, trained toward additive effects first); "
                           f"'onehot' = the publication's four channels [{DEFAULTS.genotype_basis}]. Saliency is "
                           "taken with respect to the one-hot genotype either way."),
+        click.option("--dosage-scale", type=click.FloatRange(0, min_open=True),
+                     help="With the additive basis, the dosage coordinate is -S / 0 / S for 0 / 1 / 2 copies: "
+                          "S > 1 makes training favour additive over dominance effects (the same model class) "
+                          f"[{DEFAULTS.dosage_scale:g}]."),
+        click.option("--l2-dense", type=click.FloatRange(min=0),
+                     help="L2 penalty on the output layer's weights; 0 = none, as published "
+                          f"[{DEFAULTS.l2_dense:g}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
         click.option("--seeds", type=click.IntRange(min=0),

@@ -18,9 +18,9 @@ MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in stor
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # the value of a setting in records (config.json, metrics.json) written before it existed
-RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1}
+RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1, "dosage_scale": 1.0}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
-               "refit": False, "genotype_basis": "onehot", "seeds": 1}
+               "refit": False, "genotype_basis": "onehot", "seeds": 1, "l2_dense": 0.0}
 # seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
 # AUTO_SEEDS_MAX (Config.models_per_fold): two for SoyNAM's ~4,050, one from 5,462, five for 1,820
 # or fewer
@@ -40,13 +40,18 @@ class Config:
     alpha: float = 0.03  # ISRU bound is +-1/sqrt(alpha), on the standardised target
     l2_kernel: float = 0.1
     l2_bias: float = 0.01
-    l2_dense: float = 0.0  # L2 on the output layer's kernel (the publication has none)
+    # L2 on the output layer's kernel (the publication has none): without it the part of its
+    # random initial weights that the training lines do not determine stays in the predictions
+    l2_dense: float = 0.01
     dense_init: str = "truncated_normal"  # or "zeros": the output layer starts at the mean prediction
     activation: str = "linear"  # of every convolution; the publication's network is linear up to its ISRU output
     # the per-SNP coordinates the first convolutions read: "additive" (missing, centred dosage,
     # heterozygote, called; an invertible map of the one-hot channels, so the same functions) or
     # the publication's "onehot" channels themselves
     genotype_basis: str = "additive"
+    # the "additive" basis's dosage coordinate is -s / 0 / s for 0 / 1 / 2 copies: a prior of
+    # larger additive than dominance effects (the same functions for any s > 0)
+    dosage_scale: float = 4.0
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
@@ -122,6 +127,10 @@ class Config:
             problems.append(f"genotype_basis must be one of {', '.join(GENOTYPE_BASES)}, got {self.genotype_basis!r}")
         if self.dense_init not in ("truncated_normal", "zeros"):
             problems.append(f"dense_init must be truncated_normal or zeros, got {self.dense_init!r}")
+        if self.dosage_scale <= 0:
+            problems.append(f"dosage_scale must be > 0, got {self.dosage_scale}")
+        if self.l2_dense < 0:
+            problems.append(f"l2_dense must be >= 0, got {self.l2_dense}")
         if self.adam_epsilon <= 0:
             problems.append(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         if self.cache not in ("auto", "always", "never"):
@@ -193,7 +202,7 @@ class Config:
     def publication(cls, **changes) -> "Config":
         """The publication's training settings (SPEC section 4): batch 4, constant Adam lr
         0.001, patience 10, dropout 0.75, the early-stopped model kept (no refit), the one-hot
-        channels read directly."""
+        channels read directly, no L2 on the output layer."""
         return cls(**{**PUBLICATION, **changes})
 
     @classmethod

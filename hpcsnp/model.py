@@ -30,6 +30,19 @@ CODED = {"additive": np.array([[1, 0, 0, 0],    # -1 missing
 # the same as maps of the one-hot channels (ONE_HOT_TABLE's rows are the codes' one-hot vectors,
 # a permutation): one_hot(code) @ BASES[b] = CODED[b][code + 1]
 BASES = {"onehot": None, **{b: (ONE_HOT_TABLE.T @ m).astype(np.float32) for b, m in CODED.items()}}
+DOSAGE = 1  # the dosage coordinate's column in CODED["additive"]
+
+
+def basis_matrix(basis: str, dosage_scale: float = 1.0):
+    """BASES[basis] with the dosage coordinate multiplied by ``dosage_scale`` (codes 0 / 1 / 2
+    -> -s / 0 / s): still invertible for s > 0, so the same functions; with the same initial
+    kernels and kernel L2 a larger s lets additive effects grow faster and penalises them
+    less than dominance and missing-call effects (a prior of larger additive variance)."""
+    if BASES[basis] is None:
+        return None
+    scale = np.ones(4, np.float32)
+    scale[DOSAGE] = dosage_scale
+    return (BASES[basis] * scale).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
@@ -53,10 +66,11 @@ class GenotypeBasis(layers.Layer):
     no weights.  The model's input stays the one-hot genotype, so saliency, SmoothGrad and
     integrated gradients are taken with respect to it, as published."""
 
-    def __init__(self, basis="additive", **kwargs):
+    def __init__(self, basis="additive", dosage_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.basis = basis
-        self.matrix = BASES[basis]
+        self.dosage_scale = float(dosage_scale)
+        self.matrix = basis_matrix(basis, self.dosage_scale)
 
     def call(self, x):
         return self.apply(x)
@@ -66,7 +80,7 @@ class GenotypeBasis(layers.Layer):
         return tf.tensordot(x, tf.constant(self.matrix, dtype=x.dtype), axes=[[x.shape.rank - 1], [0]])
 
     def get_config(self):
-        return {**super().get_config(), "basis": self.basis}
+        return {**super().get_config(), "basis": self.basis, "dosage_scale": self.dosage_scale}
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
@@ -136,7 +150,8 @@ def build_model(n_snps: int, cfg) -> keras.Model:
     genotype basis other than "onehot" the convolutions read the one-hot input through
     a fixed GenotypeBasis layer."""
     inp = keras.Input((n_snps, 4), name="one_hot")
-    coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(cfg.genotype_basis, name="basis")(inp)
+    coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(cfg.genotype_basis, cfg.dosage_scale,
+                                                                        name="basis")(inp)
     x = _conv(cfg, cfg.kernel_1, "conv1")(coded)
     x = _conv(cfg, cfg.kernel_2, "conv2")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 1, name="dropout1")(x)

@@ -35,18 +35,21 @@ def test_publication_settings_and_overrides():
     cfg = _build_config(publication=True, batch_size=8)
     assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
         8, 1e-3, 10, 0.75, 0, False)
-    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "seeds")
+    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "seeds",
+             "l2_dense")
     assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
     assert cfg.seeds == 1 and Config().seeds == 0  # one model per fold, as published; by default, by data size
-    # a record written before --refit, --genotype-basis and --seeds existed (no such keys) reads
-    # as trained without the refit, on the one-hot channels, one model per fold
+    assert cfg.l2_dense == 0.0 and Config().l2_dense > 0  # the published output layer has no L2
+    # a record written before --refit, --genotype-basis, --seeds and --dosage-scale existed (no
+    # such keys) reads as trained without the refit, on the one-hot channels, one model per
+    # fold, the dosage coordinate unscaled
     recorded = Config().to_dict()
-    del recorded["refit"], recorded["genotype_basis"], recorded["seeds"]
+    del recorded["refit"], recorded["genotype_basis"], recorded["seeds"], recorded["dosage_scale"]
     old = Config.from_dict(recorded)
-    assert (old.refit, old.genotype_basis, old.seeds) == (False, "onehot", 1)
+    assert (old.refit, old.genotype_basis, old.seeds, old.dosage_scale) == (False, "onehot", 1, 1.0)
     now = Config.from_dict(Config().to_dict())
-    assert (now.refit, now.genotype_basis, now.seeds) == (True, "additive", 0)
+    assert (now.refit, now.genotype_basis, now.seeds, now.dosage_scale) == (True, "additive", 0, 4.0)
     with pytest.raises(InputError, match="give one"):
         _build_config("x.json", publication=True)
 
@@ -131,20 +134,24 @@ def test_the_additive_basis_is_the_one_hot_network_in_other_coordinates():
 
     from hpcsnp.config import Config
     from hpcsnp.data import one_hot
-    from hpcsnp.model import BASES, build_model
+    from hpcsnp.model import GenotypeBasis, build_model
 
     codes = np.array([[-1, 0, 1, 2]], np.int8)
-    coded = build_model(4, Config(genotype_basis="additive")).get_layer("basis")(one_hot(codes)).numpy()[0]
-    # codes -1, 0, 1, 2 -> missing, dosage - 1, heterozygote, called
-    np.testing.assert_array_equal(coded, [[1, 0, 0, 0], [0, -1, 0, 1], [0, 0, 1, 1], [0, 1, 0, 1]])
+    for s in (1.0, 4.0, 0.5):
+        coded = build_model(4, Config(dosage_scale=s)).get_layer("basis")(one_hot(codes)).numpy()[0]
+        # codes -1, 0, 1, 2 -> missing, s x (dosage - 1), heterozygote, called
+        np.testing.assert_array_equal(coded, [[1, 0, 0, 0], [0, -s, 0, 1], [0, 0, 1, 1], [0, s, 0, 1]])
+    # a model saved before the scale existed (no "dosage_scale" in its layer config) reads unscaled
+    assert GenotypeBasis.from_config({"basis": "additive", "name": "basis"}).matrix[:, 1].tolist() == [0, 0, -1, 1]
 
     keras.utils.set_random_seed(3)
+    cfg = Config(genotype_basis="additive")
     hot = build_model(150, Config(genotype_basis="onehot"))
-    add = build_model(150, Config(genotype_basis="additive"))
+    add = build_model(150, cfg)
     assert "basis" not in [layer.name for layer in hot.layers]
     for v in hot.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.3, seed=4))
-    inverse = np.linalg.inv(BASES["additive"])
+    inverse = np.linalg.inv(add.get_layer("basis").matrix)
     for a, h in zip(add.trainable_variables, hot.trainable_variables):
         first = a.path.split("/")[0] in ("conv1", "shortcut") and a.path.endswith("kernel")
         a.assign(np.einsum("zh,thf->tzf", inverse, h.numpy()) if first else h.numpy())
