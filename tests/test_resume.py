@@ -145,7 +145,9 @@ def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path):
     """Killed mid-refit, a rerun neither retrains the early-stopped model nor restarts the
     refit, and gives the uninterrupted run's result bit for bit."""
     store, _ = sim_store
-    args = [a for a in ARGS]
+    # settings whose best epoch is late enough for a kill at epoch 2 to land mid-refit (with the
+    # default output L2 and dosage scale this fold's best epoch is 2)
+    args = [a for a in ARGS] + ["--l2-dense", "0", "--dosage-scale", "1"]
     args[args.index("--epochs") + 1] = "12"
     run_cli("train", store, *args, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "refit" / "state.json"
