@@ -42,7 +42,7 @@ def basis_matrix(basis: str, dosage_scale: float = 1.0):
         return None
     scale = np.ones(4, np.float32)
     scale[DOSAGE] = dosage_scale
-    return (BASES[basis] * scale).astype(np.float32)
+    return BASES[basis] * scale  # float32 both
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")

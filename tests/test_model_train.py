@@ -145,9 +145,8 @@ def test_the_additive_basis_is_the_one_hot_network_in_other_coordinates():
     assert GenotypeBasis.from_config({"basis": "additive", "name": "basis"}).matrix[:, 1].tolist() == [0, 0, -1, 1]
 
     keras.utils.set_random_seed(3)
-    cfg = Config(genotype_basis="additive")
     hot = build_model(150, Config(genotype_basis="onehot"))
-    add = build_model(150, cfg)
+    add = build_model(150, Config(genotype_basis="additive"))
     assert "basis" not in [layer.name for layer in hot.layers]
     for v in hot.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.3, seed=4))
