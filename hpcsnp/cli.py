@@ -23,6 +23,7 @@ from hpcsnp.config import (
     GENOTYPE_BASES,
     MAX_FOLDS,
     MIN_FOLDS,
+    MISSING_DOSAGES,
     PUBLICATION,
     Config,
 )
@@ -152,6 +153,11 @@ def config_options(fn):
                      help="With the additive basis, the dosage coordinate is -S / 0 / S for 0 / 1 / 2 copies: "
                           "S > 1 makes training favour additive over dominance effects (the same model class) "
                           f"[{DEFAULTS.dosage_scale:g}]."),
+        click.option("--missing-dosage", type=click.Choice(MISSING_DOSAGES),
+                     help="With the additive basis, the dosage a missing call reads as: 'mean' = the SNP's mean "
+                          "over the training lines (GBLUP's mean fill, saved with the model, so absent SNPs of "
+                          "new lines read the same), the missing coordinate learning what departs from it; "
+                          f"'zero' = the heterozygote's [{DEFAULTS.missing_dosage}]."),
         click.option("--l2-dense", type=click.FloatRange(min=0),
                      help="L2 penalty on the output layer's weights; 0 = none, as published "
                           f"[{DEFAULTS.l2_dense:g}]."),

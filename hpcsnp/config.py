@@ -18,7 +18,8 @@ MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in stor
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # the value of a setting in records (config.json, metrics.json) written before it existed
-RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1, "dosage_scale": 1.0}
+RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1, "dosage_scale": 1.0,
+                   "missing_dosage": "zero"}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
                "refit": False, "genotype_basis": "onehot", "seeds": 1, "l2_dense": 0.0}
 # seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
@@ -26,6 +27,7 @@ PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "
 # or fewer
 AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
+MISSING_DOSAGES = ("mean", "zero")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Config:
     # the "additive" basis's dosage coordinate is -s / 0 / s for 0 / 1 / 2 copies: a prior of
     # larger additive than dominance effects (the same functions for any s > 0)
     dosage_scale: float = 4.0
+    # the dosage coordinate of a missing call in the "additive" basis: "mean" = the SNP's mean over
+    # the training lines (GBLUP's mean fill; the missing coordinate keeps what departs from it),
+    # "zero" = 0, the heterozygote's
+    missing_dosage: str = "mean"
     # training (SPEC section 4)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
@@ -127,6 +133,8 @@ class Config:
             problems.append(f"genotype_basis must be one of {', '.join(GENOTYPE_BASES)}, got {self.genotype_basis!r}")
         if self.dense_init not in ("truncated_normal", "zeros"):
             problems.append(f"dense_init must be truncated_normal or zeros, got {self.dense_init!r}")
+        if self.missing_dosage not in MISSING_DOSAGES:
+            problems.append(f"missing_dosage must be one of {', '.join(MISSING_DOSAGES)}, got {self.missing_dosage!r}")
         if self.dosage_scale <= 0:
             problems.append(f"dosage_scale must be > 0, got {self.dosage_scale}")
         if self.l2_dense < 0:

@@ -63,24 +63,58 @@ class ISRU(layers.Layer):
 @keras.saving.register_keras_serializable(package="hpcsnp")
 class GenotypeBasis(layers.Layer):
     """A fixed linear map of each SNP's one-hot channels to the coordinates of ``BASES[basis]``;
-    no weights.  The model's input stays the one-hot genotype, so saliency, SmoothGrad and
-    integrated gradients are taken with respect to it, as published."""
+    no trainable weights.  The model's input stays the one-hot genotype, so saliency, SmoothGrad
+    and integrated gradients are taken with respect to it, as published.
 
-    def __init__(self, basis="additive", dosage_scale=1.0, **kwargs):
+    With ``fill_missing`` a missing call takes, in the dosage coordinate, the SNP's mean
+    centred dosage over the training lines (``missing_dosage``, a per-SNP weight set by
+    ``set_missing_dosage`` and saved with the model) instead of 0, the heterozygote's: the mean
+    fill GBLUP uses, with the missing coordinate left for what departs from it.  Still an
+    invertible map of each SNP's one-hot channels (the missing row gains a multiple of the
+    dosage row's span), so the same functions."""
+
+    def __init__(self, basis="additive", dosage_scale=1.0, fill_missing=False, **kwargs):
         super().__init__(**kwargs)
         self.basis = basis
         self.dosage_scale = float(dosage_scale)
+        self.fill_missing = bool(fill_missing)
         self.matrix = basis_matrix(basis, self.dosage_scale)
+
+    def build(self, input_shape):
+        if self.fill_missing:
+            self.missing_dosage = self.add_weight(name="missing_dosage", shape=(input_shape[-2],),
+                                                  initializer="zeros", trainable=False)
+
+    def set_missing_dosage(self, mean_dosage) -> None:
+        """The centred dosage (-1..1) each SNP's missing calls read as, before the scale."""
+        self.missing_dosage.assign(np.asarray(mean_dosage, np.float32))
 
     def call(self, x):
         return self.apply(x)
 
     def apply(self, x):
         """The map in x's own type (a Keras layer call would cast a bfloat16 x to float32)."""
-        return tf.tensordot(x, tf.constant(self.matrix, dtype=x.dtype), axes=[[x.shape.rank - 1], [0]])
+        y = tf.tensordot(x, tf.constant(self.matrix, dtype=x.dtype), axes=[[x.shape.rank - 1], [0]])
+        if not self.fill_missing:
+            return y
+        fill = tf.cast(self.missing_dosage * self.dosage_scale, x.dtype)
+        # the missing channel is the one-hot's first (ONE_HOT_TABLE): its calls gain the fill as dosage
+        return y + (x[..., 0] * fill)[..., None] * tf.constant(np.eye(4, dtype=np.float32)[DOSAGE], dtype=x.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "basis": self.basis, "dosage_scale": self.dosage_scale}
+        return {**super().get_config(), "basis": self.basis, "dosage_scale": self.dosage_scale,
+                "fill_missing": self.fill_missing}
+
+
+def mean_dosage(batches, n_snps: int) -> np.ndarray:
+    """Per-SNP mean centred dosage (code - 1) over the called genotypes of int8 code batches
+    [b, n_snps]; 0 for a SNP with no call."""
+    total, called = np.zeros(n_snps), np.zeros(n_snps)
+    for g in batches:
+        ok = g >= 0
+        total += np.where(ok, g.astype(np.float64) - 1.0, 0.0).sum(axis=0)
+        called += ok.sum(axis=0)
+    return np.divide(total, called, out=np.zeros(n_snps), where=called > 0)
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
@@ -144,14 +178,15 @@ def _conv(cfg, kernel, name):
                          bias_regularizer=regularizers.l2(cfg.l2_bias), name=name)
 
 
-def build_model(n_snps: int, cfg) -> keras.Model:
+def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
     """SPEC section 3: two stacked convolutions plus a shortcut, one more
     convolution, flatten, and a dense ISRU output; dropout after each block.  With a
     genotype basis other than "onehot" the convolutions read the one-hot input through
-    a fixed GenotypeBasis layer."""
+    a fixed GenotypeBasis layer; with ``cfg.missing_dosage`` "mean" its missing calls read as
+    ``missing_dosage`` (per SNP, centred; ``mean_dosage`` of the training lines)."""
     inp = keras.Input((n_snps, 4), name="one_hot")
-    coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(cfg.genotype_basis, cfg.dosage_scale,
-                                                                        name="basis")(inp)
+    coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(
+        cfg.genotype_basis, cfg.dosage_scale, fill_missing=cfg.missing_dosage == "mean", name="basis")(inp)
     x = _conv(cfg, cfg.kernel_1, "conv1")(coded)
     x = _conv(cfg, cfg.kernel_2, "conv2")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 1, name="dropout1")(x)
@@ -166,7 +201,10 @@ def build_model(n_snps: int, cfg) -> keras.Model:
                      kernel_regularizer=regularizers.l2(cfg.l2_dense) if cfg.l2_dense else None,
                      bias_regularizer=regularizers.l2(cfg.l2_bias), name="dense")(x)
     out = ISRU(cfg.alpha, name="isru")(x)
-    return keras.Model(inp, out, name="hpcsnp_resnet")
+    model = keras.Model(inp, out, name="hpcsnp_resnet")
+    if missing_dosage is not None and BASES[cfg.genotype_basis] is not None and cfg.missing_dosage == "mean":
+        model.get_layer("basis").set_missing_dosage(missing_dosage)
+    return model
 
 
 def flops_per_sample(n_snps: int, cfg) -> dict:

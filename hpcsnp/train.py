@@ -205,7 +205,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     else:
         keras.utils.set_random_seed(cfg.seed * 1009 + fold)
         sources = FoldSources.build(store, split, scale, cfg)
-        steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
+        steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, training_fill(sources.train, cfg))
         ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
         state = ckpt.resume(new_state(cfg, store), cfg, store, steps.optimizer)
         if state["epoch"]:
@@ -257,7 +257,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
     scale = TargetScale.fit(store.phenotype, rows, cfg, say)
     keras.utils.set_random_seed(cfg.seed * 1009 + split.test_fold)
     sources = FoldSources.build(store, split, scale, cfg, refit=True)
-    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say)
+    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, training_fill(sources.train, cfg))
     (where / REFIT_DIR).mkdir(exist_ok=True)
     ckpt = Checkpointer(where / REFIT_DIR, steps.run_variables, steps.model.variables)
     rstate = ckpt.resume({**new_state(cfg, store), "epochs": epochs}, cfg, store, steps.optimizer)
@@ -278,6 +278,18 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
     record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
     return steps, sources, scale, record
+
+
+def training_fill(src, cfg) -> np.ndarray | None:
+    """The per-SNP dosage missing calls read as (``cfg.missing_dosage`` "mean"): the mean
+    centred dosage of the lines ``src`` trains on, which the model saves; None otherwise."""
+    from hpcsnp.model import BASES, mean_dosage
+
+    if cfg.missing_dosage != "mean" or BASES[cfg.genotype_basis] is None:
+        return None
+    if src.cached is not None:
+        return mean_dosage([src.cached], src.store.n_variants)
+    return mean_dosage((g for g, _, _ in src.batches(cfg.eval_batch_size, shuffle=False)), src.store.n_variants)
 
 
 def refit_rows(split) -> np.ndarray:
@@ -368,7 +380,7 @@ class CompiledSteps:
     int8 genotypes and expands the one-hot encoding inside the graph."""
 
     @classmethod
-    def build(cls, n_var: int, cfg, scale: TargetScale, n_threads: int, say) -> "CompiledSteps":
+    def build(cls, n_var: int, cfg, scale: TargetScale, n_threads: int, say, missing_dosage=None) -> "CompiledSteps":
         import keras
         import tensorflow as tf
 
@@ -379,7 +391,7 @@ class CompiledSteps:
         self = cls()
         self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
         self.eval_batch = eval_batch_size(cfg, n_var)
-        model = self.model = build_model(n_var, cfg)
+        model = self.model = build_model(n_var, cfg, missing_dosage)
         optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon)
         optimizer.build(model.trainable_variables)
         forward = training_forward(model, cfg) if cfg.fuse_convolutions else model

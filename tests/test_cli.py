@@ -53,10 +53,12 @@ def test_end_to_end_finds_planted_snps(tmp_path):
 def test_train_one_fold_and_reduce_refusal_through_cli(sim_store, tmp_path):
     store, _ = sim_store
     out = run_cli("train", store, "--fold", 2, "--run", tmp_path, "--epochs", 1, "--batch-size", 32,
-                  "--genotype-basis", "onehot", "--dosage-scale", 2, "--l2-dense", 0)
+                  "--genotype-basis", "onehot", "--dosage-scale", 2, "--l2-dense", 0,
+                  "--missing-dosage", "zero")
     assert out.stdout.startswith("sim\tfold 2\tpcc ")
     recorded = json.loads((tmp_path / "sim" / "fold_2" / "metrics.json").read_text())["config"]
-    assert (recorded["genotype_basis"], recorded["dosage_scale"], recorded["l2_dense"]) == ("onehot", 2.0, 0.0)
+    assert (recorded["genotype_basis"], recorded["dosage_scale"], recorded["l2_dense"], recorded["missing_dosage"]) == (
+        "onehot", 2.0, 0.0, "zero")
     assert "epoch    1" in out.stderr  # progress on stderr, result on stdout
     proc = run_cli("reduce", tmp_path, check=False)
     assert proc.returncode == 1

@@ -41,15 +41,18 @@ def test_publication_settings_and_overrides():
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
     assert cfg.seeds == 1 and Config().seeds == 0  # one model per fold, as published; by default, by data size
     assert cfg.l2_dense == 0.0 and Config().l2_dense > 0  # the published output layer has no L2
-    # a record written before --refit, --genotype-basis, --seeds and --dosage-scale existed (no
-    # such keys) reads as trained without the refit, on the one-hot channels, one model per
-    # fold, the dosage coordinate unscaled
+    # a record written before --refit, --genotype-basis, --seeds, --dosage-scale and
+    # --missing-dosage existed (no such keys) reads as trained without the refit, on the one-hot
+    # channels, one model per fold, the dosage coordinate unscaled, missing calls at dosage 0
     recorded = Config().to_dict()
-    del recorded["refit"], recorded["genotype_basis"], recorded["seeds"], recorded["dosage_scale"]
+    for key in ("refit", "genotype_basis", "seeds", "dosage_scale", "missing_dosage"):
+        del recorded[key]
     old = Config.from_dict(recorded)
-    assert (old.refit, old.genotype_basis, old.seeds, old.dosage_scale) == (False, "onehot", 1, 1.0)
+    assert (old.refit, old.genotype_basis, old.seeds, old.dosage_scale, old.missing_dosage) == (
+        False, "onehot", 1, 1.0, "zero")
     now = Config.from_dict(Config().to_dict())
-    assert (now.refit, now.genotype_basis, now.seeds, now.dosage_scale) == (True, "additive", 0, 4.0)
+    assert (now.refit, now.genotype_basis, now.seeds, now.dosage_scale, now.missing_dosage) == (
+        True, "additive", 0, 4.0, "mean")
     with pytest.raises(InputError, match="give one"):
         _build_config("x.json", publication=True)
 
@@ -141,8 +144,11 @@ def test_the_additive_basis_is_the_one_hot_network_in_other_coordinates():
         coded = build_model(4, Config(dosage_scale=s)).get_layer("basis")(one_hot(codes)).numpy()[0]
         # codes -1, 0, 1, 2 -> missing, s x (dosage - 1), heterozygote, called
         np.testing.assert_array_equal(coded, [[1, 0, 0, 0], [0, -s, 0, 1], [0, 0, 1, 1], [0, s, 0, 1]])
-    # a model saved before the scale existed (no "dosage_scale" in its layer config) reads unscaled
-    assert GenotypeBasis.from_config({"basis": "additive", "name": "basis"}).matrix[:, 1].tolist() == [0, 0, -1, 1]
+    # a model saved before the scale existed (no "dosage_scale" in its layer config) reads unscaled,
+    # and one saved before the missing fill existed (no "fill_missing") reads missing calls as 0
+    old = GenotypeBasis.from_config({"basis": "additive", "name": "basis"})
+    assert old.matrix[:, 1].tolist() == [0, 0, -1, 1] and not old.fill_missing
+    np.testing.assert_array_equal(old(one_hot(codes)).numpy()[0, 0], [1, 0, 0, 0])
 
     keras.utils.set_random_seed(3)
     hot = build_model(150, Config(genotype_basis="onehot"))
@@ -157,6 +163,37 @@ def test_the_additive_basis_is_the_one_hot_network_in_other_coordinates():
     x = one_hot(np.random.default_rng(5).integers(-1, 3, (8, 150)).astype(np.int8))
     np.testing.assert_allclose(add(x).numpy(), hot(x).numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(build_model(150, Config(genotype_basis="additive"))(x).numpy(), hot(x).numpy())
+
+
+def test_missing_calls_read_as_the_mean_dosage_saved_with_the_model(tmp_path):
+    """--missing-dosage mean: a missing call's dosage coordinate is its SNP's mean centred
+    dosage over the called genotypes (times the scale), every other code reads as before, each
+    SNP's map stays invertible (the same functions), and the fill is saved with the model."""
+    import keras
+
+    from hpcsnp.config import Config
+    from hpcsnp.data import ONE_HOT_TABLE, one_hot
+    from hpcsnp.model import build_model, mean_dosage
+
+    g = np.array([[0, 1, 2, -1], [2, 2, -1, -1], [0, -1, 2, -1]], np.int8)
+    m = mean_dosage([g[:1], g[1:]], 4)  # batches: the sums add up
+    np.testing.assert_allclose(m, [-1 / 3, 0.5, 1.0, 0.0])  # an all-missing SNP reads 0
+    model = build_model(4, Config(dosage_scale=4.0), m)
+    basis = model.get_layer("basis")
+    coded = basis(one_hot(g)).numpy()
+    assert coded[2, 1].tolist() == [1, 2, 0, 0] and coded[1, 2].tolist() == [1, 4, 0, 0]  # 4 x 0.5, 4 x 1
+    assert coded[0, 3].tolist() == [1, 0, 0, 0] and coded[0, 0].tolist() == [0, -4, 0, 1]
+    plain = build_model(4, Config(missing_dosage="zero")).get_layer("basis")(one_hot(g)).numpy()
+    called = g >= 0
+    np.testing.assert_array_equal(coded[called], plain[called])
+    by_code = basis(one_hot(np.repeat(np.array([[-1], [0], [1], [2]], np.int8), 4, axis=1))).numpy()
+    for j in range(4):  # SNP j's map: one row per code -1, 0, 1, 2
+        assert abs(np.linalg.det(by_code[:, j])) > 1
+    assert ONE_HOT_TABLE[0].tolist() == [1, 0, 0, 0]  # the layer reads the missing channel first
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras").get_layer("basis")
+    np.testing.assert_allclose(again.missing_dosage.numpy(), m.astype(np.float32))
+    np.testing.assert_array_equal(again(one_hot(g)).numpy(), coded)
 
 
 def test_the_fused_step_checks_the_layer_sequence_and_falls_back(caplog):
@@ -229,7 +266,7 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
 
     cfg = Config(dropout=0.25)
     keras.utils.set_random_seed(4)
-    m = build_model(n_snps, cfg)
+    m = build_model(n_snps, cfg, np.random.default_rng(1).uniform(-1, 1, n_snps))  # missing calls mean-filled
     for v in m.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.3, seed=5))
     f = TrainingForward(m, cfg)
@@ -380,6 +417,14 @@ def test_fold_outputs(run, sim_store):
     x = one_hot(store.genotypes[:][rows])
     again = model(x, training=False).numpy()[:, 0] * m["target_sd"] + m["target_mean"]
     np.testing.assert_allclose(again, pred["prediction"], rtol=1e-4, atol=1e-3)
+    # missing calls (5 % of this store's) read as the mean dosage of the lines the final model
+    # trained on: the refit's training + validation folds, never the test fold
+    from hpcsnp.model import mean_dosage
+
+    fit_rows = np.flatnonzero(store.fold != 1)
+    fill = model.get_layer("basis").missing_dosage.numpy()
+    np.testing.assert_allclose(fill, mean_dosage([store.genotypes[:][fit_rows]], store.n_variants), rtol=1e-6)
+    assert not np.allclose(fill, mean_dosage([store.genotypes[:]], store.n_variants), rtol=1e-4)
 
 
 def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
@@ -399,6 +444,18 @@ def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, 
     assert any("beyond the ISRU bound" in line for line in logs)
 
 
+def test_the_mean_fill_changes_nothing_where_no_call_is_missing(tmp_path):
+    """--missing-dosage mean only acts on missing calls: on a store with none, a fold trains to
+    the same predictions to the bit as with --missing-dosage zero (the same random draws, and
+    the fill is added as zeros)."""
+    from hpcsnp.simulate import simulate_store
+    from hpcsnp.train import train_fold
+
+    simulate_store(tmp_path / "full.zarr", samples=150, snps=40, folds=3, seed=2)
+    cfg = FAST.replace(max_epochs=2)
+    preds = [pd.read_csv(train_fold(tmp_path / "full.zarr", 1, tmp_path / fill, cfg.replace(missing_dosage=fill))
+                         .path / "predictions.csv")["prediction"].to_numpy() for fill in ("mean", "zero")]
+    np.testing.assert_array_equal(preds[0], preds[1])
 
 
 def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store, tmp_path):
