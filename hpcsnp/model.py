@@ -106,15 +106,19 @@ class GenotypeBasis(layers.Layer):
                 "fill_missing": self.fill_missing}
 
 
-def mean_dosage(batches, n_snps: int) -> np.ndarray:
+def mean_dosage(batches, n_snps: int, block_bytes: int = 1 << 24) -> np.ndarray:
     """Per-SNP mean centred dosage (code - 1) over the called genotypes of int8 code batches
-    [b, n_snps]; 0 for a SNP with no call."""
-    total, called = np.zeros(n_snps), np.zeros(n_snps)
+    [b, n_snps]; 0 for a SNP with no call.  Integer sums over blocks of ~16 MB, so a fold's
+    cached rows are read without a float copy of them."""
+    total, called = np.zeros(n_snps, np.int64), np.zeros(n_snps, np.int64)
+    step = max(1, block_bytes // max(n_snps, 1))
     for g in batches:
-        ok = g >= 0
-        total += np.where(ok, g.astype(np.float64) - 1.0, 0.0).sum(axis=0)
-        called += ok.sum(axis=0)
-    return np.divide(total, called, out=np.zeros(n_snps), where=called > 0)
+        for lo in range(0, len(g), step):
+            b = g[lo:lo + step]
+            missing = np.count_nonzero(b < 0, axis=0)
+            total += b.sum(axis=0, dtype=np.int64) + missing  # a missing call's -1 taken back out
+            called += len(b) - missing
+    return np.divide(total - called, called, out=np.zeros(n_snps), where=called > 0)
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
