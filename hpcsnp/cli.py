@@ -689,7 +689,7 @@ DEMO_SETTINGS = {"max_epochs": 40, "patience": 8, "batch_size": 16, "learning_ra
 @progress_option
 @_handle_errors
 def demo(out_dir, samples, snps, threads, progress):
-    """The whole job on simulated data, in two to three minutes on two cores.
+    """The whole job on simulated data, in three to six minutes on two cores.
 
     Simulates OUT_DIR/sim.tsv.gz with 5 planted causal SNPs and 10 % missing
     calls, ingests it, cross-validates 5 folds (short training: 40 epochs at
