@@ -106,6 +106,12 @@ class GenotypeBasis(layers.Layer):
                 "fill_missing": self.fill_missing}
 
 
+def fills_missing(cfg) -> bool:
+    """Whether the model's basis reads missing calls at a per-SNP mean dosage (``cfg.missing_dosage``
+    "mean" with a basis layer; the one-hot channels have no dosage coordinate)."""
+    return cfg.missing_dosage == "mean" and BASES[cfg.genotype_basis] is not None
+
+
 def mean_dosage(batches, n_snps: int, block_bytes: int = 1 << 24) -> np.ndarray:
     """Per-SNP mean centred dosage (code - 1) over the called genotypes of int8 code batches
     [b, n_snps]; 0 for a SNP with no call.  Integer sums over blocks of ~16 MB, so a fold's
@@ -190,7 +196,7 @@ def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
     ``missing_dosage`` (per SNP, centred; ``mean_dosage`` of the training lines)."""
     inp = keras.Input((n_snps, 4), name="one_hot")
     coded = inp if BASES[cfg.genotype_basis] is None else GenotypeBasis(
-        cfg.genotype_basis, cfg.dosage_scale, fill_missing=cfg.missing_dosage == "mean", name="basis")(inp)
+        cfg.genotype_basis, cfg.dosage_scale, fill_missing=fills_missing(cfg), name="basis")(inp)
     x = _conv(cfg, cfg.kernel_1, "conv1")(coded)
     x = _conv(cfg, cfg.kernel_2, "conv2")(x)
     x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 1, name="dropout1")(x)
@@ -206,7 +212,7 @@ def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
                      bias_regularizer=regularizers.l2(cfg.l2_bias), name="dense")(x)
     out = ISRU(cfg.alpha, name="isru")(x)
     model = keras.Model(inp, out, name="hpcsnp_resnet")
-    if missing_dosage is not None and BASES[cfg.genotype_basis] is not None and cfg.missing_dosage == "mean":
+    if missing_dosage is not None and fills_missing(cfg):
         model.get_layer("basis").set_missing_dosage(missing_dosage)
     return model
 

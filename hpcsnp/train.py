@@ -283,9 +283,9 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
 def training_fill(src, cfg) -> np.ndarray | None:
     """The per-SNP dosage missing calls read as (``cfg.missing_dosage`` "mean"): the mean
     centred dosage of the lines ``src`` trains on, which the model saves; None otherwise."""
-    from hpcsnp.model import BASES, mean_dosage
+    from hpcsnp.model import fills_missing, mean_dosage
 
-    if cfg.missing_dosage != "mean" or BASES[cfg.genotype_basis] is None:
+    if not fills_missing(cfg):
         return None
     if src.cached is not None:
         return mean_dosage([src.cached], src.store.n_variants)
