@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.atomic import tmp_name
+from hpcsnp.atomic import pid_alive, tmp_name, tmp_pid
 from hpcsnp.config import MAX_FOLDS, MIN_FOLDS
 from hpcsnp.errors import InputError, StoreError
 
@@ -119,22 +119,12 @@ def stale_temporaries(path) -> list[Path]:
     path = Path(path)
     found = []
     for p in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
-        pid = p.name[len(path.name) + 5:].split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        pid = tmp_pid(p, path)
+        if pid is None or pid_alive(pid):
             continue
         if p.is_dir() and (is_hpcsnp_store(p) or p.name.endswith("-variants")):
             found.append(p)
     return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(path) -> None:
