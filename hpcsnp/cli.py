@@ -539,7 +539,8 @@ def query(run_dir, snps):
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(file_okay=False),
-              help="Write into RUN/<dataset>/ (where reduce finds it) and reuse the run's cached Gram matrix.")
+              help="Write into RUN/<dataset>/ (where reduce finds it) and reuse the run's cached Gram matrix; "
+                   "the data set must have been trained (cv/train) from this very STORE.")
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory for the outputs when there is no --run [STORE's name + _gwas].")
@@ -564,22 +565,30 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
     from hpcsnp.resources import cap_threads
 
     cap_threads(threads)
-    from hpcsnp.gwas import gwas_store, write_gwas
-    from hpcsnp.rundir import RunDir, dataset_name
+    from hpcsnp.atomic import check_writable
+    from hpcsnp.gwas import check_testable, gwas_store, write_gwas
+    from hpcsnp.rundir import RunDir
     from hpcsnp.store import open_store
 
+    if run_dir and out_dir:
+        raise click.UsageError("give --run RUN (outputs in RUN/<dataset>/, where reduce finds them) or -o DIR, "
+                               "not both")
+    if name and not run_dir:
+        raise click.UsageError("--name chooses a data set of --run; without --run use -o DIR")
     s = open_store(store)
+    check_testable(s.phenotype, s.path)
     gram = None
     if run_dir:
         from hpcsnp.baseline import cached_gram
 
         run = RunDir(run_dir)
-        ds = dataset_name(s, name)
-        run.write_dataset_info(ds, s)
+        ds = run.trained_dataset(s, name)  # never binds the data set to another store
+        check_writable(run.dataset_dir(ds), directory=True)
         G, width, _ = cached_gram(s, "dosage", run.baseline_cache(ds, "dosage"))
         gram, where, label = (G, width), run.dataset_dir(ds), ds
     else:
         where, label = Path(out_dir or f"{s.name}_gwas"), s.name
+        check_writable(where, directory=True)
     from tqdm import tqdm
 
     with tqdm(total=s.n_variants, desc=f"gwas {label}", unit=" SNPs", file=sys.stderr,
@@ -634,6 +643,7 @@ def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, basel
     """
     from hpcsnp.predict import predict_run
 
+    _on_sigterm("; nothing was written (a rerun starts again)")  # the partial files are removed on the way out
     show = _progress_default() if progress is None else progress
     r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,
                     explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force)

@@ -136,25 +136,67 @@ def chromosome_columns(contig: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(codes == c) for c in range(codes.max(initial=-1) + 1)]
 
 
+def check_testable(y: np.ndarray, where) -> None:
+    """Refuse a phenotype no association test can use: fewer than 3 lines (the t-test has
+    n - 2 degrees of freedom) or the same value for every line (nothing to explain; the
+    REML fit and every t-statistic would be rounding noise)."""
+    from hpcsnp.errors import InputError
+
+    if len(y) < 3:
+        raise InputError(f"{where}: {len(y)} phenotyped line(s); the GWAS needs at least 3")
+    if np.ptp(y) == 0:
+        raise InputError(f"{where}: the phenotype is the same ({y[0]:.6g}) for every line, so there is no "
+                         "variation to associate with any SNP")
+
+
+def loco_problem(contig: np.ndarray, groups: list[np.ndarray]) -> str | None:
+    """Why leaving one chromosome out cannot be done on these SNPs, or None when it can: it
+    needs at least two named chromosomes.
+
+    >>> loco_problem(np.array(["", ""]), [np.array([0, 1])])
+    'the SNPs carry no chromosome (their names have no position, e.g. rs12345, and the store records none)'
+    >>> loco_problem(np.array(["1", "1"]), [np.array([0, 1])])
+    'every SNP is on one chromosome (1)'
+    """
+    named = [cols for cols in groups if str(contig[cols[0]])]
+    if not named:
+        return ("the SNPs carry no chromosome (their names have no position, e.g. rs12345, and the store "
+                "records none)")
+    if len(named) == 1:
+        unnamed = len(contig) - len(named[0])
+        return f"every SNP is on one chromosome ({contig[named[0][0]]})" + (
+            f" or on none ({unnamed:,} without a chromosome)" if unnamed else "")
+    return None
+
+
 def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progress=None) -> GwasResult:
     """EMMAX/P3D on every phenotyped line of ``store``; ``gram``: its dosage Gram matrix and
     width (e.g. the baseline's cache), else computed here.  ``loco``: test each chromosome's
     SNPs against the kinship of the others (see the module's notes); with one chromosome
-    there is nothing to leave out and the whole-genome kinship is used.  ``progress``:
+    (or none named) there is nothing to leave out: a warning says so, the whole-genome kinship is
+    used and gwas.json records why under ``loco_ignored``.  ``progress``:
     called with the number of SNPs tested after each chromosome."""
     from hpcsnp.baseline import REMLSpectrum, _read_rows, centred_kernels, check_memory, dosage_fill, gram_matrix
 
     t0 = time.perf_counter()
+    y = store.phenotype.astype(np.float64)
+    check_testable(y, store.path)
+    groups = chromosome_columns(store.contig)
+    loco_note = loco_problem(store.contig, groups) if loco else None
+    if loco_note:
+        logger.warning(f"--loco has no effect: {loco_note}; every SNP is tested against the whole-genome kinship")
+    loco = loco and loco_note is None
+    unnamed = int((pd.Series(store.contig).astype(str) == "").sum())
+    if loco and unnamed:
+        logger.warning(f"--loco: {unnamed:,} SNPs carry no chromosome; they are left out together, as one more "
+                       "chromosome")
     check_memory(store)
     g = _read_rows(store, np.arange(store.n_samples))
     G, width = gram if gram is not None else gram_matrix(g, "dosage")
     everyone = np.arange(store.n_samples)
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
-    groups = chromosome_columns(store.contig)
-    loco = loco and len(groups) > 1
     if not loco:
         del G  # LOCO derives each chromosome's kinship from it
-    y = store.phenotype.astype(np.float64)
     delta, _ = REMLSpectrum(K, y).maximise()
     if not loco:
         frame = associate(g, y, K, delta, block=block, overwrite=True)
@@ -186,6 +228,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
                "lambda_gc": genomic_inflation(frame["p"].to_numpy()), "bonferroni_p": 0.05 / max(m, 1),
                "bh_p_threshold_5pct": bh, "significant_bonferroni": int((frame["p"] < 0.05 / max(m, 1)).sum()),
                "significant_bh_5pct": int((frame["q_bh"] <= 0.05).sum()), "loco": loco,
+               **({"loco_ignored": loco_note} if loco_note else {}),
                "chromosomes": len(groups),
                "method": f"EMMAX/P3D, {kinship}, REML once on the whole genome, t-test per SNP (n - 2 df)",
                "seconds": time.perf_counter() - t0}

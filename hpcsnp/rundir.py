@@ -36,6 +36,11 @@ EXECUTION_ONLY = frozenset({"eval_batch_size", "eval_activation_mb"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def shard_file(method: str) -> str:
+    """The file of an attribution's shard in a fold directory: saliency.zarr, smoothgrad.zarr, ig.zarr."""
+    return f"{method}.zarr"
+
+
 def check_dataset_name(name: str, *, given: bool = True) -> str:
     """A data-set name is one plain path component: letters, digits, '.', '_', '-', not
     starting with '.' or '-' (so it can never leave the run directory).
@@ -147,6 +152,10 @@ class RunDir:
         """Where a CNN fold is trained and checkpointed until it is complete."""
         return self.path / dataset / f"fold_{fold}.partial"
 
+    def shard(self, dataset: str, fold: int, method: str) -> Path:
+        """A finished CNN fold's shard of one attribution method (per-SNP sums over its test lines)."""
+        return self.fold(dataset, fold) / shard_file(method)
+
     def baseline(self, dataset: str, encoding: str, fold: int) -> Path:
         return self.path / dataset / f"baseline_{encoding}" / f"fold_{fold}"
 
@@ -202,6 +211,29 @@ class RunDir:
         elif store.groups is None and not same:
             groups.unlink(missing_ok=True)
         atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+
+    def trained_dataset(self, store, name: str | None) -> str:
+        """The data set of this run that ``store`` was trained as (``name``, else the store's
+        name), for a verb that adds to it (``gwas --run``).  Only train and cv bind a data set
+        to a store: the data set must exist and come from this very write of the store,
+        else the verb is refused before it writes anything into the run."""
+        ds = dataset_name(store, name)
+        path = self.dataset_json(ds)
+        if not path.exists():
+            have = [d["dataset"] for d in self.datasets()] if self.path.is_dir() else []
+            holds = f"it holds {', '.join(have)}" if have else "it holds no trained data set"
+            raise InputError(f"{self}: no data set {ds!r} ({holds}); --run adds to a data set that `hpcsnp cv` or "
+                             "`hpcsnp train` made from this store (choose it with --name), or use -o DIR for "
+                             "outputs outside a run")
+        info = read_json(path)
+        recorded, trained_on = info.get("store_id"), info.get("store", "?")
+        same = (recorded == store.store_id if recorded is not None
+                else Path(trained_on).resolve() == Path(store.path).resolve())
+        if not same:
+            raise InputError(f"{self}/{ds} was trained on {trained_on} (store id {recorded}); {store.path} is "
+                             f"another store or another write of it (store id {store.store_id}): give the store "
+                             "the data set was trained on, or use -o DIR for outputs outside the run")
+        return ds
 
     # --- the run's settings -----------------------------------------------------------
 

@@ -163,4 +163,50 @@ def test_one_chromosome_has_nothing_to_leave_out(tmp_path):
     path, *_ = _structured_store(tmp_path, n_chrom=1)
     r = gwas_store(open_store(path), loco=True)
     assert not r.summary["loco"] and r.summary["chromosomes"] == 1
+    assert r.summary["loco_ignored"] == "every SNP is on one chromosome (Chr01)"
     assert r.table["p"].equals(gwas_store(open_store(path), loco=False).table["p"])
+    proc = run_cli("gwas", path, "--loco", "-o", tmp_path / "one")
+    assert "hpcsnp: warning: --loco has no effect: every SNP is on one chromosome (Chr01)" in proc.stderr
+    assert json.loads((tmp_path / "one" / "gwas.json").read_text())["loco_ignored"]
+
+
+def test_loco_on_snps_without_positions_warns_and_records_why(tmp_path):
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 3, (60, 20))
+    y = g[:, 3] + rng.normal(0, 1, 60)
+    lines = ["sample\tfold\tphenotype\t" + "\t".join(f"rs{j}" for j in range(20))]
+    lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.4f}\t" + "\t".join(map(str, g[i])) for i in range(60)]
+    (tmp_path / "rs.tsv").write_text("\n".join(lines) + "\n")
+    run_cli("ingest", tmp_path / "rs.tsv", "-o", tmp_path / "rs.zarr")
+    proc = run_cli("gwas", tmp_path / "rs.zarr", "--loco", "-o", tmp_path / "out")
+    assert "--loco has no effect: the SNPs carry no chromosome" in proc.stderr
+    summary = json.loads((tmp_path / "out" / "gwas.json").read_text())
+    assert summary["loco"] is False and "no chromosome" in summary["loco_ignored"]
+
+
+def test_a_constant_phenotype_is_refused_before_any_output(tmp_path):
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 3, (30, 8))
+    lines = ["sample\tfold\tphenotype\t" + "\t".join(f"Chr01_{j + 1}" for j in range(8))]
+    lines += [f"L{i}\t{i % 3 + 1}\t5.0\t" + "\t".join(map(str, g[i])) for i in range(30)]
+    (tmp_path / "c.tsv").write_text("\n".join(lines) + "\n")
+    run_cli("ingest", tmp_path / "c.tsv", "-o", tmp_path / "c.zarr")  # ingest only warns
+    proc = run_cli("gwas", tmp_path / "c.zarr", "-o", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "the phenotype is the same (5) for every line" in proc.stderr, proc.stderr
+    assert "Warning" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing/deeper/out", None),  # created, parents too
+    ("afile/out", "afile is a file, not a directory"),
+    ("afile", "is a file"),  # click says so
+])
+def test_an_unusable_output_directory_is_refused_before_the_work(tmp_path, where, message):
+    path, *_ = _structured_store(tmp_path, n_fam=6, p=160, n_chrom=2)
+    (tmp_path / "afile").write_text("mine\n")
+    proc = run_cli("gwas", path, "-o", tmp_path / where, check=False)
+    if message is None:
+        assert proc.returncode == 0 and (tmp_path / where / "gwas.csv").exists()
+    else:
+        assert proc.returncode == 2 and message in proc.stderr and "internal error" not in proc.stderr
+        assert (tmp_path / "afile").read_text() == "mine\n"
