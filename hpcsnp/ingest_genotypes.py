@@ -9,8 +9,12 @@ row chunk x all variants.
 
 Dosage is the count of ALT alleles (VCF GT) or of the .bim A1 allele (PLINK:
 the ALT allele in files written by plink2 --make-bed); missing calls are -1.
-Multiallelic sites, indels and non-diploid calls are skipped and counted
+Multiallelic sites, indels and records of another ploidy are skipped and counted
 (``strict`` makes them errors).  A variant without an ID is named CHROM_POS.
+One record is one biallelic SNP: a SNP given twice (the same ID, or the same
+site and alleles) is an error naming both lines; a call the record cannot hold
+(an allele index beyond its ALT allele, a haploid call in a diploid record) is
+read as missing and counted (an error with ``strict``).
 """
 
 from __future__ import annotations
@@ -32,14 +36,54 @@ from hpcsnp.store import (
     SampleBlock,
     check_phenotype_float32,
     default_chunk_rows,
-    first_duplicate,
     write_store,
 )
 
 logger = logging.getLogger(__name__)
 
 
+class _Records:
+    """What a source has yielded so far, to refuse a SNP given twice: the same ID (or, without
+    one, the same CHROM_POS name), or the same site and alleles under another ID.  Two
+    records of one SNP would leave a reader to pick one of them silently."""
+
+    def __init__(self, path, hint: str):
+        self.path, self.hint = path, hint
+        self.names: dict = {}
+        self.sites: dict = {}
+
+    def add(self, name: str, contig: str, pos: int, alleles, where: str) -> None:
+        site = (str(contig), int(pos), *(str(a).upper() for a in alleles))
+        first = self.names.get(name) or self.sites.get(site)
+        if first is not None:
+            raise InputError(f"{self.path}: {where}: variant {name} ({contig}:{pos} {alleles[0]}>{alleles[1]}) is "
+                             f"already given at {first}; each SNP must be one record ({self.hint})")
+        self.names[name] = self.sites[site] = where
+
+
+def _header_lines(path: Path) -> int:
+    """The number of header lines (``#``...) of a text VCF, plain or (b)gzipped."""
+    import gzip
+
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    n = 0
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        for line in fh:
+            if not line.startswith(b"#"):
+                break
+            n += 1
+    return n
+
+
 class VcfSource:
+    """A VCF/BCF read record by record.  One record is one biallelic SNP: multiallelic sites,
+    indels and records of another ploidy are skipped and counted in ``skipped`` (errors with
+    ``strict``); a SNP given by two records is an error naming both lines.  A call that the
+    record cannot hold (an allele index beyond its one ALT allele, e.g. 2/2 or 0/2, or a
+    haploid call in a diploid record) is read as missing and counted in ``invalid_calls``
+    (an error with ``strict``)."""
+
     def __init__(self, path, strict=False):
         try:
             from cyvcf2 import VCF
@@ -55,14 +99,42 @@ class VcfSource:
         self.samples = list(self.vcf.samples)
         if not self.samples:
             raise InputError(f"{path}: the VCF has no samples")
-        self.skipped = Counter()
+        self.skipped, self.invalid_calls, self.unwanted = Counter(), Counter(), 0
+        # where a record is: its line in a text VCF, its number in a BCF
+        self._header_lines = None if self.path.name.lower().endswith(".bcf") else _header_lines(self.path)
 
-    def blocks(self, keep, block=1024):
+    def _where(self, record: int) -> str:
+        return f"record {record}" if self._header_lines is None else f"line {self._header_lines + record}"
+
+    def _calls(self, v, keep, record: int) -> np.ndarray:
+        """int8 ALT dosages of the samples ``keep`` (-1 missing), invalid calls read as missing."""
+        gt = v.gt_types[keep].astype(np.int8)
+        gt[gt == 3] = -1
+        a = v.genotype.array()[keep, :2]  # allele indices; -1 missing, -2 no second allele (haploid)
+        bad = {"allele index beyond ALT": (a > 1).any(axis=1),
+               "haploid call in a diploid record": (a[:, 1] == -2) & (a[:, 0] >= 0)}
+        for why, where in bad.items():
+            n = int(where.sum())
+            if n:
+                if self.strict:
+                    j = int(np.flatnonzero(where)[0])
+                    raise InputError(f"{self.path}: {self._where(record)}: {v.CHROM}:{v.POS}: sample "
+                                     f"{self.samples[keep[j]]}: {why} ({n} call(s) in this record; drop --strict "
+                                     "to read them as missing)")
+                self.invalid_calls[why] += n
+                gt[where] = -1
+        return gt
+
+    def blocks(self, keep, block=1024, wanted=None):
         """(ids, contigs, positions, (REF, ALT) pairs, int8 dosages [variants, samples]) per
-        block of variants."""
+        block of variants.  ``wanted(name, contig, pos)``: read only the variants it accepts
+        (the others are counted in ``unwanted``, their genotypes never decoded)."""
+        keep = np.asarray(keep)
         ids, contigs, positions, alleles, rows = [], [], [], [], []
+        seen = _Records(self.path, "remove duplicates with `bcftools norm -d exact`, or give the records "
+                                   "distinct IDs with `bcftools annotate --set-id '%CHROM\\_%POS\\_%REF\\_%FIRST_ALT'`")
         try:
-            for v in self.vcf:
+            for record, v in enumerate(self.vcf, start=1):
                 why = None
                 if len(v.ALT) != 1:
                     why = "multiallelic" if len(v.ALT) > 1 else "no ALT allele"
@@ -72,16 +144,20 @@ class VcfSource:
                     why = f"ploidy {v.ploidy}"
                 if why:
                     if self.strict:
-                        raise InputError(f"{self.path}: {v.CHROM}:{v.POS}: {why} (drop --strict to skip such sites)")
+                        raise InputError(f"{self.path}: {self._where(record)}: {v.CHROM}:{v.POS}: {why} (drop "
+                                         "--strict to skip such sites)")
                     self.skipped[why] += 1
                     continue
-                gt = v.gt_types[keep].astype(np.int8)
-                gt[gt == 3] = -1
-                ids.append(v.ID or f"{v.CHROM}_{v.POS}")
+                name = v.ID or f"{v.CHROM}_{v.POS}"
+                if wanted is not None and not wanted(name, v.CHROM, v.POS):
+                    self.unwanted += 1
+                    continue
+                seen.add(name, v.CHROM, v.POS, (v.REF, v.ALT[0]), self._where(record))
+                ids.append(name)
                 contigs.append(v.CHROM)
                 positions.append(v.POS)
                 alleles.append((v.REF, v.ALT[0]))
-                rows.append(gt)
+                rows.append(self._calls(v, keep, record))
                 if len(rows) == block:
                     yield ids, contigs, positions, alleles, np.stack(rows)
                     ids, contigs, positions, alleles, rows = [], [], [], [], []
@@ -94,6 +170,9 @@ class VcfSource:
 
 
 class PlinkSource:
+    """A PLINK 1 file set (.bed/.bim/.fam); a SNP given by two .bim lines is an error naming
+    both."""
+
     def __init__(self, bfile, strict=False):
         try:
             from bed_reader import open_bed
@@ -101,6 +180,7 @@ class PlinkSource:
             raise InputError("reading PLINK needs bed-reader: pip install bed-reader") from None
         prefix = str(bfile)[:-4] if str(bfile).endswith(".bed") else str(bfile)
         self.path = Path(prefix + ".bed")
+        self.bim = Path(prefix + ".bim")
         for ext in (".bed", ".bim", ".fam"):
             if not Path(prefix + ext).is_file():
                 raise InputError(f"{prefix}{ext}: no such file (PLINK needs .bed, .bim and .fam)")
@@ -113,22 +193,29 @@ class PlinkSource:
             self.alleles = list(zip(self.bed.allele_2, self.bed.allele_1))
         except Exception as e:
             raise InputError(f"{self.path}: not a readable PLINK file set ({e})") from None
-        self.skipped = Counter()
+        self.skipped, self.invalid_calls, self.unwanted = Counter(), Counter(), 0
 
-    def blocks(self, keep, block=1024):
-        n = len(self.sid)
-        for start in range(0, n, block):
-            end = min(n, start + block)
+    def blocks(self, keep, block=1024, wanted=None):
+        """As ``VcfSource.blocks``: blocks of the variants ``wanted`` accepts (all without it)."""
+        names = [s if s not in ("", ".") else f"{c}_{p}" for s, c, p in zip(self.sid, self.chrom, self.pos)]
+        cols = np.arange(len(names))
+        if wanted is not None:
+            cols = np.asarray([j for j in cols if wanted(names[j], str(self.chrom[j]), int(self.pos[j]))],
+                              dtype=np.int64)
+            self.unwanted = len(names) - len(cols)
+        seen = _Records(self.bim, "remove or rename one of them, e.g. with plink2 --rm-dup")
+        for j in cols:
+            seen.add(names[j], str(self.chrom[j]), int(self.pos[j]), self.alleles[j], f"line {j + 1}")
+        for start in range(0, len(cols), block):
+            sel = cols[start:start + block]
             try:
-                g = self.bed.read(index=np.s_[keep, start:end], dtype="int8", order="C")
+                g = self.bed.read(index=np.s_[keep, sel], dtype="int8", order="C")
             except Exception as e:
                 raise InputError(f"{self.path}: corrupt .bed ({e})") from None
             g = g.T.copy()
             g[(g < 0) | (g > 2)] = -1
-            ids = [s if s not in ("", ".") else f"{c}_{p}" for s, c, p in
-                   zip(self.sid[start:end], self.chrom[start:end], self.pos[start:end])]
-            yield (ids, [str(c) for c in self.chrom[start:end]], [int(p) for p in self.pos[start:end]],
-                   self.alleles[start:end], g)
+            yield ([names[j] for j in sel], [str(self.chrom[j]) for j in sel], [int(self.pos[j]) for j in sel],
+                   [self.alleles[j] for j in sel], g)
 
 
 def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=False, folds=None, seed=0,
@@ -186,9 +273,6 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
         if n_var == 0:
             raise InputError(f"{source.path}: no variant left (skipped: {dict(source.skipped) or 'none'}; "
                              f"filtered: {dict(filtered) or 'none'})")
-        dup = first_duplicate(vid)
-        if dup:
-            raise InputError(f"{source.path}: variant id {dup!r} occurs twice")
         srow = sample_missing / n_var > max_sample_missing
         if srow.all():
             raise InputError(f"every sample has more than {max_sample_missing:.0%} missing calls")
@@ -239,6 +323,7 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
                             "source": {"path": str(source.path.resolve()), "name": source.path.name,
                                        "pheno": str(Path(pheno).resolve()), "pheno_column": trait.name},
                             "skipped_variants": dict(source.skipped), "filtered_variants": dict(filtered),
+                            "invalid_calls_read_as_missing": dict(source.invalid_calls),
                             "filters": {"min_maf": min_maf, "max_missing": max_missing,
                                         "max_sample_missing": max_sample_missing},
                             "dropped_samples": {"no_phenotype": n_no_pheno, "phenotype_only": n_no_geno,
@@ -252,6 +337,10 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
         rep.extra = [f"folds        {how}"]
         if source.skipped:
             rep.extra.append("skipped      " + ", ".join(f"{v} {k}" for k, v in source.skipped.items()))
+        if source.invalid_calls:
+            invalid = ", ".join(f"{v:,} {k}" for k, v in source.invalid_calls.items())
+            rep.extra.append(f"invalid      {invalid} (read as missing)")
+            logger.warning(f"{source.path}: {invalid}: read as missing (--strict makes them errors)")
         if filtered:
             rep.extra.append("filtered     " + ", ".join(f"{v} {k}" for k, v in filtered.items()))
         if n_no_pheno or n_no_geno or srow.any():

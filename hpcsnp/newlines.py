@@ -182,14 +182,14 @@ def check_overlap(alignment: Alignment, min_overlap: float, where: str) -> None:
 
 def _parse_header(path, line: bytes) -> tuple[bool, int, list[str]]:
     """(has ids, leading columns before the SNPs, SNP names) of a new-lines table."""
-    from hpcsnp.ingest import header_text
+    from hpcsnp.ingest import header_names
     from hpcsnp.store import parse_marker_name
 
-    text = header_text(path, line)
-    names = [c.strip() for c in text.split("\t")]
+    names = header_names(path, line)
     lower = [n.lower() for n in names]
     if len(names) < 2:
-        hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if "," in text else ""
+        comma = any("," in c for c in names)
+        hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if comma else ""
         raise ParseError(path, 1, f"header has {len(names)} tab-separated column(s); expected a sample-id column "
                          f"and SNP columns{hint}")
     if lower[0] == "fold":  # the training format without ids: fold, phenotype, SNPs
@@ -251,7 +251,7 @@ class TextLines:
         self.na_cells = 0
 
     def blocks(self, rows: int = 1024):
-        from hpcsnp.ingest import parse_genotypes, split_rows
+        from hpcsnp.ingest import parse_genotypes, sample_id, split_rows
 
         snps, lead, path = list(self.meta.ids), self.lead, self.path
         seen: dict = {}
@@ -259,9 +259,7 @@ class TextLines:
         for lineno, parts in split_rows(self.lines, path, lead, len(snps) + lead):
             codes, na = parse_genotypes(path, lineno, parts[lead], snps, lead, strict=False)
             self.na_cells += na
-            sid = parts[0].strip().decode("utf-8", "replace") if self.has_ids else str(lineno - 1)
-            if not sid:
-                raise ParseError(path, lineno, "empty sample id", column=1)
+            sid = sample_id(path, lineno, parts[0]) if self.has_ids else str(lineno - 1)
             if sid in seen:
                 raise ParseError(path, lineno, f"sample id {sid!r} occurs more than once (also line {seen[sid]})",
                                  column=1)
@@ -329,21 +327,22 @@ class TransposedLines:
             T = zarr.create_array(str(self.tmp / "variants"), shape=(0, n), chunks=(block, min(rows, n)),
                                   dtype="int8", fill_value=-1)
             ids, contig, pos, alleles = [], [], [], []
-            self.unread_extra = 0
             bar = tqdm(desc=f"read {self.path.name}", unit=" variants", disable=not progress, file=sys.stderr,
                        leave=False)
-            for bids, bchrom, bpos, balleles, g in source.blocks(np.arange(n), block):
-                keep = [i for i in range(len(bids)) if wanted(bids[i], bchrom[i], bpos[i])]
-                self.unread_extra += len(bids) - len(keep)
-                if keep:
-                    T.append(g[keep], axis=0)
-                    ids += [bids[i] for i in keep]
-                    contig += [bchrom[i] for i in keep]
-                    pos += [bpos[i] for i in keep]
-                    alleles += [balleles[i] for i in keep]
+            for bids, bchrom, bpos, balleles, g in source.blocks(np.arange(n), block, wanted=wanted):
+                T.append(g, axis=0)
+                ids += bids
+                contig += bchrom
+                pos += bpos
+                alleles += balleles
                 bar.update(len(bids))
             bar.close()
+            self.unread_extra = source.unwanted
             self.skipped = dict(source.skipped)
+            self.invalid_calls = dict(source.invalid_calls)
+            if self.invalid_calls:
+                logger.warning(f"{self.path}: " + ", ".join(f"{v:,} {k}" for k, v in self.invalid_calls.items())
+                               + ": read as missing")
             self.T, self.rows = T, rows
             self.meta = VariantMeta.from_lists(ids, contig, pos, alleles)
         except BaseException:
