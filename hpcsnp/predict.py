@@ -210,8 +210,10 @@ def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = Non
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
                                      X, float(z["delta"]), distance)
                 return MarkerEffects(kind, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
         pass
+    except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
+        logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
     check_memory(store)
     t0 = time.perf_counter()
     everyone = np.arange(store.n_samples)
@@ -250,7 +252,6 @@ class FoldModels:
     run's attribution, here in phenotype units)."""
 
     def __init__(self, run: RunDir, dataset: str, folds: list[int], n_variants: int):
-        import keras
         import tensorflow as tf
 
         import hpcsnp.model  # noqa: F401 - registers the custom layers for loading
@@ -261,7 +262,7 @@ class FoldModels:
         for i in self.folds:
             d = run.fold(dataset, i)
             paths = [d / "model.keras", *sorted(d.glob("seed_*/model.keras"))]
-            self.models.append([keras.models.load_model(p, compile=False) for p in paths])
+            self.models.append([_load_model(p, run, dataset, i) for p in paths])
             m = read_json(d / "metrics.json")
             means.append(m["target_mean"])
             sds.append(m["target_sd"])
@@ -297,6 +298,18 @@ class FoldModels:
     def explain(self, g: np.ndarray):
         z, v, i = self._explain(g)
         return z.numpy().astype(np.float64), v.numpy(), i.numpy()
+
+
+def _load_model(path: Path, run: RunDir, dataset: str, fold: int):
+    """A fold's saved model; a damaged one is an error naming it and the command that redoes the fold."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises several types for a damaged archive
+        store = read_json(run.dataset_json(dataset)).get("store", "STORE")
+        raise InputError(f"{path} cannot be loaded ({type(e).__name__}): the file is damaged; redo the fold with "
+                         f"hpcsnp train {store} --fold {fold} --run {run} --name {dataset} --force") from None
 
 
 def ensemble_weights(run: RunDir, ds: dict, baselines: list[str]) -> dict | None:
@@ -337,6 +350,43 @@ def explain_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".explain.csv")
 
 
+def input_paths(genotypes, bfile) -> list[Path]:
+    """The files (or store directory) predict reads the new lines from."""
+    if bfile is not None:
+        prefix = str(bfile)[:-4] if str(bfile).endswith(".bed") else str(bfile)
+        return [Path(prefix + ext) for ext in (".bed", ".bim", ".fam")]
+    return [Path(genotypes)] if genotypes is not None else []
+
+
+def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force: bool) -> None:
+    """Refuse, before any work, an output predict may not write: one that is an input or lies
+    inside an input store or the run's data sets (never replaced, even with --force), that
+    exists (without --force), or that cannot be written.  Then remove the temporary files a
+    killed predict left for these outputs."""
+    from hpcsnp.atomic import check_writable, remove_stale_files
+
+    protected = [p.resolve() for p in inputs]
+    owned = [run.dataset_dir(d["dataset"]).resolve() for d in run.datasets()] + [run.config_path.resolve(),
+                                                                                run.logs.resolve()]
+    for path in outputs:
+        where = path.resolve()
+        for p in protected:
+            if where == p or where.is_relative_to(p):
+                kind = "an input" if where == p else "inside the input"
+                raise InputError(f"{path} would be written by predict but is {kind} "
+                                 f"{p}; choose another -o")
+        for p in owned:
+            if where == p or where.is_relative_to(p):
+                raise InputError(f"{path} is a file of the run {run} (written by train, cv or reduce); "
+                                 "choose an -o outside RUN/<dataset>/")
+        check_writable(path)
+        if path.exists() and not force:
+            raise InputError(f"{path} already exists; use --force to overwrite it")
+    for path in outputs:
+        for p in remove_stale_files(path):
+            logger.info(f"removed {p}, left by a predict that was killed")
+
+
 def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
                 fold=None, baseline=True, threads=None, progress=False, force=False) -> PredictResult:
     import pandas as pd
@@ -355,11 +405,11 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     run, out = RunDir(run_dir), Path(out)
     if not run.path.is_dir():
         raise InputError(f"{run}: no such run directory")
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; use --force to overwrite it")
     if out.is_dir():
         raise InputError(f"-o {out} is a directory; give a file name such as predictions.csv")
     ds = choose_dataset(run, dataset)
+    outputs = [out, report_path_for(out), *([explain_path_for(out)] if explain else [])]
+    check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds["store"])], force=force)
     name = ds["dataset"]
     if fold is not None:
         if not 1 <= fold <= ds["n_folds"]:
@@ -439,13 +489,21 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
                            else "cnn_mean"), "weights": weights, "seconds": round(seconds, 2)}
     if getattr(source, "skipped", None):
         report["skipped_variants"] = source.skipped
+    if getattr(source, "invalid_calls", None):
+        report["invalid_calls_read_as_missing"] = source.invalid_calls
     tmp = tmp_name(out)
-    table.to_csv(tmp, index=False, float_format="%.6g")
     rpath = report_path_for(out)
-    atomic_write_text(rpath, json.dumps(report, indent=2) + "\n")
-    if tmp_explain is not None:
-        os.replace(tmp_explain, explain_path_for(out))
-    os.replace(tmp, out)
+    try:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+        atomic_write_text(rpath, json.dumps(report, indent=2) + "\n")
+        if tmp_explain is not None:
+            os.replace(tmp_explain, explain_path_for(out))
+        os.replace(tmp, out)
+    except BaseException:
+        for t in (tmp, tmp_name(rpath), tmp_explain):
+            if t is not None:
+                t.unlink(missing_ok=True)
+        raise
     return PredictResult(out, len(table), report["alignment"], weights, seconds, rpath,
                          explain_path_for(out) if explain else None, table)
 
