@@ -517,7 +517,13 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
         except ValueError:
             meta = None
         if meta and meta.get("key") == key and data_path.exists():
-            return np.load(data_path).astype(np.float64), int(meta["width"]), 0.0
+            try:
+                G = np.load(data_path)
+                if G.shape == (store.n_samples, store.n_samples):
+                    return G.astype(np.float64), int(meta["width"]), 0.0
+            except (OSError, ValueError, EOFError):  # a damaged cache is rebuilt
+                pass
+            logger.warning(f"{data_path} is damaged; computing it again")
         t0 = time.perf_counter()
         g = _read_rows(store, np.arange(store.n_samples))
         G, width = gram_matrix(g, encoding)

@@ -23,11 +23,9 @@ def fold_scores(run: RunDir, dataset: str, n_folds: int, n_variants: int, method
     lacks this method's shard."""
     import zarr
 
-    from hpcsnp.saliency import shard_name
-
     sums, counts = [], []
     for i in range(1, n_folds + 1):
-        path = run.fold(dataset, i) / shard_name(method)
+        path = run.shard(dataset, i, method)
         if not path.exists():
             return None
         try:
@@ -79,8 +77,7 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
     out = Ranking(scores)
     gwas_path = run.dataset_dir(name) / "gwas.csv"
     if gwas_path.exists():
-        out.gwas = pd.read_csv(gwas_path, dtype={"snp": str, "chrom": str}, keep_default_na=False,
-                               na_values=["nan", "NaN", ""])
+        out.gwas = _read_gwas(gwas_path, ds)
     store = _open(ds)
     tops = {m: scores.nsmallest(top, f"{m}_rank").index.to_numpy() for m in per_fold}
     if out.gwas is not None:
@@ -139,6 +136,18 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
             out.vs_gwas.append({"dataset": name, "method": m, "top": top, **cmp})
         out.summary.append(row)
     return out
+
+
+def _read_gwas(path, ds: dict) -> pd.DataFrame:
+    """RUN/<dataset>/gwas.csv; a damaged one is an error naming the command that writes it again."""
+    try:
+        table = pd.read_csv(path, dtype={"snp": str, "chrom": str}, keep_default_na=False, na_values=["nan", "NaN", ""])
+        if not {"snp", "p"} <= set(table.columns) or len(table) != ds["n_variants"]:
+            raise ValueError(f"{len(table)} rows with columns {', '.join(map(str, table.columns[:4]))}...")
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise InputError(f"{path} cannot be read ({e}): the file is damaged; write it again with "
+                         f"hpcsnp gwas {ds['store']} --run {path.parent.parent} --name {ds['dataset']}") from None
+    return table
 
 
 def _open(ds: dict):

@@ -29,7 +29,7 @@ from hpcsnp.report import (
     plot_observed_predicted,
     plot_saliency,
 )
-from hpcsnp.rundir import RunDir, read_json
+from hpcsnp.rundir import RunDir, read_json, shard_file
 from hpcsnp.store import peek_store_id
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,22 @@ def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | No
         diff = config_differences(wanted, normalised_config(m["config"]))
         if diff:
             return "trained with other settings than the run's: " + "; ".join(diff) + " (run vs fold)"
+    if m.get("config") is not None:
+        missing = [f for f in map(shard_file, _attributions(m["config"])) if not (metrics_path.parent / f).exists()]
+        if missing:
+            return f"half-written: {', '.join(missing)} of its configured attributions missing"
     return None
+
+
+def _attributions(config: dict) -> list[str]:
+    """The attribution methods a fold's recorded settings computed."""
+    from hpcsnp.config import Config
+    from hpcsnp.rundir import normalised_config
+
+    try:
+        return Config.from_dict(normalised_config(config)).attribution_methods()
+    except InputError:  # settings of another version: at least the saliency
+        return ["saliency"]
 
 
 @contextlib.contextmanager
@@ -170,7 +185,7 @@ def mean_saliency(run_dir, dataset: str, n_folds: int, n_variants: int) -> tuple
 
     shards = []
     for i in range(1, n_folds + 1):
-        path = RunDir(run_dir).fold(dataset, i) / "saliency.zarr"
+        path = RunDir(run_dir).shard(dataset, i, "saliency")
         try:
             shards.append(zarr.open_array(str(path), mode="r"))
         except Exception as e:  # noqa: BLE001 - zarr raises several types for a damaged array

@@ -25,11 +25,6 @@ SMOOTH_SAMPLES, SMOOTH_NOISE = 16, 0.15
 IG_STEPS = 32
 
 
-def shard_name(method: str) -> str:
-    """The shard file of a method in a fold directory: saliency.zarr, smoothgrad.zarr, ig.zarr."""
-    return f"{method}.zarr"
-
-
 def _encoded(model, encoded: bool):
     n = model.inputs[0].shape[1] if getattr(model, "inputs", None) else None
     return tf.TensorSpec((None, n, 4), tf.float32) if encoded else tf.TensorSpec((None, n), tf.int8)

@@ -606,10 +606,10 @@ class FoldOutputs:
     def attribution_shard(self, method: str, total, n: int, cfg) -> None:
         import zarr
 
-        from hpcsnp.saliency import shard_name
+        from hpcsnp.rundir import shard_file
 
         n_var = len(total)
-        shard = zarr.create_array(str(self.dir / shard_name(method)), shape=(n_var,), dtype="float64",
+        shard = zarr.create_array(str(self.dir / shard_file(method)), shape=(n_var,), dtype="float64",
                                   chunks=(n_var,), dimension_names=("variants",), overwrite=True)
         shard[:] = total
         shard.attrs.update({"n_samples": n, "dataset": self.dataset, "fold": self.split.test_fold,
