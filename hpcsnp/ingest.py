@@ -170,25 +170,54 @@ def _numbered_lines(reader, path):
         yield lineno, raw
 
 
+def unquote(cell: bytes) -> bytes:
+    """A cell without surrounding spaces and one pair of double quotes, as R's write.table
+    (quote = TRUE) writes names and ids; a doubled quote inside stands for one.
+
+    >>> unquote(b' "L 1" '), unquote(b'2'), unquote(b'"a""b"')
+    (b'L 1', b'2', b'a"b')
+    """
+    cell = cell.strip()
+    if len(cell) >= 2 and cell[:1] == cell[-1:] == b'"':
+        return cell[1:-1].replace(b'""', b'"')
+    return cell
+
+
+def sample_id(path, lineno, cell: bytes) -> str:
+    """The sample id of a row: its first cell, unquoted; an empty one is a ParseError."""
+    sid = unquote(cell).decode("utf-8", "replace")
+    if not sid:
+        raise ParseError(path, lineno, "empty sample id", column=1)
+    return sid
+
+
 def header_text(path, line: bytes) -> str:
     """The header line as text: a UTF-8 byte-order mark and the line end removed; bytes
     that are not UTF-8 are a ParseError."""
     if line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
+    line = _strip_eol(line)
+    if b"\r" in line:
+        raise ParseError(path, 1, "the lines end with a bare carriage return (CR, classic Mac OS); convert them to "
+                         "LF or CR LF first, e.g. tr '\\r' '\\n' < IN > OUT")
     try:
-        return _strip_eol(line).decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ParseError(path, 1, f"header is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def header_names(path, line: bytes) -> list[str]:
+    """The header's column names: tab-separated, each without surrounding spaces and quotes."""
+    return [unquote(c.encode()).decode() for c in header_text(path, line).split("\t")]
+
+
 def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
-    text = header_text(path, line)
-    cols = text.split("\t")
+    names = cols = header_names(path, line)
     if len(cols) < 3:
-        hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if "," in text else ""
+        comma = any("," in c for c in cols)
+        hint = " (the file looks comma-separated; hpcsnp reads tab-separated text)" if comma else ""
         raise ParseError(path, 1, f"header has {len(cols)} tab-separated column(s); expected fold, "
                                   f"phenotype and at least one SNP column{hint}")
-    names = [c.strip() for c in cols]
     id_col = names[0].lower() in ID_COLUMN_NAMES or (names[1].lower() == "fold" and names[0].lower() != "phenotype")
     fold_at = 1 if id_col else 0
     if names[fold_at].lower() != "fold":
@@ -210,8 +239,9 @@ def _parse_header(path, line: bytes) -> tuple[bool, list[str]]:
     first = 4 if id_col else 3
     for j, name in enumerate(snps):
         col = j + first
-        if not name.strip():
-            raise ParseError(path, 1, "empty SNP name in header", column=col)
+        if not name:
+            trailing = " (the header ends with a tab)" if j == len(snps) - 1 else ""
+            raise ParseError(path, 1, f"empty SNP name in header{trailing}", column=col)
         if name in seen:
             raise ParseError(path, 1, f"duplicate SNP name {name!r} (also column {seen[name]})",
                              column=col, column_name=name)
@@ -224,7 +254,7 @@ def _parse_genotypes_slow(path, lineno, fields, snps, first_col, strict):
     out = np.empty(len(snps), dtype=np.int8)
     na = 0
     for j, tok in enumerate(fields):
-        tok = tok.strip()
+        tok = unquote(tok)
         code = _CODES.get(tok)
         if code is None:
             if tok in MISSING_TOKENS and not strict:
@@ -277,7 +307,7 @@ def parse_genotypes(path, lineno, cells: bytes, snps, lead: int, strict: bool) -
 
 
 def _parse_float(path, lineno, col, name, tok: bytes):
-    t = tok.strip()
+    t = unquote(tok)
     if not t or t in MISSING_TOKENS:
         return None
     try:
@@ -294,7 +324,7 @@ def _parse_float(path, lineno, col, name, tok: bytes):
 
 
 def _parse_fold(path, lineno, col, tok: bytes) -> int:
-    t = tok.strip()
+    t = unquote(tok)
     try:
         v = int(t)
     except ValueError:
@@ -367,10 +397,7 @@ class TextSource:
                 self.dropped += 1
                 continue
             if self.id_column:
-                sid = parts[0].strip().decode("utf-8", "replace")
-                if not sid:
-                    raise ParseError(path, lineno, "empty sample id", column=1)
-                ids.append(sid)
+                ids.append(sample_id(path, lineno, parts[0]))
             else:
                 ids.append(str(lineno - 1))
             phen.append(y)
