@@ -1,5 +1,7 @@
 """Attribution methods: SmoothGrad without noise is the saliency; integrated gradients are complete."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,18 +76,29 @@ def test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart(
     assert [lo.members for lo in clump(other, r2_matrix(X))] == [[0, 3], [1], [2], [4]]
 
 
-def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(tmp_path):
-    import pandas as pd
+@pytest.fixture(scope="module")
+def ig_run(tmp_path_factory):
+    """Three folds of a simulated store trained with integrated gradients as well."""
     from helpers import FAST, run_cli
 
-    from hpcsnp.reduce import reduce_run
     from hpcsnp.simulate import simulate
     from hpcsnp.train import train_fold
 
+    tmp_path = tmp_path_factory.mktemp("ig")
     simulate(tmp_path / "s.tsv", samples=300, snps=80, causal=3, folds=3, seed=2)
     run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr")
     for i in (1, 2, 3):
         train_fold(tmp_path / "s.zarr", i, tmp_path / "run", FAST.replace(attribution="ig"))
+    return tmp_path
+
+
+def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(ig_run):
+    import pandas as pd
+    from helpers import run_cli
+
+    from hpcsnp.reduce import reduce_run
+
+    tmp_path = ig_run
     run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
     out = reduce_run(tmp_path / "run", top=10)
     loci = pd.read_csv(tmp_path / "run" / "top_loci.csv")
@@ -99,3 +112,66 @@ def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(tmp_path):
     assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 20
     assert {"ig", "ig_rank", "gwas_p"} <= set(out["saliency"].columns)
     assert (tmp_path / "run" / "attribution_vs_gwas.png").stat().st_size > 0
+
+
+def test_a_damaged_gwas_table_is_named_with_the_command_that_writes_it(ig_run, tmp_path):
+    import shutil
+
+    from helpers import run_cli
+
+    copy = tmp_path / "run"
+    shutil.copytree(ig_run / "run", copy)
+    run_cli("gwas", ig_run / "s.zarr", "--run", copy)
+    table = copy / "s" / "gwas.csv"
+    table.write_bytes(table.read_bytes()[:300])
+    proc = run_cli("reduce", copy, check=False)
+    assert proc.returncode == 2 and "gwas.csv cannot be read" in proc.stderr, proc.stderr
+    assert f"hpcsnp gwas {ig_run / 's.zarr'} --run {copy} --name s" in proc.stderr
+
+
+def test_a_fold_missing_a_configured_attribution_is_half_written(ig_run, tmp_path):
+    """reduce never drops IG silently: a fold without its ig.zarr is named with the command that redoes it."""
+    import shutil
+
+    from hpcsnp.errors import IncompleteRunError
+    from hpcsnp.reduce import reduce_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(ig_run / "run", copy)
+    shutil.rmtree(copy / "s" / "fold_2" / "ig.zarr")
+    with pytest.raises(IncompleteRunError) as e:
+        reduce_run(copy, plot=False)
+    assert "s fold 2 (half-written: ig.zarr of its configured attributions missing)" in str(e.value)
+    assert f"hpcsnp train {ig_run / 's.zarr'} --fold 2 --run {copy}" in str(e.value)
+    assert "--force" in str(e.value) and e.value.missing == [("s", 2)]
+
+
+def test_gwas_into_a_run_never_rebinds_or_adds_a_data_set(ig_run, tmp_path):
+    """gwas --run with another store (or another write of it) is refused before it writes
+    anything: dataset.json, the Gram cache and the folds stay as training left them."""
+    import shutil
+
+    from helpers import run_cli
+
+    from hpcsnp.simulate import simulate
+
+    copy = tmp_path / "run"
+    shutil.copytree(ig_run / "run", copy)
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    simulate(tmp_path / "o.tsv", samples=90, snps=80, causal=3, folds=3, seed=5)
+    run_cli("ingest", tmp_path / "o.tsv", "-o", tmp_path / "o.zarr")
+    shutil.copytree(ig_run / "s.zarr", tmp_path / "s.zarr")  # the same store, copied: still the trained one
+    run_cli("ingest", tmp_path / "o.tsv", "-o", tmp_path / "s2" / "s.zarr")  # another store of the same name
+    cases = [(tmp_path / "o.zarr", ["--name", "s"], "another store or another write of it"),
+             (tmp_path / "s2" / "s.zarr", [], "another store or another write of it"),
+             (tmp_path / "o.zarr", [], "no data set 'o' (it holds s)")]
+    for store, extra, message in cases:
+        proc = run_cli("gwas", store, "--run", copy, *extra, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    proc = run_cli("gwas", tmp_path / "o.zarr", "--run", copy, "-o", tmp_path / "d", check=False)
+    assert proc.returncode == 2 and "not both" in proc.stderr and not (tmp_path / "d").exists()
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert after == before
+    run_cli("gwas", tmp_path / "s.zarr", "--run", copy)  # the trained store, wherever it lies, is welcome
+    assert (copy / "s" / "gwas.csv").exists() and (copy / "s" / "dataset.json").read_bytes() == before[
+        Path("s") / "dataset.json"]

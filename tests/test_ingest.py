@@ -55,6 +55,22 @@ def test_gzip_bom_crlf_and_id_column(tsv, tmp_path):
     assert s.genotypes[:].tolist()[1] == [2, -1, 0]
 
 
+def test_quotes_and_spaces_around_cells_are_read_as_r_writes_them(tsv, tmp_path):
+    """write.table(quote = TRUE) quotes the header and the ids; spaces around cells are not
+    part of names or values: the store is the plain file's."""
+    plain = "id\t" + HEADER + "".join(f"S {i}\t{r}" for i, r in enumerate(ROWS))
+    quoted = "\t".join(f'"{c}"' for c in ("id\t" + HEADER).rstrip("\n").split("\t")) + "\n" + "".join(
+        f'"S {i}"\t' + "\t".join(f' "{c}" ' if k < 2 else c for k, c in enumerate(r.rstrip("\n").split("\t")))
+        + "\n" for i, r in enumerate(ROWS))
+    ingest_tsv(tsv(plain), tmp_path / "plain.zarr", progress=False)
+    ingest_tsv(tsv(quoted), tmp_path / "quoted.zarr", progress=False)
+    a, b = open_store(tmp_path / "plain.zarr"), open_store(tmp_path / "quoted.zarr")
+    assert list(b.sample_id) == ["S 0", "S 1", "S 2", "S 3"] == list(a.sample_id)
+    assert list(b.variant_id) == list(a.variant_id) == ["Gm01_100", "Gm01_200", "Gm02_50"]
+    assert b.genotypes[:].tolist() == a.genotypes[:].tolist() and b.phenotype.tolist() == a.phenotype.tolist()
+    assert b.fold.tolist() == a.fold.tolist()
+
+
 def test_na_tokens_are_missing_and_counted_unless_strict(tsv, tmp_path):
     rows = ["1\t10\tNA\t1\t2\n", "2\t11\t.\tnan\t0\n", "3\t9\t1.0\t1\t-1\n"]
     rep = ingest_tsv(tsv(good(rows)), tmp_path / "s.zarr", progress=False)
@@ -84,6 +100,9 @@ BAD = {
     "comma separated": ("fold,phenotype,a\n1,2,0\n", r"looks comma-separated"),
     "blank line inside": (good(ROWS[:2] + ["\n"] + ROWS[2:]), r":4: blank line inside the data"),
     "duplicate sample id": ("id\t" + HEADER + "".join(f"S\t{r}" for r in ROWS), r"sample id 'S' occurs more than once"),
+    "CR line ends": (good().replace("\n", "\r"), r":1: the lines end with a bare carriage return"),
+    "trailing tab": (HEADER.replace("\n", "\t\n") + "".join(r.replace("\n", "\t\n") for r in ROWS),
+                     r":1: column 6: empty SNP name in header \(the header ends with a tab\)"),
 }
 
 

@@ -224,3 +224,141 @@ def test_unknown_dataset_unfinished_run_and_other_store_versions_are_clear_error
     assert old.alleles is None and old.n_variants == 60
     r = predict_run(d / "run", tmp_path / "v1.zarr", out=tmp_path / "v1.csv")  # no alleles: none flipped
     assert r.alignment["flipped"] == 0 and r.n_lines == 240
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_predict_writes_only_its_own_files_and_checks_them_before_the_work(vcf_run, tmp_path):
+    """No output may be an input, lie in the run's data sets, replace a file without --force
+    or sit where it cannot be written; each is refused up front (exit 2), nothing touched."""
+    import shutil
+
+    d, _ = vcf_run
+    genotypes = d / "data" / "sim.tsv"
+    mine = genotypes.read_bytes()
+    shutil.copy(genotypes, tmp_path / "X.alignment.json")
+    shutil.copy(genotypes, tmp_path / "Y.explain.csv")
+    (tmp_path / "Z.alignment.json").write_text("mine\n")
+    (tmp_path / "afile").write_text("mine\n")
+    cases = [(tmp_path / "X.alignment.json", ["-o", tmp_path / "X.csv"], "is an input"),
+             (tmp_path / "Y.explain.csv", ["-o", tmp_path / "Y.csv", "--explain"], "is an input"),
+             (genotypes, ["-o", tmp_path / "Z.csv"], "Z.alignment.json already exists; use --force"),
+             (genotypes, ["-o", tmp_path / "nodir" / "p.csv"], "the directory " + str(tmp_path / "nodir")
+              + " does not exist"),
+             (genotypes, ["-o", tmp_path / "afile" / "p.csv"], "afile is a file, not a directory"),
+             (genotypes, ["-o", d / "run" / "train" / "p.csv", "--force"], "is a file of the run"),
+             (d / "train.zarr", ["-o", d / "train.zarr" / "p.csv"], "inside the input")]
+    for source, args, message in cases:
+        proc = run_cli("predict", d / "run", source, *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert "internal error" not in proc.stderr and "predicted" not in proc.stdout
+    assert (tmp_path / "X.alignment.json").read_bytes() == mine == (tmp_path / "Y.explain.csv").read_bytes()
+    assert (tmp_path / "Z.alignment.json").read_text() == "mine\n" and (tmp_path / "afile").read_text() == "mine\n"
+    assert not list(tmp_path.glob("[XYZ].csv*")) and not (d / "run" / "train" / "p.csv").exists()
+    r = predict_run(d / "run", genotypes, out=tmp_path / "Z.csv", force=True)  # --force replaces predict's own
+    assert json.loads(r.report_path.read_text())["lines"] == 240
+
+
+def test_a_rerun_removes_what_a_killed_predict_left(vcf_run, tmp_path):
+    import subprocess
+
+    d, _ = vcf_run
+    writer = subprocess.Popen(["sleep", "300"])  # another process, alive: its temporary file stays
+    dead, alive = _dead_pid(), writer.pid
+    stale = [tmp_path / f"W.explain.csv.tmp-{dead}", tmp_path / f"W.csv.tmp-{dead}",
+             tmp_path / f"W.alignment.json.tmp-{dead}"]
+    for p in stale:
+        p.write_text("partial\n")
+    (tmp_path / f"W.csv.tmp-{alive}").write_text("a live writer's\n")
+    try:
+        r = predict_run(d / "run", d / "data" / "sim.tsv", out=tmp_path / "W.csv", explain=True)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not any(p.exists() for p in stale) and (tmp_path / f"W.csv.tmp-{alive}").exists()
+    assert r.explain_path.exists() and r.out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["W.csv", "W.explain.csv", "W.alignment.json", f"W.csv.tmp-{alive}"])
+
+
+def _vcf_records(d):
+    import gzip
+
+    lines = gzip.decompress((d / "data" / "sim.vcf.gz").read_bytes()).decode().splitlines(keepends=True)
+    return [x for x in lines if x.startswith("#")], [x for x in lines if not x.startswith("#")]
+
+
+def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_path):
+    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+
+    d, _ = vcf_run
+    head, body = _vcf_records(d)
+    renamed = body[3].split("\t")
+    renamed[2] = "another_id"  # the same site and alleles under another ID
+    for name, repeat in (("dup", body[3]), ("renamed", "\t".join(renamed))):
+        (tmp_path / f"{name}.vcf").write_text("".join(head + body[:5] + [repeat] + body[5:]))
+        where = f"line {len(head) + 6}: variant "
+        first = f"is already given at line {len(head) + 4}"
+        proc = run_cli("predict", d / "run", tmp_path / f"{name}.vcf", "-o", tmp_path / f"{name}.csv", check=False)
+        assert proc.returncode == 2 and where in proc.stderr and first in proc.stderr, proc.stderr
+        with pytest.raises(InputError, match=f"{where}.*{first}"):
+            ingest_genotypes(VcfSource(tmp_path / f"{name}.vcf"), tmp_path / f"{name}.zarr",
+                             pheno=d / "data" / "pheno.tsv", progress=False)
+
+
+def test_a_call_beyond_the_records_alleles_is_read_as_missing_and_counted(vcf_run, tmp_path):
+    """2/2 at a biallelic site is not homozygous ALT: it predicts as a missing call, and the
+    alignment report and the ingest report count it; --strict makes it an error."""
+    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+    from hpcsnp.store import open_store
+
+    d, _ = vcf_run
+    head, body = _vcf_records(d)
+
+    def with_call(call):
+        rec = body[7].rstrip("\n").split("\t")
+        rec[9] = call  # the first sample
+        return "".join(head + body[:7] + ["\t".join(rec) + "\n"] + body[8:])
+
+    (tmp_path / "bad.vcf").write_text(with_call("2/2"))
+    (tmp_path / "missing.vcf").write_text(with_call("./."))
+    bad = predict_run(d / "run", tmp_path / "bad.vcf", out=tmp_path / "bad.csv", baseline=False)
+    want = predict_run(d / "run", tmp_path / "missing.vcf", out=tmp_path / "missing.csv", baseline=False)
+    pd.testing.assert_frame_equal(bad.table, want.table)
+    report = json.loads(bad.report_path.read_text())
+    assert report["invalid_calls_read_as_missing"] == {"allele index beyond ALT": 1}
+    rep = ingest_genotypes(VcfSource(tmp_path / "bad.vcf"), tmp_path / "bad.zarr", pheno=d / "data" / "pheno.tsv",
+                           progress=False)
+    assert open_store(tmp_path / "bad.zarr").genotypes[0, 7] == -1
+    assert any("1 allele index beyond ALT" in line for line in rep.extra)
+    with pytest.raises(InputError, match=rf"line {len(head) + 8}: .*allele index beyond ALT"):
+        ingest_genotypes(VcfSource(tmp_path / "bad.vcf", strict=True), tmp_path / "strict.zarr",
+                         pheno=d / "data" / "pheno.tsv", progress=False)
+
+
+def test_a_damaged_cache_is_rebuilt_and_a_damaged_model_is_named(vcf_run, tmp_path):
+    import shutil
+
+    d, _ = vcf_run
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    want = predict_run(run, d / "data" / "sim.tsv", out=tmp_path / "a.csv").table
+    cache = run / "train" / "baseline_dosage"
+    for f in ("refit_all.npz", "gram.npy"):
+        with open(cache / f, "r+b") as fh:
+            fh.truncate(100)
+    (cache / "refit_all.json").unlink()  # the Gram matrix is read again only for a refit
+    got = predict_run(run, d / "data" / "sim.tsv", out=tmp_path / "b.csv").table
+    pd.testing.assert_frame_equal(got, want)
+    with open(run / "train" / "fold_2" / "model.keras", "r+b") as fh:
+        fh.truncate(1000)
+    proc = run_cli("predict", run, d / "data" / "sim.tsv", "-o", tmp_path / "c.csv", check=False)
+    assert proc.returncode == 2 and "fold_2/model.keras cannot be loaded" in proc.stderr, proc.stderr
+    assert f"hpcsnp train {d / 'train.zarr'} --fold 2 --run {run}" in proc.stderr and "--force" in proc.stderr
+    assert not (tmp_path / "c.csv").exists()
