@@ -674,7 +674,10 @@ def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, basel
 @_handle_errors
 def simulate(out, samples, snps, causal, folds, missing, heritability, seed, formats):
     """Write a simulated data set with planted causal SNPs (OUT, plus OUT.causal.tsv)."""
+    from hpcsnp.atomic import check_writable
     from hpcsnp.simulate import simulate as sim
+
+    check_writable(out, directory=formats)
 
     if formats:
         from hpcsnp.simulate import simulate_formats

@@ -141,9 +141,12 @@ class IngestReport:
 
 def check_output_path(source: Path, out: Path, *, force: bool) -> None:
     """Refuse an output that is the input itself, or anything --force may not replace."""
+    from hpcsnp.atomic import check_writable
+
     if out.resolve() == Path(source).resolve():
         raise InputError(f"-o {out} is the input file itself; give the store another name")
     check_replaceable(out, force=force)
+    check_writable(out, directory=True)
 
 
 def _strip_eol(line: bytes) -> bytes:

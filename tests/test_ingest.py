@@ -149,6 +149,14 @@ def test_existing_store_needs_force(tsv, tmp_path):
     ingest_tsv(path, tmp_path / "s.zarr", progress=False, force=True)
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_reading(tsv, tmp_path):
+    (tmp_path / "afile").write_text("mine\n")
+    proc = run_cli("ingest", tsv(good()), "-o", tmp_path / "afile" / "s.zarr", check=False)
+    assert proc.returncode == 2 and "afile is a file, not a directory" in proc.stderr, proc.stderr
+    proc = run_cli("simulate", tmp_path / "nodir" / "s.tsv", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "internal error" not in proc.stderr
+
+
 def test_cli_summary_on_real_sample(tmp_path):
     proc = run_cli("ingest", SMALL_REAL, "-o", tmp_path / "small.zarr")
     assert "samples      600" in proc.stdout and "SNPs         1,000" in proc.stdout
