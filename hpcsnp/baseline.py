@@ -430,7 +430,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     check_fold_usable(store, split)
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
     run = RunDir(run_dir)
-    run.write_dataset_info(dataset, store)
+    run.write_dataset_info(dataset, store, force=force)
     done = {enc: run.baseline(dataset, enc, fold) / "metrics.json" for enc in encodings}
     if not force:
         for enc, p in done.items():

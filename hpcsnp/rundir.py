@@ -182,18 +182,35 @@ class RunDir:
         """Every data set's dataset.json, in name order."""
         return [read_json(p) for p in sorted(self.path.glob("*/dataset.json"))]
 
-    def write_dataset_info(self, dataset: str, store) -> None:
+    def finished_outputs(self, dataset: str) -> list[Path]:
+        """The finished folds (CNN and baselines) of a data set."""
+        d = self.dataset_dir(dataset)
+        return sorted(p.parent for p in [*d.glob("fold_*/metrics.json"), *d.glob("baseline_*/fold_*/metrics.json")])
+
+    def write_dataset_info(self, dataset: str, store, *, force: bool = False) -> None:
         """RUN/<dataset>/dataset.json and variants.csv: what reduce needs without the store.
         Every fold task writes the same content by atomic rename, so concurrent tasks agree;
-        variants.csv is rewritten when the store is another write than the one recorded."""
+        variants.csv is rewritten when the store is another write than the one recorded.
+        Binding a data set that has finished folds to another store (or another write of
+        it) is refused unless ``force`` (a fold redone with --force): one mistaken command
+        must not leave every finished fold looking stale."""
         from hpcsnp.atomic import atomic_write_text
 
         self.dataset_dir(dataset).mkdir(parents=True, exist_ok=True)
         info_path, variants = self.dataset_json(dataset), self.variants_csv(dataset)
         try:
-            same = json.loads(info_path.read_text()).get("store_id") == store.store_id
+            recorded = json.loads(info_path.read_text())
+            same = recorded.get("store_id") == store.store_id
         except (OSError, ValueError, AttributeError):
-            same = False
+            recorded, same = None, False
+        if recorded is not None and not same and not force:
+            done = self.finished_outputs(dataset)
+            if done:
+                raise InputError(f"{self}/{dataset} was trained on {recorded.get('store')} (store id "
+                                 f"{recorded.get('store_id')}) and has {len(done)} finished fold(s); {store.path} "
+                                 f"is another store or another write of it (store id {store.store_id}): give the "
+                                 "trained store, another --name or --run, or --force to redo this data set's folds "
+                                 "from the new store")
         info = {"dataset": dataset, "store": str(store.path.resolve()), "store_id": store.store_id,
                 "n_folds": store.n_folds, "n_samples": store.n_samples, "n_variants": store.n_variants,
                 "store_source": store.attrs.get("source", {}), "groups": store.groups is not None}

@@ -58,7 +58,7 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
     final, partial = run.fold(dataset, fold), run.partial(dataset, fold)
     if run.is_complete(dataset, fold) and not force:
         return _skipped(final, dataset, fold, store)
-    run.write_dataset_info(dataset, store)
+    run.write_dataset_info(dataset, store, force=force)
     with run.lock(dataset, fold):
         if run.is_complete(dataset, fold) and not force:  # finished by another process just before we locked
             return _skipped(final, dataset, fold, store)

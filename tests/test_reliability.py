@@ -289,7 +289,11 @@ def test_a_re_ingested_store_is_not_mixed_with_folds_of_the_old_one(tmp_path):
         reduce_run(run, plot=False)
     cv = run_cli("cv", store, "--run", run, "--epochs", "2", "--batch-size", "32", check=False)
     assert cv.returncode == 2 and "another write of data set 's'" in cv.stderr
-    run_cli("baseline", store, "--fold", 1, "--run", run)  # none yet: fits, and the data set is the new store's
+    # a baseline would bind the trained data set to the new write: refused, unless --force says it is meant
+    proc = run_cli("baseline", store, "--fold", 1, "--run", run, check=False)
+    assert proc.returncode == 2 and "finished fold(s)" in proc.stderr and "--force to redo" in proc.stderr
+    assert not (run / "s" / "baseline_dosage" / "fold_1").exists()
+    run_cli("baseline", store, "--fold", 1, "--run", run, "--force")  # fits, and the data set is the new store's
     with pytest.raises(IncompleteRunError, match=r"s fold 1 \(trained on another write of the store"):
         reduce_run(run, plot=False)
     _ingest_sim(tmp_path, snps=40)  # another shape: no internal error either
