@@ -169,3 +169,22 @@ def test_within_group_pcc_is_reported_when_the_store_has_groups(tmp_path):
     # a store without groups: no such column
     run_cli("ingest", paths["tsv"], "-o", tmp_path / "plain.zarr")
     assert open_store(tmp_path / "plain.zarr").groups is None
+
+
+def test_reduce_query_info_and_gwas_run_without_tensorflow(run, sim_store, tmp_path):
+    """The verbs that never touch a network must not load TensorFlow (0.7 GB, seconds of start-up):
+    each runs in a fresh interpreter that fails if it was imported."""
+    import subprocess
+    import sys
+
+    run_dir, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    snp = pd.read_csv(copy / "sim" / "variants.csv")["snp"].iloc[0]
+    code = ("import sys; from hpcsnp.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    for args in (["gwas", sim_store[0], "--run", copy], ["reduce", copy, "--top", "5"], ["query", copy, snp],
+                 ["info", sim_store[0]]):
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
