@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,6 +87,23 @@ def test_help_and_ingest_do_not_import_tensorflow(tmp_path):
     for args in (["--help"], ["ingest", "--help"], ["ingest", str(tmp_path / "s.tsv"), "-o", str(tmp_path / "s.zarr")]):
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+
+
+CNN_MODULES = {"fused", "model", "saliency"}  # the modules that may import TensorFlow at the top
+
+
+def test_only_the_cnn_modules_load_tensorflow():
+    """Every other module imports without TensorFlow (train, data and predict load it inside the
+    functions that run a network), so the verbs that never run one start without it."""
+    import hpcsnp
+
+    modules = sorted(p.stem for p in Path(hpcsnp.__file__).parent.glob("*.py")
+                     if p.stem not in CNN_MODULES | {"__main__"})
+    assert {"reduce", "ranking", "gwas", "predict", "train", "cli"} <= set(modules)
+    code = "import sys\n" + "".join(f"import hpcsnp.{m}\n" for m in modules) + (
+        "loaded = 'tensorflow' in sys.modules\nassert not loaded, 'tensorflow was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_help_explains_every_verb():
