@@ -691,6 +691,23 @@ def simulate(out, samples, snps, causal, folds, missing, heritability, seed, for
                f"({out}.causal.tsv): {', '.join(truth.causal)}")
 
 
+DEMO_FILES = frozenset({"sim.tsv.gz", "sim.tsv.gz.causal.tsv", "sim.zarr", "run"})
+
+
+def check_demo_dir(out: Path) -> None:
+    """The demo rewrites its folder: refuse one that holds anything an earlier demo did not write."""
+    from hpcsnp.atomic import check_writable
+    from hpcsnp.errors import InputError
+
+    check_writable(out, directory=True)
+    other = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES
+                   and ".tmp-" not in p.name) if out.is_dir() else []  # a killed demo's temporaries are its own
+    if other:
+        raise InputError(f"{out} holds files the demo did not write ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}); the demo rewrites its folder: give a new or "
+                         "empty one")
+
+
 DEMO_SETTINGS = {"max_epochs": 40, "patience": 8, "batch_size": 16, "learning_rate": 0.003, "dropout": 0.5}
 
 
@@ -720,6 +737,7 @@ def demo(out_dir, samples, snps, threads, progress):
     from hpcsnp.simulate import simulate as sim
 
     out = Path(out_dir)
+    check_demo_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     show = _progress_default() if progress is None else progress
     truth = sim(out / "sim.tsv.gz", samples=samples, snps=snps, causal=5, folds=5, missing=0.1, seed=1)

@@ -165,6 +165,13 @@ def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
     assert again.stdout.split("rank by mean saliency:")[1] == proc.stdout.split("rank by mean saliency:")[1]
 
 
+def test_the_demo_refuses_a_folder_of_the_users(tmp_path):
+    (tmp_path / "mine.txt").write_text("mine\n")
+    proc = run_cli("demo", tmp_path, check=False)
+    assert proc.returncode == 2 and "holds files the demo did not write (mine.txt)" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
 def test_info_describes_a_store(sim_store):
     out = run_cli("info", sim_store[0]).stdout
     assert "samples      240" in out and "SNPs         60" in out and "K=3" in out
