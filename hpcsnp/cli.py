@@ -170,8 +170,9 @@ def config_options(fn):
                           f"SoyNAM's ~4,050; one from 5,462 lines; five for 1,820 or fewer) [{DEFAULTS.seeds}]."),
         click.option("--attribution",
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
-                          "(integrated gradients from the all-missing genotype); the publication's saliency is "
-                          f"always computed [{DEFAULTS.attribution}]."),
+                          "(integrated gradients from the all-missing genotype), marginal (each SNP's association "
+                          "with the fold's predictions over every line: a GWAS of the model, per sd of dosage); "
+                          f"the publication's saliency is always computed [{DEFAULTS.attribution}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
         click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,

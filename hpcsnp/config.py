@@ -30,6 +30,13 @@ GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
 MISSING_DOSAGES = ("mean", "zero")
 
 
+# Attribution methods a fold can compute (--attribution); a signed one's shard holds signed sums
+# and its ranking uses the magnitude of their mean over the folds (the others' shards sum
+# magnitudes already).
+ATTRIBUTION_METHODS = ("saliency", "smoothgrad", "ig", "marginal")
+SIGNED_ATTRIBUTIONS = frozenset({"marginal"})
+
+
 @dataclass
 class Config:
     # model (SPEC section 3)
@@ -124,9 +131,9 @@ class Config:
             problems.append(f"lr_decay_patience must be >= 0, got {self.lr_decay_patience}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        bad = [m for m in self.attribution_methods() if m not in ("saliency", "smoothgrad", "ig")]
+        bad = [m for m in self.attribution_methods() if m not in ATTRIBUTION_METHODS]
         if bad:
-            problems.append(f"attribution must list saliency, smoothgrad or ig, got {', '.join(bad)}")
+            problems.append(f"attribution must list {', '.join(ATTRIBUTION_METHODS)}, got {', '.join(bad)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.genotype_basis not in GENOTYPE_BASES:

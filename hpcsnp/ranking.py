@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hpcsnp.config import ATTRIBUTION_METHODS, SIGNED_ATTRIBUTIONS
 from hpcsnp.errors import InputError
 from hpcsnp.rundir import RunDir
 
@@ -54,7 +55,7 @@ class Ranking:
 
 
 def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray, top: int,
-                 methods=("saliency", "smoothgrad", "ig")) -> Ranking:
+                 methods=ATTRIBUTION_METHODS) -> Ranking:
     """Scores of every method the folds computed (saliency: the run's mean, given), their
     top ``top`` SNPs clumped into loci (r^2 from the store), stability across folds, and
     the comparison with RUN/<dataset>/gwas.csv when it exists."""
@@ -69,9 +70,14 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
         got = fold_scores(run, name, ds["n_folds"], ds["n_variants"], method)
         if got is None:
             continue
-        per_fold[method] = got[0]
+        mean = (got[0] * got[1][:, None]).sum(axis=0) / got[1].sum()
+        if method in SIGNED_ATTRIBUTIONS:  # ranked by the magnitude of the folds' signed mean
+            scores[f"{method}_signed"] = mean
+            per_fold[method], mean = np.abs(got[0]), np.abs(mean)
+        else:
+            per_fold[method] = got[0]
         if method != "saliency":
-            scores[method] = (got[0] * got[1][:, None]).sum(axis=0) / got[1].sum()
+            scores[method] = mean
     for method in per_fold:
         scores[f"{method}_rank"] = scores[method].rank(ascending=False, method="first").astype(int)
     out = Ranking(scores)

@@ -228,6 +228,11 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     tp, tr = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
     attr, sal_n, attr_seconds = steps.attributions(sources.test)
+    if "marginal" in cfg.attribution_methods():
+        t_marginal = time.perf_counter()
+        # over every line of the store; times the test count, which reduce divides the shards' sums by
+        attr["marginal"] = steps.marginal(everyone(store, cfg)) * sal_n
+        attr_seconds["marginal"] = time.perf_counter() - t_marginal
     steps.model.save(where / "model.keras")
     member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, attr, sal_n, predict_seconds, attr_seconds)
     with _signals_blocked():
@@ -350,6 +355,12 @@ class TargetScale:
         return z * self.sd + self.mean
 
 
+def everyone(store, cfg) -> RowSource:
+    """Every line of the store, streamed (for the ``marginal`` attribution)."""
+    n = store.n_samples
+    return RowSource(store, np.arange(n), np.zeros(n, np.float32), cache=False, window_chunks=cfg.window_chunks)
+
+
 @dataclass
 class FoldSources:
     """Row sources of the fold's training, validation and test sets (cached int8 or streamed)."""
@@ -438,12 +449,22 @@ class CompiledSteps:
         return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
 
     def attributions(self, src) -> tuple[dict, int, dict]:
-        """Per attribution method of the settings: the per-SNP sum over ``src``'s samples; the
-        count; the seconds each took."""
-        from hpcsnp.saliency import fold_attributions
+        """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
+        samples; the count; the seconds each took."""
+        from hpcsnp.saliency import ATTRIBUTIONS, fold_attributions
 
+        methods = [m for m in self.cfg.attribution_methods() if m in ATTRIBUTIONS]
         return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
-                                 self.n_var, self.cfg.attribution_methods(), training=self.cfg.saliency_dropout)
+                                 self.n_var, methods, training=self.cfg.saliency_dropout)
+
+    def marginal(self, src) -> np.ndarray:
+        """The ``marginal`` attribution of this model over ``src``'s lines (phenotype units)."""
+        from hpcsnp.saliency import MarginalAssociation
+
+        acc = MarginalAssociation(self.n_var)
+        for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
+            acc.add(np.asarray(g), self.scale.back(self.predict_step(g).numpy()))
+        return acc.result()
 
 
 class Checkpointer:
@@ -599,7 +620,9 @@ class FoldOutputs:
         pd.DataFrame({"sample_id": self.store.sample_id[rows], "fold": fold, "truth": self.store.phenotype[rows],
                       "prediction": pred}).to_csv(self.dir / name, index=False)
 
-    QUANTITY = {"saliency": "sum over test samples of max_c |d f / d x[i, c]|",
+    QUANTITY = {"marginal": "n_test x the covariance over every line of the store between the fold's prediction "
+                            "(phenotype units) and SNP i's called dosage, over the dosage's sd (signed)",
+                "saliency": "sum over test samples of max_c |d f / d x[i, c]|",
                 "smoothgrad": "sum over test samples of max_c |mean over noisy copies of d f / d x[i, c]|",
                 "ig": "sum over test samples of |integrated gradients of SNP i| (all-missing baseline)"}
 
@@ -614,7 +637,8 @@ class FoldOutputs:
         shard[:] = total
         shard.attrs.update({"n_samples": n, "dataset": self.dataset, "fold": self.split.test_fold,
                             "method": method, "quantity": self.QUANTITY[method],
-                            "scale": "standardised phenotype" if cfg.standardize else "phenotype"})
+                            "scale": "standardised phenotype" if cfg.standardize and method != "marginal"
+                            else "phenotype"})
 
     def metrics(self, metrics: dict) -> None:
         (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

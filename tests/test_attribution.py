@@ -49,11 +49,30 @@ def test_a_fold_writes_a_shard_per_attribution(sim_store, tmp_path):
     from hpcsnp.train import train_fold
 
     store, _ = sim_store
-    r = train_fold(store, 1, tmp_path, FAST.replace(attribution="smoothgrad,ig"))
+    r = train_fold(store, 1, tmp_path, FAST.replace(attribution="smoothgrad,ig,marginal"))
     for method in ("saliency", "smoothgrad", "ig"):
         shard = zarr.open_array(str(r.path / f"{method}.zarr"))
         assert shard.attrs["n_samples"] == r.metrics["n_test"] and (shard[:] >= 0).all() and shard[:].sum() > 0
-    assert set(r.metrics["attribution_seconds"]) == {"saliency", "smoothgrad", "ig"}
+    assert set(r.metrics["attribution_seconds"]) == {"saliency", "smoothgrad", "ig", "marginal"}
+    # marginal: the fold's predictions of every line against each SNP's called dosage, cov / sd
+    import keras
+
+    from hpcsnp.store import open_store
+
+    s = open_store(store)
+    g = s.genotypes[:]
+    model = keras.models.load_model(r.path / "model.keras", compile=False)
+    pred = model.predict(np.eye(4, dtype=np.float32)[[0, 2, 1, 3]][g + 1], verbose=0)[:, 0]
+    pred = pred * r.metrics["target_sd"] + r.metrics["target_mean"]
+    want = []
+    for j in range(g.shape[1]):
+        ok = g[:, j] >= 0
+        d = g[ok, j].astype(float)
+        want.append(np.cov(pred[ok], d, bias=True)[0, 1] / d.std() if d.std() > 0 else 0.0)
+    shard = zarr.open_array(str(r.path / "marginal.zarr"))
+    got = shard[:] / shard.attrs["n_samples"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert shard.attrs["scale"] == "phenotype" and (got < 0).any() and (got > 0).any()
 
 
 def test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart():
@@ -78,7 +97,7 @@ def test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart(
 
 @pytest.fixture(scope="module")
 def ig_run(tmp_path_factory):
-    """Three folds of a simulated store trained with integrated gradients as well."""
+    """Three folds of a simulated store trained with integrated gradients and the marginal attribution as well."""
     from helpers import FAST, run_cli
 
     from hpcsnp.simulate import simulate
@@ -88,7 +107,7 @@ def ig_run(tmp_path_factory):
     simulate(tmp_path / "s.tsv", samples=300, snps=80, causal=3, folds=3, seed=2)
     run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr")
     for i in (1, 2, 3):
-        train_fold(tmp_path / "s.zarr", i, tmp_path / "run", FAST.replace(attribution="ig"))
+        train_fold(tmp_path / "s.zarr", i, tmp_path / "run", FAST.replace(attribution="ig,marginal"))
     return tmp_path
 
 
@@ -102,15 +121,18 @@ def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(ig_run):
     run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
     out = reduce_run(tmp_path / "run", top=10)
     loci = pd.read_csv(tmp_path / "run" / "top_loci.csv")
-    assert set(loci["method"]) == {"saliency", "ig", "gwas"}
+    assert set(loci["method"]) == {"saliency", "ig", "marginal", "gwas"}
     assert (loci.groupby("method")["n_snps"].sum().drop("gwas") == 10).all()  # every top SNP in one locus
     summary = pd.read_csv(tmp_path / "run" / "attribution_summary.csv").set_index("method")
-    assert set(summary.index) == {"saliency", "ig"} and summary["spearman_vs_gwas"].notna().all()
+    assert set(summary.index) == {"saliency", "ig", "marginal"} and summary["spearman_vs_gwas"].notna().all()
     vs = pd.read_csv(tmp_path / "run" / "attribution_vs_gwas.csv")
     assert (vs["gwas_loci_found"] <= vs["gwas_loci"]).all()
     stab = pd.read_csv(tmp_path / "run" / "attribution_stability.csv")
-    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 20
-    assert {"ig", "ig_rank", "gwas_p"} <= set(out["saliency"].columns)
+    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 30  # top 10 of three methods
+    assert {"ig", "ig_rank", "gwas_p", "marginal", "marginal_signed", "marginal_rank"} <= set(out["saliency"].columns)
+    scores = out["saliency"]
+    np.testing.assert_allclose(scores["marginal"], scores["marginal_signed"].abs())
+    assert scores.loc[scores["marginal_rank"] == 1, "marginal"].iloc[0] == scores["marginal"].max()
     assert (tmp_path / "run" / "attribution_vs_gwas.png").stat().st_size > 0
 
 
