@@ -13,11 +13,14 @@ respect to the one-hot input of each of its test lines.  From it, per SNP:
 * scores from them: mean |a|; |mean a| (the network's average additive effect, its noise
   cancelling over lines); |mean a| x sd(dosage); mean |a (d - mean d)| (gradient x input
   on the dosage); mean |g . (x - mean x)| (gradient x input on all channels); and
-  sqrt((mean a sd(d))^2 + (mean h sd(het))^2) (additive and dominance together).
+  sqrt((mean a sd(d))^2 + (mean h sd(het))^2) (additive and dominance together);
+* marginal: as ``--attribution marginal`` computes it (the fold's prediction of every line
+  against each SNP's dosage, cov / sd, averaged over folds by their test counts, magnitude).
 
 Means are over every test line of every fold (each line once).  Scores: main-effect loci
 among the top 20 loci (LD blocks in the order of their best SNP), recall in the top 1 %
-and 5 % of SNPs.
+and 5 % of SNPs.  For reference: the GWAS and |rrBLUP marker effect| (the GBLUP dosage refit on
+every line), alone and times the dosage's sd.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attribution import main_effect_loci_found, score_ranking  # noqa: E402
+from bench_attribution import main_effect_loci_found, rrblup_effects, score_ranking  # noqa: E402
 
 
 def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> dict:
@@ -42,8 +45,11 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
     import hpcsnp.model  # noqa: F401 - registers the custom layers
     from hpcsnp.baseline import _read_rows
     from hpcsnp.data import one_hot
+    from hpcsnp.saliency import MarginalAssociation
 
     d = run / dataset / f"fold_{fold}"
+    metrics = json.loads((d / "metrics.json").read_text())
+    target = (metrics["target_mean"], metrics["target_sd"])
     paths = [d / "model.keras", *sorted(d.glob("seed_*/model.keras"))]
     models = [keras.models.load_model(p, compile=False) for p in paths]
 
@@ -75,10 +81,29 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
         out["h"] += h.sum(0)
         out["ax"] += np.abs(a * (dosage[s:s + batch] - mean_d)).sum(0)
         out["gx"] += np.abs((g * (x_all[s:s + batch] - mean_x)).sum(-1)).sum(0)
+    marginal = MarginalAssociation(codes.shape[1])  # what --attribution marginal computes: every line
+    everyone = _read_rows(store, np.arange(store.n_samples))
+    for s in range(0, len(everyone), batch):
+        c = everyone[s:s + batch]
+        x = one_hot(tf.constant(c))
+        y = np.mean([m(x, training=False).numpy()[:, 0] for m in models], axis=0)
+        marginal.add(c, y * target[1] + target[0])
+    out["marginal"] = marginal.result() * len(rows)
     out["n"] = len(rows)
     out["sd_d"] = dosage.std(0) * len(rows)  # summed like the rest, divided by the count below
     out["sd_h"] = het.std(0) * len(rows)
     return out
+
+
+def dosage_sd(store_path: Path) -> np.ndarray:
+    """Per-SNP standard deviation of the called dosages over every line."""
+    from hpcsnp.baseline import _read_rows
+    from hpcsnp.store import open_store
+
+    store = open_store(store_path)
+    g = _read_rows(store, np.arange(store.n_samples)).astype(np.float64)
+    g[g < 0] = np.nan
+    return np.nanstd(g, axis=0)
 
 
 def variant_scores(run: Path, store_path: Path) -> dict:
@@ -92,7 +117,8 @@ def variant_scores(run: Path, store_path: Path) -> dict:
     return {"saliency (recomputed)": m["sal"], "mean |additive|": m["a_abs"], "|mean additive|": np.abs(m["a"]),
             "|mean additive| x sd": np.abs(m["a"]) * m["sd_d"], "dosage x gradient": m["ax"],
             "input x gradient": m["gx"],
-            "additive + dominance": np.hypot(m["a"] * m["sd_d"], m["h"] * m["sd_h"])}
+            "additive + dominance": np.hypot(m["a"] * m["sd_d"], m["h"] * m["sd_h"]),
+            "marginal": np.abs(m["marginal"])}
 
 
 def main(argv=None):
@@ -106,8 +132,10 @@ def main(argv=None):
         truth = json.loads((d / "truth.json").read_text())
         table = pd.read_csv(d / "run" / "avg_saliency.csv")
         p = len(table)
+        beta = rrblup_effects(d / "sim.zarr")
         rankings = {"saliency (run)": table["saliency"].to_numpy(),
                     "gwas": -np.log10(np.maximum(table["gwas_p"].to_numpy(), 1e-300)),
+                    "|rrBLUP effect|": beta, "|rrBLUP effect| x sd": beta * dosage_sd(d / "sim.zarr"),
                     **variant_scores(d / "run", d / "sim.zarr")}
         for name, score in rankings.items():
             score = np.nan_to_num(score, nan=-np.inf)
