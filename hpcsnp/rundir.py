@@ -64,6 +64,14 @@ def dataset_name(store, name: str | None) -> str:
     return check_dataset_name(name, given=True) if name else check_dataset_name(store.name, given=False)
 
 
+def bound_to(info: dict, store) -> bool:
+    """Whether a data set's record (dataset.json) names this store: its store id, or for a
+    record written before store ids were, its path."""
+    if info.get("store_id") is not None:
+        return info["store_id"] == store.store_id
+    return Path(info.get("store", "")).resolve() == Path(store.path).resolve()
+
+
 def read_json(path: Path) -> dict:
     """A JSON file of the run; an unreadable or truncated one is an error naming it."""
     try:
@@ -200,7 +208,7 @@ class RunDir:
         info_path, variants = self.dataset_json(dataset), self.variants_csv(dataset)
         try:
             recorded = json.loads(info_path.read_text())
-            same = recorded.get("store_id") == store.store_id
+            same = bound_to(recorded, store)
         except (OSError, ValueError, AttributeError):
             recorded, same = None, False
         if recorded is not None and not same and not force:
@@ -244,9 +252,7 @@ class RunDir:
                              "outputs outside a run")
         info = read_json(path)
         recorded, trained_on = info.get("store_id"), info.get("store", "?")
-        same = (recorded == store.store_id if recorded is not None
-                else Path(trained_on).resolve() == Path(store.path).resolve())
-        if not same:
+        if not bound_to(info, store):
             raise InputError(f"{self}/{ds} was trained on {trained_on} (store id {recorded}); {store.path} is "
                              f"another store or another write of it (store id {store.store_id}): give the store "
                              "the data set was trained on, or use -o DIR for outputs outside the run")
