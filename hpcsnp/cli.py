@@ -318,6 +318,8 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
         raise click.UsageError("give DATA or --bfile PREFIX, not both")
     if is_vcf or bfile:
         _warn_ignored("for VCF/PLINK input", drop_missing_phenotype=drop_missing_phenotype)
+        if not n_folds:
+            _warn_ignored("without --folds (it seeds the random fold assignment)", seed=seed if seed != 0 else None)
         from hpcsnp.errors import InputError
         from hpcsnp.ingest_genotypes import PlinkSource, VcfSource, ingest_genotypes
 

@@ -138,6 +138,8 @@ def test_cli_vcf_with_assigned_folds_and_filters(sim, tmp_path):
     assert (pd.DataFrame({"f": fam.values, "k": s.fold}).groupby("f")["k"].nunique() == 1).all()
     none = run_cli("ingest", sim["vcf"], "--pheno", tmp_path / "nofold.csv", "-o", tmp_path / "x.zarr", check=False)
     assert none.returncode == 2 and "no folds: give --folds K" in none.stderr
+    seeded = run_cli("ingest", sim["vcf"], "--pheno", sim["pheno"], "-o", tmp_path / "y.zarr", "--seed", 5)
+    assert "warning: --seed ignored without --folds" in seeded.stderr  # the folds come from the 'fold' column
 
 
 def test_missing_rate_filters_drop_and_record(tmp_path, caplog):
