@@ -35,15 +35,21 @@ import pandas as pd
 TYPES = {"additive": 3, "dominant": 2, "recessive": 2}
 
 
-def simulate_ld(path: Path, n: int, p: int, block: int, seed: int, pair_gap: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    n_blocks = p // block
+def _place_causal(rng, p: int, block: int, counts: dict):
+    """Allele frequencies, the blocks in random order, and ``counts[type]`` causal SNPs of each
+    type, one per block, in the first blocks of that order; also how many blocks were used."""
     freq = rng.uniform(0.15, 0.85, p)
-    blocks = rng.permutation(n_blocks)
+    blocks = rng.permutation(p // block)
     causal, k = {}, 0
-    for t, count in TYPES.items():
+    for t, count in counts.items():
         causal[t] = [int(blocks[k + i] * block + rng.integers(block)) for i in range(count)]
         k += count
+    return freq, blocks, causal, k
+
+
+def simulate_ld(path: Path, n: int, p: int, block: int, seed: int, pair_gap: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    freq, blocks, causal, k = _place_causal(rng, p, block, TYPES)
     if not pair_gap:  # two random blocks, almost always far apart
         pair = [int(blocks[k] * block + rng.integers(block)), int(blocks[k + 1] * block + rng.integers(block))]
     else:  # pair_gap SNPs apart on one chromosome, in blocks no other causal SNP uses
@@ -103,13 +109,7 @@ def simulate_polygenic(path: Path, n: int, p: int, block: int, seed: int, missin
     causal SNP in a block of its own; phenotype in raw units (mean 50, sd 10, h2 ``h2``);
     ``missing`` of the calls set missing at random."""
     rng = np.random.default_rng(10_000 + seed)
-    n_blocks = p // block
-    freq = rng.uniform(0.15, 0.85, p)
-    blocks = rng.permutation(n_blocks)
-    causal, k = {}, 0
-    for t, count in POLYGENIC.items():
-        causal[t] = [int(blocks[k + i] * block + rng.integers(block)) for i in range(count)]
-        k += count
+    freq, blocks, causal, k = _place_causal(rng, p, block, POLYGENIC)
     pair = [int(blocks[k] * block + rng.integers(block)), int(blocks[k + 1] * block + rng.integers(block))]
     causal["epistatic"] = pair
     freq[pair] = 0.5
