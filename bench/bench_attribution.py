@@ -77,13 +77,20 @@ def simulate_ld(path: Path, n: int, p: int, block: int, seed: int, pair_gap: int
     genetic = np.sum(parts, axis=0)
     genetic /= genetic.std()
     y = 100 + 10 * (np.sqrt(0.7) * genetic + np.sqrt(0.3) * rng.standard_normal(n))
+    names = _write(path, rng, g, y)
+    return {"causal": causal, "block": block, "names": names}
+
+
+def _write(path: Path, rng, g: np.ndarray, y: np.ndarray) -> list[str]:
+    """The simulated lines as hpcsnp text (10 chromosomes, 5 random folds); the SNP names."""
+    n, p = g.shape
     names = [f"Chr{1 + j * 10 // p:02d}_{10_000 * (j + 1)}" for j in range(p)]
     folds = rng.permutation(n) % 5 + 1
     with open(path, "w") as f:
         f.write("line\tfold\tphenotype\t" + "\t".join(names) + "\n")
         for i in range(n):
             f.write(f"L{i}\t{folds[i]}\t{y[i]:.4f}\t" + "\t".join(map(str, g[i])) + "\n")
-    return {"causal": causal, "block": block, "names": names}
+    return names
 
 
 def _ld_genotypes(rng, n: int, p: int, block: int, freq: np.ndarray) -> np.ndarray:
@@ -130,12 +137,7 @@ def simulate_polygenic(path: Path, n: int, p: int, block: int, seed: int, missin
     y = 50 + 10 * (np.sqrt(h2) * genetic + np.sqrt(1 - h2) * rng.standard_normal(n))
     g = g.astype(np.int8)
     g[rng.random(g.shape) < missing] = -1
-    names = [f"Chr{1 + j * 10 // p:02d}_{10_000 * (j + 1)}" for j in range(p)]
-    folds = rng.permutation(n) % 5 + 1
-    with open(path, "w") as f:
-        f.write("line\tfold\tphenotype\t" + "\t".join(names) + "\n")
-        for i in range(n):
-            f.write(f"L{i}\t{folds[i]}\t{y[i]:.4f}\t" + "\t".join(map(str, g[i])) + "\n")
+    names = _write(path, rng, g, y)
     return {"causal": causal, "block": block, "names": names, "additive_sizes": size.tolist()}
 
 
