@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsnp.atomic import check_writable
 from hpcsnp.errors import InputError, ParseError
 from hpcsnp.store import (
     FLOAT32_MAX,
@@ -141,8 +142,6 @@ class IngestReport:
 
 def check_output_path(source: Path, out: Path, *, force: bool) -> None:
     """Refuse an output that is the input itself, or anything --force may not replace."""
-    from hpcsnp.atomic import check_writable
-
     if out.resolve() == Path(source).resolve():
         raise InputError(f"-o {out} is the input file itself; give the store another name")
     check_replaceable(out, force=force)

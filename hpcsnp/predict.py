@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsnp.atomic import check_writable, remove_stale_files
 from hpcsnp.errors import InputError
 from hpcsnp.rundir import RunDir, read_json
 from hpcsnp.store import row_chunks
@@ -363,8 +364,6 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
     inside an input store or the run's data sets (never replaced, even with --force), that
     exists (without --force), or that cannot be written.  Then remove the temporary files a
     killed predict left for these outputs."""
-    from hpcsnp.atomic import check_writable, remove_stale_files
-
     protected = [p.resolve() for p in inputs]
     owned = [run.dataset_dir(d["dataset"]).resolve() for d in run.datasets()] + [run.config_path.resolve(),
                                                                                 run.logs.resolve()]
