@@ -42,10 +42,10 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
     import keras
     import tensorflow as tf
 
-    import hpcsnp.model  # noqa: F401 - registers the custom layers
-    from hpcsnp.baseline import _read_rows
-    from hpcsnp.data import one_hot
-    from hpcsnp.saliency import MarginalAssociation
+    import hpcsnp.cnn.model  # noqa: F401 - registers the custom layers
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.saliency import MarginalAssociation
+    from hpcsnp.linear.baseline import read_rows
 
     d = run / dataset / f"fold_{fold}"
     metrics = json.loads((d / "metrics.json").read_text())
@@ -61,7 +61,7 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
         return tape.gradient(y, x)
 
     rows = np.flatnonzero(store.fold == fold)
-    codes = _read_rows(store, rows)
+    codes = read_rows(store, rows)
     called = codes >= 0
     dosage = np.where(called, codes, 0).astype(np.float64)
     mean_d = dosage.sum(0) / np.maximum(called.sum(0), 1)
@@ -82,7 +82,7 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
         out["ax"] += np.abs(a * (dosage[s:s + batch] - mean_d)).sum(0)
         out["gx"] += np.abs((g * (x_all[s:s + batch] - mean_x)).sum(-1)).sum(0)
     marginal = MarginalAssociation(codes.shape[1])  # what --attribution marginal computes: every line
-    everyone = _read_rows(store, np.arange(store.n_samples))
+    everyone = read_rows(store, np.arange(store.n_samples))
     for s in range(0, len(everyone), batch):
         c = everyone[s:s + batch]
         x = one_hot(tf.constant(c))
@@ -97,11 +97,11 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
 
 def dosage_sd(store_path: Path) -> np.ndarray:
     """Per-SNP standard deviation of the called dosages over every line."""
-    from hpcsnp.baseline import _read_rows
+    from hpcsnp.linear.baseline import read_rows
     from hpcsnp.store import open_store
 
     store = open_store(store_path)
-    g = _read_rows(store, np.arange(store.n_samples)).astype(np.float64)
+    g = read_rows(store, np.arange(store.n_samples)).astype(np.float64)
     g[g < 0] = np.nan
     return np.nanstd(g, axis=0)
 

@@ -177,12 +177,12 @@ def hpcsnp(*args):
 
 
 def rrblup_effects(store_path: Path) -> np.ndarray:
-    from hpcsnp.baseline import _read_rows, gram_matrix
-    from hpcsnp.predict import marker_effects
+    from hpcsnp.linear.baseline import gram_matrix, read_rows
+    from hpcsnp.run.predict import marker_effects
     from hpcsnp.store import open_store
 
     store = open_store(store_path)
-    G, width = gram_matrix(_read_rows(store, np.arange(store.n_samples)), "dosage")
+    G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), "dosage")
     return np.abs(marker_effects(store, "dosage", G, width, np.arange(store.n_samples)).beta)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def make(d: Path, samples: int, snps: int):
-    from hpcsnp.simulate import write_vcf
+    from hpcsnp.io.simulate import write_vcf
 
     rng = np.random.default_rng(0)
     names = [f"Chr{1 + j * 20 // snps:02d}_{1000 * (j + 1)}" for j in range(snps)]

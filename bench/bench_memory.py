@@ -2,7 +2,7 @@
 
 Default sizes: 5,000 x 4,236, 50,000 x 4,236 and 100,000 x 50,000 SNPs (a ~5 GB
 int8 store that is streamed, never loaded whole).  Each store is written block by
-block (hpcsnp.simulate.simulate_store); then one `hpcsnp train --fold 1 --epochs 1
+block (hpcsnp.io.simulate.simulate_store); then one `hpcsnp train --fold 1 --epochs 1
 --steps-per-epoch S --cache never` runs while a sampler reads /proc/<pid>/status
 every 50 ms.  Reported per size: peak VmRSS (the kernel's VmHWM), and the peaks of its
 two parts: RssAnon (this process's own heap: tensors, NumPy, Python) and RssFile
@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the stores (they are large)")
     a = ap.parse_args(argv)
-    from hpcsnp.simulate import simulate_store
+    from hpcsnp.io.simulate import simulate_store
 
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)

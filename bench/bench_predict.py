@@ -80,7 +80,7 @@ def timed_predict(run: Path, source: Path, out: Path) -> dict:
 
 
 def main(argv=None):
-    from hpcsnp.predict import choose_dataset
+    from hpcsnp.run.predict import choose_dataset
     from hpcsnp.rundir import RunDir
     from hpcsnp.store import open_store
 

@@ -6,7 +6,7 @@ by default.  Prints samples/s and achieved GFLOP/s for: the shipped step
 step (every Keras layer, FastDropout); that with Keras' own Dropout layers (the
 lever FastDropout replaced); the shipped step without dropout (the floor of the
 convolutions); jit_compile (XLA); and saliency.  GFLOP/s count the operations
-each variant runs (hpcsnp.model.flops_per_sample: train_step_fused for the fused
+each variant runs (hpcsnp.cnn.model.flops_per_sample: train_step_fused for the fused
 ones); "equiv." is the published model's count per sample x samples/s.  `--pair` runs two copies
 at once with 1 thread each (what `hpcsnp cv` does on 2 cores) and reports their
 sum.
@@ -31,11 +31,11 @@ def measure(args) -> dict:
     import keras
     import tensorflow as tf
 
-    import hpcsnp.fused as hf
-    import hpcsnp.model as hm
+    import hpcsnp.cnn.fused as hf
+    import hpcsnp.cnn.model as hm
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.saliency import make_gradient_saliency
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.saliency import make_gradient_saliency
 
     cfg = Config(batch_size=args.batch)
     fl = hm.flops_per_sample(args.snps, cfg)

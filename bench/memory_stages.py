@@ -47,11 +47,11 @@ def main():
     import zarr  # noqa: F401
 
     say("+ zarr, pandas")
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model
+    from hpcsnp.cnn.saliency import make_gradient_saliency
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.fused import TrainingForward
-    from hpcsnp.model import build_model
-    from hpcsnp.saliency import make_gradient_saliency
 
     cfg, n = Config(), a.snps
     model = build_model(n, cfg)

@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from hpcsnp.ensemble import simplex_weights
-from hpcsnp.predict import choose_dataset
-from hpcsnp.reduce import baseline_rows
+from hpcsnp.run.ensemble import simplex_weights
+from hpcsnp.run.predict import choose_dataset
+from hpcsnp.run.reduce import baseline_rows
 from hpcsnp.rundir import RunDir
 
 

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from hpcsnp.errors import InputError
+
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine."""
@@ -58,7 +60,6 @@ def check_writable(path, *, directory: bool = False) -> None:
     missing, is not a folder or is read-only, a file path that is a folder; for a
     ``directory`` output (created when absent), its nearest existing ancestor must be a
     writable folder."""
-    from hpcsnp.errors import InputError
 
     path = Path(path)
     if directory:

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import InputError
 
 MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in store.check_folds)
@@ -26,7 +27,7 @@ PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "
 # AUTO_SEEDS_MAX (Config.models_per_fold): two for SoyNAM's ~4,050, one from 5,462, five for 1,820
 # or fewer
 AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
-GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.model.BASES
+GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.cnn.model.BASES
 MISSING_DOSAGES = ("mean", "zero")
 
 
@@ -241,6 +242,5 @@ class Config:
         return cls.from_dict(data.get("config", data))
 
     def save(self, path) -> None:
-        from hpcsnp.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -25,6 +25,8 @@ import re
 import socket
 from pathlib import Path
 
+from hpcsnp.atomic import atomic_write_text
+from hpcsnp.config import Config
 from hpcsnp.errors import FoldBusyError, InputError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +106,6 @@ def config_differences(a: dict, b: dict) -> list[str]:
 
 def normalised_config(data: dict) -> dict:
     """Every setting, defaults filled in for keys an older version did not record."""
-    from hpcsnp.config import Config
 
     try:
         return Config.from_dict(data).to_dict()
@@ -202,7 +203,6 @@ class RunDir:
         Binding a data set that has finished folds to another store (or another write of
         it) is refused unless ``force`` (a fold redone with --force): one mistaken command
         must not leave every finished fold looking stale."""
-        from hpcsnp.atomic import atomic_write_text
 
         self.dataset_dir(dataset).mkdir(parents=True, exist_ok=True)
         info_path, variants = self.dataset_json(dataset), self.variants_csv(dataset)
@@ -262,7 +262,6 @@ class RunDir:
 
     def config(self) -> dict | None:
         """RUN/config.json as a dict of every setting, or None when the run has none yet."""
-        from hpcsnp.config import Config
 
         return Config.load(self.config_path).to_dict() if self.config_path.exists() else None
 
@@ -270,7 +269,6 @@ class RunDir:
         """The settings a fold of this run trains with.  Without explicit settings (no
         --config, --publication or hyperparameter option) the run's config.json is used;
         explicit settings must equal it.  A run without config.json gets one from these."""
-        from hpcsnp.config import Config
 
         path = self.config_path
         have = self.config()
@@ -300,7 +298,6 @@ class RunDir:
         """cv's settings become the run's; a run set up with other settings is refused
         unless --force (which redoes every fold).  ``cfg`` None (no settings chosen): the
         run's own settings, else the defaults."""
-        from hpcsnp.config import Config
 
         have = self.config()
         if cfg is None:

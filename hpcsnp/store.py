@@ -23,6 +23,7 @@ import numpy as np
 from hpcsnp.atomic import pid_alive, tmp_name, tmp_pid
 from hpcsnp.config import MAX_FOLDS, MIN_FOLDS
 from hpcsnp.errors import InputError, StoreError
+from hpcsnp.resources import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -453,7 +454,6 @@ class StoreWriter:
         attributes (``n_folds`` and ``fold_sizes`` from ``fold``, checked by the fold rules),
         mark the store complete and rename it into place."""
         from hpcsnp import __version__
-        from hpcsnp.resources import provenance
 
         self.drain()
         self._pool.shutdown()

@@ -20,8 +20,8 @@ def tsv(tmp_path):
 @pytest.fixture(scope="session")
 def sim_store(tmp_path_factory):
     """A small simulated store (through the public simulator and the TSV ingest)."""
-    from hpcsnp.ingest import ingest_tsv
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
+    from hpcsnp.io.text import ingest_tsv
 
     d = tmp_path_factory.mktemp("sim")
     truth = simulate(d / "sim.tsv", samples=240, snps=60, causal=3, folds=3, missing=0.05, seed=1)
@@ -32,7 +32,7 @@ def sim_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(sim_store, tmp_path_factory):
     """All three folds of the simulated store, trained in this process."""
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
 
     path, _ = sim_store
     run = tmp_path_factory.mktemp("run")

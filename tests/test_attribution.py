@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hpcsnp.cnn.model import build_model
+from hpcsnp.cnn.saliency import integrated_gradients, make_attribution, missing_baseline, smoothgrad
 from hpcsnp.config import Config
-from hpcsnp.model import build_model
-from hpcsnp.saliency import integrated_gradients, make_attribution, missing_baseline, smoothgrad
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_a_fold_writes_a_shard_per_attribution(sim_store, tmp_path):
     import zarr
     from helpers import FAST
 
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
     r = train_fold(store, 1, tmp_path, FAST.replace(attribution="smoothgrad,ig,marginal"))
@@ -80,7 +80,7 @@ def test_a_fold_writes_a_shard_per_attribution(sim_store, tmp_path):
 def test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart():
     import pandas as pd
 
-    from hpcsnp.loci import clump, loci_table, r2_matrix
+    from hpcsnp.run.loci import clump, loci_table, r2_matrix
 
     rng = np.random.default_rng(0)
     block = rng.integers(0, 3, 200).astype(float)
@@ -102,8 +102,8 @@ def ig_run(tmp_path_factory):
     """Three folds of a simulated store trained with integrated gradients and the marginal attribution as well."""
     from helpers import FAST, run_cli
 
-    from hpcsnp.simulate import simulate
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.io.simulate import simulate
 
     tmp_path = tmp_path_factory.mktemp("ig")
     simulate(tmp_path / "s.tsv", samples=300, snps=80, causal=3, folds=3, seed=2)
@@ -117,7 +117,7 @@ def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(ig_run):
     import pandas as pd
     from helpers import run_cli
 
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     tmp_path = ig_run
     run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
@@ -158,7 +158,7 @@ def test_a_fold_missing_a_configured_attribution_is_half_written(ig_run, tmp_pat
     import shutil
 
     from hpcsnp.errors import IncompleteRunError
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     copy = tmp_path / "run"
     shutil.copytree(ig_run / "run", copy)
@@ -177,7 +177,7 @@ def test_gwas_into_a_run_never_rebinds_or_adds_a_data_set(ig_run, tmp_path):
 
     from helpers import run_cli
 
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     copy = tmp_path / "run"
     shutil.copytree(ig_run / "run", copy)

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from helpers import run_cli
 
-from hpcsnp.baseline import (
+from hpcsnp.linear.baseline import (
     REMLSpectrum,
-    _gblup_solve,
     centred_kernels,
     encode,
     gblup_fit_predict,
     gblup_kernel_predict,
+    gblup_solve,
     gram_matrix,
     reml_delta,
 )
@@ -109,7 +109,7 @@ def test_reml_spectrum_matches_a_full_eigendecomposition(n, p, centre):
         if centre:
             np.testing.assert_allclose(spec.solve(d), np.linalg.solve(K + d * np.eye(n), y - y.mean()),
                                        rtol=1e-8, atol=1e-10)
-            alpha, mu = _gblup_solve(K, y, d)
+            alpha, mu = gblup_solve(K, y, d)
             np.testing.assert_allclose(spec.solve(d), alpha, rtol=1e-8, atol=1e-10)
             assert spec.mean == pytest.approx(mu, rel=1e-10)
     if not centre:
@@ -134,13 +134,13 @@ def test_kernels_from_one_gram_matrix_equal_the_centred_designs(encoding):
     """Fold kernels from the store-wide uncentred Gram matrix == those of the design centred by
     the fitting rows' means (missing dosages filled with the store-wide mean), and so the
     same GBLUP predictions."""
-    from hpcsnp.baseline import dosage_fill
+    from hpcsnp.genotypes import mean_dosage
 
     rng = np.random.default_rng(3)
     g = rng.integers(0, 3, (50, 30)).astype(np.int8)
     g[rng.random(g.shape) < 0.1] = -1
     fit, new = np.arange(12, 50), np.arange(12)
-    fill = dosage_fill(g)
+    fill = mean_dosage([g], g.shape[1])
     G, width = gram_matrix(g, encoding)
     K, K_new = centred_kernels(G, width, fit, new)
     Z_fit, means = encode(g[fit], encoding, fill=fill)
@@ -157,7 +157,7 @@ def test_kernels_from_one_gram_matrix_equal_the_centred_designs(encoding):
 def test_gram_matrix_is_exact_in_float32_for_integer_designs(monkeypatch):
     """One-hot (and complete dosage) Gram matrices are integer: the float32 products used
     for speed must give them exactly; blocks over SNPs must add up to the whole."""
-    import hpcsnp.baseline as b
+    import hpcsnp.linear.baseline as b
 
     monkeypatch.setattr(b, "GRAM_BLOCK", 7)
     rng = np.random.default_rng(4)
@@ -183,11 +183,11 @@ def test_encodings_center_and_handle_missing():
 
 
 def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
-    from hpcsnp.baseline import baseline_fold
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.linear.baseline import baseline_fold
+    from hpcsnp.run.reduce import reduce_run
     from hpcsnp.store import open_store
-    from hpcsnp.train import train_fold
 
     store, _ = sim_store
     for i in (1, 2, 3):
@@ -224,7 +224,7 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
 def check_ensemble(run, store):
     """Weights on the simplex, chosen on the validation fold only (their validation MSE is
     no worse than any single model's), applied unchanged to the test predictions."""
-    from hpcsnp.data import fold_split
+    from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
 
     w = pd.read_csv(run / "ensemble_weights.csv")
@@ -252,7 +252,7 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
     """Direct computation on small data: distances of the filled dosage design, the kernel,
     REML delta, the mixed-model solve; theta is the validation-MSE minimiser and the
     validation predictions come from a fit on the training rows alone."""
-    from hpcsnp.baseline import RKHS_THETAS, gram_matrix, reml_delta, rkhs_fit_predict, uncentred
+    from hpcsnp.linear.baseline import RKHS_THETAS, gram_matrix, reml_delta, rkhs_fit_predict, uncentred
 
     rng = np.random.default_rng(3)
     g = rng.integers(0, 3, size=(90, 40)).astype(np.int8)
@@ -289,7 +289,7 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
     the one-hot distance keeps them apart, the filled dosage does not. The choice is the
     (distance, theta) with the smallest validation MSE, and its predictions are that
     distance's alone; one-hot squared distances count twice the SNPs whose codes differ."""
-    from hpcsnp.baseline import gram_matrix, rkhs_choose, rkhs_fit_predict
+    from hpcsnp.linear.baseline import gram_matrix, rkhs_choose, rkhs_fit_predict
 
     rng = np.random.default_rng(5)
     n, p = 120, 60
@@ -314,7 +314,7 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
 def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path):
     import os
 
-    from hpcsnp.baseline import cached_gram
+    from hpcsnp.linear.baseline import cached_gram
     from hpcsnp.store import open_store
 
     store = open_store(sim_store[0])
@@ -331,8 +331,8 @@ def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path
 def test_a_baseline_that_cannot_fit_in_memory_is_refused_up_front(sim_store, tmp_path):
     """The exact GBLUP holds n x n matrices: where the memory granted (here SLURM's 100 MB)
     is less than it needs, cv refuses before training anything, naming --no-baseline."""
-    from hpcsnp.baseline import check_memory, memory_needed
     from hpcsnp.errors import InputError
+    from hpcsnp.linear.baseline import check_memory, memory_needed
     from hpcsnp.store import open_store
 
     store = open_store(sim_store[0])

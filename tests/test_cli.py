@@ -41,8 +41,8 @@ def test_end_to_end_finds_planted_snps(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["batch_size"] == 16 and saved["dropout"] == 0.5
     # folds that ran at the same time had cores of their own (when the machine has several)
-    from hpcsnp.cv import core_slots, plan_jobs
     from hpcsnp.resources import granted_cpus
+    from hpcsnp.run.cv import core_slots, plan_jobs
 
     slots = core_slots(*plan_jobs(granted_cpus(), 3), granted_cpus())
     affinity = [json.loads((tmp_path / "run" / "sim" / f"fold_{i}" / "metrics.json").read_text())["cpu_affinity"]
@@ -78,7 +78,7 @@ def test_query_unknown_snp_suggests_close_names(tmp_path):
 
 
 def test_help_and_ingest_do_not_import_tensorflow(tmp_path):
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
     code = ("import sys; from hpcsnp.cli import main\n"
@@ -89,19 +89,25 @@ def test_help_and_ingest_do_not_import_tensorflow(tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
-CNN_MODULES = {"fused", "model", "saliency"}  # the modules that may import TensorFlow at the top
-
-
-def test_only_the_cnn_modules_load_tensorflow():
-    """Every other module imports without TensorFlow (train, data and predict load it inside the
-    functions that run a network), so the verbs that never run one start without it."""
+def package_modules() -> list[str]:
+    """Every module of hpcsnp, by its dotted name."""
     import hpcsnp
 
-    modules = sorted(p.stem for p in Path(hpcsnp.__file__).parent.glob("*.py")
-                     if p.stem not in CNN_MODULES | {"__main__"})
-    assert {"reduce", "ranking", "gwas", "predict", "train", "cli"} <= set(modules)
-    code = "import sys\n" + "".join(f"import hpcsnp.{m}\n" for m in modules) + (
-        "loaded = 'tensorflow' in sys.modules\nassert not loaded, 'tensorflow was imported'\n")
+    root = Path(hpcsnp.__file__).parent
+    return sorted("hpcsnp." + ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                  for p in root.rglob("*.py") if p.stem != "__main__")
+
+
+def test_only_the_cnn_subpackage_loads_tensorflow():
+    """Every module outside hpcsnp.cnn imports without TensorFlow (train, predict and the CLI
+    reach the networks through functions that import them when they run), so the verbs that
+    never run a network (ingest, gwas, reduce, info, query) start without it."""
+    modules = [m for m in package_modules() if not m.startswith("hpcsnp.cnn.")]
+    assert {"hpcsnp.run.reduce", "hpcsnp.run.ranking", "hpcsnp.linear.gwas", "hpcsnp.run.predict",
+            "hpcsnp.cli", "hpcsnp.cnn", "hpcsnp.io.text"} <= set(modules)
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not loaded, f'tensorflow was imported: {loaded[:3]}'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

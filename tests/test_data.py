@@ -5,10 +5,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from hpcsnp.cnn.data import RowSource, one_hot, should_cache
 from hpcsnp.config import Config
-from hpcsnp.data import RowSource, fold_split, one_hot, should_cache, validation_fold
 from hpcsnp.errors import InputError
-from hpcsnp.simulate import simulate_store
+from hpcsnp.folds import fold_split, validation_fold
+from hpcsnp.io.simulate import simulate_store
 from hpcsnp.store import open_store
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from hpcsnp.gwas import associate, benjamini_hochberg, genomic_inflation
+from hpcsnp.linear.gwas import associate, benjamini_hochberg, genomic_inflation
 
 
 def _data(seed=0, n=120, p=30):
@@ -104,7 +104,7 @@ def test_benjamini_hochberg_matches_the_step_up_rule():
 
 def _structured_store(tmp_path, seed=5, n_fam=30, per=10, p=240, n_chrom=4):
     """Families on ``n_chrom`` chromosomes with missing calls and three strong QTL on chromosomes 1-3."""
-    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.io.text import ingest_tsv
 
     rng = np.random.default_rng(seed)
     parents = rng.integers(0, 3, (n_fam, p))
@@ -124,7 +124,7 @@ def _structured_store(tmp_path, seed=5, n_fam=30, per=10, p=240, n_chrom=4):
 def test_leave_one_chromosome_out_equals_gls_with_the_other_chromosomes_kinship(tmp_path):
     from scipy import stats
 
-    from hpcsnp.gwas import gwas_store
+    from hpcsnp.linear.gwas import gwas_store
     from hpcsnp.store import open_store
 
     path, g, y, per_chrom, qtl = _structured_store(tmp_path)
@@ -157,7 +157,7 @@ def test_leave_one_chromosome_out_equals_gls_with_the_other_chromosomes_kinship(
 
 
 def test_one_chromosome_has_nothing_to_leave_out(tmp_path):
-    from hpcsnp.gwas import gwas_store
+    from hpcsnp.linear.gwas import gwas_store
     from hpcsnp.store import open_store
 
     path, *_ = _structured_store(tmp_path, n_chrom=1)

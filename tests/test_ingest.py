@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcsnp.errors import InputError, ParseError, StoreError
-from hpcsnp.ingest import ingest_tsv
+from hpcsnp.io.text import ingest_tsv
 from hpcsnp.store import open_store
 
 HEADER = "fold\tphenotype\tGm01_100\tGm01_200\tGm02_50\n"
@@ -166,7 +166,7 @@ def test_cli_summary_on_real_sample(tmp_path):
 
 def test_killed_ingest_leaves_nothing_that_opens(tmp_path):
     """SIGKILL mid-ingest: no store at the final name, and the temporary one is refused."""
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     src = tmp_path / "big.tsv"
     simulate(src, samples=6000, snps=2000, folds=5, seed=3)

@@ -8,10 +8,10 @@ import pytest
 from helpers import run_cli
 
 from hpcsnp.errors import InputError
-from hpcsnp.ingest import ingest_tsv
-from hpcsnp.ingest_genotypes import PlinkSource, VcfSource, ingest_genotypes
-from hpcsnp.pheno import assign_folds
-from hpcsnp.simulate import simulate_formats
+from hpcsnp.io.genotype_files import PlinkSource, VcfSource, ingest_genotypes
+from hpcsnp.io.pheno import assign_folds
+from hpcsnp.io.simulate import simulate_formats
+from hpcsnp.io.text import ingest_tsv
 from hpcsnp.store import open_store
 
 pytest.importorskip("cyvcf2")

@@ -9,7 +9,7 @@ import json
 import pytest
 from helpers import run_cli
 
-from hpcsnp.simulate import simulate_store
+from hpcsnp.io.simulate import simulate_store
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from hpcsnp.errors import InputError
 
 
 def test_model_follows_the_spec():
-    from hpcsnp.model import build_model
+    from hpcsnp.cnn.model import build_model
 
     m = build_model(100, Config.publication())
     names = [layer.name for layer in m.layers]
@@ -59,7 +59,7 @@ def test_publication_settings_and_overrides():
 
 @pytest.mark.parametrize("rate", [0.75, 0.3])
 def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate):
-    from hpcsnp.model import FastDropout
+    from hpcsnp.cnn.model import FastDropout
 
     d = FastDropout(rate, seed=7)
     x = np.ones((50, 400, 10), np.float32)
@@ -86,10 +86,10 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels, b
     import keras
     import tensorflow as tf
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model, flops_per_sample
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.fused import TrainingForward
-    from hpcsnp.model import build_model, flops_per_sample
 
     k1, k2, ks, k3 = kernels
     cfg = Config(dropout=0.0, kernel_1=k1, kernel_2=k2, kernel_shortcut=ks, kernel_3=k3, genotype_basis=basis)
@@ -135,9 +135,9 @@ def test_the_additive_basis_is_the_one_hot_network_in_other_coordinates():
     import keras
     import tensorflow as tf
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.model import GenotypeBasis, build_model
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.model import GenotypeBasis, build_model
 
     codes = np.array([[-1, 0, 1, 2]], np.int8)
     for s in (1.0, 4.0, 0.5):
@@ -171,12 +171,13 @@ def test_missing_calls_read_as_the_mean_dosage_saved_with_the_model(tmp_path):
     SNP's map stays invertible (the same functions), and the fill is saved with the model."""
     import keras
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
-    from hpcsnp.data import ONE_HOT_TABLE, one_hot
-    from hpcsnp.model import build_model, mean_dosage
+    from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
 
     g = np.array([[0, 1, 2, -1], [2, 2, -1, -1], [0, -1, 2, -1]], np.int8)
-    m = mean_dosage([g[:1], g[1:]], 4)  # batches: the sums add up
+    m = mean_dosage([g[:1], g[1:]], 4, centred=True)  # batches: the sums add up
     np.testing.assert_allclose(m, [-1 / 3, 0.5, 1.0, 0.0])  # an all-missing SNP reads 0
     model = build_model(4, Config(dosage_scale=4.0), m)
     basis = model.get_layer("basis")
@@ -201,9 +202,9 @@ def test_the_fused_step_checks_the_layer_sequence_and_falls_back(caplog):
     activation after conv1 and nothing else) trains through its Keras layers, with a warning."""
     import keras
 
+    from hpcsnp.cnn.fused import TrainingForward, layer_sequence_problem, training_forward
+    from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
-    from hpcsnp.fused import TrainingForward, layer_sequence_problem, training_forward
-    from hpcsnp.model import build_model
 
     cfg = Config()
     m = build_model(100, cfg)
@@ -225,9 +226,9 @@ def test_an_activation_lets_the_network_represent_interactions_within_its_recept
 
     import keras
 
-    from hpcsnp.data import ONE_HOT_TABLE
-    from hpcsnp.fused import training_forward
-    from hpcsnp.model import build_model
+    from hpcsnp.cnn.fused import training_forward
+    from hpcsnp.cnn.model import build_model
+    from hpcsnp.genotypes import ONE_HOT_TABLE
 
     def contrast(model, a, b):
         pre = keras.Model(model.input, model.get_layer("dense").output)  # before the ISRU
@@ -242,7 +243,7 @@ def test_an_activation_lets_the_network_represent_interactions_within_its_recept
     relu = build_model(200, Config(seed=1, activation="relu"))  # relative to the main effects:
     assert contrast(linear, 100, 105) < 1e-4 and contrast(linear, 20, 150) < 1e-4  # float32 rounding
     assert contrast(relu, 100, 105) > 1e-2 and contrast(relu, 20, 150) < 1e-4
-    with caplog.at_level(logging.INFO, logger="hpcsnp.fused"):
+    with caplog.at_level(logging.INFO, logger="hpcsnp.cnn.fused"):
         assert training_forward(relu, Config(activation="relu")) is relu
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert "training through the Keras layers" in caplog.text
@@ -259,10 +260,10 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
     import keras
     import tensorflow as tf
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.fused import TrainingForward
-    from hpcsnp.model import build_model
 
     cfg = Config(dropout=0.25)
     keras.utils.set_random_seed(4)
@@ -306,10 +307,10 @@ def test_bf16_step_computes_in_bfloat16_and_predicts_in_float32():
     import keras
     import tensorflow as tf
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.fused import TrainingForward
-    from hpcsnp.model import build_model
 
     cfg = Config(dropout=0.0, bf16_step=True)
     keras.utils.set_random_seed(6)
@@ -341,11 +342,11 @@ def test_micro_batches_give_the_whole_batch_update():
     import keras
     import tensorflow as tf
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model
+    from hpcsnp.cnn.train import _accumulating_step
     from hpcsnp.config import Config
-    from hpcsnp.data import one_hot
-    from hpcsnp.fused import TrainingForward
-    from hpcsnp.model import build_model
-    from hpcsnp.train import _accumulating_step
 
     cfg = Config(dropout=0.0)
     keras.utils.set_random_seed(3)
@@ -383,7 +384,7 @@ def test_micro_batches_give_the_whole_batch_update():
 
 
 def test_isru_is_bounded_by_alpha():
-    from hpcsnp.model import ISRU
+    from hpcsnp.cnn.model import ISRU
 
     y = ISRU(0.03)(np.array([[-1e6], [0.0], [1.0], [1e6]], np.float32)).numpy().ravel()
     assert y[1] == 0 and y[2] == pytest.approx(1 / np.sqrt(1.03))
@@ -410,7 +411,7 @@ def test_fold_outputs(run, sim_store):
     assert abs(pred["prediction"].mean() - pred["truth"].mean()) < 5 * pred["truth"].std()
     assert pred["prediction"].mean() > 50
     # the saved model reloads and reproduces the predictions
-    from hpcsnp.data import one_hot
+    from hpcsnp.cnn.data import one_hot
 
     model = keras.models.load_model(r.path / "model.keras")
     rows = [int(np.flatnonzero(store.sample_id == s)[0]) for s in pred["sample_id"]]
@@ -419,16 +420,17 @@ def test_fold_outputs(run, sim_store):
     np.testing.assert_allclose(again, pred["prediction"], rtol=1e-4, atol=1e-3)
     # missing calls (5 % of this store's) read as the mean dosage of the lines the final model
     # trained on: the refit's training + validation folds, never the test fold
-    from hpcsnp.model import mean_dosage
+    from hpcsnp.genotypes import mean_dosage
 
     fit_rows = np.flatnonzero(store.fold != 1)
     fill = model.get_layer("basis").missing_dosage.numpy()
-    np.testing.assert_allclose(fill, mean_dosage([store.genotypes[:][fit_rows]], store.n_variants), rtol=1e-6)
-    assert not np.allclose(fill, mean_dosage([store.genotypes[:]], store.n_variants), rtol=1e-4)
+    wanted = mean_dosage([store.genotypes[:][fit_rows]], store.n_variants, centred=True)
+    np.testing.assert_allclose(fill, wanted, rtol=1e-6)
+    assert not np.allclose(fill, mean_dosage([store.genotypes[:]], store.n_variants, centred=True), rtol=1e-4)
 
 
 def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
 
     run_dir, results = run
     before = (results[0].path / "metrics.json").stat().st_mtime_ns
@@ -437,7 +439,7 @@ def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
 
 
 def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, caplog):
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
 
     train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32, seeds=1))
     logs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -448,8 +450,8 @@ def test_the_mean_fill_changes_nothing_where_no_call_is_missing(tmp_path):
     """--missing-dosage mean only acts on missing calls: on a store with none, a fold trains to
     the same predictions to the bit as with --missing-dosage zero (the same random draws, and
     the fill is added as zeros)."""
-    from hpcsnp.simulate import simulate_store
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.io.simulate import simulate_store
 
     simulate_store(tmp_path / "full.zarr", samples=150, snps=40, folds=3, seed=2)
     cfg = FAST.replace(max_epochs=2)
@@ -463,7 +465,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     shard are their averages, and a seed-1 run of the first seed is the same model."""
     import zarr
 
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
     train_fold(store, 1, tmp_path / "two", FAST.replace(seeds=2))
@@ -482,7 +484,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     assert [r["seed"] for r in m["seed_runs"]] == [0, 1] and (two / "seed_1" / "model.keras").exists()
     assert m["models"] == 2 and json.loads((one / "metrics.json").read_text())["models"] == 1
     assert not list(two.rglob("member.npz"))
-    from hpcsnp.predict import predict_run  # predict loads every seed's model of the fold
+    from hpcsnp.run.predict import predict_run  # predict loads every seed's model of the fold
 
     got = predict_run(tmp_path / "two", store, out=tmp_path / "p.csv", fold=1).table.set_index("sample_id")
     np.testing.assert_allclose(got.loc[pred["sample_id"], "cnn_mean"], pred["prediction"], rtol=1e-5)
@@ -491,8 +493,8 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
 def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_store, tmp_path):
     """The default: 80 training lines (240 in 3 folds) are far below AUTO_SEED_LINES, so
     the fold trains AUTO_SEEDS_MAX models, seeds 0..4, averaged."""
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import AUTO_SEEDS_MAX
-    from hpcsnp.train import train_fold
 
     r = train_fold(sim_store[0], 1, tmp_path, FAST.replace(seeds=0, max_epochs=1))
     assert r.metrics["n_train"] == 80 and r.metrics["models"] == AUTO_SEEDS_MAX == 5
@@ -507,8 +509,8 @@ def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_
 def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
     import tensorflow as tf
 
+    from hpcsnp.cnn.train import masked_one_hot
     from hpcsnp.config import Config
-    from hpcsnp.train import masked_one_hot
 
     g = tf.constant(np.random.default_rng(0).integers(0, 3, (64, 500)).astype(np.int8))
     counter = tf.Variable(0, dtype=tf.int64)
@@ -517,7 +519,7 @@ def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
     np.testing.assert_array_equal(a, b)  # same step, same mask
     missing = a[..., 0] == 1  # the missing channel
     assert abs(missing.mean() - 0.3) < 0.01
-    from hpcsnp.data import one_hot
+    from hpcsnp.cnn.data import one_hot
 
     np.testing.assert_array_equal(a[~missing], one_hot(g).numpy()[~missing])  # every other call as it was
     counter.assign(1)

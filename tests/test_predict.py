@@ -9,16 +9,16 @@ import pytest
 from helpers import FAST, run_cli
 
 from hpcsnp.errors import InputError
-from hpcsnp.predict import predict_run
-from hpcsnp.simulate import simulate, simulate_formats, write_plink, write_vcf
+from hpcsnp.io.simulate import simulate, simulate_formats, write_plink, write_vcf
+from hpcsnp.run.predict import predict_run
 
 PRED_COLUMNS = ["prediction", "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local",
                 "observed_fraction"]
 
 
 def _train_run(store, run, k):
-    from hpcsnp.baseline import baseline_fold
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.linear.baseline import baseline_fold
 
     for i in range(1, k + 1):
         train_fold(store, i, run, FAST)
@@ -28,7 +28,7 @@ def _train_run(store, run, k):
 @pytest.fixture(scope="module")
 def vcf_run(tmp_path_factory):
     """A run trained on a store ingested from VCF (so it knows REF/ALT), with its source data."""
-    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
 
     d = tmp_path_factory.mktemp("predict")
     paths = simulate_formats(d / "data", samples=240, snps=60, folds=3, missing=0.05, seed=3)
@@ -42,9 +42,9 @@ def vcf_run(tmp_path_factory):
 def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
     """The fold model alone on its test lines gives predictions.csv; the marker-effect GBLUP
     and the RKHS fit on a fold's fitting rows give that fold's baseline predictions."""
-    from hpcsnp.baseline import cached_gram
-    from hpcsnp.data import fold_split
-    from hpcsnp.predict import kernel_fit, marker_effects
+    from hpcsnp.folds import fold_split
+    from hpcsnp.linear.baseline import cached_gram
+    from hpcsnp.run.predict import kernel_fit, marker_effects
     from hpcsnp.rundir import RunDir
     from hpcsnp.store import open_store
 
@@ -85,7 +85,7 @@ def test_every_format_shuffled_swapped_partial_gives_the_aligned_predictions(vcf
     """TSV with shuffled columns, VCF and PLINK with swapped alleles, each with SNPs absent and
     extra ones, predict exactly what the perfectly aligned store does with the absent SNPs
     missing."""
-    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.io.text import ingest_tsv
 
     d, table = vcf_run
     rng = np.random.default_rng(0)
@@ -141,8 +141,8 @@ def test_every_format_shuffled_swapped_partial_gives_the_aligned_predictions(vcf
 
 def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
     """Same planted effects, lines never seen in training: PCC close to the CV's."""
-    from hpcsnp.ensemble import ensemble_folds
-    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.io.text import ingest_tsv
+    from hpcsnp.run.ensemble import ensemble_folds
     from hpcsnp.rundir import RunDir
 
     simulate(tmp_path / "all.tsv", samples=900, snps=200, causal=4, folds=3, seed=7)
@@ -185,7 +185,7 @@ def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):
     ("sample\tChr01_1\nA\t7\n", "genotype '7' is not one of -1, 0, 1, 2"),
 ])
 def test_bad_text_rows_are_the_errors_ingest_gives(vcf_run, body, message):
-    from hpcsnp.newlines import TextLines
+    from hpcsnp.io.newlines import TextLines
 
     d, _ = vcf_run
     (d / "bad.tsv").write_text(body)
@@ -295,7 +295,7 @@ def _vcf_records(d):
 
 
 def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_path):
-    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
 
     d, _ = vcf_run
     head, body = _vcf_records(d)
@@ -315,7 +315,7 @@ def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_p
 def test_a_call_beyond_the_records_alleles_is_read_as_missing_and_counted(vcf_run, tmp_path):
     """2/2 at a biallelic site is not homozygous ALT: it predicts as a missing call, and the
     alignment report and the ingest report count it; --strict makes it an error."""
-    from hpcsnp.ingest_genotypes import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
     from hpcsnp.store import open_store
 
     d, _ = vcf_run

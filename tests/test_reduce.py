@@ -16,8 +16,8 @@ def test_shard_average_equals_direct_mean_over_all_test_samples(run, sim_store):
     import keras
     import tensorflow as tf
 
-    from hpcsnp.data import one_hot
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.run.reduce import reduce_run
     from hpcsnp.store import open_store
 
     run_dir, _ = run
@@ -42,7 +42,7 @@ def test_shard_average_equals_direct_mean_over_all_test_samples(run, sim_store):
 
 
 def test_reduce_outputs_and_summary(run):
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     run_dir, results = run
     reduce_run(run_dir, top=7, plot=True)
@@ -63,7 +63,7 @@ def test_reduce_outputs_and_summary(run):
 
 
 def test_reduce_refuses_missing_and_half_written_folds(run, tmp_path):
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     run_dir, _ = run
     copy = tmp_path / "copy"
@@ -79,8 +79,8 @@ def test_reduce_refuses_missing_and_half_written_folds(run, tmp_path):
 
 
 def test_query(run):
-    from hpcsnp.reduce import reduce_run
-    from hpcsnp.report import query
+    from hpcsnp.run.reduce import reduce_run
+    from hpcsnp.run.report import query
 
     run_dir, _ = run
     out = reduce_run(run_dir, top=5, plot=False)
@@ -95,7 +95,7 @@ def test_query(run):
 def test_reduce_on_a_distributed_scheduler_gives_the_same_saliency(run):
     """`reduce --scheduler tcp://...`: the Dask graph runs on a distributed cluster."""
     distributed = pytest.importorskip("distributed")
-    from hpcsnp.reduce import dask_context, reduce_run
+    from hpcsnp.run.reduce import dask_context, reduce_run
 
     run_dir, _ = run
     local = reduce_run(run_dir, plot=False)["saliency"]["saliency"].to_numpy()
@@ -113,9 +113,9 @@ def test_two_data_sets_in_one_run(run, sim_store, tmp_path):
 
     from PIL import Image
 
-    from hpcsnp.reduce import reduce_run
-    from hpcsnp.report import query
-    from hpcsnp.train import train_fold
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.run.reduce import reduce_run
+    from hpcsnp.run.report import query
 
     run_dir, _ = run
     reduce_run(run_dir, top=4)  # the one-data-set plot, for comparison
@@ -142,11 +142,11 @@ def test_within_group_pcc_is_reported_when_the_store_has_groups(tmp_path):
     and reduce reports every model's mean within-group PCC beside its PCC."""
     from helpers import FAST, run_cli
 
-    from hpcsnp.baseline import baseline_fold
-    from hpcsnp.reduce import reduce_run, within_group_pcc
-    from hpcsnp.simulate import simulate_formats
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.io.simulate import simulate_formats
+    from hpcsnp.linear.baseline import baseline_fold
+    from hpcsnp.run.reduce import reduce_run, within_group_pcc
     from hpcsnp.store import open_store
-    from hpcsnp.train import train_fold
 
     paths = simulate_formats(tmp_path / "d", samples=180, snps=40, folds=3, seed=5)
     run_cli("ingest", paths["tsv"], "-o", tmp_path / "s.zarr", "--groups", paths["pheno"], "--group-column", "family")

@@ -23,8 +23,8 @@ QUICK = ["--epochs", "2", "--batch-size", "32", "--seeds", "1", "--threads", "1"
 
 
 def _ingest_sim(tmp_path, name="s", **kw):
-    from hpcsnp.ingest import ingest_tsv
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
+    from hpcsnp.io.text import ingest_tsv
 
     args = {"samples": 120, "snps": 30, "causal": 2, "folds": 3, "seed": 3, **kw}
     simulate(tmp_path / f"{name}.tsv", **args)
@@ -86,7 +86,7 @@ def test_ci_installs_into_a_fresh_virtual_environment():
 # --- 2. ingest --force replaces only what is ours ------------------------------------------
 
 def test_force_never_replaces_a_directory_that_is_not_a_store(tmp_path):
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
     folder = tmp_path / "results"
@@ -105,7 +105,7 @@ def test_force_never_replaces_a_directory_that_is_not_a_store(tmp_path):
 
 
 def test_a_killed_ingest_leaves_nothing_the_next_one_keeps(tmp_path):
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
     run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr")
@@ -155,8 +155,8 @@ def test_phenotypes_beyond_float32_are_refused_and_huge_ones_train(tmp_path, tsv
     assert not (tmp_path / "x.zarr").exists()
     import pandas as pd
 
-    from hpcsnp.ingest import ingest_tsv
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
+    from hpcsnp.io.text import ingest_tsv
 
     simulate(tmp_path / "big.tsv", samples=120, snps=30, causal=2, folds=3, seed=2)
     t = pd.read_csv(tmp_path / "big.tsv", sep="\t")
@@ -173,7 +173,7 @@ def test_folds_whose_metrics_cannot_be_computed_are_refused(tmp_path, tsv):
     one_test = "".join(f"{f}\t{i}\t{i % 3}\t{(i * 7) % 3}\n" for i, f in enumerate([1] + [2, 3] * 6))
     constant = "".join(f"{i % 3 + 1}\t5\t{i % 3}\t{(i * 7) % 3}\n" for i in range(12))
     for text, message in ((one_test, "its test set has 1 sample(s)"), (constant, "the phenotype is the same")):
-        from hpcsnp.ingest import ingest_tsv
+        from hpcsnp.io.text import ingest_tsv
 
         path = tsv(head + text)
         ingest_tsv(path, path.with_suffix(".zarr"), progress=False)
@@ -185,8 +185,8 @@ def test_folds_whose_metrics_cannot_be_computed_are_refused(tmp_path, tsv):
 
 
 def _train_folds(store, run, folds=(1, 2, 3), cfg=None, **kw):
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
-    from hpcsnp.train import train_fold
 
     cfg = cfg or Config(max_epochs=2, batch_size=32, seeds=1)
     for i in folds:
@@ -195,7 +195,7 @@ def _train_folds(store, run, folds=(1, 2, 3), cfg=None, **kw):
 
 def test_reduce_refuses_a_fold_with_nan_or_truncated_metrics(sim_store, tmp_path):
     from hpcsnp.errors import IncompleteRunError
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     _train_folds(sim_store[0], tmp_path)
     path = tmp_path / "sim" / "fold_2" / "metrics.json"
@@ -214,9 +214,9 @@ def test_reduce_refuses_a_fold_with_nan_or_truncated_metrics(sim_store, tmp_path
 def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path, monkeypatch, caplog):
     import logging
 
+    from hpcsnp.cnn.train import Checkpointer, train_fold
     from hpcsnp.config import Config
     from hpcsnp.errors import InputError
-    from hpcsnp.train import Checkpointer, train_fold
 
     class Killed(Exception):
         pass
@@ -249,7 +249,7 @@ def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path, mo
 def test_reduce_refuses_folds_trained_with_other_settings_and_redo_keeps_the_run_settings(sim_store, tmp_path):
     from hpcsnp.config import Config
     from hpcsnp.errors import IncompleteRunError
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     _train_folds(sim_store[0], tmp_path, folds=(1, 2))
     (tmp_path / "config.json").unlink()
@@ -277,7 +277,7 @@ def test_cv_refuses_other_settings_on_a_run_that_has_folds(sim_store, tmp_path):
 
 def test_a_re_ingested_store_is_not_mixed_with_folds_of_the_old_one(tmp_path):
     from hpcsnp.errors import IncompleteRunError, InputError
-    from hpcsnp.reduce import reduce_run
+    from hpcsnp.run.reduce import reduce_run
 
     store = _ingest_sim(tmp_path)
     run = tmp_path / "run"
@@ -311,7 +311,7 @@ def test_two_stores_with_one_file_name_need_names(tmp_path):
     assert not (tmp_path / "run" / "x").exists()
     proc = run_cli("cv", a, b, "--run", tmp_path / "run", "--name", "only_one", check=False)
     assert proc.returncode == 2 and "one name per store" in proc.stderr
-    from hpcsnp.cv import plan_datasets
+    from hpcsnp.run.cv import plan_datasets
 
     assert [n for _, n in plan_datasets([a, b], ["x_a", "x_b"], tmp_path / "run")] == ["x_a", "x_b"]
 
@@ -367,7 +367,7 @@ def test_fold_processes_end_with_their_cv(sim_store, tmp_path, sig):
 # --- the principle: one line, exit 2, the file named ----------------------------------------
 
 def test_a_truncated_gzip_is_a_one_line_error(tmp_path):
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     simulate(tmp_path / "s.tsv.gz", samples=200, snps=50, causal=1, folds=3)
     data = (tmp_path / "s.tsv.gz").read_bytes()
@@ -386,14 +386,14 @@ def test_a_truncated_gzip_is_a_one_line_error(tmp_path):
 ])
 def test_header_columns_are_checked_by_name(tsv, tmp_path, header, message):
     from hpcsnp.errors import ParseError
-    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.io.text import ingest_tsv
 
     with pytest.raises(ParseError, match=message):
         ingest_tsv(tsv(header + "1\t2\t0\n" * 3), tmp_path / "o.zarr", progress=False)
 
 
 def test_a_named_id_column_before_fold_is_read_as_ids(tsv, tmp_path):
-    from hpcsnp.ingest import ingest_tsv
+    from hpcsnp.io.text import ingest_tsv
     from hpcsnp.store import open_store
 
     rows = "".join(f"L{i}\t{i % 3 + 1}\t{i}\t{i % 3}\n" for i in range(6))
@@ -417,7 +417,7 @@ def test_bad_thread_settings_are_said_and_capped(monkeypatch):
 
 
 def test_options_that_do_nothing_are_named(tmp_path):
-    from hpcsnp.simulate import simulate
+    from hpcsnp.io.simulate import simulate
 
     simulate(tmp_path / "s.tsv", samples=30, snps=10, causal=1, folds=3)
     proc = run_cli("ingest", tmp_path / "s.tsv", "-o", tmp_path / "s.zarr", "--folds", 5, "--min-maf", 0.05)

@@ -39,7 +39,7 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
     second = run_cli("train", store, *ARGS, "--run", tmp_path / "killed", check=False)
     assert second.returncode == 1 and "is being trained by pid" in second.stderr
     from hpcsnp.errors import IncompleteRunError
-    from hpcsnp.reduce import check_complete, datasets_in
+    from hpcsnp.run.reduce import check_complete, datasets_in
 
     with pytest.raises(IncompleteRunError, match=rf"sim fold 1 \(running now: pid {proc.pid} on "):
         check_complete(tmp_path / "killed", datasets_in(tmp_path / "killed"))
@@ -66,10 +66,11 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     """Without the refit, the saved model is the best validation epoch's, not the last one's."""
     import keras
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
-    from hpcsnp.data import fold_split, one_hot
+    from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
-    from hpcsnp.train import train_fold
 
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, refit=False,
                  seeds=1)
@@ -109,10 +110,11 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     count, each epoch at the learning rate it had then, with those lines' target scale."""
     import keras
 
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
-    from hpcsnp.data import fold_split, one_hot
+    from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
-    from hpcsnp.train import train_fold
 
     # settings under which this fold's best epoch comes before its last (the one-hot channels:
     # in the additive basis it still improves at epoch 12), so the refit's epoch count is tested

@@ -38,6 +38,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpcsnp.atomic import atomic_write_text
+from hpcsnp.errors import InputError
+from hpcsnp.figures import genome_x, pyplot, save_figure
+from hpcsnp.genotypes import mean_dosage
+from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, check_memory, gram_matrix, read_rows
+
 logger = logging.getLogger(__name__)
 
 CHI2_MEDIAN = 0.454936  # median of chi^2 with 1 degree of freedom
@@ -140,7 +146,6 @@ def check_testable(y: np.ndarray, where) -> None:
     """Refuse a phenotype no association test can use: fewer than 3 lines (the t-test has
     n - 2 degrees of freedom) or the same value for every line (nothing to explain; the
     REML fit and every t-statistic would be rounding noise)."""
-    from hpcsnp.errors import InputError
 
     if len(y) < 3:
         raise InputError(f"{where}: {len(y)} phenotyped line(s); the GWAS needs at least 3")
@@ -176,7 +181,6 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     (or none named) there is nothing to leave out: a warning says so, the whole-genome kinship is
     used and gwas.json records why under ``loco_ignored``.  ``progress``:
     called with the number of SNPs tested after each chromosome."""
-    from hpcsnp.baseline import REMLSpectrum, _read_rows, centred_kernels, check_memory, dosage_fill, gram_matrix
 
     t0 = time.perf_counter()
     y = store.phenotype.astype(np.float64)
@@ -191,7 +195,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         logger.warning(f"--loco: {unnamed:,} SNPs carry no chromosome; they are left out together, as one more "
                        "chromosome")
     check_memory(store)
-    g = _read_rows(store, np.arange(store.n_samples))
+    g = read_rows(store, np.arange(store.n_samples))
     G, width = gram if gram is not None else gram_matrix(g, "dosage")
     everyone = np.arange(store.n_samples)
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
@@ -204,7 +208,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
             progress(g.shape[1])
     else:
         del K
-        fill = dosage_fill(g)
+        fill = mean_dosage([g], g.shape[1])
         parts = []
         for cols in groups:
             G_c, width_c = gram_matrix(g[:, cols], "dosage", fill=fill[cols])
@@ -237,7 +241,6 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
 
 def write_gwas(result: GwasResult, out_dir: Path, label: str = "") -> list[Path]:
     """gwas.csv, gwas.json and the Manhattan and QQ plots in ``out_dir``."""
-    from hpcsnp.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / GWAS_CSV, result.table.to_csv(index=False, float_format="%.6g"))
@@ -249,9 +252,8 @@ def write_gwas(result: GwasResult, out_dir: Path, label: str = "") -> list[Path]
 
 
 def plot_manhattan(table: pd.DataFrame, summary: dict, path: Path, label: str = "", ax=None) -> None:
-    from hpcsnp.report import _pyplot, _save, genome_x
 
-    plt = _pyplot()
+    plt = pyplot()
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(12, 3.4))
@@ -269,13 +271,12 @@ def plot_manhattan(table: pd.DataFrame, summary: dict, path: Path, label: str = 
     ax.set_title(f"{label} mixed-model GWAS (lambda {summary['lambda_gc']:.3f})".strip(), fontsize=9)
     if own:
         fig.tight_layout()
-        _save(fig, path)
+        save_figure(fig, path)
 
 
 def plot_qq(p: np.ndarray, lam: float, path: Path, label: str = "") -> None:
-    from hpcsnp.report import _pyplot, _save
 
-    plt = _pyplot()
+    plt = pyplot()
     p = np.sort(p[np.isfinite(p)])
     expected = -np.log10((np.arange(1, len(p) + 1) - 0.5) / len(p))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -286,4 +287,4 @@ def plot_qq(p: np.ndarray, lam: float, path: Path, label: str = "") -> None:
     ax.set_ylabel("observed -log10 p")
     ax.set_title(f"{label} QQ (lambda {lam:.3f})".strip(), fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -37,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.errors import InputError
+from hpcsnp.atomic import atomic_replace_dir, atomic_write_text
+from hpcsnp.errors import FoldFailedError, InputError
+from hpcsnp.folds import check_fold_usable, fold_split
+from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
+from hpcsnp.metrics import all_finite, regression_metrics
+from hpcsnp.resources import memory_limit_bytes, provenance
+from hpcsnp.rundir import RunDir, check_same_store, dataset_name, read_json
+from hpcsnp.store import open_store, read_genotype_rows
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +82,6 @@ def check_memory(store, available: int | None = None) -> None:
     """Refuse, before any work, a baseline that would run out of memory halfway: it needs
     O(n^2) memory (``memory_needed``), and ``available`` (default: what this process may
     use, see resources.memory_limit_bytes) is less."""
-    from hpcsnp.resources import memory_limit_bytes
 
     available = memory_limit_bytes() if available is None else available
     need = memory_needed(store.n_samples, store.n_variants)
@@ -85,14 +91,6 @@ def check_memory(store, available: int | None = None) -> None:
                          "is available here: run with --no-baseline (hpcsnp cv) or on a node with more memory")
 
 
-def dosage_fill(g: np.ndarray) -> np.ndarray:
-    """Per-SNP mean dosage over the called genotypes (0 for an all-missing SNP)."""
-    called = g >= 0
-    n = called.sum(axis=0)
-    total = np.where(called, g, 0).sum(axis=0, dtype=np.int64)
-    return np.where(n > 0, total / np.maximum(n, 1), 0.0)
-
-
 def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) -> np.ndarray:
     """int8 codes [n, p] -> the uncentred design (float64): dosage with missing calls
     replaced by ``fill`` (default: the column means of ``g``), or the one-hot channels."""
@@ -100,11 +98,10 @@ def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) -> n
         x = g.astype(np.float64)
         miss = g < 0
         if miss.any():
-            fill = dosage_fill(g) if fill is None else fill
+            fill = mean_dosage([g], g.shape[1]) if fill is None else fill
             x = np.where(miss, fill, x)
         return x
     if encoding == "onehot":
-        from hpcsnp.data import ONE_HOT_TABLE
 
         return ONE_HOT_TABLE[g.astype(np.int64) + 1].reshape(len(g), -1).astype(np.float64)
     raise InputError(f"unknown encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
@@ -140,7 +137,7 @@ def gram_matrix(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) ->
     n, p = g.shape
     exact = encoding == "onehot" or not (g < 0).any()
     if encoding == "dosage" and not exact and fill is None:
-        fill = dosage_fill(g)
+        fill = mean_dosage([g], g.shape[1])
     dt = np.float32 if exact else np.float64
     out = np.zeros((n, n), dt)
     width = 0
@@ -311,17 +308,17 @@ def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=Fals
         delta, _ = spectrum.maximise()
     inner_pred = None
     if inner_K is not None:
-        a_in, mu_in = _gblup_solve(inner_K[0], y_fit[fit], delta, overwrite=True)
+        a_in, mu_in = gblup_solve(inner_K[0], y_fit[fit], delta, overwrite=True)
         inner_pred = mu_in + inner_K[1] @ a_in
     if spectrum is not None and spectrum.centred:
         alpha, mu = spectrum.solve(delta), spectrum.mean
     else:  # REMLSpectrum overwrites K only when it is centred
-        alpha, mu = _gblup_solve(K, y_fit, delta, overwrite=overwrite)
+        alpha, mu = gblup_solve(K, y_fit, delta, overwrite=overwrite)
     pred = mu + K_new @ alpha
     return pred, float(delta), mu, inner_pred
 
 
-def _gblup_solve(K, y, delta, overwrite=False):
+def gblup_solve(K, y, delta, overwrite=False):
     """alpha = (K + delta I)^-1 (y - mu 1) with mu the GLS intercept; returns (alpha, mu).
     One Cholesky factorisation for both right-hand sides; alpha is linear in them."""
     from scipy.linalg import cho_factor, cho_solve
@@ -415,14 +412,6 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/."""
     import pandas as pd
 
-    from hpcsnp.atomic import atomic_replace_dir
-    from hpcsnp.data import fold_split
-    from hpcsnp.errors import FoldFailedError
-    from hpcsnp.metrics import all_finite, regression_metrics
-    from hpcsnp.resources import provenance
-    from hpcsnp.rundir import RunDir, check_same_store, dataset_name, read_json
-    from hpcsnp.store import open_store
-    from hpcsnp.train import check_fold_usable
 
     store = open_store(store_path)
     dataset = dataset_name(store, dataset)
@@ -500,7 +489,6 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
     Returns (G, design width, seconds spent computing it here; 0 when read)."""
     import fcntl
 
-    from hpcsnp.atomic import atomic_write_text
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -525,7 +513,7 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
                 pass
             logger.warning(f"{data_path} is damaged; computing it again")
         t0 = time.perf_counter()
-        g = _read_rows(store, np.arange(store.n_samples))
+        g = read_rows(store, np.arange(store.n_samples))
         G, width = gram_matrix(g, encoding)
         del g
         exact = bool(np.array_equal(G, np.round(G)) and np.abs(G).max(initial=0) < 1 << 24)
@@ -540,9 +528,8 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
         return G, width, seconds
 
 
-def _read_rows(store, rows):
+def read_rows(store, rows):
     """The genotypes of ``rows`` (sorted store rows) as one int8 array, chunk by chunk."""
-    from hpcsnp.store import read_genotype_rows
 
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), store.n_variants), dtype=np.int8)

@@ -24,12 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.atomic import atomic_replace_dir, atomic_write_text
+from hpcsnp.cnn.data import RowSource, one_hot, should_cache
+from hpcsnp.cnn.fused import training_forward
+from hpcsnp.cnn.model import build_model, fills_missing, flops_per_sample
+from hpcsnp.cnn.saliency import ATTRIBUTIONS, MarginalAssociation, fold_attributions
 from hpcsnp.config import Config
-from hpcsnp.data import RowSource, fold_split, should_cache
 from hpcsnp.errors import FoldFailedError, InputError
+from hpcsnp.folds import check_fold_usable, fold_split
+from hpcsnp.genotypes import mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
-from hpcsnp.rundir import RunDir, check_same_store, config_differences, dataset_name, read_json
+from hpcsnp.rundir import RunDir, check_same_store, config_differences, dataset_name, read_json, shard_file
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -66,22 +71,6 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
             shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True, exist_ok=True)
         return _train(store, split, dataset, final, partial, cfg, threads)
-
-
-def check_fold_usable(store, split) -> None:
-    """Refuse, before any work, a fold whose test metrics could not be computed or whose
-    training could not be scaled: fewer than 2 samples in a set, or a constant phenotype."""
-    fold = split.test_fold
-    y = store.phenotype
-    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
-        if len(rows) < 2:
-            raise InputError(f"{store.path}: fold {fold} cannot be trained and evaluated: its {name} set has "
-                             f"{len(rows)} sample(s), at least 2 are needed (re-ingest with fewer, larger folds)")
-    for name, rows in (("training", split.train), ("test", split.test)):
-        if np.ptp(y[rows]) == 0:
-            raise InputError(f"{store.path}: fold {fold}: the phenotype is the same ({y[rows][0]:.6g}) for every "
-                             f"sample of its {name} set, so " + ("PCC is undefined" if name == "test" else
-                                                                 "there is nothing to learn"))
 
 
 def _skipped(final: Path, dataset: str, fold: int, store) -> FoldResult:
@@ -288,13 +277,13 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
 def training_fill(src, cfg) -> np.ndarray | None:
     """The per-SNP dosage missing calls read as (``cfg.missing_dosage`` "mean"): the mean
     centred dosage of the lines ``src`` trains on, which the model saves; None otherwise."""
-    from hpcsnp.model import fills_missing, mean_dosage
 
     if not fills_missing(cfg):
         return None
     if src.cached is not None:
-        return mean_dosage([src.cached], src.store.n_variants)
-    return mean_dosage((g for g, _, _ in src.batches(cfg.eval_batch_size, shuffle=False)), src.store.n_variants)
+        return mean_dosage([src.cached], src.store.n_variants, centred=True)
+    return mean_dosage((g for g, _, _ in src.batches(cfg.eval_batch_size, shuffle=False)), src.store.n_variants,
+                       centred=True)
 
 
 def refit_rows(split) -> np.ndarray:
@@ -395,9 +384,6 @@ class CompiledSteps:
         import keras
         import tensorflow as tf
 
-        from hpcsnp.data import one_hot
-        from hpcsnp.fused import training_forward
-        from hpcsnp.model import build_model
 
         self = cls()
         self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
@@ -451,7 +437,6 @@ class CompiledSteps:
     def attributions(self, src) -> tuple[dict, int, dict]:
         """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
         samples; the count; the seconds each took."""
-        from hpcsnp.saliency import ATTRIBUTIONS, fold_attributions
 
         methods = [m for m in self.cfg.attribution_methods() if m in ATTRIBUTIONS]
         return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
@@ -459,7 +444,6 @@ class CompiledSteps:
 
     def marginal(self, src) -> np.ndarray:
         """The ``marginal`` attribution of this model over ``src``'s lines (phenotype units)."""
-        from hpcsnp.saliency import MarginalAssociation
 
         acc = MarginalAssociation(self.n_var)
         for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
@@ -629,7 +613,6 @@ class FoldOutputs:
     def attribution_shard(self, method: str, total, n: int, cfg) -> None:
         import zarr
 
-        from hpcsnp.rundir import shard_file
 
         n_var = len(total)
         shard = zarr.create_array(str(self.dir / shard_file(method)), shape=(n_var,), dtype="float64",
@@ -706,7 +689,6 @@ def masked_one_hot(cfg, counter):
     to predict lines with absent SNPs."""
     import tensorflow as tf
 
-    from hpcsnp.data import one_hot
 
     def encode(g):
         seed = tf.stack([tf.constant(cfg.seed * 7919 + 17, tf.int64), tf.cast(counter, tf.int64)])
@@ -781,7 +763,6 @@ def eval_batch_size(cfg, n_variants: int) -> int:
 def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:
     """Samples/s and achieved GFLOP/s (model FLOPs, see model.flops_per_sample) of the
     training epochs (validation passes included in their time), saliency and prediction."""
-    from hpcsnp.model import flops_per_sample
 
     fl = flops_per_sample(n_var, cfg)
     samples = state.get("samples", 0)

@@ -28,10 +28,27 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.atomic import check_writable, remove_stale_files
+from hpcsnp.atomic import atomic_write_text, check_writable, remove_stale_files, tmp_name
+from hpcsnp.config import Config
 from hpcsnp.errors import InputError
+from hpcsnp.genotypes import mean_dosage
+from hpcsnp.io.newlines import VariantMeta, align, check_overlap, open_new_lines
+from hpcsnp.linear.baseline import (
+    KERNEL_KINDS,
+    REMLSpectrum,
+    cached_gram,
+    centred_kernels,
+    check_memory,
+    gblup_solve,
+    read_rows,
+    squared_distances,
+    uncentred,
+)
+from hpcsnp.resources import cap_threads, configure_tensorflow
+from hpcsnp.run.ensemble import ensemble_folds
+from hpcsnp.run.reduce import baseline_rows, check_complete
 from hpcsnp.rundir import RunDir, read_json
-from hpcsnp.store import row_chunks
+from hpcsnp.store import open_store, row_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +90,6 @@ class MarkerEffects:
     delta: float
 
     def predict(self, g: np.ndarray) -> np.ndarray:
-        from hpcsnp.baseline import uncentred
 
         return self.mu + (uncentred(g, self.encoding, self.fill) - self.means) @ self.beta
 
@@ -82,7 +98,6 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     """GBLUP fitted on ``fit_rows`` (REML delta), turned into marker effects by one pass over
     the store.  ``G``: the store's uncentred Gram matrix (baseline.cached_gram).  On a fold's
     fitting rows it reproduces that fold's baseline predictions (tested)."""
-    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, centred_kernels, uncentred
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
     y = store.phenotype.astype(np.float64)[fit_rows]
@@ -92,11 +107,11 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     if spectrum.centred:  # always, up to rounding: the kernel is centred by its own rows
         alpha, mu = spectrum.solve(delta), spectrum.mean
     else:  # then REMLSpectrum left K as it was
-        alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
+        alpha, mu = gblup_solve(K, y, delta, overwrite=True)
     del K, spectrum
     # missing dosages are filled with the SNP's mean over every sample of the store, as the
     # baseline's Gram matrix does (no phenotype involved)
-    fill = dosage_fill_of(store)
+    fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
     beta, col_sum = None, None
     for lo, hi, g in row_chunks(store):
         a, b = np.searchsorted(fit_rows, [lo, hi])
@@ -136,21 +151,9 @@ class KernelFit:
 
 def kernel_design(g: np.ndarray, distance: str, fill: np.ndarray) -> np.ndarray:
     """The design an RKHS kernel measures distances in: float64 dosages, float32 one-hot codes."""
-    from hpcsnp.baseline import uncentred
 
     x = uncentred(g, distance, fill)
     return x.astype(np.float32) if distance == "onehot" else x
-
-
-def dosage_fill_of(store) -> np.ndarray:
-    """Per-SNP mean dosage over every sample of the store, by chunks (the baselines' fill)."""
-    p = store.n_variants
-    called, total = np.zeros(p, np.int64), np.zeros(p, np.int64)
-    for _, _, g in row_chunks(store):
-        ok = g >= 0
-        called += ok.sum(axis=0)
-        total += np.where(ok, g, 0).sum(axis=0, dtype=np.int64)
-    return np.where(called > 0, total / np.maximum(called, 1), 0.0)
 
 
 def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage", X=None) -> KernelFit:
@@ -158,7 +161,6 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     ``distance`` encoding: on a fold's fitting rows and its chosen kernel it reproduces that
     fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten;
     ``X``: the fitting rows' design (kernel_design) when the caller already has it."""
-    from hpcsnp.baseline import REMLSpectrum, _gblup_solve, _read_rows, squared_distances
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
     D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
@@ -168,10 +170,10 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     del D2
     y = store.phenotype.astype(np.float64)[fit_rows]
     delta, _ = REMLSpectrum(K, y).maximise()
-    alpha, mu = _gblup_solve(K, y, delta, overwrite=True)
-    fill = dosage_fill_of(store)
+    alpha, mu = gblup_solve(K, y, delta, overwrite=True)
+    fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
     if X is None:
-        X = kernel_design(_read_rows(store, fit_rows), distance, fill)
+        X = kernel_design(read_rows(store, fit_rows), distance, fill)
     return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
 
 
@@ -192,8 +194,6 @@ def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = Non
     chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
     for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
     distance, shared between the RKHS fits (filled here), so they are read and held once."""
-    from hpcsnp.atomic import atomic_write_text
-    from hpcsnp.baseline import KERNEL_KINDS, _read_rows, cached_gram, check_memory
 
     cache = run.baseline_cache(ds["dataset"], kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
@@ -205,7 +205,7 @@ def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = Non
                     distance = str(z["distance"])
                     X = designs.get(distance) if designs is not None else None
                     if X is None:
-                        X = kernel_design(_read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
+                        X = kernel_design(read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
                     if designs is not None:
                         designs[distance] = X
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
@@ -255,8 +255,8 @@ class FoldModels:
     def __init__(self, run: RunDir, dataset: str, folds: list[int], n_variants: int):
         import tensorflow as tf
 
-        import hpcsnp.model  # noqa: F401 - registers the custom layers for loading
-        from hpcsnp.data import one_hot
+        import hpcsnp.cnn.model  # noqa: F401 - registers the custom layers for loading
+        from hpcsnp.cnn.data import one_hot
 
         self.folds = list(folds)
         self.models, means, sds = [], [], []  # models: per fold, its model and those of its other seeds
@@ -317,7 +317,6 @@ def ensemble_weights(run: RunDir, ds: dict, baselines: list[str]) -> dict | None
     """Weights of cnn + baselines for the headline: each fold's weights (chosen on its
     validation fold by ``reduce``'s rule) averaged over the folds; None when the run has no
     baseline or no validation predictions."""
-    from hpcsnp.ensemble import ensemble_folds
 
     if not baselines:
         return None
@@ -391,13 +390,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     import pandas as pd
     from tqdm import tqdm
 
-    from hpcsnp.atomic import atomic_write_text, tmp_name
-    from hpcsnp.config import Config
-    from hpcsnp.newlines import VariantMeta, align, check_overlap, open_new_lines
-    from hpcsnp.reduce import baseline_rows, check_complete
-    from hpcsnp.resources import cap_threads, configure_tensorflow
-    from hpcsnp.store import open_store
-    from hpcsnp.train import eval_batch_size
+    from hpcsnp.cnn.train import eval_batch_size
 
     t0 = time.perf_counter()
     n_threads = cap_threads(threads)  # before TensorFlow or NumPy's BLAS start their pools

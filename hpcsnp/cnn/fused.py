@@ -1,6 +1,6 @@
 """The fast training step: the model's function with the same parameters, fewer operations.
 
-``TrainingForward`` recomputes the network of ``hpcsnp.model.build_model`` for training
+``TrainingForward`` recomputes the network of ``hpcsnp.cnn.model.build_model`` for training
 (see its docstring for how); the Keras model stays what is saved, evaluated and
 explained.  It relies on the layer sequence of that model, so ``training_forward``
 checks the sequence when it is built and falls back to the Keras model, saying why,
@@ -13,7 +13,7 @@ import logging
 
 import tensorflow as tf
 
-from hpcsnp.model import ISRU, FastDropout, GenotypeBasis
+from hpcsnp.cnn.model import ISRU, FastDropout, GenotypeBasis
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from hpcsnp.atomic import tmp_name
 from hpcsnp.errors import InputError
-from hpcsnp.ingest import IngestReport, check_output_path
-from hpcsnp.pheno import assign_folds, folds_from, match_samples, read_pheno
+from hpcsnp.io.pheno import assign_folds, folds_from, group_lookup, match_samples, read_pheno
+from hpcsnp.io.text import IngestReport, check_output_path
 from hpcsnp.store import (
     SampleBlock,
     check_phenotype_float32,
@@ -305,7 +305,6 @@ def ingest_genotypes(source, out, *, pheno, pheno_column=None, drop_unmatched=Fa
             groups = table[group_column].astype(str).str.strip()
         lookup = None
         if groups is not None:
-            from hpcsnp.pheno import group_lookup
 
             lookup = group_lookup(groups, str(source.path))
         step = chunk_rows or default_chunk_rows(n_var)

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcsnp.errors import FoldFailedError, InputError
-from hpcsnp.rundir import RunDir, read_json
+from hpcsnp.resources import granted_cpus
+from hpcsnp.rundir import RunDir, dataset_name, read_json
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,6 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False) -> list[tuple]
     """(open store, data-set name) per store, checked before hours of training: every store
     opens, names are plain and distinct, and a data set already in the run comes from the
     same write of its store (unless ``force``, which redoes it)."""
-    from hpcsnp.rundir import dataset_name
 
     if names and len(names) != len(stores):
         raise InputError(f"--name was given {len(names)} time(s) for {len(stores)} store(s): give one name per "
@@ -185,7 +185,6 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
     """Every fold of every (store, name) of ``plan`` (from plan_datasets), then the baselines."""
     from tqdm import tqdm
 
-    from hpcsnp.resources import granted_cpus
 
     run = RunDir(run_dir)
     run.logs.mkdir(parents=True, exist_ok=True)

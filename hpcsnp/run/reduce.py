@@ -18,18 +18,21 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.atomic import atomic_write_text
-from hpcsnp.ensemble import ensemble_folds
+from hpcsnp.config import Config
 from hpcsnp.errors import IncompleteRunError, InputError
+from hpcsnp.linear.baseline import KINDS, model_name
 from hpcsnp.metrics import all_finite
-from hpcsnp.ranking import rank_dataset
-from hpcsnp.report import (
+from hpcsnp.resources import granted_cpus
+from hpcsnp.run.ensemble import ensemble_folds
+from hpcsnp.run.ranking import rank_dataset
+from hpcsnp.run.report import (
     SALIENCY_CSV,
     plot_attribution_vs_gwas,
     plot_fold_pcc,
     plot_observed_predicted,
     plot_saliency,
 )
-from hpcsnp.rundir import RunDir, read_json, shard_file
+from hpcsnp.rundir import RunDir, config_differences, normalised_config, read_json, shard_file
 from hpcsnp.store import peek_store_id
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,6 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     """Every CNN fold of every data set is finished, readable, from the store write that
     dataset.json names, with finite metrics and the run's settings; else refuse, naming each
     fold and the command that redoes it with the run's settings."""
-    from hpcsnp.rundir import normalised_config
 
     run = RunDir(run_dir)
     wanted = run.config()
@@ -119,7 +121,6 @@ def _needs_name(ds) -> bool:
 
 def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | None:
     """Why a finished-looking fold cannot be merged, or None."""
-    from hpcsnp.rundir import config_differences, normalised_config
 
     try:
         m = read_json(metrics_path)
@@ -143,8 +144,6 @@ def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | No
 
 def _attributions(config: dict) -> list[str]:
     """The attribution methods a fold's recorded settings computed."""
-    from hpcsnp.config import Config
-    from hpcsnp.rundir import normalised_config
 
     try:
         return Config.from_dict(normalised_config(config)).attribution_methods()
@@ -172,7 +171,6 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
         return
     if scheduler not in ("threads", "processes", "synchronous"):
         raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous or an address")
-    from hpcsnp.resources import granted_cpus
 
     with dask.config.set(scheduler=scheduler, num_workers=granted_cpus(threads)):
         yield None
@@ -334,7 +332,6 @@ def baseline_rows(run_dir: Path, ds: dict) -> list[dict]:
     """Fold-log rows of each baseline that is complete for this data set; a partial one
     is left out with a warning naming the command that completes it."""
 
-    from hpcsnp.baseline import KINDS, model_name
 
     rows, run = [], RunDir(run_dir)
     for enc in KINDS:

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.config import ATTRIBUTION_METHODS, SIGNED_ATTRIBUTIONS
-from hpcsnp.errors import InputError
+from hpcsnp.errors import InputError, StoreError
+from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
 from hpcsnp.rundir import RunDir
+from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
     """Scores of every method the folds computed (saliency: the run's mean, given), their
     top ``top`` SNPs clumped into loci (r^2 from the store), stability across folds, and
     the comparison with RUN/<dataset>/gwas.csv when it exists."""
-    from hpcsnp.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
 
     name = ds["dataset"]
     scores = var[["snp", "chrom", "pos"]].copy()
@@ -157,8 +158,6 @@ def _read_gwas(path, ds: dict) -> pd.DataFrame:
 
 
 def _open(ds: dict):
-    from hpcsnp.errors import StoreError
-    from hpcsnp.store import open_store
 
     try:
         return open_store(ds["store"])

@@ -10,47 +10,15 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.errors import InputError
+from hpcsnp.figures import genome_x, pyplot, save_figure
 
 SALIENCY_CSV = "avg_saliency.csv"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
-    """x coordinate along the genome: chromosome blocks in file order, positions within;
-    SNP index where names gave no position.  Returns x and (label, centre) ticks."""
-    if (frame["pos"] < 0).any():
-        return np.arange(len(frame), dtype=float), []
-    x = np.empty(len(frame))
-    ticks, offset = [], 0.0
-    for chrom, g in frame.groupby("chrom", sort=False):
-        pos = g["pos"].to_numpy(float)
-        x[g.index.to_numpy() - frame.index[0]] = offset + pos - pos.min()
-        span = max(pos.max() - pos.min(), 1.0)
-        ticks.append((chrom, offset + span / 2))
-        offset += span * 1.02
-    return x, ticks
 
 
 def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, labels=None) -> None:
     """Mean saliency along the genome; labelled: ``labels`` (the lead SNPs of the top loci)
     when given, else the top ``label_top`` SNPs."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(saliency["dataset"]))
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
@@ -73,13 +41,13 @@ def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, label
         ax.set_xlim(x.min() - 1, x.max() + 1)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_attribution_vs_gwas(rankings, path: Path) -> None:
     """Per data set with a GWAS: its Manhattan plot above the mean saliency on the same genome
     axis, the top loci of each marked, loci found by both in red."""
-    plt = _pyplot()
+    plt = pyplot()
     done = [g for g in rankings if g.gwas is not None]
     fig, axes = plt.subplots(2 * len(done), 1, figsize=(12, 5.6 * len(done)), squeeze=False, sharex=False)
     for k, g in enumerate(done):
@@ -106,7 +74,7 @@ def plot_attribution_vs_gwas(rankings, path: Path) -> None:
                          fontsize=9)
         bottom_ax.set_title("mean saliency (top loci marked; red: also a top GWAS locus)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 MODEL_COLOURS = {"cnn": "#1f4e79", "gblup_dosage": "#b5651d", "gblup_onehot": "#d9a05b", "ensemble": "#2e7d32"}
@@ -116,7 +84,7 @@ def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
     """Per data set, the test PCC of every model in every fold (one point each, a line per
     fold joining the models, the mean as a bar): the publication's Figure 2 with the
     baseline and the ensemble beside the CNN."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(log["dataset"]))
     fig, axes = plt.subplots(1, len(names), figsize=(1.6 + 2.4 * len(names), 4), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
@@ -133,13 +101,13 @@ def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
         ax.set_xlim(-0.5, len(models) - 0.5)
     axes[0, 0].set_ylabel("test PCC per fold (bar: mean)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_observed_predicted(preds: pd.DataFrame, path: Path) -> None:
     """Observed against predicted for every test sample, one panel per data set and model
     (``preds``: dataset, model, truth, prediction), with the PCC over all test folds."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(preds["dataset"]))
     models = list(dict.fromkeys(preds["model"]))
     fig, axes = plt.subplots(len(names), len(models), figsize=(3.2 * len(models), 3.2 * len(names)),
@@ -161,7 +129,7 @@ def plot_observed_predicted(preds: pd.DataFrame, path: Path) -> None:
             ax.set_xlabel("predicted")
             ax.set_ylabel("observed")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def query(run_dir, snps: list[str]) -> pd.DataFrame:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hpcsnp.store import row_chunks
+
 WINDOW_KB = 5000  # plant LD (inbred families) spans megabases
 R2_MIN = 0.5
 
@@ -25,7 +27,6 @@ R2_MIN = 0.5
 def genotype_columns(store, columns) -> np.ndarray:
     """Dosages of the given SNP columns for every sample, float64 [n, k], missing calls set
     to the column mean; read chunk by chunk (memory n x k)."""
-    from hpcsnp.store import row_chunks
 
     columns = np.asarray(columns, dtype=np.int64)
     out = np.empty((store.n_samples, len(columns)))

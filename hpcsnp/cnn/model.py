@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, regularizers
 
-from hpcsnp.data import ONE_HOT_TABLE
+from hpcsnp.genotypes import ONE_HOT_TABLE
 
 # Per-SNP coordinates the convolutions read (GenotypeBasis), by genotype code (-1 missing,
 # 0, 1, 2 copies of the counted allele).  "additive": missing, centred allele dosage (-1, 0, 1),
@@ -110,21 +110,6 @@ def fills_missing(cfg) -> bool:
     """Whether the model's basis reads missing calls at a per-SNP mean dosage (``cfg.missing_dosage``
     "mean" with a basis layer; the one-hot channels have no dosage coordinate)."""
     return cfg.missing_dosage == "mean" and BASES[cfg.genotype_basis] is not None
-
-
-def mean_dosage(batches, n_snps: int, block_bytes: int = 1 << 24) -> np.ndarray:
-    """Per-SNP mean centred dosage (code - 1) over the called genotypes of int8 code batches
-    [b, n_snps]; 0 for a SNP with no call.  Integer sums over blocks of ~16 MB, so a fold's
-    cached rows are read without a float copy of them."""
-    total, called = np.zeros(n_snps, np.int64), np.zeros(n_snps, np.int64)
-    step = max(1, block_bytes // max(n_snps, 1))
-    for g in batches:
-        for lo in range(0, len(g), step):
-            b = g[lo:lo + step]
-            missing = np.count_nonzero(b < 0, axis=0)
-            total += b.sum(axis=0, dtype=np.int64) + missing  # a missing call's -1 taken back out
-            called += len(b) - missing
-    return np.divide(total - called, called, out=np.zeros(n_snps), where=called > 0)
 
 
 @keras.saving.register_keras_serializable(package="hpcsnp")

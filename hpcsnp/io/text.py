@@ -36,6 +36,7 @@ import numpy as np
 
 from hpcsnp.atomic import check_writable
 from hpcsnp.errors import InputError, ParseError
+from hpcsnp.io.pheno import group_lookup
 from hpcsnp.store import (
     FLOAT32_MAX,
     MAX_FOLDS,
@@ -156,7 +157,7 @@ def _strip_eol(line: bytes) -> bytes:
     return line
 
 
-def _numbered_lines(reader, path):
+def numbered_lines(reader, path):
     """(line number, bytes) of every line; a gzip stream that ends early or is corrupt is a
     ParseError at the line where it broke, not an internal error."""
     lineno = 0
@@ -273,7 +274,7 @@ def _parse_genotypes_slow(path, lineno, fields, snps, first_col, strict):
 
 def split_rows(lines, path, lead: int, n_columns: int):
     """(line number, [the ``lead`` leading cells..., the rest of the line]) of every data
-    line of ``lines`` (from _numbered_lines, after the header): blank lines at the end are
+    line of ``lines`` (from numbered_lines, after the header): blank lines at the end are
     ignored; a blank line inside the data, or a row that stops before its genotype cells,
     is a ParseError."""
     blank_at = None
@@ -353,7 +354,7 @@ class TextSource:
                         disable=not progress, file=sys.stderr, leave=False)
         try:
             self.reader, self.tap = open_text(self.path, self.bar)
-            self.lines = _numbered_lines(self.reader, self.path)
+            self.lines = numbered_lines(self.reader, self.path)
             header = next(self.lines, (1, b""))[1]
             if not header:
                 raise ParseError(self.path, 1, "file is empty (expected a header row)")
@@ -445,7 +446,6 @@ def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=F
         rows = chunk_rows or default_chunk_rows(len(source.snps))
         lookup = None
         if groups is not None:
-            from hpcsnp.pheno import group_lookup
 
             lookup = group_lookup(groups, str(path))
         w = write_store(out, source.snps, source.blocks(rows), attrs=source.attrs, where=str(path), force=force,

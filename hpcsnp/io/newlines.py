@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError, ParseError
+from hpcsnp.io.genotype_files import PlinkSource, VcfSource
+from hpcsnp.io.text import header_names, numbered_lines, open_text, parse_genotypes, sample_id, split_rows
+from hpcsnp.store import first_duplicate, is_hpcsnp_store, open_store, parse_marker_name, read_genotype_rows
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +185,6 @@ def check_overlap(alignment: Alignment, min_overlap: float, where: str) -> None:
 
 def _parse_header(path, line: bytes) -> tuple[bool, int, list[str]]:
     """(has ids, leading columns before the SNPs, SNP names) of a new-lines table."""
-    from hpcsnp.ingest import header_names
-    from hpcsnp.store import parse_marker_name
 
     names = header_names(path, line)
     lower = [n.lower() for n in names]
@@ -230,15 +231,13 @@ class TextLines:
     def __init__(self, path, *, progress=False):
         from tqdm import tqdm
 
-        from hpcsnp.ingest import _numbered_lines, open_text
-        from hpcsnp.store import parse_marker_name
 
         self.path = Path(path)
         self.bar = tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, desc=f"read {self.path.name}",
                         disable=not progress, file=sys.stderr, leave=False)
         self.reader, _ = open_text(self.path, self.bar)
         try:
-            self.lines = _numbered_lines(self.reader, self.path)
+            self.lines = numbered_lines(self.reader, self.path)
             header = next(self.lines, (1, b""))[1]
             if not header.strip():
                 raise ParseError(self.path, 1, "no header row (expected a sample-id column and SNP columns)")
@@ -251,7 +250,6 @@ class TextLines:
         self.na_cells = 0
 
     def blocks(self, rows: int = 1024):
-        from hpcsnp.ingest import parse_genotypes, sample_id, split_rows
 
         snps, lead, path = list(self.meta.ids), self.lead, self.path
         seen: dict = {}
@@ -285,14 +283,12 @@ class StoreLines:
     kind = "hpcsnp store"
 
     def __init__(self, path, **_):
-        from hpcsnp.store import open_store
 
         self.store = open_store(path)
         self.path = self.store.path
         self.meta = VariantMeta.of_store(self.store)
 
     def blocks(self, rows: int = 1024):
-        from hpcsnp.store import read_genotype_rows
 
         s = self.store
         step = max(1, rows // s.chunk_rows) * s.chunk_rows
@@ -314,7 +310,6 @@ class TransposedLines:
         import zarr
         from tqdm import tqdm
 
-        from hpcsnp.store import first_duplicate
 
         self.path, self.kind = source.path, type(source).__name__.removesuffix("Source").upper()
         self.samples = list(source.samples)
@@ -369,8 +364,6 @@ def wanted_by(train: VariantMeta):
 
 def open_new_lines(path=None, *, bfile=None, train: VariantMeta, progress=False, rows=1024):
     """The right source for a path (text, VCF/VCF.gz, an hpcsnp store) or a PLINK prefix."""
-    from hpcsnp.ingest_genotypes import PlinkSource, VcfSource
-    from hpcsnp.store import is_hpcsnp_store
 
     if bfile is not None:
         if path is not None:

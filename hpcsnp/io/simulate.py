@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError
-from hpcsnp.store import check_k
+from hpcsnp.store import StoreWriter, check_k
 
 
 @dataclass
@@ -89,7 +89,6 @@ def simulate_store(path, *, samples=1000, snps=1000, folds=5, missing=0.0, seed=
                    chunk_rows=None, block=4096):
     """Write a store directly (no text), block by block: for memory and speed benchmarks
     at sizes whose text would be unwieldy.  Phenotype = sum of 10 evenly spaced SNPs + noise."""
-    from hpcsnp.store import StoreWriter
 
     rng = np.random.default_rng(seed)
     names = [f"Chr{1 + j * 10 // snps:02d}_{1000 * (j + 1)}" for j in range(snps)]
@@ -119,7 +118,7 @@ def write_vcf(path, sample_ids, names, genotypes, alleles=None) -> None:
     default A, G), unphased GT."""
     path = Path(path)
     gt = np.array([b"./.\t", b"0/0\t", b"0/1\t", b"1/1\t"], dtype=object)  # indexed by code + 1
-    head = ["##fileformat=VCFv4.2", "##source=hpcsnp.simulate"]
+    head = ["##fileformat=VCFv4.2", "##source=hpcsnp.io.simulate"]
     head += [f"##contig=<ID={c}>" for c in dict.fromkeys(n.rsplit("_", 1)[0] for n in names)]
     head += ['##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(sample_ids)]

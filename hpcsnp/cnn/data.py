@@ -5,55 +5,15 @@ read whole: a fold's rows are either streamed window by window (a few store
 chunks at a time, shuffled within the window, windows in random order) or,
 when they fit under ``cache_limit_mb``, read once chunk by chunk into an int8
 array.  Either way a batch is int8 on the host and becomes float32 one-hot
-inside the graph (``one_hot``), as SPEC section 2 orders the channels.
-
-The fold rotation (``fold_split``) lives here too: test fold i, validation
-fold i+1 (1 after K), training = the rest.
+inside the graph (``one_hot``), in the channel order of ``genotypes.ONE_HOT_TABLE``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from hpcsnp.errors import InputError
+from hpcsnp.genotypes import ONE_HOT_TABLE
 from hpcsnp.store import read_genotype_rows
-
-# Rows of the one-hot table indexed by code + 1: -1, 0, 1, 2 (SPEC section 2).
-ONE_HOT_TABLE = np.array([[1, 0, 0, 0],   # -1 missing
-                          [0, 0, 1, 0],   # 0 AA
-                          [0, 1, 0, 0],   # 1 Aa
-                          [0, 0, 0, 1]],  # 2 aa
-                         dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class FoldSplit:
-    test_fold: int
-    val_fold: int
-    train: np.ndarray  # sorted row indices into the store
-    val: np.ndarray
-    test: np.ndarray
-
-
-def validation_fold(test_fold: int, k: int) -> int:
-    """The fold after the test fold, 1 after K.
-
-    >>> [validation_fold(i, 3) for i in (1, 2, 3)]
-    [2, 3, 1]
-    """
-    return test_fold % k + 1
-
-
-def fold_split(folds: np.ndarray, k: int, test_fold: int) -> FoldSplit:
-    if not 1 <= test_fold <= k:
-        raise InputError(f"fold {test_fold} is outside 1..{k} (this store has K={k} folds)")
-    v = validation_fold(test_fold, k)
-    test = np.flatnonzero(folds == test_fold)
-    val = np.flatnonzero(folds == v)
-    train = np.flatnonzero((folds != test_fold) & (folds != v))
-    return FoldSplit(test_fold, v, train, val, test)
 
 
 def one_hot(codes):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from hpcsnp.cnn.data import one_hot
+
 ATTRIBUTIONS = ("saliency", "smoothgrad", "ig")
 SMOOTH_SAMPLES, SMOOTH_NOISE = 16, 0.15
 IG_STEPS = 32
@@ -78,7 +80,6 @@ def make_attribution(model, method: str = "saliency", training: bool = False, en
     @tf.function(input_signature=(_encoded(model, encoded),), autograph=False)
     def batch_attribution(x):
         if not encoded:
-            from hpcsnp.data import one_hot
 
             x = one_hot(x)
         if method == "saliency":

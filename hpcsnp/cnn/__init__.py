@@ -1,0 +1,4 @@
+"""The residual CNN and everything that runs it: the tf.data input (`data`), the layers
+(`model`), the fused training forward (`fused`), the per-fold training (`train`) and the
+attributions computed from its models (`saliency`).  The only sub-package that imports
+TensorFlow; the rest of hpcsnp reaches it through functions that import it when they run."""

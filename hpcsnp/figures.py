@@ -1,0 +1,43 @@
+"""Drawing helpers every stage shares: matplotlib without a display, figures written
+atomically, SNP positions laid out along the genome.  matplotlib is imported when a
+figure is drawn, never when this module is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    plt = pyplot()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """x coordinate along the genome: chromosome blocks in file order, positions within;
+    SNP index where names gave no position.  Returns x and (label, centre) ticks."""
+    if (frame["pos"] < 0).any():
+        return np.arange(len(frame), dtype=float), []
+    x = np.empty(len(frame))
+    ticks, offset = [], 0.0
+    for chrom, g in frame.groupby("chrom", sort=False):
+        pos = g["pos"].to_numpy(float)
+        x[g.index.to_numpy() - frame.index[0]] = offset + pos - pos.min()
+        span = max(pos.max() - pos.min(), 1.0)
+        ticks.append((chrom, offset + span / 2))
+        offset += span * 1.02
+    return x, ticks
