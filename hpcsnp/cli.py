@@ -164,11 +164,11 @@ def config_options(fn):
                           f"[{DEFAULTS.l2_dense:g}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
-        click.option("--seeds", type=click.IntRange(min=0),
-                     help="Models per fold, trained with seeds SEED, SEED+1, ...; the fold's predictions and "
-                          "saliency are their average (costs that many times the training). 0 = by the fold's "
-                          f"training lines: round({AUTO_SEED_LINES} / lines), 1 to {AUTO_SEEDS_MAX} (two for "
-                          f"SoyNAM's ~4,050; one from 5,462 lines; five for 1,820 or fewer) [{DEFAULTS.seeds}]."),
+        click.option("--models-per-fold", "--seeds", "seeds", type=click.IntRange(min=0),
+                     help="Models per fold (--seeds: the older name), trained with seeds SEED, SEED+1, ...; the "
+                          "fold's predictions and saliency are their average (costs that many times the "
+                          f"training). 0 = by the fold's training lines: round({AUTO_SEED_LINES} / lines), "
+                          f"between 1 and {AUTO_SEEDS_MAX} [{DEFAULTS.seeds}]."),
         click.option("--attribution",
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
                           "(integrated gradients from the all-missing genotype), marginal (each SNP's association "
@@ -349,7 +349,7 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
 
 @cli.command()
 @click.argument("store", type=click.Path())
-@click.option("--fold", "-k", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
+@click.option("--fold", "-i", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
                              "'.', '_', '-'.")
@@ -386,7 +386,7 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
-@click.option("--fold", "-k", "folds", type=click.IntRange(min=1), multiple=True,
+@click.option("--fold", "-i", "folds", type=click.IntRange(min=1), multiple=True,
               help="Test fold(s) [all].  Repeat for several.")
 @click.option("--encoding", type=click.Choice(["dosage", "onehot", "rkhs", "rkhs_local", "both", "all"]),
               default="all", show_default=True,
@@ -409,7 +409,8 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
     from hpcsnp.resources import cap_threads
 
     cap_threads(threads)
-    from hpcsnp.linear.baseline import ENCODINGS, KINDS, baseline_fold
+    from hpcsnp.linear.baseline import baseline_fold
+    from hpcsnp.models import ENCODINGS, KINDS
     from hpcsnp.store import open_store
 
     encs = {"both": ENCODINGS, "all": KINDS}.get(encoding, (encoding,))
@@ -623,7 +624,7 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Refit the run's GBLUP baselines on all phenotyped lines (cached in the run) and report them; "
                    "the headline is then the ensemble.")
-@click.option("--fold", "-k", type=click.IntRange(min=1),
+@click.option("--fold", "-i", type=click.IntRange(min=1),
               help="Use only this fold's CNN (a check: it reproduces the fold's own test predictions).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUT.")
 @threads_option
@@ -771,4 +772,23 @@ def main(argv=None):
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
     die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does
-    cli.main(args=argv, prog_name="hpcsnp")
+    cli.main(args=_renamed_flags(sys.argv[1:] if argv is None else list(argv)), prog_name="hpcsnp")
+
+
+def _renamed_flags(args: list[str]) -> list[str]:
+    """Flags of earlier versions, still accepted with a warning: -k N (now -i N / --fold N;
+    k counts the folds, i names one).
+
+    >>> _renamed_flags(["train", "s.zarr", "-k", "2"])
+    ['train', 's.zarr', '--fold', '2']
+    """
+    out = []
+    for a in args:
+        if a == "--":
+            return out + args[len(out):]
+        if a == "-k" or (a.startswith("-k") and a[2:].isdigit()):
+            click.echo("hpcsnp: warning: -k is now -i / --fold (the test fold's number); -k will go", err=True)
+            out += ["--fold", *([a[2:]] if a[2:] else [])]
+        else:
+            out.append(a)
+    return out

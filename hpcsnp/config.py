@@ -40,7 +40,7 @@ SIGNED_ATTRIBUTIONS = frozenset({"marginal"})
 
 @dataclass
 class Config:
-    # model (SPEC section 3)
+    # model (docs/method.md, Model)
     filters: int = 10
     kernel_1: int = 4
     kernel_2: int = 20
@@ -66,7 +66,7 @@ class Config:
     # the training lines (GBLUP's mean fill; the missing coordinate keeps what departs from it),
     # "zero" = 0, the heterozygote's
     missing_dosage: str = "mean"
-    # training (SPEC section 4)
+    # training (docs/method.md, Cross-validation)
     # defaults chosen on validation folds for speed and accuracy; the paper's: --publication
     learning_rate: float = 3e-3
     adam_epsilon: float = 1e-7  # Keras' default; large values make Adam's steps proportional to the gradient
@@ -98,7 +98,7 @@ class Config:
     seeds: int = 0
     fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
-    # saliency (SPEC section 5)
+    # saliency (docs/method.md, Saliency)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
     attribution: str = "saliency"  # comma-separated: saliency (always computed), smoothgrad, ig
     # input pipeline
@@ -216,7 +216,7 @@ class Config:
 
     @classmethod
     def publication(cls, **changes) -> "Config":
-        """The publication's training settings (SPEC section 4): batch 4, constant Adam lr
+        """The publication's training settings (docs/method.md, Cross-validation): batch 4, constant Adam lr
         0.001, patience 10, dropout 0.75, the early-stopped model kept (no refit), the one-hot
         channels read directly, no L2 on the output layer."""
         return cls(**{**PUBLICATION, **changes})

@@ -28,10 +28,19 @@ from pathlib import Path
 from hpcsnp.atomic import atomic_write_text
 from hpcsnp.config import Config
 from hpcsnp.errors import FoldBusyError, InputError
+from hpcsnp.models import CNN, baseline_kind
 
 logger = logging.getLogger(__name__)
 
-FOLD_FILES = ("model.keras", "predictions.csv", "metrics.json", "saliency.zarr")
+# the files inside a fold directory (CNN: fold_<i>/, baseline: baseline_<enc>/fold_<i>/); every
+# stage names them through these
+METRICS_JSON = "metrics.json"  # a finished fold's metrics and provenance: written last
+PREDICTIONS_CSV = "predictions.csv"  # sample_id, fold, truth, prediction on the test fold
+VAL_PREDICTIONS_CSV = "val_predictions.csv"  # the same on the validation fold (the ensemble's weights)
+MODEL_KERAS = "model.keras"  # a CNN fold's model (seed_<s>/model.keras for the others of the fold)
+SEED_PREDICTIONS_CSV = "seed_predictions.csv"  # a CNN fold's test predictions of each of its models
+GWAS_CSV = "gwas.csv"  # RUN/<dataset>/gwas.csv, or -o DIR/gwas.csv
+FOLD_FILES = (MODEL_KERAS, PREDICTIONS_CSV, METRICS_JSON, "saliency.zarr")
 CONFIG_JSON = "config.json"
 # settings that change how fast a fold runs, not what it computes
 EXECUTION_ONLY = frozenset({"eval_batch_size", "eval_activation_mb"})
@@ -170,9 +179,9 @@ class RunDir:
 
     def model_fold(self, dataset: str, model: str, fold: int) -> Path:
         """The fold directory of a model as reduce names it: ``cnn`` or ``gblup_<encoding>``."""
-        if model == "cnn":
+        if model == CNN:
             return self.fold(dataset, fold)
-        return self.baseline(dataset, model.removeprefix("gblup_"), fold)
+        return self.baseline(dataset, baseline_kind(model), fold)
 
     def baseline_cache(self, dataset: str, encoding: str) -> Path:
         """Where a data set's Gram matrix for one encoding is cached."""

@@ -1,4 +1,4 @@
-"""The 1-D residual CNN of SPEC section 3, built from a Config.
+"""The 1-D residual CNN of docs/method.md, Model, built from a Config.
 
 Layers carry names so a saved model reads like the paper's figure.  As published every
 convolution is linear and the only non-linearity is the ISRU output, so the network is
@@ -174,7 +174,7 @@ def _conv(cfg, kernel, name):
 
 
 def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
-    """SPEC section 3: two stacked convolutions plus a shortcut, one more
+    """docs/method.md, Model: two stacked convolutions plus a shortcut, one more
     convolution, flatten, and a dense ISRU output; dropout after each block.  With a
     genotype basis other than "onehot" the convolutions read the one-hot input through
     a fixed GenotypeBasis layer; with ``cfg.missing_dosage`` "mean" its missing calls read as

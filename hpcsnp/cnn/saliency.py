@@ -1,6 +1,6 @@
 """Attribution of predictions to SNPs, each batched in one compiled call.
 
-``saliency`` (SPEC section 5, the default): for one sample's one-hot input x,
+``saliency`` (docs/method.md, Saliency, the default): for one sample's one-hot input x,
 S_i = max_c |d f(x) / d x[i, c]|.  ``smoothgrad`` (Smilkov et al. 2017): the same of the
 gradient averaged over ``SMOOTH_SAMPLES`` copies of x with Gaussian noise of sd
 ``SMOOTH_NOISE`` (15 % of the one-hot range) added; with no noise it is the saliency.

@@ -34,7 +34,19 @@ from hpcsnp.folds import check_fold_usable, fold_split
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
-from hpcsnp.rundir import RunDir, check_same_store, config_differences, dataset_name, read_json, shard_file
+from hpcsnp.rundir import (
+    METRICS_JSON,
+    MODEL_KERAS,
+    PREDICTIONS_CSV,
+    SEED_PREDICTIONS_CSV,
+    VAL_PREDICTIONS_CSV,
+    RunDir,
+    check_same_store,
+    config_differences,
+    dataset_name,
+    read_json,
+    shard_file,
+)
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -74,8 +86,8 @@ def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dat
 
 
 def _skipped(final: Path, dataset: str, fold: int, store) -> FoldResult:
-    check_same_store(final / "metrics.json", store, f"{dataset} fold {fold}")
-    metrics = read_json(final / "metrics.json")
+    check_same_store(final / METRICS_JSON, store, f"{dataset} fold {fold}")
+    metrics = read_json(final / METRICS_JSON)
     logger.info(f"[{dataset} fold {fold}] already finished (pcc {metrics['pcc']:.4f}); skipped (--force redoes it)")
     return FoldResult(dataset, fold, final, metrics, skipped=True)
 
@@ -105,9 +117,9 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
                               f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
                               f"(--force trains it afresh)")
     out = FoldOutputs(partial, store, split, dataset)
-    out.predictions("predictions.csv", tr, tp, fold)
+    out.predictions(PREDICTIONS_CSV, tr, tp, fold)
     # of the kept weights: what `reduce` weighs the ensemble on
-    out.predictions("val_predictions.csv", vr, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
+    out.predictions(VAL_PREDICTIONS_CSV, vr, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
     sal_n = members[0].sal_n
     for method in cfg.attribution_methods():
         out.attribution_shard(method, np.mean([m.attr[method] for m in members], axis=0), sal_n, cfg)
@@ -121,7 +133,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         import pandas as pd
 
         pd.DataFrame({"sample_id": store.sample_id[tr], "truth": store.phenotype[tr],
-                      **{f"seed_{m.seed}": m.test_pred for m in members}}).to_csv(partial / "seed_predictions.csv",
+                      **{f"seed_{m.seed}": m.test_pred for m in members}}).to_csv(partial / SEED_PREDICTIONS_CSV,
                                                                                   index=False)
         metrics["seconds"] = sum(training_seconds(m.state) for m in members)
         metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(store.phenotype[tr], m.test_pred)["pcc"],
@@ -175,7 +187,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     where.mkdir(parents=True, exist_ok=True)
     scale = TargetScale.fit(store.phenotype, split.train, cfg, say)
     done = where / MEMBER_FILE
-    if done.exists() and (where / "model.keras").exists():
+    if done.exists() and (where / MODEL_KERAS).exists():
         with np.load(done, allow_pickle=False) as z:
             state = json.loads(str(z["state"]))
             check_resumable(state, cfg, store, where)
@@ -222,7 +234,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         # over every line of the store; times the test count, which reduce divides the shards' sums by
         attr["marginal"] = steps.marginal(everyone(store, cfg)) * sal_n
         attr_seconds["marginal"] = time.perf_counter() - t_marginal
-    steps.model.save(where / "model.keras")
+    steps.model.save(where / MODEL_KERAS)
     member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, attr, sal_n, predict_seconds, attr_seconds)
     with _signals_blocked():
         _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
@@ -624,7 +636,7 @@ class FoldOutputs:
                             else "phenotype"})
 
     def metrics(self, metrics: dict) -> None:
-        (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (self.dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n, sal_seconds, n_pred,

@@ -1,6 +1,6 @@
 """Text genotype table -> int8 Zarr store, streaming, with validation.
 
-Reads the SPEC section 1 format (fold, phenotype, one column per SNP; an
+Reads the input format of docs/method.md, Data (fold, phenotype, one column per SNP; an
 optional leading sample-id column) row by row, so memory holds one chunk of
 rows plus per-SNP counters, never the whole matrix.  Every problem is an
 ``InputError`` naming file, line and column.  Deliberate handlings (all
@@ -341,7 +341,7 @@ def _parse_fold(path, lineno, col, tok: bytes) -> int:
 
 
 class TextSource:
-    """A text file (SPEC section 1 format) as a source of ``SampleBlock``s, validated as it is
+    """A text file (input format of docs/method.md, Data) as a source of ``SampleBlock``s, validated as it is
     read: the header when opened, every row as ``blocks`` parses it.  Counts what it
     handled (NA cells, dropped rows, constant SNPs) for the summary and the attributes."""
 
@@ -434,7 +434,7 @@ class TextSource:
 
 def ingest_tsv(path, out, *, force=False, strict=False, drop_missing_phenotype=False,
                chunk_rows=None, progress=True, groups=None) -> IngestReport:
-    """Validate a SPEC section 1 text file and write it as a store at ``out``; ``groups``
+    """Validate a text file (docs/method.md, Data) and write it as a store at ``out``; ``groups``
     (a Series: sample id -> group, see pheno.read_groups) is stored as sample_group."""
     path, out = Path(path), Path(out)
     if not path.is_file():

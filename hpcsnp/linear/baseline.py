@@ -42,26 +42,27 @@ from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.folds import check_fold_usable, fold_split
 from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
+from hpcsnp.models import ENCODINGS, KERNELS, KINDS, model_name
 from hpcsnp.resources import memory_limit_bytes, provenance
-from hpcsnp.rundir import RunDir, check_same_store, dataset_name, read_json
+from hpcsnp.rundir import (
+    METRICS_JSON,
+    PREDICTIONS_CSV,
+    VAL_PREDICTIONS_CSV,
+    RunDir,
+    check_same_store,
+    dataset_name,
+    read_json,
+)
 from hpcsnp.store import open_store, read_genotype_rows
 
 logger = logging.getLogger(__name__)
 
-ENCODINGS = ("dosage", "onehot")
-# every baseline: GBLUP in each encoding, the Gaussian-kernel RKHS, and the same with a narrow kernel
-KINDS = (*ENCODINGS, "rkhs", "rkhs_local")
 RKHS_THETAS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # K = exp(-theta d^2 / median d^2), chosen on the validation fold
 RKHS_DISTANCES = ENCODINGS  # d: between dosages or between one-hot codes; chosen on the validation fold with theta
 # rkhs_local: the grid's narrowest kernel, fixed.  The validation fold picks a wide kernel for RKHS alone (close to
 # GBLUP); a narrow one only calls close relatives alike, which the ensemble can weigh beside it
 RKHS_LOCAL_THETAS = (2.0,)
-KERNEL_KINDS = {"rkhs": RKHS_THETAS, "rkhs_local": RKHS_LOCAL_THETAS}
-
-
-def model_name(kind: str) -> str:
-    """The model a baseline kind is reported as: gblup_dosage, gblup_onehot, rkhs, rkhs_local."""
-    return kind if kind in KERNEL_KINDS else f"gblup_{kind}"
+KERNEL_KINDS = dict(zip(KERNELS, (RKHS_THETAS, RKHS_LOCAL_THETAS)))
 GRAM_VERSION = 1
 GRAM_BLOCK = 1024  # SNPs per block when accumulating a Gram matrix
 
@@ -420,7 +421,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
     run = RunDir(run_dir)
     run.write_dataset_info(dataset, store, force=force)
-    done = {enc: run.baseline(dataset, enc, fold) / "metrics.json" for enc in encodings}
+    done = {enc: run.baseline(dataset, enc, fold) / METRICS_JSON for enc in encodings}
     if not force:
         for enc, p in done.items():
             if p.exists():
@@ -435,8 +436,8 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     inner = (np.flatnonzero(~np.isin(fit_rows, split.val)), np.flatnonzero(np.isin(fit_rows, split.val)))
     for enc in encodings:
         final = run.baseline(dataset, enc, fold)
-        if (final / "metrics.json").exists() and not force:
-            out.append(read_json(final / "metrics.json"))
+        if (final / METRICS_JSON).exists() and not force:
+            out.append(read_json(final / METRICS_JSON))
             continue
         t0 = time.perf_counter()
         if enc in KERNEL_KINDS:  # a function of distances, from the dosage and one-hot Gram matrices
@@ -468,11 +469,11 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
         partial = final.with_name(final.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"sample_id": store.sample_id[split.test], "fold": fold, "truth": y[split.test],
-                      "prediction": pred}).to_csv(partial / "predictions.csv", index=False)
+                      "prediction": pred}).to_csv(partial / PREDICTIONS_CSV, index=False)
         val_rows = fit_rows[inner[1]]
         pd.DataFrame({"sample_id": store.sample_id[val_rows], "fold": split.val_fold, "truth": y[val_rows],
-                      "prediction": val_pred}).to_csv(partial / "val_predictions.csv", index=False)
-        (partial / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+                      "prediction": val_pred}).to_csv(partial / VAL_PREDICTIONS_CSV, index=False)
+        (partial / METRICS_JSON).write_text(json.dumps(m, indent=2) + "\n")
         atomic_replace_dir(partial, final)
         extra = f"{m['distance']} distance, theta {m['theta']:g}" if enc in KERNEL_KINDS else ""
         logger.info(f"[{dataset} fold {fold}] {model_name(enc)}: PCC {m['pcc']:.4f}  h2 {m['h2_reml']:.3f}  "

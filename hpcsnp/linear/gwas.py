@@ -43,11 +43,11 @@ from hpcsnp.errors import InputError
 from hpcsnp.figures import genome_x, pyplot, save_figure
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, check_memory, gram_matrix, read_rows
+from hpcsnp.rundir import GWAS_CSV
 
 logger = logging.getLogger(__name__)
 
 CHI2_MEDIAN = 0.454936  # median of chi^2 with 1 degree of freedom
-GWAS_CSV = "gwas.csv"
 GWAS_JSON = "gwas.json"
 
 

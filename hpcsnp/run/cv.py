@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.resources import granted_cpus
-from hpcsnp.rundir import RunDir, dataset_name, read_json
+from hpcsnp.rundir import METRICS_JSON, RunDir, dataset_name, read_json
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
                 failed.append((t.dataset, t.fold, failure_cause(t.log), t.log))
                 say(f"{t.dataset} fold {t.fold}: FAILED (exit {t.rc}): {failed[-1][2]}; log: {t.log}")
             else:
-                m = read_json(run.fold(t.dataset, t.fold) / "metrics.json")
+                m = read_json(run.fold(t.dataset, t.fold) / METRICS_JSON)
                 results.append(m)
                 if t.rc is not None:
                     say(f"{t.dataset} fold {t.fold}: PCC {m['pcc']:.4f}, {m['epochs']} epochs, {t.seconds:.0f}s")

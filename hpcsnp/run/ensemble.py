@@ -14,7 +14,7 @@ import pandas as pd
 
 from hpcsnp.errors import InputError
 from hpcsnp.metrics import regression_metrics
-from hpcsnp.rundir import RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, RunDir, read_json
 
 WEIGHT_STEP = 0.05
 
@@ -43,15 +43,15 @@ def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[
     grid = simplex_weights(len(models))
     for i in range(1, ds["n_folds"] + 1):
         dirs = {m: run.model_fold(name, m, i) for m in models}
-        if not all((dirs[m] / "val_predictions.csv").exists() for m in models):
+        if not all((dirs[m] / VAL_PREDICTIONS_CSV).exists() for m in models):
             return []
-        val = _aligned([pd.read_csv(dirs[m] / "val_predictions.csv", dtype={"sample_id": str}) for m in models])
-        test = _aligned([pd.read_csv(dirs[m] / "predictions.csv", dtype={"sample_id": str}) for m in models])
+        val = _aligned([pd.read_csv(dirs[m] / VAL_PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
+        test = _aligned([pd.read_csv(dirs[m] / PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
         mse = (((val["P"] @ grid.T) - val["truth"][:, None]) ** 2).mean(axis=0)
         w = grid[int(np.argmin(mse))]
         pred = test["P"] @ w
         m = regression_metrics(test["truth"], pred)
-        secs = sum(read_json(dirs[k] / "metrics.json")["seconds"] for k in models)
+        secs = sum(read_json(dirs[k] / METRICS_JSON)["seconds"] for k in models)
         row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
                "saliency_seconds": 0.0, "n_test": len(pred)}
         vm = regression_metrics(val["truth"], val["P"] @ w)

@@ -44,18 +44,18 @@ from hpcsnp.linear.baseline import (
     squared_distances,
     uncentred,
 )
+from hpcsnp.models import BASELINE_MODELS, baseline_kind
 from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
-from hpcsnp.rundir import RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, RunDir, read_json
 from hpcsnp.store import open_store, row_chunks
 
 logger = logging.getLogger(__name__)
 
 REFIT_VERSION = 2  # 2: the RKHS refit records its distance
 EXPLAIN_TOP = 10
-BASELINE_COLUMNS = ["gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local"]
-COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", *BASELINE_COLUMNS, "observed_fraction"]
+COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", *BASELINE_MODELS, "observed_fraction"]
 
 
 def choose_dataset(run: RunDir, name: str | None) -> dict:
@@ -183,7 +183,7 @@ def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
     from collections import Counter
 
     chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
-              (read_json(run.baseline(ds["dataset"], kind, i) / "metrics.json") for i in range(1, ds["n_folds"] + 1))]
+              (read_json(run.baseline(ds["dataset"], kind, i) / METRICS_JSON) for i in range(1, ds["n_folds"] + 1))]
     counts = Counter(chosen)
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
@@ -262,9 +262,9 @@ class FoldModels:
         self.models, means, sds = [], [], []  # models: per fold, its model and those of its other seeds
         for i in self.folds:
             d = run.fold(dataset, i)
-            paths = [d / "model.keras", *sorted(d.glob("seed_*/model.keras"))]
+            paths = [d / MODEL_KERAS, *sorted(d.glob("seed_*/" + MODEL_KERAS))]
             self.models.append([_load_model(p, run, dataset, i) for p in paths])
-            m = read_json(d / "metrics.json")
+            m = read_json(d / METRICS_JSON)
             means.append(m["target_mean"])
             sds.append(m["target_sd"])
         mean = tf.constant(np.asarray(means, np.float32)[:, None])
@@ -427,7 +427,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         check_overlap(alignment, min_overlap, where)
         baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
         designs: dict = {}  # the RKHS fits' designs, shared
-        effects = {m: refitted(run, ds, store, m.removeprefix("gblup_"), designs) for m in baselines}
+        effects = {m: refitted(run, ds, store, baseline_kind(m), designs) for m in baselines}
         weights = ensemble_weights(run, ds, baselines)
         if baselines and weights is None:
             logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
@@ -445,7 +445,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             g = alignment.apply(codes)
             cols["sample_id"] += list(ids)
             cols["observed_fraction"].append((g >= 0).mean(axis=1))
-            for col in BASELINE_COLUMNS:
+            for col in BASELINE_MODELS:
                 m = effects.get(col)
                 cols[col].append(m.predict(g) if m else np.full(len(g), np.nan))
             for s in range(0, len(g), batch):

@@ -13,7 +13,7 @@ import pandas as pd
 from hpcsnp.config import ATTRIBUTION_METHODS, SIGNED_ATTRIBUTIONS
 from hpcsnp.errors import InputError, StoreError
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
-from hpcsnp.rundir import RunDir
+from hpcsnp.rundir import GWAS_CSV, RunDir
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
     for method in per_fold:
         scores[f"{method}_rank"] = scores[method].rank(ascending=False, method="first").astype(int)
     out = Ranking(scores)
-    gwas_path = run.dataset_dir(name) / "gwas.csv"
+    gwas_path = run.dataset_dir(name) / GWAS_CSV
     if gwas_path.exists():
         out.gwas = _read_gwas(gwas_path, ds)
     store = _open(ds)

@@ -20,8 +20,8 @@ import pandas as pd
 from hpcsnp.atomic import atomic_write_text
 from hpcsnp.config import Config
 from hpcsnp.errors import IncompleteRunError, InputError
-from hpcsnp.linear.baseline import KINDS, model_name
 from hpcsnp.metrics import all_finite
+from hpcsnp.models import KINDS, LINEAR_MODELS, model_name
 from hpcsnp.resources import granted_cpus
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.ranking import rank_dataset
@@ -32,7 +32,15 @@ from hpcsnp.run.report import (
     plot_observed_predicted,
     plot_saliency,
 )
-from hpcsnp.rundir import RunDir, config_differences, normalised_config, read_json, shard_file
+from hpcsnp.rundir import (
+    METRICS_JSON,
+    PREDICTIONS_CSV,
+    RunDir,
+    config_differences,
+    normalised_config,
+    read_json,
+    shard_file,
+)
 from hpcsnp.store import peek_store_id
 
 logger = logging.getLogger(__name__)
@@ -87,7 +95,7 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
                     state = "missing"
                 problems.append((ds, i, state, False))
                 continue
-            metrics = run.fold(ds["dataset"], i) / "metrics.json"
+            metrics = run.fold(ds["dataset"], i) / METRICS_JSON
             state = _fold_problem(metrics, ds, wanted)
             if state:
                 problems.append((ds, i, state, True))
@@ -208,7 +216,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         name = ds["dataset"]
         first_row = len(log_rows)
         for i in range(1, ds["n_folds"] + 1):
-            m = read_json(run.fold(name, i) / "metrics.json")
+            m = read_json(run.fold(name, i) / METRICS_JSON)
             log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
                              "mae": m["mae"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
                              "seconds": round(m["seconds"], 2),
@@ -311,7 +319,7 @@ def add_within_group_pcc(run: RunDir, dataset: str, rows: list[dict], ens) -> No
         if row["model"] == "ensemble":
             f = ensemble[row["fold"]]
         else:
-            f = pd.read_csv(run.model_fold(dataset, row["model"], row["fold"]) / "predictions.csv",
+            f = pd.read_csv(run.model_fold(dataset, row["model"], row["fold"]) / PREDICTIONS_CSV,
                             dtype={"sample_id": str})
         row["within_group_pcc"] = within_group_pcc(f["truth"], f["prediction"],
                                                    groups.reindex(f["sample_id"]).fillna(""))
@@ -322,7 +330,7 @@ def _test_predictions(run: RunDir, ds: dict, baselines: list[str], ens) -> pd.Da
     name, frames = ds["dataset"], []
     for model in ["cnn", *baselines]:
         for i in range(1, ds["n_folds"] + 1):
-            f = pd.read_csv(run.model_fold(name, model, i) / "predictions.csv", usecols=["truth", "prediction"])
+            f = pd.read_csv(run.model_fold(name, model, i) / PREDICTIONS_CSV, usecols=["truth", "prediction"])
             frames.append(f.assign(dataset=name, model=model))
     frames += [p[["truth", "prediction"]].assign(dataset=name, model="ensemble") for _, _, p in ens]
     return pd.concat(frames, ignore_index=True)
@@ -335,7 +343,7 @@ def baseline_rows(run_dir: Path, ds: dict) -> list[dict]:
 
     rows, run = [], RunDir(run_dir)
     for enc in KINDS:
-        paths = [run.baseline(ds["dataset"], enc, i) / "metrics.json" for i in range(1, ds["n_folds"] + 1)]
+        paths = [run.baseline(ds["dataset"], enc, i) / METRICS_JSON for i in range(1, ds["n_folds"] + 1)]
         have = [p for p in paths if p.exists()]
         if not have:
             continue
@@ -358,7 +366,6 @@ def baseline_rows(run_dir: Path, ds: dict) -> list[dict]:
     return rows
 
 
-LINEAR = ("gblup_dosage", "gblup_onehot")  # the linear yardsticks; other baselines (rkhs) are compared to them
 
 
 def paired_comparison(log: pd.DataFrame) -> pd.DataFrame:
@@ -372,13 +379,13 @@ def paired_comparison(log: pd.DataFrame) -> pd.DataFrame:
         if not base:
             continue
         means = g[g["model"].isin(base)].groupby("model")["pcc"].mean()
-        linear = [m for m in base if m in LINEAR]
+        linear = [m for m in base if m in LINEAR_MODELS]
         yardsticks = [means[linear].idxmax()] if linear else []
         if means.idxmax() not in yardsticks:
             yardsticks.append(means.idxmax())
         for yard in yardsticks:
             b = g[g["model"] == yard].set_index("fold")["pcc"]
-            others = [m for m in base if m not in LINEAR] if yard in LINEAR else []
+            others = [m for m in base if m not in LINEAR_MODELS] if yard in LINEAR_MODELS else []
             for model in ("cnn", "ensemble", *others):
                 ours = g[g["model"] == model].set_index("fold")["pcc"]
                 if ours.empty or model == yard:
