@@ -5,6 +5,48 @@ from helpers import FAST, write_tsv
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The fast tier (`python -m pytest -m fast`, under two minutes): the tests of the modules that
+# train no network (store, readers, run directory, registry, ensemble, new-lines alignment,
+# loci, GWAS and REML algebra, config) and the doctests outside hpcsnp/cnn.  A module named
+# here is fast but for the tests listed with it, which train networks or run whole jobs;
+# every other test (training, SLURM, containers) runs in the default `python -m pytest`.
+FAST_TIER = {
+    "test_contract.py": set(),
+    "test_ingest.py": set(),
+    "test_ingest_genotypes.py": set(),
+    "test_gwas.py": set(),
+    "test_baseline.py": {"test_baseline_fold_and_reduce_report_it_beside_the_cnn"},
+    "test_cli.py": {"test_demo_runs_the_whole_job_and_ranks_the_planted_snps", "test_end_to_end_finds_planted_snps",
+                    "test_train_one_fold_and_reduce_refusal_through_cli"},
+    "test_attribution.py": "test_clumping_merges_a_block_in_perfect_ld_and_keeps_independent_snps_apart",
+    "test_reliability.py": {"test_force_never_replaces_a_directory_that_is_not_a_store",
+                            "test_a_killed_ingest_leaves_nothing_the_next_one_keeps",
+                            "test_a_name_cannot_leave_the_run_directory",
+                            "test_a_deleted_or_corrupt_genotype_chunk_is_an_error_naming_it",
+                            "test_a_truncated_gzip_is_a_one_line_error", "test_header_columns_are_checked_by_name",
+                            "test_a_named_id_column_before_fold_is_read_as_ids",
+                            "test_bad_thread_settings_are_said_and_capped", "test_options_that_do_nothing_are_named"},
+}
+ONLY = {"test_attribution.py", "test_reliability.py"}  # modules where the set names the fast tests instead
+
+
+def is_fast(item) -> bool:
+    path = item.path
+    if path.suffix == ".py" and "hpcsnp" in path.parts and "tests" not in path.parts:  # a doctest
+        return "cnn" not in path.parts
+    listed = FAST_TIER.get(path.name)
+    if listed is None:
+        return False
+    name = item.originalname if hasattr(item, "originalname") else item.name
+    listed = {listed} if isinstance(listed, str) else listed
+    return (name in listed) if path.name in ONLY else (name not in listed)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_fast(item):
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture
 def tsv(tmp_path):
@@ -29,9 +71,10 @@ def sim_store(tmp_path_factory):
     return d / "sim.zarr", truth
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(sim_store, tmp_path_factory):
-    """All three folds of the simulated store, trained in this process."""
+    """All three folds of the simulated store, trained once for the whole test run (a test
+    that changes a run works on a copy of it)."""
     from hpcsnp.cnn.train import train_fold
 
     path, _ = sim_store

@@ -1,0 +1,85 @@
+"""The pure pieces every stage relies on: the run directory's names, the model registry,
+the genotype helpers, new-lines alignment and the ensemble's weights.  numpy and pandas
+only: part of the fast tier."""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
+from hpcsnp.io.newlines import VariantMeta, align
+from hpcsnp.models import BASELINE_MODELS, CNN, KINDS, LINEAR_MODELS, baseline_kind, model_name
+from hpcsnp.run.ensemble import ensemble_folds, simplex_weights
+from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, RunDir
+
+
+def test_every_model_name_resolves_to_the_directory_its_fitter_writes(tmp_path):
+    run = RunDir(tmp_path)
+    assert [baseline_kind(model_name(k)) for k in KINDS] == list(KINDS)
+    assert set(LINEAR_MODELS) < set(BASELINE_MODELS) and CNN not in BASELINE_MODELS
+    for kind in KINDS:
+        assert run.model_fold("d", model_name(kind), 3) == run.baseline("d", kind, 3)
+    assert run.model_fold("d", CNN, 3) == run.fold("d", 3)
+
+
+def test_mean_dosage_is_the_mean_over_called_genotypes_in_any_batching():
+    rng = np.random.default_rng(0)
+    g = rng.integers(-1, 3, size=(57, 9)).astype(np.int8)
+    g[:, 4] = -1  # a SNP with no call
+    called = np.where(g >= 0, g, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nan_to_num(np.nanmean(called, axis=0), nan=0.0)
+    np.testing.assert_allclose(mean_dosage([g], 9), want)
+    np.testing.assert_allclose(mean_dosage([g[:10], g[10:]], 9, block_bytes=18), want)  # blocks of 2 rows
+    centred = mean_dosage([g], 9, centred=True)
+    np.testing.assert_allclose(centred[want > 0], want[want > 0] - 1)
+    assert centred[4] == 0.0 and want[4] == 0.0
+    assert ONE_HOT_TABLE.sum(axis=1).tolist() == [1, 1, 1, 1]
+
+
+def test_alignment_matches_by_name_then_position_and_flips_swapped_alleles():
+    train = VariantMeta.from_lists(["a", "b", "c", "d"], ["1", "1", "2", "2"], [10, 20, 30, 40],
+                                   [("A", "G"), ("C", "T"), ("A", "G"), ("A", "C")])
+    new = VariantMeta.from_lists(["c", "rs9", "a", "d", "extra"], ["2", "chr01", "1", "2", "3"],
+                                 [30, 20, 10, 40, 5],
+                                 [("G", "A"), ("C", "T"), ("A", "G"), ("A", "T"), ("A", "G")])
+    a = align(train, new)
+    assert a.index.tolist() == [2, 1, 0, -1]  # d: other alleles, read as missing
+    assert a.flip.tolist() == [False, False, True, False]
+    assert a.counts["matched_by_position"] == 1 and a.counts["allele_mismatch"] == 1
+    assert a.counts["extra"] == 1  # the column "extra"; d's column is taken, then refused
+    codes = np.array([[0, 1, 2, 2, 0], [2, -1, 0, 1, 1]], np.int8)  # over the new file's columns
+    assert a.apply(codes).tolist() == [[2, 1, 2, -1], [0, -1, 0, -1]]  # c flipped: 0 -> 2, 2 -> 0
+
+
+def _fold_files(d, ids, truth, val_ids, val_truth, pred, val_pred, fold):
+    d.mkdir(parents=True)
+    pd.DataFrame({"sample_id": ids, "fold": fold, "truth": truth, "prediction": pred}).to_csv(d / PREDICTIONS_CSV,
+                                                                                              index=False)
+    pd.DataFrame({"sample_id": val_ids, "fold": fold + 1, "truth": val_truth,
+                  "prediction": val_pred}).to_csv(d / VAL_PREDICTIONS_CSV, index=False)
+    (d / METRICS_JSON).write_text(json.dumps({"seconds": 1.0}))
+
+
+@pytest.mark.parametrize("val_best", ["cnn", "gblup_dosage"])
+def test_the_ensemble_weights_come_from_the_validation_fold_alone(tmp_path, val_best):
+    """On the validation fold one model is exact and the other noise; on the test fold the
+    other way round: the weights follow the validation fold, never the test fold."""
+    rng = np.random.default_rng(1)
+    run = RunDir(tmp_path)
+    ids, val_ids = [f"t{i}" for i in range(40)], [f"v{i}" for i in range(40)]
+    y, yv = rng.normal(size=40), rng.normal(size=40)
+    for m in ("cnn", "gblup_dosage"):
+        good_on_val = m == val_best
+        _fold_files(run.model_fold("d", m, 1), ids, y, val_ids, yv,
+                    rng.normal(size=40) if good_on_val else y, yv if good_on_val else rng.normal(size=40), 1)
+    (row, weights, preds), = ensemble_folds(tmp_path, {"dataset": "d", "n_folds": 1}, ["gblup_dosage"])
+    assert weights[f"w_{val_best}"] == 1.0 and weights["val_mse"] == pytest.approx(0.0, abs=1e-12)
+    assert row["pcc"] < 0.5  # the test fold's exact model was not chosen
+    assert preds["sample_id"].tolist() == ids
+    w = simplex_weights(3)
+    assert np.allclose(w.sum(axis=1), 1) and len(w) == 231 and (w >= 0).all()
