@@ -178,7 +178,7 @@ def hpcsnp(*args):
 
 def rrblup_effects(store_path: Path) -> np.ndarray:
     from hpcsnp.linear.baseline import gram_matrix, read_rows
-    from hpcsnp.run.predict import marker_effects
+    from hpcsnp.linear.refit import marker_effects
     from hpcsnp.store import open_store
 
     store = open_store(store_path)

@@ -220,3 +220,24 @@ def die_with_parent() -> None:
         return
     if os.getppid() != int(parent):
         raise SystemExit(143)
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """Resident memory of this process from /proc (VmRSS now, VmHWM peak); nan elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:
+        return None

@@ -345,7 +345,7 @@ def test_micro_batches_give_the_whole_batch_update():
     from hpcsnp.cnn.data import one_hot
     from hpcsnp.cnn.fused import TrainingForward
     from hpcsnp.cnn.model import build_model
-    from hpcsnp.cnn.train import _accumulating_step
+    from hpcsnp.cnn.steps import _accumulating_step
     from hpcsnp.config import Config
 
     cfg = Config(dropout=0.0)
@@ -509,7 +509,7 @@ def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_
 def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
     import tensorflow as tf
 
-    from hpcsnp.cnn.train import masked_one_hot
+    from hpcsnp.cnn.steps import masked_one_hot
     from hpcsnp.config import Config
 
     g = tf.constant(np.random.default_rng(0).integers(0, 3, (64, 500)).astype(np.int8))

@@ -44,7 +44,7 @@ def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
     and the RKHS fit on a fold's fitting rows give that fold's baseline predictions."""
     from hpcsnp.folds import fold_split
     from hpcsnp.linear.baseline import cached_gram
-    from hpcsnp.run.predict import kernel_fit, marker_effects
+    from hpcsnp.linear.refit import kernel_fit, marker_effects
     from hpcsnp.rundir import RunDir
     from hpcsnp.store import open_store
 

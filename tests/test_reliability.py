@@ -214,7 +214,8 @@ def test_reduce_refuses_a_fold_with_nan_or_truncated_metrics(sim_store, tmp_path
 def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path, monkeypatch, caplog):
     import logging
 
-    from hpcsnp.cnn.train import Checkpointer, train_fold
+    from hpcsnp.cnn.checkpoint import Checkpointer
+    from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
     from hpcsnp.errors import InputError
 

@@ -11,7 +11,6 @@ skipped unless ``force``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -23,17 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcsnp.atomic import atomic_replace_dir, atomic_write_text
-from hpcsnp.cnn.data import RowSource, one_hot, should_cache
-from hpcsnp.cnn.fused import training_forward
-from hpcsnp.cnn.model import build_model, fills_missing, flops_per_sample
-from hpcsnp.cnn.saliency import ATTRIBUTIONS, MarginalAssociation, fold_attributions
+from hpcsnp.atomic import atomic_replace_dir
+from hpcsnp.cnn.checkpoint import (
+    Checkpointer,
+    _savez_atomic,
+    _signals_blocked,
+    check_resumable,
+)
+from hpcsnp.cnn.data import RowSource, should_cache
+from hpcsnp.cnn.loop import fit_epochs, train_epoch
+from hpcsnp.cnn.model import fills_missing, flops_per_sample
+from hpcsnp.cnn.steps import CompiledSteps
 from hpcsnp.config import Config
-from hpcsnp.errors import FoldFailedError, InputError
+from hpcsnp.errors import FoldFailedError
 from hpcsnp.folds import check_fold_usable, fold_split
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
-from hpcsnp.resources import configure_tensorflow, granted_cpus, provenance
+from hpcsnp.resources import configure_tensorflow, granted_cpus, peak_rss_mb, provenance, rss_mb
 from hpcsnp.rundir import (
     METRICS_JSON,
     MODEL_KERAS,
@@ -42,7 +47,6 @@ from hpcsnp.rundir import (
     VAL_PREDICTIONS_CSV,
     RunDir,
     check_same_store,
-    config_differences,
     dataset_name,
     read_json,
     shard_file,
@@ -280,7 +284,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
         rstate["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "lr": rstate["lr"]})
         ckpt.save_epoch(rstate, epoch)
         say(f"refit epoch {epoch:4d}/{epochs}  loss {np.mean(losses):.4f}  lr {rstate['lr']:.3g}  "
-            f"{time.perf_counter() - t0:.1f}s  rss {_rss_mb('VmRSS'):.0f} MB")
+            f"{time.perf_counter() - t0:.1f}s  rss {rss_mb('VmRSS'):.0f} MB")
     record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
     return steps, sources, scale, record
@@ -307,12 +311,6 @@ def new_state(cfg, store) -> dict:
     """A training's checkpointed state before its first epoch."""
     return {"epoch": 0, "best_mae": None, "best_epoch": 0, "wait": 0, "history": [], "train_seconds": 0.0,
             "lr": cfg.learning_rate, "lr_wait": 0, "config": cfg.to_dict(), "store_id": store.store_id}
-
-
-def _savez_atomic(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 class FoldLog:
@@ -386,224 +384,6 @@ class FoldSources:
         return cls(source(split.train), source(split.val), source(split.test), bool(cache))
 
 
-class CompiledSteps:
-    """The model, its optimiser and the compiled functions a fold runs: the training step
-    (fused or Keras, micro-batched on wide data), prediction and saliency.  Every step takes
-    int8 genotypes and expands the one-hot encoding inside the graph."""
-
-    @classmethod
-    def build(cls, n_var: int, cfg, scale: TargetScale, n_threads: int, say, missing_dosage=None) -> "CompiledSteps":
-        import keras
-        import tensorflow as tf
-
-
-        self = cls()
-        self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
-        self.eval_batch = eval_batch_size(cfg, n_var)
-        model = self.model = build_model(n_var, cfg, missing_dosage)
-        optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon)
-        optimizer.build(model.trainable_variables)
-        forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
-        encode = masked_one_hot(cfg, optimizer.iterations) if cfg.mask_rate else one_hot
-
-        # The training step keeps its batch length in the graph: a graph for any length would
-        # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
-        @tf.function(reduce_retracing=True, autograph=False)
-        def train_step(g, t):
-            x = encode(g)
-            with tf.GradientTape() as tape:
-                pred = forward(x, training=True)[:, 0]
-                mse = tf.reduce_mean(tf.square(pred - t))
-                loss = mse + tf.add_n(model.losses)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return mse
-
-        micro = micro_batch_size(cfg, n_var)
-        if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
-            train_step = _accumulating_step(model, forward, optimizer, micro, encode)
-            say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
-                f"(--step-activation-mb {cfg.step_activation_mb})")
-        self.train_step = train_step
-
-        # traced once for any batch length; autograph off in every step: plain Python, no
-        # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
-        @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
-        def predict_step(g):  # the same function as model(x), with the fused convolution when on
-            return forward(one_hot(g), training=False)[:, 0]
-        self.predict_step = predict_step
-        # Resume state: every variable of the model (weights and the dropout layers' RNG
-        # states) and of the optimiser.  (tf.train.Checkpoint on a Keras 3 model misses the
-        # model's own variables.)
-        self.run_variables = list(model.variables) + list(optimizer.variables)
-        return self
-
-    def predict(self, src) -> tuple[np.ndarray, np.ndarray]:
-        """Predictions in phenotype units and the store rows they belong to."""
-        preds, rows = [], []
-        for g, _, r in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
-            preds.append(self.predict_step(g).numpy())
-            rows.append(np.asarray(r))
-        return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
-
-    def attributions(self, src) -> tuple[dict, int, dict]:
-        """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
-        samples; the count; the seconds each took."""
-
-        methods = [m for m in self.cfg.attribution_methods() if m in ATTRIBUTIONS]
-        return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
-                                 self.n_var, methods, training=self.cfg.saliency_dropout)
-
-    def marginal(self, src) -> np.ndarray:
-        """The ``marginal`` attribution of this model over ``src``'s lines (phenotype units)."""
-
-        acc = MarginalAssociation(self.n_var)
-        for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
-            acc.add(np.asarray(g), self.scale.back(self.predict_step(g).numpy()))
-        return acc.result()
-
-
-class Checkpointer:
-    """The fold's resume state in its partial directory: every run variable in
-    ``last-<epoch>.npz``, the best epoch's model variables in ``best.npz``, and the counters,
-    settings and store id in ``state.json``, which names its checkpoint.  Written with
-    SIGTERM/SIGINT held, so a kill leaves a pair that belongs together."""
-
-    def __init__(self, partial: Path, run_variables, model_variables):
-        self.dir, self.run_vars, self.model_vars = partial, run_variables, model_variables
-        self.state_path = partial / "state.json"
-
-    def resume(self, fresh: dict, cfg, store, optimizer) -> dict:
-        """The state checkpointed here (its variables loaded), else ``fresh``."""
-        if not self.state_path.exists():
-            return fresh
-        state = read_json(self.state_path)
-        check_resumable(state, cfg, store, self.dir)
-        load_variables(self.dir / state.get("checkpoint", "last.npz"), self.run_vars)
-        optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
-        return state
-
-    def save_best(self) -> None:
-        save_variables(self.dir / "best.npz", self.model_vars)
-
-    def restore_best(self) -> None:
-        load_variables(self.dir / "best.npz", self.model_vars)
-
-    def save_epoch(self, state: dict, epoch: int) -> None:
-        with _signals_blocked():
-            previous = state.get("checkpoint")
-            state["checkpoint"] = f"last-{epoch}.npz"
-            save_variables(self.dir / state["checkpoint"], self.run_vars)
-            atomic_write_text(self.state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
-            if previous and previous != state["checkpoint"]:
-                (self.dir / previous).unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Remove the resume files once the fold's outputs are written."""
-        for name in [*(p.name for p in self.dir.glob("last*.npz")), "best.npz", "state.json"]:
-            (self.dir / name).unlink(missing_ok=True)
-
-
-class EarlyStopping:
-    """Counts epochs without a better validation MAE (``best_mae``, ``best_epoch``, ``wait``
-    live in the checkpointed state); stops after ``patience`` of them."""
-
-    def __init__(self, state: dict, cfg, patience: int):
-        self.state, self.cfg, self.patience = state, cfg, patience
-
-    def update(self, epoch: int, val_mae: float) -> bool:
-        """Record an epoch; True when it improved on the best."""
-        s = self.state
-        improved = s["best_mae"] is None or val_mae < s["best_mae"] - self.cfg.min_delta
-        if improved:
-            s.update(best_mae=val_mae, best_epoch=epoch, wait=0)
-        else:
-            s["wait"] += 1
-        return improved
-
-    @property
-    def stop(self) -> bool:
-        return self.state["wait"] >= self.patience
-
-    @property
-    def go_on(self) -> bool:
-        return self.state["epoch"] < self.cfg.max_epochs and self.state["wait"] <= self.patience
-
-
-class Plateau:
-    """Multiplies the learning rate by ``lr_decay_factor`` after ``patience`` epochs without
-    improvement (0: never), counted afresh after each cut (``lr``, ``lr_wait`` in the state)."""
-
-    def __init__(self, state: dict, cfg, optimizer, patience: int):
-        self.state, self.cfg, self.optimizer, self.patience = state, cfg, optimizer, patience
-
-    def update(self, improved: bool) -> None:
-        s, cfg = self.state, self.cfg
-        if improved:
-            s["lr_wait"] = 0
-            return
-        s["lr_wait"] = s.get("lr_wait", 0) + 1
-        if self.patience and s["lr_wait"] >= self.patience:
-            s["lr"] = max(s.get("lr", cfg.learning_rate) * cfg.lr_decay_factor, cfg.min_learning_rate)
-            self.optimizer.learning_rate.assign(s["lr"])
-            s["lr_wait"] = 0
-
-    @property
-    def lr(self) -> float:
-        return float(self.state.get("lr", self.cfg.learning_rate))
-
-
-def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Checkpointer, cfg, y,
-               n_threads: int, say) -> dict:
-    """Epochs until early stopping or max_epochs, each checkpointed; returns the CPU use and
-    the patience in epochs (the configured epochs, raised to cover the patience in steps)."""
-    n_steps = -(-len(sources.train) // cfg.batch_size)
-    if cfg.steps_per_epoch:
-        n_steps = min(n_steps, cfg.steps_per_epoch)
-    patience, lr_patience = cfg.epochs_patience(n_steps)
-    if (patience, lr_patience) != (cfg.patience, cfg.lr_decay_patience):
-        say(f"{n_steps} optimiser steps an epoch: patience {patience} epochs, learning rate halved after "
-            f"{lr_patience} (--patience-steps {cfg.patience_steps}, --lr-decay-steps {cfg.lr_decay_steps})")
-    stopping = EarlyStopping(state, cfg, patience)
-    plateau = Plateau(state, cfg, steps.optimizer, lr_patience)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    while stopping.go_on:
-        t0 = time.perf_counter()
-        epoch = state["epoch"] + 1
-        losses = train_epoch(steps, sources.train, state, cfg, epoch, n_threads)
-        vp, vr = steps.predict(sources.val)
-        val_mae = float(np.mean(np.abs(vp - y[vr])))
-        improved = stopping.update(epoch, val_mae)
-        if improved:
-            ckpt.save_best()
-        plateau.update(improved)
-        state["epoch"] = epoch
-        state["train_seconds"] += time.perf_counter() - t0
-        state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
-                                 "lr": plateau.lr})
-        ckpt.save_epoch(state, epoch)
-        say(f"epoch {epoch:4d}  loss {np.mean(losses):.4f}  val MAE {val_mae:.4g}  best {state['best_mae']:.4g} @ "
-            f"{state['best_epoch']}  {time.perf_counter() - t0:.1f}s  rss {_rss_mb('VmRSS'):.0f} MB")
-        if stopping.stop:
-            break
-    # CPU seconds per wall second of this process's epochs: at most the granted cores
-    return {"cpu_utilisation": (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9),
-            "patience_epochs": patience, "lr_patience_epochs": lr_patience}
-
-
-def train_epoch(steps: CompiledSteps, source, state: dict, cfg, epoch: int, n_threads: int) -> list[float]:
-    """One epoch of optimiser steps over ``source`` (shuffled by seed and epoch, at most
-    cfg.steps_per_epoch batches); counts the samples seen in ``state``; the batch losses."""
-    losses = []
-    batches = source.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, threads=n_threads)
-    for step, (g, t, _) in enumerate(batches):
-        if cfg.steps_per_epoch and step >= cfg.steps_per_epoch:
-            break
-        losses.append(float(steps.train_step(g, t)))
-        state["samples"] = state.get("samples", 0) + int(g.shape[0])
-    return losses
-
-
 class FoldOutputs:
     """Writes a fold's result files into its partial directory."""
 
@@ -669,7 +449,7 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
         "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),
     }
-    rss = _peak_rss_mb()
+    rss = peak_rss_mb()
     if rss:
         record["peak_rss_mb"] = rss
     return record
@@ -678,98 +458,6 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
 def training_seconds(state: dict) -> float:
     """Seconds of training epochs: the early-stopped run's and its refit's."""
     return state["train_seconds"] + (state.get("refit") or {}).get("seconds", 0.0)
-
-
-def check_resumable(state: dict, cfg, store, partial: Path) -> None:
-    """A checkpoint resumes only with the settings and the store it was written with."""
-    problems = []
-    if "config" in state:
-        problems += config_differences(state["config"], cfg.to_dict())
-    if state.get("store_id") not in (None, store.store_id):
-        problems.append(f"store id {state['store_id']} vs {store.store_id} ({store.path} was re-ingested)")
-    if problems:
-        raise InputError(f"{partial} was checkpointed with other settings than this command's "
-                         f"({'; '.join(problems)}; checkpoint vs command): rerun with the checkpoint's "
-                         "settings to resume it, or --force to start this fold afresh")
-
-
-def masked_one_hot(cfg, counter):
-    """One-hot encoding for training with missing-genotype augmentation: each call is set to
-    missing (-1) with probability cfg.mask_rate, a fresh mask every optimiser step (stateless
-    draws keyed by the seed and the step counter, so a resumed fold draws what the
-    uninterrupted one would have).  The model learns not to lean on any single call, and how
-    to predict lines with absent SNPs."""
-    import tensorflow as tf
-
-
-    def encode(g):
-        seed = tf.stack([tf.constant(cfg.seed * 7919 + 17, tf.int64), tf.cast(counter, tf.int64)])
-        drop = tf.random.stateless_uniform(tf.shape(g), seed=seed) < cfg.mask_rate
-        return one_hot(tf.where(drop, tf.constant(-1, g.dtype), g))
-    return encode
-
-
-def micro_batch_size(cfg, n_variants: int) -> int:
-    """Rows per compiled training call: the batch, or fewer when one activation tensor
-    (rows x SNPs x filters float32) would exceed cfg.step_activation_mb.
-    >>> from hpcsnp.config import Config
-    >>> micro_batch_size(Config(), 4236), micro_batch_size(Config(), 50000)
-    (64, 8)
-    """
-    per_sample = n_variants * cfg.filters * 4
-    return max(1, min(cfg.batch_size, cfg.step_activation_mb * 2**20 // per_sample))
-
-
-def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
-    """train_step(g, t) for a batch too wide to differentiate at once: the gradient of the
-    batch's mean squared error is accumulated over micro-batches (each weighted by its
-    share of rows), the L2 penalty's added once, and one optimiser update applied: the
-    same update as the whole batch (float rounding aside; each micro-batch draws its
-    own dropout masks).  Activation memory is that of ``micro`` rows."""
-    import tensorflow as tf
-
-    params = model.trainable_variables
-    acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in params]
-
-    @tf.function(reduce_retracing=True, autograph=False)
-    def accumulate(g, t, weight):
-        with tf.GradientTape() as tape:
-            mse = tf.reduce_mean(tf.square(forward(one_hot(g), training=True)[:, 0] - t))
-            scaled = weight * mse
-        for a, grad in zip(acc, tape.gradient(scaled, params)):
-            a.assign_add(grad)
-        return scaled
-
-    @tf.function(autograph=False)
-    def apply():
-        with tf.GradientTape() as tape:
-            penalty = tf.add_n(model.losses)
-        grads = [a + p if p is not None else tf.identity(a) for a, p in zip(acc, tape.gradient(penalty, params))]
-        optimizer.apply_gradients(zip(grads, params))
-        for a in acc:
-            a.assign(tf.zeros_like(a))
-
-    def train_step(g, t):
-        n = int(g.shape[0])
-        mse = 0.0
-        for s in range(0, n, micro):
-            mse += accumulate(g[s:s + micro], t[s:s + micro], tf.constant((min(s + micro, n) - s) / n, tf.float32))
-        apply()
-        return mse
-
-    return train_step
-
-
-def eval_batch_size(cfg, n_variants: int) -> int:
-    """Prediction/saliency batch: cfg.eval_batch_size, made smaller on wide data so that
-    one activation tensor (batch x SNPs x filters float32) stays under cfg.eval_activation_mb;
-    the result does not depend on it, the memory does.
-    >>> from hpcsnp.config import Config
-    >>> eval_batch_size(Config(), 4236), eval_batch_size(Config(), 50000)
-    (198, 16)
-    """
-    per_sample = n_variants * cfg.filters * 4
-    return max(1, min(cfg.eval_batch_size, cfg.eval_activation_mb * 2**20 // per_sample))
 
 
 def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:
@@ -789,53 +477,3 @@ def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) 
             "saliency_gflops": sal_n * fl["saliency"] / max(sal_seconds, 1e-9) / 1e9,
             "predict_samples_per_s": n_pred / max(predict_seconds, 1e-9)}
 
-
-@contextlib.contextmanager
-def _signals_blocked(signals=None):
-    """Hold SIGTERM/SIGINT (delivered on exit) while a checkpoint and its state are written."""
-    import signal
-
-    signals = signals or {signal.SIGTERM, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def save_variables(path: Path, variables) -> None:
-    """Values of ``variables`` in order, written atomically (a kill leaves the old file)."""
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, *[np.asarray(v.numpy()) for v in variables])
-    os.replace(tmp, path)
-
-
-def load_variables(path: Path, variables) -> None:
-    with np.load(path) as data:
-        values = [data[f"arr_{i}"] for i in range(len(data.files))]
-    if len(values) != len(variables):
-        raise InputError(f"{path}: checkpoint holds {len(values)} variables, the model has "
-                         f"{len(variables)}; remove {path.parent} or use --force")
-    for v, value in zip(variables, values):
-        v.assign(value)
-
-
-def _rss_mb(field: str = "VmHWM") -> float:
-    """Resident memory of this process from /proc (VmRSS now, VmHWM peak); nan elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except ImportError:
-        return None

@@ -1,2 +1,3 @@
 """The linear mixed models: GBLUP in two encodings and RKHS as per-fold baselines and refits
-(`baseline`), and the mixed-model GWAS (`gwas`).  numpy and scipy only."""
+(`baseline`), the baselines refitted on every phenotyped line for new lines (`refit`), and
+the mixed-model GWAS (`gwas`).  numpy and scipy only."""

@@ -1,0 +1,176 @@
+"""The compiled functions a fold runs: the training step (fused or Keras, micro-batched on wide data,
+with missing-genotype augmentation), prediction and attribution, over int8 genotypes expanded to
+one-hot inside the graph."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hpcsnp.cnn.data import one_hot
+from hpcsnp.cnn.fused import training_forward
+from hpcsnp.cnn.model import build_model
+from hpcsnp.cnn.saliency import ATTRIBUTIONS, MarginalAssociation, fold_attributions
+
+if TYPE_CHECKING:
+    from hpcsnp.cnn.train import TargetScale
+
+logger = logging.getLogger(__name__)
+
+
+class CompiledSteps:
+    """The model, its optimiser and the compiled functions a fold runs: the training step
+    (fused or Keras, micro-batched on wide data), prediction and saliency.  Every step takes
+    int8 genotypes and expands the one-hot encoding inside the graph."""
+
+    @classmethod
+    def build(cls, n_var: int, cfg, scale: TargetScale, n_threads: int, say, missing_dosage=None) -> "CompiledSteps":
+        import keras
+        import tensorflow as tf
+
+
+        self = cls()
+        self.cfg, self.scale, self.n_threads, self.n_var = cfg, scale, n_threads, n_var
+        self.eval_batch = eval_batch_size(cfg, n_var)
+        model = self.model = build_model(n_var, cfg, missing_dosage)
+        optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon)
+        optimizer.build(model.trainable_variables)
+        forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
+        encode = masked_one_hot(cfg, optimizer.iterations) if cfg.mask_rate else one_hot
+
+        # The training step keeps its batch length in the graph: a graph for any length would
+        # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
+        @tf.function(reduce_retracing=True, autograph=False)
+        def train_step(g, t):
+            x = encode(g)
+            with tf.GradientTape() as tape:
+                pred = forward(x, training=True)[:, 0]
+                mse = tf.reduce_mean(tf.square(pred - t))
+                loss = mse + tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return mse
+
+        micro = micro_batch_size(cfg, n_var)
+        if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
+            train_step = _accumulating_step(model, forward, optimizer, micro, encode)
+            say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
+                f"(--step-activation-mb {cfg.step_activation_mb})")
+        self.train_step = train_step
+
+        # traced once for any batch length; autograph off in every step: plain Python, no
+        # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
+        @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
+        def predict_step(g):  # the same function as model(x), with the fused convolution when on
+            return forward(one_hot(g), training=False)[:, 0]
+        self.predict_step = predict_step
+        # Resume state: every variable of the model (weights and the dropout layers' RNG
+        # states) and of the optimiser.  (tf.train.Checkpoint on a Keras 3 model misses the
+        # model's own variables.)
+        self.run_variables = list(model.variables) + list(optimizer.variables)
+        return self
+
+    def predict(self, src) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions in phenotype units and the store rows they belong to."""
+        preds, rows = [], []
+        for g, _, r in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
+            preds.append(self.predict_step(g).numpy())
+            rows.append(np.asarray(r))
+        return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
+
+    def attributions(self, src) -> tuple[dict, int, dict]:
+        """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
+        samples; the count; the seconds each took."""
+
+        methods = [m for m in self.cfg.attribution_methods() if m in ATTRIBUTIONS]
+        return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
+                                 self.n_var, methods, training=self.cfg.saliency_dropout)
+
+    def marginal(self, src) -> np.ndarray:
+        """The ``marginal`` attribution of this model over ``src``'s lines (phenotype units)."""
+
+        acc = MarginalAssociation(self.n_var)
+        for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
+            acc.add(np.asarray(g), self.scale.back(self.predict_step(g).numpy()))
+        return acc.result()
+
+
+def masked_one_hot(cfg, counter):
+    """One-hot encoding for training with missing-genotype augmentation: each call is set to
+    missing (-1) with probability cfg.mask_rate, a fresh mask every optimiser step (stateless
+    draws keyed by the seed and the step counter, so a resumed fold draws what the
+    uninterrupted one would have).  The model learns not to lean on any single call, and how
+    to predict lines with absent SNPs."""
+    import tensorflow as tf
+
+
+    def encode(g):
+        seed = tf.stack([tf.constant(cfg.seed * 7919 + 17, tf.int64), tf.cast(counter, tf.int64)])
+        drop = tf.random.stateless_uniform(tf.shape(g), seed=seed) < cfg.mask_rate
+        return one_hot(tf.where(drop, tf.constant(-1, g.dtype), g))
+    return encode
+
+
+def micro_batch_size(cfg, n_variants: int) -> int:
+    """Rows per compiled training call: the batch, or fewer when one activation tensor
+    (rows x SNPs x filters float32) would exceed cfg.step_activation_mb.
+    >>> from hpcsnp.config import Config
+    >>> micro_batch_size(Config(), 4236), micro_batch_size(Config(), 50000)
+    (64, 8)
+    """
+    per_sample = n_variants * cfg.filters * 4
+    return max(1, min(cfg.batch_size, cfg.step_activation_mb * 2**20 // per_sample))
+
+
+def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
+    """train_step(g, t) for a batch too wide to differentiate at once: the gradient of the
+    batch's mean squared error is accumulated over micro-batches (each weighted by its
+    share of rows), the L2 penalty's added once, and one optimiser update applied: the
+    same update as the whole batch (float rounding aside; each micro-batch draws its
+    own dropout masks).  Activation memory is that of ``micro`` rows."""
+    import tensorflow as tf
+
+    params = model.trainable_variables
+    acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in params]
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def accumulate(g, t, weight):
+        with tf.GradientTape() as tape:
+            mse = tf.reduce_mean(tf.square(forward(one_hot(g), training=True)[:, 0] - t))
+            scaled = weight * mse
+        for a, grad in zip(acc, tape.gradient(scaled, params)):
+            a.assign_add(grad)
+        return scaled
+
+    @tf.function(autograph=False)
+    def apply():
+        with tf.GradientTape() as tape:
+            penalty = tf.add_n(model.losses)
+        grads = [a + p if p is not None else tf.identity(a) for a, p in zip(acc, tape.gradient(penalty, params))]
+        optimizer.apply_gradients(zip(grads, params))
+        for a in acc:
+            a.assign(tf.zeros_like(a))
+
+    def train_step(g, t):
+        n = int(g.shape[0])
+        mse = 0.0
+        for s in range(0, n, micro):
+            mse += accumulate(g[s:s + micro], t[s:s + micro], tf.constant((min(s + micro, n) - s) / n, tf.float32))
+        apply()
+        return mse
+
+    return train_step
+
+
+def eval_batch_size(cfg, n_variants: int) -> int:
+    """Prediction/saliency batch: cfg.eval_batch_size, made smaller on wide data so that
+    one activation tensor (batch x SNPs x filters float32) stays under cfg.eval_activation_mb;
+    the result does not depend on it, the memory does.
+    >>> from hpcsnp.config import Config
+    >>> eval_batch_size(Config(), 4236), eval_batch_size(Config(), 50000)
+    (198, 16)
+    """
+    per_sample = n_variants * cfg.filters * 4
+    return max(1, min(cfg.eval_batch_size, cfg.eval_activation_mb * 2**20 // per_sample))

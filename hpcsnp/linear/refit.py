@@ -1,0 +1,201 @@
+"""The linear baselines refitted on every phenotyped line of a run, for ``hpcsnp predict``:
+GBLUP of either encoding as marker effects (one pass over new lines' genotypes), and the
+RKHS as a kernel fit over the phenotyped lines' designs.  Each is cached in the run, keyed
+by the store's identity.  numpy only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpcsnp.atomic import atomic_write_text
+from hpcsnp.genotypes import mean_dosage
+from hpcsnp.linear.baseline import (
+    KERNEL_KINDS,
+    REMLSpectrum,
+    cached_gram,
+    centred_kernels,
+    check_memory,
+    gblup_solve,
+    read_rows,
+    squared_distances,
+    uncentred,
+)
+from hpcsnp.rundir import METRICS_JSON, RunDir, read_json
+from hpcsnp.store import row_chunks
+
+logger = logging.getLogger(__name__)
+
+REFIT_VERSION = 2  # 2: the RKHS refit records its distance
+
+
+@dataclass
+class MarkerEffects:
+    """A GBLUP fit as marker effects: prediction = mu + (X - means) @ beta, with X the
+    uncentred design of an encoding and missing dosages replaced by ``fill``."""
+
+    encoding: str
+    beta: np.ndarray
+    means: np.ndarray
+    fill: np.ndarray
+    mu: float
+    delta: float
+
+    def predict(self, g: np.ndarray) -> np.ndarray:
+
+        return self.mu + (uncentred(g, self.encoding, self.fill) - self.means) @ self.beta
+
+
+def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np.ndarray) -> MarkerEffects:
+    """GBLUP fitted on ``fit_rows`` (REML delta), turned into marker effects by one pass over
+    the store.  ``G``: the store's uncentred Gram matrix (baseline.cached_gram).  On a fold's
+    fitting rows it reproduces that fold's baseline predictions (tested)."""
+
+    fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
+    y = store.phenotype.astype(np.float64)[fit_rows]
+    K, _ = centred_kernels(G, width, fit_rows, fit_rows[:0])
+    spectrum = REMLSpectrum(K, y, overwrite=True)
+    delta, _ = spectrum.maximise()
+    if spectrum.centred:  # always, up to rounding: the kernel is centred by its own rows
+        alpha, mu = spectrum.solve(delta), spectrum.mean
+    else:  # then REMLSpectrum left K as it was
+        alpha, mu = gblup_solve(K, y, delta, overwrite=True)
+    del K, spectrum
+    # missing dosages are filled with the SNP's mean over every sample of the store, as the
+    # baseline's Gram matrix does (no phenotype involved)
+    fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
+    beta, col_sum = None, None
+    for lo, hi, g in row_chunks(store):
+        a, b = np.searchsorted(fit_rows, [lo, hi])
+        if a == b:
+            continue
+        x = uncentred(g[fit_rows[a:b] - lo], encoding, fill)
+        beta = x.T @ alpha[a:b] if beta is None else beta + x.T @ alpha[a:b]
+        col_sum = x.sum(axis=0) if col_sum is None else col_sum + x.sum(axis=0)
+    means = col_sum / len(fit_rows)
+    beta = (beta - means * alpha.sum()) / width  # Z' alpha with Z = X - means (alpha sums to ~0)
+    return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
+
+
+@dataclass
+class KernelFit:
+    """An RKHS fit with the Gaussian kernel: prediction = mu + k(x) @ alpha with
+    k_j(x) = exp(-theta |x - x_j|^2 / scale) over the fitting lines' designs ``X`` in the
+    encoding ``distance`` (dosage with missing calls filled with ``fill``, as in CV, or the
+    one-hot codes, held in float32: their products are exact small integers).  Needs the
+    fitting lines' genotypes: memory of the training store's size, not of the new lines'."""
+
+    alpha: np.ndarray
+    mu: float
+    theta: float
+    scale: float
+    fill: np.ndarray
+    X: np.ndarray
+    delta: float
+    distance: str = "dosage"
+
+    def predict(self, g: np.ndarray) -> np.ndarray:
+        x = kernel_design(g, self.distance, self.fill)
+        d2 = ((x * x).sum(axis=1, dtype=np.float64)[:, None] + (self.X * self.X).sum(axis=1, dtype=np.float64)[None, :]
+              - 2.0 * (x @ self.X.T).astype(np.float64))
+        return self.mu + np.exp(np.maximum(d2, 0.0) * (-self.theta / self.scale)) @ self.alpha
+
+
+def kernel_design(g: np.ndarray, distance: str, fill: np.ndarray) -> np.ndarray:
+    """The design an RKHS kernel measures distances in: float64 dosages, float32 one-hot codes."""
+
+    x = uncentred(g, distance, fill)
+    return x.astype(np.float32) if distance == "onehot" else x
+
+
+def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage", X=None) -> KernelFit:
+    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta) on the
+    ``distance`` encoding: on a fold's fitting rows and its chosen kernel it reproduces that
+    fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten;
+    ``X``: the fitting rows' design (kernel_design) when the caller already has it."""
+
+    fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
+    D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
+    del G
+    scale = float(np.median(D2[np.triu_indices(len(fit_rows), 1)])) or 1.0
+    K = np.exp(D2 * (-theta / scale))
+    del D2
+    y = store.phenotype.astype(np.float64)[fit_rows]
+    delta, _ = REMLSpectrum(K, y).maximise()
+    alpha, mu = gblup_solve(K, y, delta, overwrite=True)
+    fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
+    if X is None:
+        X = kernel_design(read_rows(store, fit_rows), distance, fill)
+    return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
+
+
+def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
+    """The (distance, bandwidth) the folds of a kernel baseline chose most often (dosage, then
+    the smaller theta, on a tie); runs from before the distance was chosen used dosage."""
+    from collections import Counter
+
+    chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
+              (read_json(run.baseline(ds["dataset"], kind, i) / METRICS_JSON) for i in range(1, ds["n_folds"] + 1))]
+    counts = Counter(chosen)
+    return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
+
+
+def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = None):
+    """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
+    an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
+    chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
+    for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
+    distance, shared between the RKHS fits (filled here), so they are read and held once."""
+
+    cache = run.baseline_cache(ds["dataset"], kind)
+    data, meta = cache / "refit_all.npz", cache / "refit_all.json"
+    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind}
+    try:
+        if json.loads(meta.read_text()).get("key") == key:
+            with np.load(data) as z:
+                if kind in KERNEL_KINDS:
+                    distance = str(z["distance"])
+                    X = designs.get(distance) if designs is not None else None
+                    if X is None:
+                        X = kernel_design(read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
+                    if designs is not None:
+                        designs[distance] = X
+                    return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
+                                     X, float(z["delta"]), distance)
+                return MarkerEffects(kind, z["beta"], z["means"], z["fill"], float(z["mu"]), float(z["delta"]))
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
+        logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
+    check_memory(store)
+    t0 = time.perf_counter()
+    everyone = np.arange(store.n_samples)
+    if kind in KERNEL_KINDS:
+        distance, theta = _folds_kernel(run, ds, kind)
+        G, _, _ = cached_gram(store, distance, run.baseline_cache(ds["dataset"], distance))
+        fit = kernel_fit(store, G, everyone, theta, distance, None if designs is None else designs.get(distance))
+        if designs is not None:
+            designs[distance] = fit.X
+        arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale, "distance": fit.distance}
+    else:
+        G, width, _ = cached_gram(store, kind, cache)
+        fit = marker_effects(store, kind, G, width, everyone)
+        arrays = {"beta": fit.beta, "means": fit.means}
+    del G
+    tmp = data.with_name(f".refit_all.{os.getpid()}.npz")
+    np.savez(tmp, **arrays, fill=fit.fill, mu=fit.mu, delta=fit.delta)
+    os.replace(tmp, data)
+    atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
+                                        "n_fit": store.n_samples, "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
+    logger.info(f"[{ds['dataset']}] {model_label(kind)} refitted on all {store.n_samples:,} phenotyped lines "
+                f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
+    return fit
+
+
+def model_label(kind: str) -> str:
+    return {"rkhs": "RKHS", "rkhs_local": "RKHS (narrow kernel)"}.get(kind, f"GBLUP {kind}")
