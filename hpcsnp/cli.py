@@ -173,7 +173,9 @@ def config_options(fn):
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
                           "(integrated gradients from the all-missing genotype), marginal (each SNP's association "
                           "with the fold's predictions over every line: a GWAS of the model, per sd of dosage); "
-                          f"the publication's saliency is always computed [{DEFAULTS.attribution}]."),
+                          "the publication's saliency is always computed. With marginal, reduce ranks SNPs by "
+                          "combined = sqrt(saliency x |marginal|); 'saliency' alone ranks by the saliency "
+                          f"[{DEFAULTS.attribution}]."),
         click.option("--standardize/--no-standardize", default=None,
                      help="Standardise the target with the training folds' mean/sd [on]."),
         click.option("--fuse/--no-fuse", "fuse_convolutions", default=None,

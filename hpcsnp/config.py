@@ -36,6 +36,13 @@ MISSING_DOSAGES = ("mean", "zero")
 # magnitudes already).
 ATTRIBUTION_METHODS = ("saliency", "smoothgrad", "ig", "marginal")
 SIGNED_ATTRIBUTIONS = frozenset({"marginal"})
+# The ranking reduce leads with (top SNP table, genome plot labels) when its folds computed both
+# parts: ``combined`` = sqrt(saliency x |marginal|), per SNP, the geometric mean of which SNP the
+# network reads (saliency: sharp, noisy where effects are moderate) and how strongly its
+# predictions follow the SNP's region over every line (marginal: LD-smoothed, blind to which
+# SNP of a block is causal).  Without marginal shards it is the saliency.
+COMBINED = "combined"
+COMBINED_PARTS = ("saliency", "marginal")
 
 
 @dataclass
@@ -100,7 +107,9 @@ class Config:
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (docs/method.md, Saliency)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
-    attribution: str = "saliency"  # comma-separated: saliency (always computed), smoothgrad, ig
+    # comma-separated: saliency (always computed), smoothgrad, ig, marginal; with marginal the loci
+    # are ranked by ``combined`` (bench/RESULTS.md, "Attribution on a polygenic architecture")
+    attribution: str = "marginal"
     # input pipeline
     eval_batch_size: int = 256
     eval_activation_mb: int = 32  # prediction/saliency batches shrink so one activation stays under this
@@ -171,7 +180,7 @@ class Config:
         return out
 
     def attribution_methods(self) -> list[str]:
-        """The attributions a fold computes: saliency first (reduce's ranking), then the others.
+        """The attributions a fold computes: saliency first, then the others.
 
         >>> Config(attribution="ig,smoothgrad").attribution_methods()
         ['saliency', 'ig', 'smoothgrad']

@@ -123,19 +123,22 @@ def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(ig_run):
     run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
     out = reduce_run(tmp_path / "run", top=10)
     loci = pd.read_csv(tmp_path / "run" / "top_loci.csv")
-    assert set(loci["method"]) == {"saliency", "ig", "marginal", "gwas"}
+    assert set(loci["method"]) == {"saliency", "ig", "marginal", "combined", "gwas"}
     assert (loci.groupby("method")["n_snps"].sum().drop("gwas") == 10).all()  # every top SNP in one locus
     summary = pd.read_csv(tmp_path / "run" / "attribution_summary.csv").set_index("method")
-    assert set(summary.index) == {"saliency", "ig", "marginal"} and summary["spearman_vs_gwas"].notna().all()
+    assert set(summary.index) == {"saliency", "ig", "marginal", "combined"}
+    assert summary["spearman_vs_gwas"].notna().all()
     vs = pd.read_csv(tmp_path / "run" / "attribution_vs_gwas.csv")
     assert (vs["gwas_loci_found"] <= vs["gwas_loci"]).all()
     stab = pd.read_csv(tmp_path / "run" / "attribution_stability.csv")
-    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 30  # top 10 of three methods
+    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 40  # top 10 of four methods
     assert {"ig", "ig_rank", "gwas_p", "marginal", "marginal_signed", "marginal_rank"} <= set(out["saliency"].columns)
     scores = out["saliency"]
     np.testing.assert_allclose(scores["marginal"], scores["marginal_signed"].abs())
     assert scores.loc[scores["marginal_rank"] == 1, "marginal"].iloc[0] == scores["marginal"].max()
     assert (tmp_path / "run" / "attribution_vs_gwas.png").stat().st_size > 0
+    np.testing.assert_allclose(scores["combined"], np.sqrt(scores["saliency"] * scores["marginal"]), rtol=1e-5)
+    assert out["top"]["combined"].is_monotonic_decreasing  # the lead ranking
 
 
 def test_a_damaged_gwas_table_is_named_with_the_command_that_writes_it(ig_run, tmp_path):

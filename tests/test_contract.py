@@ -25,6 +25,15 @@ def test_every_model_name_resolves_to_the_directory_its_fitter_writes(tmp_path):
     assert run.model_fold("d", CNN, 3) == run.fold("d", 3)
 
 
+def test_the_default_attributions_give_the_combined_ranking():
+    """Every fold computes the saliency and the marginal association by default, so reduce
+    ranks SNPs by their geometric mean (config.COMBINED); --attribution saliency opts out."""
+    from hpcsnp.config import COMBINED_PARTS, Config
+
+    assert set(COMBINED_PARTS) <= set(Config().attribution_methods())
+    assert Config(attribution="saliency").attribution_methods() == ["saliency"]
+
+
 def test_mean_dosage_is_the_mean_over_called_genotypes_in_any_batching():
     rng = np.random.default_rng(0)
     g = rng.integers(-1, 3, size=(57, 9)).astype(np.int8)

@@ -53,11 +53,15 @@ def test_reduce_outputs_and_summary(run):
     assert list(summary.columns[:5]) == ["dataset", "model", "n_folds", "pcc_mean", "pcc_sd"]
     assert summary.loc[0, "pcc_mean"] == pytest.approx(np.mean([r.metrics["pcc"] for r in results]), rel=1e-5)
     assert summary.loc[0, "pcc_sd"] == pytest.approx(np.std([r.metrics["pcc"] for r in results], ddof=1), rel=1e-4)
-    top = pd.read_csv(run_dir / "top_saliency_snps.csv")
-    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency", "locus", "folds_in_top",
-                                 "n_folds", "fold_score_sd"]
+    top = pd.read_csv(run_dir / "top_saliency_snps.csv")  # the default attributions: ranked by combined
+    assert list(top.columns) == ["dataset", "rank", "snp", "chrom", "pos", "saliency", "marginal", "combined", "locus",
+                                 "folds_in_top", "n_folds", "fold_score_sd"]
     assert top["locus"].notna().all() and top["folds_in_top"].between(0, 3).all()
-    assert top["rank"].tolist() == list(range(1, 8)) and top["saliency"].is_monotonic_decreasing
+    assert top["rank"].tolist() == list(range(1, 8)) and top["combined"].is_monotonic_decreasing
+    np.testing.assert_allclose(top["combined"], np.sqrt(top["saliency"] * top["marginal"]), rtol=1e-4)
+    scores = pd.read_csv(run_dir / "avg_saliency.csv")
+    assert scores["combined"].max() == pytest.approx(top["combined"].iloc[0], rel=1e-5)
+    assert (scores["marginal"] == scores["marginal_signed"].abs()).all()
     png = (run_dir / "avg_saliency_across_folds.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -84,7 +88,7 @@ def test_query(run):
 
     run_dir, _ = run
     out = reduce_run(run_dir, top=5, plot=False)
-    best = out["top"].iloc[0]
+    best = out["saliency"].nsmallest(1, "rank").iloc[0]  # the top SNP by saliency (query reports saliency)
     q = query(run_dir, [best["snp"]])
     assert q.iloc[0]["rank"] == 1 and q.iloc[0]["saliency"] == pytest.approx(best["saliency"], rel=1e-5)  # CSVs keep 6 significant digits  # noqa: E501
     assert q.iloc[0]["of"] == 60

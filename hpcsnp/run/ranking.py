@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from hpcsnp.config import ATTRIBUTION_METHODS, SIGNED_ATTRIBUTIONS
+from hpcsnp.config import ATTRIBUTION_METHODS, COMBINED, COMBINED_PARTS, SIGNED_ATTRIBUTIONS
 from hpcsnp.errors import InputError, StoreError
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
 from hpcsnp.rundir import GWAS_CSV, RunDir
@@ -79,6 +79,10 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
             per_fold[method] = got[0]
         if method != "saliency":
             scores[method] = mean
+    if all(m in per_fold for m in COMBINED_PARTS):
+        a, b = COMBINED_PARTS
+        per_fold[COMBINED] = np.sqrt(per_fold[a] * per_fold[b])
+        scores[COMBINED] = np.sqrt(scores[a].to_numpy() * scores[b].to_numpy())
     for method in per_fold:
         scores[f"{method}_rank"] = scores[method].rank(ascending=False, method="first").astype(int)
     out = Ranking(scores)

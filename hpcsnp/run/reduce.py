@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.atomic import atomic_write_text
-from hpcsnp.config import Config
+from hpcsnp.config import COMBINED, COMBINED_PARTS, Config
 from hpcsnp.errors import IncompleteRunError, InputError
 from hpcsnp.metrics import all_finite
 from hpcsnp.models import KINDS, LINEAR_MODELS, model_name
@@ -246,8 +246,9 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         extra = [c for c in ranking.scores.columns if c not in ("snp", "chrom", "pos", "saliency", "saliency_rank")]
         sal_frames.append(pd.concat([frame[["dataset", "snp", "chrom", "pos", "saliency", "rank"]],
                                      ranking.scores[extra]], axis=1))
-        tops_ = frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]]
-        stab = pd.DataFrame([r for r in ranking.stability if r["method"] == "saliency"])
+        lead = lead_method(ranking.scores)
+        tops_ = top_table(frame, ranking.scores, lead, top)
+        stab = pd.DataFrame([r for r in ranking.stability if r["method"] == lead])
         if len(stab):
             tops_ = tops_.merge(stab[["snp", "locus", "folds_in_top", "n_folds", "fold_score_sd"]], on="snp",
                                 how="left")
@@ -268,13 +269,30 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         _write_csv(pd.concat(ens_preds, ignore_index=True), run.output(ENSEMBLE_PRED_CSV))
     _write_ranking_tables(run, rankings)
     if plot:
-        leads = [r["lead_snp"] for g in rankings for r in g.loci if r["method"] == "saliency"]
+        leads = [r["lead_snp"] for g in rankings for r in g.loci if r["method"] == lead_method(g.scores)]
         plot_saliency(saliency, run.output(PLOT_PNG), label_top=min(top, 10), labels=leads or None)
         if any(g.gwas is not None for g in rankings):
             plot_attribution_vs_gwas(rankings, run.output(VS_GWAS_PNG))
         plot_fold_pcc(log, run.output(FOLD_PCC_PNG))
         plot_observed_predicted(pd.concat(test_preds, ignore_index=True), run.output(OBS_PRED_PNG))
     return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
+
+
+def lead_method(scores: pd.DataFrame) -> str:
+    """The ranking reduce leads with: ``combined`` where the folds computed its parts, else saliency."""
+    return COMBINED if COMBINED in scores else "saliency"
+
+
+def top_table(frame: pd.DataFrame, scores: pd.DataFrame, lead: str, top: int) -> pd.DataFrame:
+    """top_saliency_snps.csv's rows of one data set: its ``top`` SNPs by the lead ranking, with
+    the saliency (and, when the lead is ``combined``, its other part and itself) of each."""
+    if lead == "saliency":
+        return frame.nsmallest(top, "rank")[["dataset", "rank", "snp", "chrom", "pos", "saliency"]]
+    rows = scores.nsmallest(top, f"{lead}_rank").index
+    out = frame.loc[rows, ["dataset", "snp", "chrom", "pos", "saliency"]]
+    return out.assign(rank=scores.loc[rows, f"{lead}_rank"].to_numpy(),
+                      **{c: scores.loc[rows, c].to_numpy() for c in (*COMBINED_PARTS[1:], lead)})[
+        ["dataset", "rank", "snp", "chrom", "pos", "saliency", *COMBINED_PARTS[1:], lead]]
 
 
 def _write_ranking_tables(run: RunDir, rankings) -> None:
