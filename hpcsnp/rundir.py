@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hpcsnp.atomic import atomic_write_text
@@ -75,12 +76,46 @@ def dataset_name(store, name: str | None) -> str:
     return check_dataset_name(name, given=True) if name else check_dataset_name(store.name, given=False)
 
 
-def bound_to(info: dict, store) -> bool:
+@dataclass(frozen=True)
+class DatasetRecord:
+    """RUN/<dataset>/dataset.json: the store a data set of the run was trained from, and what
+    reduce and predict need of it without opening the store."""
+
+    dataset: str
+    store: str  # the store's absolute path when the data set was last bound
+    store_id: str | None  # the store's identity (None: written before store ids were recorded)
+    n_folds: int
+    n_samples: int
+    n_variants: int
+    store_source: dict = field(default_factory=dict)  # what the store was ingested from
+    groups: bool = False  # the store has groups (RUN/<dataset>/groups.csv)
+
+    @classmethod
+    def of_store(cls, dataset: str, store) -> "DatasetRecord":
+        return cls(dataset, str(store.path.resolve()), store.store_id, store.n_folds, store.n_samples,
+                   store.n_variants, store.attrs.get("source", {}), store.groups is not None)
+
+    @classmethod
+    def read(cls, path: Path) -> "DatasetRecord":
+        """dataset.json; keys this version does not know are ignored, a missing one is an error."""
+        data = read_json(path)
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known} | {"store_id": data.get("store_id")})
+        except TypeError as e:
+            raise InputError(f"{path}: not a data-set record ({e}); rerun any fold of the data set to rewrite it") \
+                from None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def bound_to(info: DatasetRecord, store) -> bool:
     """Whether a data set's record (dataset.json) names this store: its store id, or for a
     record written before store ids were, its path."""
-    if info.get("store_id") is not None:
-        return info["store_id"] == store.store_id
-    return Path(info.get("store", "")).resolve() == Path(store.path).resolve()
+    if info.store_id is not None:
+        return info.store_id == store.store_id
+    return Path(info.store).resolve() == Path(store.path).resolve()
 
 
 def read_json(path: Path) -> dict:
@@ -196,9 +231,9 @@ class RunDir:
         d = self.fold(dataset, fold)
         return d.is_dir() and all((d / f).exists() for f in FOLD_FILES)
 
-    def datasets(self) -> list[dict]:
-        """Every data set's dataset.json, in name order."""
-        return [read_json(p) for p in sorted(self.path.glob("*/dataset.json"))]
+    def datasets(self) -> list[DatasetRecord]:
+        """Every data set's record (dataset.json), in name order."""
+        return [DatasetRecord.read(p) for p in sorted(self.path.glob("*/dataset.json"))]
 
     def finished_outputs(self, dataset: str) -> list[Path]:
         """The finished folds (CNN and baselines) of a data set."""
@@ -216,21 +251,18 @@ class RunDir:
         self.dataset_dir(dataset).mkdir(parents=True, exist_ok=True)
         info_path, variants = self.dataset_json(dataset), self.variants_csv(dataset)
         try:
-            recorded = json.loads(info_path.read_text())
-            same = bound_to(recorded, store)
-        except (OSError, ValueError, AttributeError):
-            recorded, same = None, False
+            recorded = DatasetRecord.read(info_path) if info_path.exists() else None
+        except InputError:  # damaged: rewritten below
+            recorded = None
+        same = recorded is not None and bound_to(recorded, store)
         if recorded is not None and not same and not force:
             done = self.finished_outputs(dataset)
             if done:
-                raise InputError(f"{self}/{dataset} was trained on {recorded.get('store')} (store id "
-                                 f"{recorded.get('store_id')}) and has {len(done)} finished fold(s); {store.path} "
+                raise InputError(f"{self}/{dataset} was trained on {recorded.store} (store id "
+                                 f"{recorded.store_id}) and has {len(done)} finished fold(s); {store.path} "
                                  f"is another store or another write of it (store id {store.store_id}): give the "
                                  "trained store, another --name or --run, or --force to redo this data set's folds "
                                  "from the new store")
-        info = {"dataset": dataset, "store": str(store.path.resolve()), "store_id": store.store_id,
-                "n_folds": store.n_folds, "n_samples": store.n_samples, "n_variants": store.n_variants,
-                "store_source": store.attrs.get("source", {}), "groups": store.groups is not None}
         if not same or not variants.exists():
             tmp = variants.with_name(f"variants.csv.tmp-{os.getpid()}")
             store.variants_frame().to_csv(tmp, index=False)
@@ -244,7 +276,7 @@ class RunDir:
             os.replace(tmp, groups)
         elif store.groups is None and not same:
             groups.unlink(missing_ok=True)
-        atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+        atomic_write_text(info_path, DatasetRecord.of_store(dataset, store).to_json())
 
     def trained_dataset(self, store, name: str | None) -> str:
         """The data set of this run that ``store`` was trained as (``name``, else the store's
@@ -254,13 +286,13 @@ class RunDir:
         ds = dataset_name(store, name)
         path = self.dataset_json(ds)
         if not path.exists():
-            have = [d["dataset"] for d in self.datasets()] if self.path.is_dir() else []
+            have = [d.dataset for d in self.datasets()] if self.path.is_dir() else []
             holds = f"it holds {', '.join(have)}" if have else "it holds no trained data set"
             raise InputError(f"{self}: no data set {ds!r} ({holds}); --run adds to a data set that `hpcsnp cv` or "
                              "`hpcsnp train` made from this store (choose it with --name), or use -o DIR for "
                              "outputs outside a run")
-        info = read_json(path)
-        recorded, trained_on = info.get("store_id"), info.get("store", "?")
+        info = DatasetRecord.read(path)
+        recorded, trained_on = info.store_id, info.store
         if not bound_to(info, store):
             raise InputError(f"{self}/{ds} was trained on {trained_on} (store id {recorded}); {store.path} is "
                              f"another store or another write of it (store id {store.store_id}): give the store "

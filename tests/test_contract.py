@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpcsnp.errors import InputError
 from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
 from hpcsnp.io.newlines import VariantMeta, align
 from hpcsnp.models import BASELINE_MODELS, CNN, KINDS, LINEAR_MODELS, baseline_kind, model_name
 from hpcsnp.run.ensemble import ensemble_folds, simplex_weights
-from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, RunDir
+from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, DatasetRecord, RunDir
 
 
 def test_every_model_name_resolves_to_the_directory_its_fitter_writes(tmp_path):
@@ -86,9 +87,25 @@ def test_the_ensemble_weights_come_from_the_validation_fold_alone(tmp_path, val_
         good_on_val = m == val_best
         _fold_files(run.model_fold("d", m, 1), ids, y, val_ids, yv,
                     rng.normal(size=40) if good_on_val else y, yv if good_on_val else rng.normal(size=40), 1)
-    (row, weights, preds), = ensemble_folds(tmp_path, {"dataset": "d", "n_folds": 1}, ["gblup_dosage"])
+    (row, weights, preds), = ensemble_folds(tmp_path, DatasetRecord("d", "s.zarr", None, 1, 80, 10), ["gblup_dosage"])
     assert weights[f"w_{val_best}"] == 1.0 and weights["val_mse"] == pytest.approx(0.0, abs=1e-12)
     assert row["pcc"] < 0.5  # the test fold's exact model was not chosen
     assert preds["sample_id"].tolist() == ids
     w = simplex_weights(3)
     assert np.allclose(w.sum(axis=1), 1) and len(w) == 231 and (w >= 0).all()
+
+
+def test_the_data_set_record_round_trips_and_reads_older_records(tmp_path):
+    rec = DatasetRecord("d", "/x/s.zarr", "abc", 5, 100, 40, {"path": "s.tsv"}, True)
+    path = tmp_path / "dataset.json"
+    path.write_text(rec.to_json())
+    assert DatasetRecord.read(path) == rec
+    assert list(json.loads(path.read_text())) == ["dataset", "store", "store_id", "n_folds", "n_samples",
+                                                  "n_variants", "store_source", "groups"]
+    older = {"dataset": "d", "store": "/x/s.zarr", "n_folds": 5, "n_samples": 100, "n_variants": 40,
+             "written_by": "a later version"}  # no store id yet, a key this version does not know
+    path.write_text(json.dumps(older))
+    assert DatasetRecord.read(path) == DatasetRecord("d", "/x/s.zarr", None, 5, 100, 40)
+    path.write_text(json.dumps({"dataset": "d"}))
+    with pytest.raises(InputError, match="not a data-set record"):
+        DatasetRecord.read(path)

@@ -18,6 +18,18 @@ def volatile(key: str) -> bool:
     return any(v in key for v in VOLATILE)
 
 
+def json_diffs(va, vb, key: str) -> list[str]:
+    """'key a -> b' for every result that differs, at any depth (timings inside lists and
+    dicts, e.g. each model's seconds in seed_runs, are skipped like top-level ones)."""
+    if volatile(key.rsplit(".", 1)[-1]) or va == vb:
+        return []
+    if isinstance(va, dict) and isinstance(vb, dict):
+        return [d for kk in sorted(set(va) | set(vb)) for d in json_diffs(va.get(kk), vb.get(kk), f"{key}.{kk}")]
+    if isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):
+        return [d for i, (x, y) in enumerate(zip(va, vb)) for d in json_diffs(x, y, f"{key}[{i}]")]
+    return [f"{key} {va!r} -> {vb!r}"]
+
+
 def compare(before: Path, after: Path) -> list[str]:
     diffs = []
     for a in sorted(before.rglob("*")):
@@ -35,15 +47,9 @@ def compare(before: Path, after: Path) -> list[str]:
         elif a.name == "metrics.json" or a.name == "dataset.json":
             ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
             for k in sorted(set(ma) | set(mb)):
-                va, vb = ma.get(k), mb.get(k)
-                if volatile(k) or k == "store_id" or va == vb:
+                if k == "store_id":
                     continue
-                if isinstance(va, dict) and isinstance(vb, dict):
-                    for kk in sorted(set(va) | set(vb)):
-                        if va.get(kk) != vb.get(kk):
-                            diffs.append(f"{rel}: {k}.{kk} {va.get(kk)!r} -> {vb.get(kk)!r}")
-                else:
-                    diffs.append(f"{rel}: {k} {va!r} -> {vb!r}")
+                diffs += [f"{rel}: {d}" for d in json_diffs(ma.get(k), mb.get(k), k)]
         elif a.name == "c" and "saliency.zarr" in rel.parts:
             pass
         elif a.parent.name == "saliency.zarr" and a.name == "zarr.json":

@@ -19,6 +19,8 @@ standardised.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -134,8 +136,17 @@ def make_gradient_saliency(model, training: bool = False, encoded: bool = True):
     return make_attribution(model, "saliency", training, encoded)
 
 
+class AttributionSums(NamedTuple):
+    """Per method, the per-SNP sum of its attribution over a fold's test lines; their count;
+    per method, the seconds it took."""
+
+    sums: dict
+    n: int
+    seconds: dict
+
+
 def fold_attributions(model, batches, n_variants: int, methods=("saliency",),
-                      training: bool = False) -> tuple[dict, int, dict]:
+                      training: bool = False) -> AttributionSums:
     """Per method, the sum over every sample of ``batches`` ((int8 genotypes, y, row)
     tuples) of its per-SNP attribution; the count; the seconds each method took."""
     import time
@@ -150,7 +161,7 @@ def fold_attributions(model, batches, n_variants: int, methods=("saliency",),
             totals[m] += fn(x).numpy()
             seconds[m] += time.perf_counter() - t
         count += int(x.shape[0])
-    return totals, count, seconds
+    return AttributionSums(totals, count, seconds)
 
 
 def fold_saliency(model, batches, n_variants: int, training: bool = False) -> tuple[np.ndarray, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from hpcsnp.cnn.data import one_hot
 from hpcsnp.cnn.fused import training_forward
 from hpcsnp.cnn.model import build_model
-from hpcsnp.cnn.saliency import ATTRIBUTIONS, MarginalAssociation, fold_attributions
+from hpcsnp.cnn.saliency import ATTRIBUTIONS, AttributionSums, MarginalAssociation, fold_attributions
 
 if TYPE_CHECKING:
     from hpcsnp.cnn.train import TargetScale
@@ -80,7 +80,7 @@ class CompiledSteps:
             rows.append(np.asarray(r))
         return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
 
-    def attributions(self, src) -> tuple[dict, int, dict]:
+    def attributions(self, src) -> AttributionSums:
         """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
         samples; the count; the seconds each took."""
 

@@ -1,5 +1,9 @@
 """One cross-validation fold: fit, early stop, refit, save model, predictions, metrics, shard.
 
+This module imports TensorFlow only when a fold starts training (through ``steps`` and
+``model``), after the fold has been checked and the thread pools capped, so a refused
+fold is one line on stderr and the caps apply to TensorFlow's pools.
+
 ``train_fold`` trains test fold i of one store in this process only and
 writes ``RUN/<dataset>/fold_<i>/`` atomically: everything is written into
 ``fold_<i>.partial/`` and renamed when complete, so a directory named
@@ -31,8 +35,6 @@ from hpcsnp.cnn.checkpoint import (
 )
 from hpcsnp.cnn.data import RowSource, should_cache
 from hpcsnp.cnn.loop import fit_epochs, train_epoch
-from hpcsnp.cnn.model import fills_missing, flops_per_sample
-from hpcsnp.cnn.steps import CompiledSteps
 from hpcsnp.config import Config
 from hpcsnp.errors import FoldFailedError
 from hpcsnp.folds import check_fold_usable, fold_split
@@ -128,9 +130,9 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     for method in cfg.attribution_methods():
         out.attribution_shard(method, np.mean([m.attr[method] for m in members], axis=0), sal_n, cfg)
     first = members[0]
-    metrics.update(fold_record(dataset, split, first.state, store, cfg, first.scale, n_threads, first.fit, sal_n,
-                               sum(m.attr_seconds["saliency"] for m in members), len(tr),
-                               sum(m.predict_seconds for m in members), t_start))
+    passes = Passes(sal_n, sum(m.attr_seconds["saliency"] for m in members), len(tr),
+                    sum(m.predict_seconds for m in members))
+    metrics.update(fold_record(dataset, split, store, cfg, first, n_threads, passes, t_start))
     metrics["attribution_seconds"] = {k: sum(m.attr_seconds[k] for m in members) for k in first.attr_seconds}
     metrics["models"] = n_models
     if n_models > 1:
@@ -179,6 +181,7 @@ class Member:
 
 
 def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member:
+
     """Fit one model of the fold in ``where`` (checkpointed there): early-stopped on the
     validation fold, whose predictions it makes, then (cfg.refit) refitted on training +
     validation; predict the test fold with the final model, compute its saliency, save
@@ -186,6 +189,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     there) is read back, not trained again; an interrupted refit resumes without the
     early-stopped training being redone."""
     import keras
+
+    from hpcsnp.cnn.steps import CompiledSteps  # TensorFlow: after the checks and thread caps
 
     fold = split.test_fold
     where.mkdir(parents=True, exist_ok=True)
@@ -254,11 +259,14 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
 
 
 def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
+
     """Train afresh (same initialisation) on the training + validation folds for the epochs
     the early-stopped model was kept at, each with the learning rate it had then; the
     target scaled with those lines' mean and sd.  Checkpointed every epoch in REFIT_DIR.
     Returns the compiled steps, the sources, the scale and a record for metrics.json."""
     import keras
+
+    from hpcsnp.cnn.steps import CompiledSteps
 
     epochs = state["best_epoch"] if cfg.restore_best and state["best_epoch"] else state["epoch"]
     # the learning rate of epoch e: the starting one, then as the plateau rule left it after epoch e - 1
@@ -293,6 +301,8 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
 def training_fill(src, cfg) -> np.ndarray | None:
     """The per-SNP dosage missing calls read as (``cfg.missing_dosage`` "mean"): the mean
     centred dosage of the lines ``src`` trains on, which the model saves; None otherwise."""
+
+    from hpcsnp.cnn.model import fills_missing
 
     if not fills_missing(cfg):
         return None
@@ -419,11 +429,25 @@ class FoldOutputs:
         (self.dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n, sal_seconds, n_pred,
-                predict_seconds, t_start) -> dict:
-    """Everything metrics.json records beside the accuracy: the fold, its training history,
-    throughput, the settings, the store it came from and where and with what it ran."""
+@dataclass(frozen=True)
+class Passes:
+    """A fold's saliency and prediction passes over its test lines (every model together)."""
+
+    saliency_n: int  # test lines explained
+    saliency_seconds: float
+    predicted_n: int  # test lines predicted
+    predict_seconds: float
+
+
+def fold_record(dataset: str, split, store, cfg, first: Member, n_threads: int, passes: Passes,
+                t_start: float) -> dict:
+    """Everything metrics.json records beside the accuracy: the fold, its training history
+    (of its first model), throughput, the settings, the store it came from and where and with
+    what it ran."""
     import tensorflow as tf
+
+    state, scale, fit = first.state, first.scale, first.fit
+    sal_n, sal_seconds = passes.saliency_n, passes.saliency_seconds
 
     record = {
         "dataset": dataset, "fold": split.test_fold, "val_fold": split.val_fold,
@@ -436,7 +460,7 @@ def fold_record(dataset, split, state, store, cfg, scale, n_threads, fit, sal_n,
         "saliency_n": sal_n, "cached": should_cache(cfg, len(split.train) + len(split.val) + len(split.test),
                                                     store.n_variants),
         "threads": n_threads,
-        **_throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, store.n_variants, cfg),
+        **_throughput(state, passes, store.n_variants, cfg),
         "train_cpu_utilisation": fit["cpu_utilisation"],
         "patience_epochs": fit["patience_epochs"], "lr_patience_epochs": fit["lr_patience_epochs"],
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -460,11 +484,14 @@ def training_seconds(state: dict) -> float:
     return state["train_seconds"] + (state.get("refit") or {}).get("seconds", 0.0)
 
 
-def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) -> dict:
+def _throughput(state, passes: Passes, n_var: int, cfg) -> dict:
     """Samples/s and achieved GFLOP/s (model FLOPs, see model.flops_per_sample) of the
     training epochs (validation passes included in their time), saliency and prediction."""
 
+    from hpcsnp.cnn.model import flops_per_sample
+
     fl = flops_per_sample(n_var, cfg)
+    sal_n, sal_seconds = passes.saliency_n, passes.saliency_seconds
     samples = state.get("samples", 0)
     train_s = max(state["train_seconds"], 1e-9)
     return {"train_samples": samples, "train_samples_per_s": samples / train_s,
@@ -475,5 +502,5 @@ def _throughput(state, sal_n, sal_seconds, n_pred, predict_seconds, n_var, cfg) 
             "train_gflops_model_equivalent": samples * fl["train_step"] / train_s / 1e9,
             "saliency_samples_per_s": sal_n / max(sal_seconds, 1e-9),
             "saliency_gflops": sal_n * fl["saliency"] / max(sal_seconds, 1e-9) / 1e9,
-            "predict_samples_per_s": n_pred / max(predict_seconds, 1e-9)}
+            "predict_samples_per_s": passes.predicted_n / max(passes.predict_seconds, 1e-9)}
 

@@ -34,6 +34,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -482,7 +483,16 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     return out
 
 
-def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int, float]:
+class CachedGram(NamedTuple):
+    """A store's uncentred Gram matrix for one encoding, the design's width (the number of
+    columns it sums over) and the seconds spent computing it (0 when read from the cache)."""
+
+    matrix: np.ndarray
+    width: int
+    seconds: float
+
+
+def cached_gram(store, encoding: str, cache_dir: Path) -> CachedGram:
     """The store's uncentred Gram matrix for one encoding: computed by the first fold that
     needs it and saved in ``cache_dir`` (gram.npy + gram.json, written atomically; a lock
     makes concurrent folds wait instead of computing it twice), then read by the others.
@@ -509,7 +519,7 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
             try:
                 G = np.load(data_path)
                 if G.shape == (store.n_samples, store.n_samples):
-                    return G.astype(np.float64), int(meta["width"]), 0.0
+                    return CachedGram(G.astype(np.float64), int(meta["width"]), 0.0)
             except (OSError, ValueError, EOFError):  # a damaged cache is rebuilt
                 pass
             logger.warning(f"{data_path} is damaged; computing it again")
@@ -526,7 +536,7 @@ def cached_gram(store, encoding: str, cache_dir: Path) -> tuple[np.ndarray, int,
                                                  "dtype": "float32" if exact else "float64"}, indent=2) + "\n")
         logger.info(f"[{store.name}] {encoding} Gram matrix of {store.n_samples} samples: {seconds:.1f}s "
                     f"(cached in {data_path})")
-        return G, width, seconds
+        return CachedGram(G, width, seconds)
 
 
 def read_rows(store, rows):

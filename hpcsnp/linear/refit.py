@@ -26,7 +26,7 @@ from hpcsnp.linear.baseline import (
     squared_distances,
     uncentred,
 )
-from hpcsnp.rundir import METRICS_JSON, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, DatasetRecord, RunDir, read_json
 from hpcsnp.store import row_chunks
 
 logger = logging.getLogger(__name__)
@@ -134,25 +134,25 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     return KernelFit(alpha, float(mu), float(theta), scale, fill, X, float(delta), distance)
 
 
-def _folds_kernel(run: RunDir, ds: dict, kind: str) -> tuple[str, float]:
+def _folds_kernel(run: RunDir, ds: DatasetRecord, kind: str) -> tuple[str, float]:
     """The (distance, bandwidth) the folds of a kernel baseline chose most often (dosage, then
     the smaller theta, on a tie); runs from before the distance was chosen used dosage."""
     from collections import Counter
 
     chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
-              (read_json(run.baseline(ds["dataset"], kind, i) / METRICS_JSON) for i in range(1, ds["n_folds"] + 1))]
+              (read_json(run.baseline(ds.dataset, kind, i) / METRICS_JSON) for i in range(1, ds.n_folds + 1))]
     counts = Counter(chosen)
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
-def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = None):
+def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | None = None):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
     an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
     chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
     for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
     distance, shared between the RKHS fits (filled here), so they are read and held once."""
 
-    cache = run.baseline_cache(ds["dataset"], kind)
+    cache = run.baseline_cache(ds.dataset, kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
     key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind}
     try:
@@ -177,7 +177,7 @@ def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = Non
     everyone = np.arange(store.n_samples)
     if kind in KERNEL_KINDS:
         distance, theta = _folds_kernel(run, ds, kind)
-        G, _, _ = cached_gram(store, distance, run.baseline_cache(ds["dataset"], distance))
+        G, _, _ = cached_gram(store, distance, run.baseline_cache(ds.dataset, distance))
         fit = kernel_fit(store, G, everyone, theta, distance, None if designs is None else designs.get(distance))
         if designs is not None:
             designs[distance] = fit.X
@@ -192,7 +192,7 @@ def refitted(run: RunDir, ds: dict, store, kind: str, designs: dict | None = Non
     os.replace(tmp, data)
     atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
                                         "n_fit": store.n_samples, "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
-    logger.info(f"[{ds['dataset']}] {model_label(kind)} refitted on all {store.n_samples:,} phenotyped lines "
+    logger.info(f"[{ds.dataset}] {model_label(kind)} refitted on all {store.n_samples:,} phenotyped lines "
                 f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
     return fit
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from hpcsnp.errors import InputError
 from hpcsnp.metrics import regression_metrics
-from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, DatasetRecord, RunDir, read_json
 
 WEIGHT_STEP = 0.05
 
@@ -26,7 +26,7 @@ def simplex_weights(k: int, step: float = WEIGHT_STEP) -> np.ndarray:
     return np.array([[*c, m - sum(c)] for c in grid], dtype=np.float64) / m
 
 
-def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[dict, dict, pd.DataFrame]]:
+def ensemble_folds(run_dir: Path, ds: DatasetRecord, baselines: list[str]) -> list[tuple[dict, dict, pd.DataFrame]]:
     """The ``ensemble`` model: per fold, a convex combination of the CNN's and the baselines'
     predictions, weights (a grid of step WEIGHT_STEP) chosen by the mean squared error on
     the validation fold, from models that did not see the validation phenotypes (the CNN
@@ -34,14 +34,14 @@ def ensemble_folds(run_dir: Path, ds: dict, baselines: list[str]) -> list[tuple[
     fold plays no part in the choice.  Each baseline's test predictions are its usual ones
     (fitted on training + validation).  Returns (log row, weight row, test predictions) per
     fold; nothing when a fold lacks validation predictions (runs older than this)."""
-    name = ds["dataset"]
+    name = ds.dataset
     run = RunDir(run_dir)
     models = ["cnn", *baselines]
     if len(models) < 2:
         return []
     out = []
     grid = simplex_weights(len(models))
-    for i in range(1, ds["n_folds"] + 1):
+    for i in range(1, ds.n_folds + 1):
         dirs = {m: run.model_fold(name, m, i) for m in models}
         if not all((dirs[m] / VAL_PREDICTIONS_CSV).exists() for m in models):
             return []

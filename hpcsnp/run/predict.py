@@ -37,7 +37,7 @@ from hpcsnp.models import BASELINE_MODELS, baseline_kind
 from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
-from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, DatasetRecord, RunDir, read_json
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -46,19 +46,19 @@ EXPLAIN_TOP = 10
 COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", *BASELINE_MODELS, "observed_fraction"]
 
 
-def choose_dataset(run: RunDir, name: str | None) -> dict:
+def choose_dataset(run: RunDir, name: str | None) -> DatasetRecord:
     """The data set to predict with: ``name``, or the run's only one."""
     found = run.datasets()
     if not found:
         raise InputError(f"{run}: no data sets in this run (expected RUN/<dataset>/dataset.json; "
                          "run `hpcsnp cv STORE --run RUN` first)")
-    names = [d["dataset"] for d in found]
+    names = [d.dataset for d in found]
     if name is None:
         if len(found) > 1:
             raise InputError(f"{run} holds {len(found)} data sets ({', '.join(names)}): choose one with --dataset")
         return found[0]
     for d in found:
-        if d["dataset"] == name:
+        if d.dataset == name:
             return d
     raise InputError(f"{run}: no data set {name!r} (it holds {', '.join(names)})")
 
@@ -132,7 +132,7 @@ def _load_model(path: Path, run: RunDir, dataset: str, fold: int):
                          f"hpcsnp train {store} --fold {fold} --run {run} --name {dataset} --force") from None
 
 
-def ensemble_weights(run: RunDir, ds: dict, baselines: list[str]) -> dict | None:
+def ensemble_weights(run: RunDir, ds: DatasetRecord, baselines: list[str]) -> dict | None:
     """Weights of cnn + baselines for the headline: each fold's weights (chosen on its
     validation fold by ``reduce``'s rule) averaged over the folds; None when the run has no
     baseline or no validation predictions."""
@@ -183,7 +183,7 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
     exists (without --force), or that cannot be written.  Then remove the temporary files a
     killed predict left for these outputs."""
     protected = [p.resolve() for p in inputs]
-    owned = [run.dataset_dir(d["dataset"]).resolve() for d in run.datasets()] + [run.config_path.resolve(),
+    owned = [run.dataset_dir(d.dataset).resolve() for d in run.datasets()] + [run.config_path.resolve(),
                                                                                 run.logs.resolve()]
     for path in outputs:
         where = path.resolve()
@@ -220,21 +220,21 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         raise InputError(f"-o {out} is a directory; give a file name such as predictions.csv")
     ds = choose_dataset(run, dataset)
     outputs = [out, report_path_for(out), *([explain_path_for(out)] if explain else [])]
-    check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds["store"])], force=force)
-    name = ds["dataset"]
+    check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store)], force=force)
+    name = ds.dataset
     if fold is not None:
-        if not 1 <= fold <= ds["n_folds"]:
-            raise InputError(f"--fold {fold}: {name} has folds 1..{ds['n_folds']}")
+        if not 1 <= fold <= ds.n_folds:
+            raise InputError(f"--fold {fold}: {name} has folds 1..{ds.n_folds}")
         if not run.is_complete(name, fold):
-            raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds['store']} "
+            raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds.store} "
                              f"--fold {fold} --run {run}")
         folds = [fold]
     else:
         check_complete(run.path, [ds])  # every fold finished, readable, from this write of the store
-        folds = list(range(1, ds["n_folds"] + 1))
-    store = open_store(ds["store"])
-    if store.store_id != ds.get("store_id", store.store_id):
-        raise InputError(f"{ds['store']} was re-ingested after {run}/{name} was trained on it; "
+        folds = list(range(1, ds.n_folds + 1))
+    store = open_store(ds.store)
+    if ds.store_id is not None and store.store_id != ds.store_id:
+        raise InputError(f"{ds.store} was re-ingested after {run}/{name} was trained on it; "
                          "predict needs the store the run was trained on")
     train_meta = VariantMeta.of_store(store)
     cfg = run.config()
@@ -293,7 +293,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     table.insert(2, "rank", table["prediction"].rank(ascending=False, method="first").astype(int))
     table = table[COLUMNS]
     seconds = time.perf_counter() - t0
-    report = {"run": str(run.path), "dataset": name, "store": ds["store"], "input": where,
+    report = {"run": str(run.path), "dataset": name, "store": ds.store, "input": where,
               "input_format": source.kind, "lines": len(table), "folds": folds,
               "alignment": alignment.report(), "min_overlap": min_overlap,
               "headline": ("ensemble, weights averaged over the folds' validation-fold choices" if weights

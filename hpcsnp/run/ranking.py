@@ -13,7 +13,7 @@ import pandas as pd
 from hpcsnp.config import ATTRIBUTION_METHODS, COMBINED, COMBINED_PARTS, SIGNED_ATTRIBUTIONS
 from hpcsnp.errors import InputError, StoreError
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
-from hpcsnp.rundir import GWAS_CSV, RunDir
+from hpcsnp.rundir import GWAS_CSV, DatasetRecord, RunDir
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -56,19 +56,19 @@ class Ranking:
     gwas_loci: pd.DataFrame | None = None
 
 
-def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray, top: int,
+def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np.ndarray, top: int,
                  methods=ATTRIBUTION_METHODS) -> Ranking:
     """Scores of every method the folds computed (saliency: the run's mean, given), their
     top ``top`` SNPs clumped into loci (r^2 from the store), stability across folds, and
     the comparison with RUN/<dataset>/gwas.csv when it exists."""
 
-    name = ds["dataset"]
+    name = ds.dataset
     scores = var[["snp", "chrom", "pos"]].copy()
     scores.attrs["dataset"] = name
     scores["saliency"] = saliency
     per_fold = {}
     for method in methods:
-        got = fold_scores(run, name, ds["n_folds"], ds["n_variants"], method)
+        got = fold_scores(run, name, ds.n_folds, ds.n_variants, method)
         if got is None:
             continue
         mean = (got[0] * got[1][:, None]).sum(axis=0) / got[1].sum()
@@ -149,22 +149,22 @@ def rank_dataset(run: RunDir, ds: dict, var: pd.DataFrame, saliency: np.ndarray,
     return out
 
 
-def _read_gwas(path, ds: dict) -> pd.DataFrame:
+def _read_gwas(path, ds: DatasetRecord) -> pd.DataFrame:
     """RUN/<dataset>/gwas.csv; a damaged one is an error naming the command that writes it again."""
     try:
         table = pd.read_csv(path, dtype={"snp": str, "chrom": str}, keep_default_na=False, na_values=["nan", "NaN", ""])
-        if not {"snp", "p"} <= set(table.columns) or len(table) != ds["n_variants"]:
+        if not {"snp", "p"} <= set(table.columns) or len(table) != ds.n_variants:
             raise ValueError(f"{len(table)} rows with columns {', '.join(map(str, table.columns[:4]))}...")
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise InputError(f"{path} cannot be read ({e}): the file is damaged; write it again with "
-                         f"hpcsnp gwas {ds['store']} --run {path.parent.parent} --name {ds['dataset']}") from None
+                         f"hpcsnp gwas {ds.store} --run {path.parent.parent} --name {ds.dataset}") from None
     return table
 
 
-def _open(ds: dict):
+def _open(ds: DatasetRecord):
 
     try:
-        return open_store(ds["store"])
+        return open_store(ds.store)
     except StoreError as e:
-        logger.warning(f"{ds['dataset']}: top SNPs not grouped into loci: the store is needed for r^2 ({e})")
+        logger.warning(f"{ds.dataset}: top SNPs not grouped into loci: the store is needed for r^2 ({e})")
         return None

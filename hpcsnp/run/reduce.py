@@ -35,6 +35,7 @@ from hpcsnp.run.report import (
 from hpcsnp.rundir import (
     METRICS_JSON,
     PREDICTIONS_CSV,
+    DatasetRecord,
     RunDir,
     config_differences,
     normalised_config,
@@ -78,24 +79,24 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     wanted = run.config()
     problems = []  # (dataset, fold, state, finished: whether redoing it needs --force)
     for ds in datasets:
-        now = peek_store_id(ds["store"])
-        if now is not None and ds.get("store_id") not in (None, now):
-            raise InputError(f"{ds['store']} was re-ingested after {run_dir}/{ds['dataset']} was trained on it "
-                             f"(store id {ds['store_id']}, now {now}): redo the data set from the new store with "
-                             f"`hpcsnp cv {ds['store']} --run {run_dir} --config {run.config_path} --force`, "
+        now = peek_store_id(ds.store)
+        if now is not None and ds.store_id not in (None, now):
+            raise InputError(f"{ds.store} was re-ingested after {run_dir}/{ds.dataset} was trained on it "
+                             f"(store id {ds.store_id}, now {now}): redo the data set from the new store with "
+                             f"`hpcsnp cv {ds.store} --run {run_dir} --config {run.config_path} --force`, "
                              "or use another --run")
-        for i in range(1, ds["n_folds"] + 1):
-            if not run.is_complete(ds["dataset"], i):
-                holder = run.holder(ds["dataset"], i)
+        for i in range(1, ds.n_folds + 1):
+            if not run.is_complete(ds.dataset, i):
+                holder = run.holder(ds.dataset, i)
                 if holder:
                     state = f"running now: {holder}"
-                elif run.partial(ds["dataset"], i).exists():
+                elif run.partial(ds.dataset, i).exists():
                     state = "half-written: interrupted, a rerun resumes it"
                 else:
                     state = "missing"
                 problems.append((ds, i, state, False))
                 continue
-            metrics = run.fold(ds["dataset"], i) / METRICS_JSON
+            metrics = run.fold(ds.dataset, i) / METRICS_JSON
             state = _fold_problem(metrics, ds, wanted)
             if state:
                 problems.append((ds, i, state, True))
@@ -108,26 +109,26 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     with_config = f" --config {config}" if config.exists() else ""
     lines = [f"{run_dir}: {len(problems)} fold(s) not finished or not usable:"]
     for ds, i, state, finished in problems:
-        lines.append(f"  {ds['dataset']} fold {i} ({state}):  hpcsnp train {ds['store']} --fold {i} "
-                     f"--run {run_dir}" + (f" --name {ds['dataset']}" if _needs_name(ds) else "")
+        lines.append(f"  {ds.dataset} fold {i} ({state}):  hpcsnp train {ds.store} --fold {i} "
+                     f"--run {run_dir}" + (f" --name {ds.dataset}" if _needs_name(ds) else "")
                      + with_config + (" --force" if finished else ""))
     folds = sorted({i for _, i, _, _ in problems})
     extra = " ".join(([f"--config {config}"] if config.exists() else [])
                      + (["--force"] if any(f for *_, f in problems) else []))
-    stores = sorted({ds["store"] for ds, *_ in problems})
+    stores = sorted({ds.store for ds, *_ in problems})
     if not any(_needs_name(ds) for ds, *_ in problems):  # cv_array.sh names data sets after their stores
         env = f'HPCSNP_TRAIN_ARGS="{extra}" ' if extra else ""
         lines.append(f"  or on SLURM:  {env}sbatch --array={','.join(map(str, folds))} slurm/cv_array.sh "
                      f"{run_dir} " + " ".join(stores))
-    raise IncompleteRunError("\n".join(lines), missing=[(ds["dataset"], i) for ds, i, *_ in problems])
+    raise IncompleteRunError("\n".join(lines), missing=[(ds.dataset, i) for ds, i, *_ in problems])
 
 
 def _needs_name(ds) -> bool:
-    name = Path(ds["store"]).name
-    return (name[:-5] if name.endswith(".zarr") else name) != ds["dataset"]
+    name = Path(ds.store).name
+    return (name[:-5] if name.endswith(".zarr") else name) != ds.dataset
 
 
-def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | None:
+def _fold_problem(metrics_path: Path, ds: DatasetRecord, wanted: dict | None) -> str | None:
     """Why a finished-looking fold cannot be merged, or None."""
 
     try:
@@ -137,8 +138,8 @@ def _fold_problem(metrics_path: Path, ds: dict, wanted: dict | None) -> str | No
     if not all_finite(m):
         return f"its metrics are not finite numbers (pcc {m.get('pcc')})"
     sid = m.get("store_id")
-    if sid is not None and ds.get("store_id") is not None and sid != ds["store_id"]:
-        return f"trained on another write of the store (store id {sid}, {ds['store']} is {ds['store_id']})"
+    if sid is not None and ds.store_id is not None and sid != ds.store_id:
+        return f"trained on another write of the store (store id {sid}, {ds.store} is {ds.store_id})"
     if wanted is not None and m.get("config") is not None:
         diff = config_differences(wanted, normalised_config(m["config"]))
         if diff:
@@ -213,9 +214,9 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
     log_rows, sal_frames, top_frames, weight_rows, ens_preds, test_preds = [], [], [], [], [], []
     rankings = []
     for ds in datasets:
-        name = ds["dataset"]
+        name = ds.dataset
         first_row = len(log_rows)
-        for i in range(1, ds["n_folds"] + 1):
+        for i in range(1, ds.n_folds + 1):
             m = read_json(run.fold(name, i) / METRICS_JSON)
             log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
                              "mae": m["mae"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
@@ -232,13 +233,13 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
             add_within_group_pcc(run, name, log_rows[first_row:], ens)
         if plot:
             test_preds.append(_test_predictions(run, ds, sorted({r["model"] for r in base}), ens))
-        sal, count = mean_saliency(run.path, name, ds["n_folds"], ds["n_variants"])
+        sal, count = mean_saliency(run.path, name, ds.n_folds, ds.n_variants)
         var = pd.read_csv(run.variants_csv(name), keep_default_na=False, dtype={"snp": str, "chrom": str})
-        if len(var) != ds["n_variants"]:
+        if len(var) != ds.n_variants:
             raise InputError(f"{run.variants_csv(name)} lists {len(var)} SNPs, dataset.json says "
-                             f"{ds['n_variants']}; rerun any fold of {name} to rewrite it")
-        if count != ds["n_samples"]:
-            raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds['n_samples']}")
+                             f"{ds.n_variants}; rerun any fold of {name} to rewrite it")
+        if count != ds.n_samples:
+            raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds.n_samples}")
         frame = var.assign(dataset=name, saliency=sal)
         frame["rank"] = frame["saliency"].rank(ascending=False, method="first").astype(int)
         ranking = rank_dataset(run, ds, var, sal, top)
@@ -343,42 +344,42 @@ def add_within_group_pcc(run: RunDir, dataset: str, rows: list[dict], ens) -> No
                                                    groups.reindex(f["sample_id"]).fillna(""))
 
 
-def _test_predictions(run: RunDir, ds: dict, baselines: list[str], ens) -> pd.DataFrame:
+def _test_predictions(run: RunDir, ds: DatasetRecord, baselines: list[str], ens) -> pd.DataFrame:
     """Every model's test predictions of one data set (dataset, model, truth, prediction)."""
-    name, frames = ds["dataset"], []
+    name, frames = ds.dataset, []
     for model in ["cnn", *baselines]:
-        for i in range(1, ds["n_folds"] + 1):
+        for i in range(1, ds.n_folds + 1):
             f = pd.read_csv(run.model_fold(name, model, i) / PREDICTIONS_CSV, usecols=["truth", "prediction"])
             frames.append(f.assign(dataset=name, model=model))
     frames += [p[["truth", "prediction"]].assign(dataset=name, model="ensemble") for _, _, p in ens]
     return pd.concat(frames, ignore_index=True)
 
 
-def baseline_rows(run_dir: Path, ds: dict) -> list[dict]:
+def baseline_rows(run_dir: Path, ds: DatasetRecord) -> list[dict]:
     """Fold-log rows of each baseline that is complete for this data set; a partial one
     is left out with a warning naming the command that completes it."""
 
 
     rows, run = [], RunDir(run_dir)
     for enc in KINDS:
-        paths = [run.baseline(ds["dataset"], enc, i) / METRICS_JSON for i in range(1, ds["n_folds"] + 1)]
+        paths = [run.baseline(ds.dataset, enc, i) / METRICS_JSON for i in range(1, ds.n_folds + 1)]
         have = [p for p in paths if p.exists()]
         if not have:
             continue
         if len(have) < len(paths):
-            logger.warning(f"{ds['dataset']}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
-                 f"(complete it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc}"
-                 + (f" --name {ds['dataset']})" if _needs_name(ds) else ")"))
+            logger.warning(f"{ds.dataset}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
+                 f"(complete it: hpcsnp baseline {ds.store} --run {run_dir} --encoding {enc}"
+                 + (f" --name {ds.dataset})" if _needs_name(ds) else ")"))
             continue
         bad = [(p, why) for p in paths if (why := _fold_problem(p, ds, None))]
         if bad:
-            logger.warning(f"{ds['dataset']}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
-                 f"redo it: hpcsnp baseline {ds['store']} --run {run_dir} --encoding {enc} --force"
-                 + (f" --name {ds['dataset']}" if _needs_name(ds) else ""))
+            logger.warning(f"{ds.dataset}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
+                 f"redo it: hpcsnp baseline {ds.store} --run {run_dir} --encoding {enc} --force"
+                 + (f" --name {ds.dataset}" if _needs_name(ds) else ""))
             continue
         for i, p in enumerate(paths, start=1):
             m = read_json(p)
-            rows.append({"dataset": ds["dataset"], "model": model_name(enc), "fold": i, "pcc": m["pcc"],
+            rows.append({"dataset": ds.dataset, "model": model_name(enc), "fold": i, "pcc": m["pcc"],
                          "mse": m["mse"], "mae": m["mae"], "seconds": round(m["seconds"], 2),
                          "saliency_seconds": 0.0, "n_test": m["n_test"]})
     return rows
