@@ -226,7 +226,8 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
     scores = pd.read_csv(d / "run" / "avg_saliency.csv")
     summary = pd.read_csv(d / "run" / "attribution_summary.csv").set_index("method")
     pcc = pd.read_csv(d / "run" / "fold_pcc_summary.csv").set_index("model")["pcc_mean"]
-    rankings = {**{m: scores[m].to_numpy() for m in ("saliency", "smoothgrad", "ig", "marginal", "combined") if m in scores},
+    methods = ("saliency", "smoothgrad", "ig", "marginal", "combined")
+    rankings = {**{m: scores[m].to_numpy() for m in methods if m in scores},
                 "gwas": -np.log10(np.maximum(scores["gwas_p"].to_numpy(), 1e-300)),
                 "gwas_loco": -np.log10(np.maximum(loco_p, 1e-300)), "rrblup_abs_effect": rrblup_effects(d / "sim.zarr")}
     rows = []

@@ -93,11 +93,11 @@ def main(argv=None):
     ap.add_argument("--workdir", type=Path, help="where the new lines are written [a temporary directory]")
     args = ap.parse_args(argv)
     ds = choose_dataset(RunDir(args.run), args.dataset)
-    store = open_store(ds["store"])
+    store = open_store(ds.store)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"run {args.run} ({ds['dataset']}: {store.n_samples:,} training lines x {store.n_variants:,} SNPs, "
-          f"{ds['n_folds']} fold models); new lines in {work}")
+    print(f"run {args.run} ({ds.dataset}: {store.n_samples:,} training lines x {store.n_variants:,} SNPs, "
+          f"{ds.n_folds} fold models); new lines in {work}")
     warm = work / "warm.zarr"
     write_new_store(store, warm, 200, args.seed)
     r = timed_predict(args.run, warm, work / "warm.csv")

@@ -30,7 +30,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     run = RunDir(args.run)
     ds = choose_dataset(run, args.dataset)
-    name, k = ds["dataset"], ds["n_folds"]
+    name, k = ds.dataset, ds.n_folds
     models = ["cnn", *sorted({r["model"] for r in baseline_rows(run.path, ds)})]
 
     def load(i, file):
