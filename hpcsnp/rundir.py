@@ -6,7 +6,9 @@ Layout::
     RUN/config.json                    the run's settings (cv writes it; train writes it if absent)
     RUN/<dataset>/dataset.json         the store a data set comes from, with its store id
     RUN/<dataset>/variants.csv         its SNP names and positions
-    RUN/<dataset>/fold_<i>/            a finished CNN fold (fold_<i>.partial while training)
+    RUN/<dataset>/fold_<i>/            a finished CNN fold (fold_<i>.partial while training):
+                                       model.keras, predictions.csv, val_predictions.csv,
+                                       metrics.json, <attribution>.zarr; checkpoints while it trains
     RUN/<dataset>/baseline_<enc>/fold_<i>/
     RUN/logs/<dataset>_fold<i>[.baseline].log
     RUN/*.csv, *.png                   written by reduce only
@@ -42,6 +44,17 @@ MODEL_KERAS = "model.keras"  # a CNN fold's model (seed_<s>/model.keras for the 
 SEED_PREDICTIONS_CSV = "seed_predictions.csv"  # a CNN fold's test predictions of each of its models
 GWAS_CSV = "gwas.csv"  # RUN/<dataset>/gwas.csv, or -o DIR/gwas.csv
 FOLD_FILES = (MODEL_KERAS, PREDICTIONS_CSV, METRICS_JSON, "saliency.zarr")
+# the files of a CNN fold while it trains (fold_<i>.partial/, and seed_<s>/ inside it for its
+# other models): the checkpoint written every epoch, and what a finished model keeps
+STATE_JSON = "state.json"  # the loop's state (epoch, best epoch, learning rate, history)
+# model and optimiser variables at the end of epoch N; state.json names the one it describes
+# (checkpoints written before the epoch was in the name: last.npz)
+LAST_CHECKPOINT = "last-{epoch}.npz"
+LEGACY_LAST_CHECKPOINT = "last.npz"
+BEST_CHECKPOINT = "best.npz"  # the model's variables at its best validation epoch
+MEMBER_FILE = "member.npz"  # a finished model's predictions, kept until the fold is complete
+STOPPED_FILE = "early_stopped.npz"  # the early-stopped model's record and validation predictions, until refitted
+REFIT_DIR = "refit"  # the refit's checkpoints
 CONFIG_JSON = "config.json"
 # settings that change how fast a fold runs, not what it computes
 EXECUTION_ONLY = frozenset({"eval_batch_size", "eval_activation_mb"})
@@ -108,6 +121,39 @@ class DatasetRecord:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class FoldMetrics:
+    """A finished fold's metrics.json (a CNN fold or a baseline's) as every stage reads it:
+    the test accuracy, its cost and what it was computed from; ``raw`` holds every key."""
+
+    pcc: float
+    mse: float
+    mae: float
+    seconds: float  # training (a baseline: fitting) seconds
+    n_test: int
+    store_id: str | None = None  # None: written before store ids were recorded
+    config: dict | None = None  # a CNN fold's settings
+    epochs: int | None = None  # CNN: epochs run and the best (validation) epoch
+    best_epoch: int | None = None
+    saliency_seconds: float = 0.0
+    peak_rss_mb: float | None = None
+    target_mean: float | None = None  # CNN: the training target's mean and sd (predictions are un-scaled)
+    target_sd: float | None = None
+    theta: float | None = None  # a kernel baseline's chosen bandwidth and distance
+    distance: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def read(cls, path: Path) -> "FoldMetrics":
+        data = read_json(path)
+        known = {f.name for f in fields(cls)} - {"raw"}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known}, raw=data)
+        except TypeError as e:
+            raise InputError(f"{path}: not a fold's metrics ({e}); the fold is damaged: redo it with --force") \
+                from None
 
 
 def bound_to(info: DatasetRecord, store) -> bool:

@@ -60,24 +60,53 @@ def tsv(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def sim_store(tmp_path_factory):
-    """A small simulated store (through the public simulator and the TSV ingest)."""
+def make_store(tmp_path_factory):
+    """A factory of simulated stores, through the public simulator and the TSV ingest, each
+    built once per set of parameters for the whole test run: ``make_store(samples=..., ...)``
+    returns (store path, the simulator's truth).  A test that changes a store copies it."""
     from hpcsnp.io.simulate import simulate
     from hpcsnp.io.text import ingest_tsv
 
-    d = tmp_path_factory.mktemp("sim")
-    truth = simulate(d / "sim.tsv", samples=240, snps=60, causal=3, folds=3, missing=0.05, seed=1)
-    ingest_tsv(d / "sim.tsv", d / "sim.zarr", progress=False, chunk_rows=64)
-    return d / "sim.zarr", truth
+    built = {}
+
+    def make(samples=240, snps=60, causal=3, folds=3, missing=0.05, seed=1, chunk_rows=64):
+        key = (samples, snps, causal, folds, missing, seed, chunk_rows)
+        if key not in built:
+            d = tmp_path_factory.mktemp("sim")
+            truth = simulate(d / "sim.tsv", samples=samples, snps=snps, causal=causal, folds=folds, missing=missing,
+                             seed=seed)
+            ingest_tsv(d / "sim.tsv", d / "sim.zarr", progress=False, chunk_rows=chunk_rows)
+            built[key] = (d / "sim.zarr", truth)
+        return built[key]
+    return make
 
 
 @pytest.fixture(scope="session")
-def run(sim_store, tmp_path_factory):
-    """All three folds of the simulated store, trained once for the whole test run (a test
-    that changes a run works on a copy of it)."""
-    from hpcsnp.cnn.train import train_fold
+def make_run(tmp_path_factory):
+    """A factory of trained runs, each trained once per (store, settings, folds) for the whole
+    test run, in this process: ``make_run(store, cfg=FAST, folds=(1, 2, 3))`` returns (run
+    directory, the folds' FoldResults).  A test that changes a run copies it."""
+    trained = {}
 
-    path, _ = sim_store
-    run = tmp_path_factory.mktemp("run")
-    results = [train_fold(path, i, run, FAST) for i in (1, 2, 3)]
-    return run, results
+    def make(store, cfg=FAST, folds=(1, 2, 3)):
+        from hpcsnp.cnn.train import train_fold
+
+        key = (str(store), repr(cfg), tuple(folds))
+        if key not in trained:
+            run = tmp_path_factory.mktemp("run")
+            trained[key] = (run, [train_fold(store, i, run, cfg) for i in folds])
+        return trained[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def sim_store(make_store):
+    """The small simulated store most tests share: 240 lines x 60 SNPs, 3 folds, 5 % missing."""
+    return make_store()
+
+
+@pytest.fixture(scope="session")
+def run(sim_store, make_run):
+    """All three folds of the simulated store with the shared short settings (helpers.FAST),
+    trained once for the whole test run."""
+    return make_run(sim_store[0])

@@ -72,7 +72,7 @@ def _fold_files(d, ids, truth, val_ids, val_truth, pred, val_pred, fold):
                                                                                               index=False)
     pd.DataFrame({"sample_id": val_ids, "fold": fold + 1, "truth": val_truth,
                   "prediction": val_pred}).to_csv(d / VAL_PREDICTIONS_CSV, index=False)
-    (d / METRICS_JSON).write_text(json.dumps({"seconds": 1.0}))
+    (d / METRICS_JSON).write_text(json.dumps({"pcc": 0.0, "mse": 1.0, "mae": 1.0, "seconds": 1.0, "n_test": len(ids)}))
 
 
 @pytest.mark.parametrize("val_best", ["cnn", "gblup_dosage"])
@@ -109,3 +109,17 @@ def test_the_data_set_record_round_trips_and_reads_older_records(tmp_path):
     path.write_text(json.dumps({"dataset": "d"}))
     with pytest.raises(InputError, match="not a data-set record"):
         DatasetRecord.read(path)
+
+
+def test_fold_metrics_are_read_by_name_and_a_damaged_file_is_named(tmp_path):
+    from hpcsnp.rundir import FoldMetrics
+
+    path = tmp_path / METRICS_JSON
+    path.write_text(json.dumps({"pcc": 0.5, "mse": 1.0, "mae": 0.8, "seconds": 3.0, "n_test": 20, "epochs": 7,
+                                "store_id": "abc", "a_key_of_a_later_version": 1}))
+    m = FoldMetrics.read(path)
+    assert (m.pcc, m.n_test, m.epochs, m.store_id, m.theta) == (0.5, 20, 7, "abc", None)
+    assert m.raw["a_key_of_a_later_version"] == 1
+    path.write_text(json.dumps({"pcc": 0.5}))
+    with pytest.raises(InputError, match="not a fold's metrics"):
+        FoldMetrics.read(path)

@@ -15,6 +15,10 @@ import numpy as np
 from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import InputError
 from hpcsnp.rundir import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LEGACY_LAST_CHECKPOINT,
+    STATE_JSON,
     config_differences,
     read_json,
 )
@@ -30,7 +34,7 @@ class Checkpointer:
 
     def __init__(self, partial: Path, run_variables, model_variables):
         self.dir, self.run_vars, self.model_vars = partial, run_variables, model_variables
-        self.state_path = partial / "state.json"
+        self.state_path = partial / STATE_JSON
 
     def resume(self, fresh: dict, cfg, store, optimizer) -> dict:
         """The state checkpointed here (its variables loaded), else ``fresh``."""
@@ -38,20 +42,20 @@ class Checkpointer:
             return fresh
         state = read_json(self.state_path)
         check_resumable(state, cfg, store, self.dir)
-        load_variables(self.dir / state.get("checkpoint", "last.npz"), self.run_vars)
+        load_variables(self.dir / state.get("checkpoint", LEGACY_LAST_CHECKPOINT), self.run_vars)
         optimizer.learning_rate.assign(state.get("lr", cfg.learning_rate))
         return state
 
     def save_best(self) -> None:
-        save_variables(self.dir / "best.npz", self.model_vars)
+        save_variables(self.dir / BEST_CHECKPOINT, self.model_vars)
 
     def restore_best(self) -> None:
-        load_variables(self.dir / "best.npz", self.model_vars)
+        load_variables(self.dir / BEST_CHECKPOINT, self.model_vars)
 
     def save_epoch(self, state: dict, epoch: int) -> None:
         with _signals_blocked():
             previous = state.get("checkpoint")
-            state["checkpoint"] = f"last-{epoch}.npz"
+            state["checkpoint"] = LAST_CHECKPOINT.format(epoch=epoch)
             save_variables(self.dir / state["checkpoint"], self.run_vars)
             atomic_write_text(self.state_path, json.dumps(state) + "\n")  # after the checkpoint it describes
             if previous and previous != state["checkpoint"]:
@@ -59,7 +63,7 @@ class Checkpointer:
 
     def clear(self) -> None:
         """Remove the resume files once the fold's outputs are written."""
-        for name in [*(p.name for p in self.dir.glob("last*.npz")), "best.npz", "state.json"]:
+        for name in [*(p.name for p in self.dir.glob("last*.npz")), BEST_CHECKPOINT, STATE_JSON]:
             (self.dir / name).unlink(missing_ok=True)
 
 

@@ -42,10 +42,13 @@ from hpcsnp.genotypes import mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.resources import configure_tensorflow, granted_cpus, peak_rss_mb, provenance, rss_mb
 from hpcsnp.rundir import (
+    MEMBER_FILE,
     METRICS_JSON,
     MODEL_KERAS,
     PREDICTIONS_CSV,
+    REFIT_DIR,
     SEED_PREDICTIONS_CSV,
+    STOPPED_FILE,
     VAL_PREDICTIONS_CSV,
     RunDir,
     check_same_store,
@@ -156,9 +159,6 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     return FoldResult(dataset, fold, final, metrics)
 
 
-MEMBER_FILE = "member.npz"  # a finished model's predictions, kept until the fold is complete
-STOPPED_FILE = "early_stopped.npz"  # the early-stopped model's record and validation predictions, until refitted
-REFIT_DIR = "refit"  # the refit's checkpoints
 
 
 @dataclass

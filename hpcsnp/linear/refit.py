@@ -26,7 +26,7 @@ from hpcsnp.linear.baseline import (
     squared_distances,
     uncentred,
 )
-from hpcsnp.rundir import METRICS_JSON, DatasetRecord, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, DatasetRecord, FoldMetrics, RunDir
 from hpcsnp.store import row_chunks
 
 logger = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def _folds_kernel(run: RunDir, ds: DatasetRecord, kind: str) -> tuple[str, float
     the smaller theta, on a tie); runs from before the distance was chosen used dosage."""
     from collections import Counter
 
-    chosen = [(m.get("distance", "dosage"), m["theta"]) for m in
-              (read_json(run.baseline(ds.dataset, kind, i) / METRICS_JSON) for i in range(1, ds.n_folds + 1))]
+    chosen = [(m.distance or "dosage", m.theta) for m in
+              (FoldMetrics.read(run.baseline(ds.dataset, kind, i) / METRICS_JSON) for i in range(1, ds.n_folds + 1))]
     counts = Counter(chosen)
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 

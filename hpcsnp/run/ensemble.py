@@ -14,7 +14,14 @@ import pandas as pd
 
 from hpcsnp.errors import InputError
 from hpcsnp.metrics import regression_metrics
-from hpcsnp.rundir import METRICS_JSON, PREDICTIONS_CSV, VAL_PREDICTIONS_CSV, DatasetRecord, RunDir, read_json
+from hpcsnp.rundir import (
+    METRICS_JSON,
+    PREDICTIONS_CSV,
+    VAL_PREDICTIONS_CSV,
+    DatasetRecord,
+    FoldMetrics,
+    RunDir,
+)
 
 WEIGHT_STEP = 0.05
 
@@ -51,7 +58,7 @@ def ensemble_folds(run_dir: Path, ds: DatasetRecord, baselines: list[str]) -> li
         w = grid[int(np.argmin(mse))]
         pred = test["P"] @ w
         m = regression_metrics(test["truth"], pred)
-        secs = sum(read_json(dirs[k] / METRICS_JSON)["seconds"] for k in models)
+        secs = sum(FoldMetrics.read(dirs[k] / METRICS_JSON).seconds for k in models)
         row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
                "saliency_seconds": 0.0, "n_test": len(pred)}
         vm = regression_metrics(val["truth"], val["P"] @ w)

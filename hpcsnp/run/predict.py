@@ -37,7 +37,7 @@ from hpcsnp.models import BASELINE_MODELS, baseline_kind
 from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
-from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, DatasetRecord, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, DatasetRecord, FoldMetrics, RunDir, read_json
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ class FoldModels:
             d = run.fold(dataset, i)
             paths = [d / MODEL_KERAS, *sorted(d.glob("seed_*/" + MODEL_KERAS))]
             self.models.append([_load_model(p, run, dataset, i) for p in paths])
-            m = read_json(d / METRICS_JSON)
-            means.append(m["target_mean"])
-            sds.append(m["target_sd"])
+            m = FoldMetrics.read(d / METRICS_JSON)
+            means.append(m.target_mean)
+            sds.append(m.target_sd)
         mean = tf.constant(np.asarray(means, np.float32)[:, None])
         sd = tf.constant(np.asarray(sds, np.float32)[:, None])
         models = self.models

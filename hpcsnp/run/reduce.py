@@ -36,10 +36,10 @@ from hpcsnp.rundir import (
     METRICS_JSON,
     PREDICTIONS_CSV,
     DatasetRecord,
+    FoldMetrics,
     RunDir,
     config_differences,
     normalised_config,
-    read_json,
     shard_file,
 )
 from hpcsnp.store import peek_store_id
@@ -101,7 +101,7 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
             if state:
                 problems.append((ds, i, state, True))
             elif wanted is None:
-                first = read_json(metrics).get("config")  # no config.json: folds must agree
+                first = FoldMetrics.read(metrics).config  # no config.json: folds must agree
                 wanted = normalised_config(first) if first is not None else None
     if not problems:
         return
@@ -132,16 +132,16 @@ def _fold_problem(metrics_path: Path, ds: DatasetRecord, wanted: dict | None) ->
     """Why a finished-looking fold cannot be merged, or None."""
 
     try:
-        m = read_json(metrics_path)
+        m = FoldMetrics.read(metrics_path)
     except InputError:
         return f"{metrics_path} is truncated or unreadable"
-    if not all_finite(m):
-        return f"its metrics are not finite numbers (pcc {m.get('pcc')})"
-    sid = m.get("store_id")
+    if not all_finite(m.raw):
+        return f"its metrics are not finite numbers (pcc {m.pcc})"
+    sid = m.store_id
     if sid is not None and ds.store_id is not None and sid != ds.store_id:
         return f"trained on another write of the store (store id {sid}, {ds.store} is {ds.store_id})"
-    if wanted is not None and m.get("config") is not None:
-        diff = config_differences(wanted, normalised_config(m["config"]))
+    if wanted is not None and m.config is not None:
+        diff = config_differences(wanted, normalised_config(m.config))
         if diff:
             return "trained with other settings than the run's: " + "; ".join(diff) + " (run vs fold)"
     if m.get("config") is not None:
@@ -217,12 +217,12 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         name = ds.dataset
         first_row = len(log_rows)
         for i in range(1, ds.n_folds + 1):
-            m = read_json(run.fold(name, i) / METRICS_JSON)
-            log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m["pcc"], "mse": m["mse"],
-                             "mae": m["mae"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
-                             "seconds": round(m["seconds"], 2),
-                             "saliency_seconds": round(m["saliency_seconds"], 2),
-                             "n_test": m["n_test"], "peak_rss_mb": m.get("peak_rss_mb")})
+            m = FoldMetrics.read(run.fold(name, i) / METRICS_JSON)
+            log_rows.append({"dataset": name, "model": "cnn", "fold": i, "pcc": m.pcc, "mse": m.mse,
+                             "mae": m.mae, "epochs": m.epochs, "best_epoch": m.best_epoch,
+                             "seconds": round(m.seconds, 2),
+                             "saliency_seconds": round(m.saliency_seconds, 2),
+                             "n_test": m.n_test, "peak_rss_mb": m.peak_rss_mb})
         base = baseline_rows(run.path, ds)
         log_rows += base
         ens = ensemble_folds(run.path, ds, sorted({r["model"] for r in base}))
@@ -378,10 +378,10 @@ def baseline_rows(run_dir: Path, ds: DatasetRecord) -> list[dict]:
                  + (f" --name {ds.dataset}" if _needs_name(ds) else ""))
             continue
         for i, p in enumerate(paths, start=1):
-            m = read_json(p)
-            rows.append({"dataset": ds.dataset, "model": model_name(enc), "fold": i, "pcc": m["pcc"],
-                         "mse": m["mse"], "mae": m["mae"], "seconds": round(m["seconds"], 2),
-                         "saliency_seconds": 0.0, "n_test": m["n_test"]})
+            m = FoldMetrics.read(p)
+            rows.append({"dataset": ds.dataset, "model": model_name(enc), "fold": i, "pcc": m.pcc,
+                         "mse": m.mse, "mae": m.mae, "seconds": round(m.seconds, 2),
+                         "saliency_seconds": 0.0, "n_test": m.n_test})
     return rows
 
 
