@@ -117,23 +117,23 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         member_cfg = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
         members.append(_train_member(store, split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}")))
-    tp = np.mean([m.test_pred for m in members], axis=0)
-    tr, vr = members[0].test_rows, members[0].val_rows
-    metrics = regression_metrics(store.phenotype[tr], tp)
+    test_pred = np.mean([m.test_pred for m in members], axis=0)
+    test_rows, val_rows = members[0].test_rows, members[0].val_rows
+    metrics = regression_metrics(store.phenotype[test_rows], test_pred)
     if not all_finite(metrics):
-        why = "the predictions are constant" if np.ptp(tp) == 0 else "the predictions are not finite"
+        why = "the predictions are constant" if np.ptp(test_pred) == 0 else "the predictions are not finite"
         raise FoldFailedError(f"{dataset} fold {fold}: the test metrics cannot be computed ({why}: pcc "
                               f"{metrics['pcc']}, mse {metrics['mse']}); nothing was marked finished "
                               f"(--force trains it afresh)")
     out = FoldOutputs(partial, store, split, dataset)
-    out.predictions(PREDICTIONS_CSV, tr, tp, fold)
+    out.predictions(PREDICTIONS_CSV, test_rows, test_pred, fold)
     # of the kept weights: what `reduce` weighs the ensemble on
-    out.predictions(VAL_PREDICTIONS_CSV, vr, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
+    out.predictions(VAL_PREDICTIONS_CSV, val_rows, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
     sal_n = members[0].sal_n
     for method in cfg.attribution_methods():
         out.attribution_shard(method, np.mean([m.attr[method] for m in members], axis=0), sal_n, cfg)
     first = members[0]
-    passes = Passes(sal_n, sum(m.attr_seconds["saliency"] for m in members), len(tr),
+    passes = Passes(sal_n, sum(m.attr_seconds["saliency"] for m in members), len(test_rows),
                     sum(m.predict_seconds for m in members))
     metrics.update(fold_record(dataset, split, store, cfg, first, n_threads, passes, t_start))
     metrics["attribution_seconds"] = {k: sum(m.attr_seconds[k] for m in members) for k in first.attr_seconds}
@@ -141,11 +141,12 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     if n_models > 1:
         import pandas as pd
 
-        pd.DataFrame({"sample_id": store.sample_id[tr], "truth": store.phenotype[tr],
+        pd.DataFrame({"sample_id": store.sample_id[test_rows], "truth": store.phenotype[test_rows],
                       **{f"seed_{m.seed}": m.test_pred for m in members}}).to_csv(partial / SEED_PREDICTIONS_CSV,
                                                                                   index=False)
         metrics["seconds"] = sum(training_seconds(m.state) for m in members)
-        metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(store.phenotype[tr], m.test_pred)["pcc"],
+        truth = store.phenotype[test_rows]
+        metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(truth, m.test_pred)["pcc"],
                                  "epochs": m.state["epoch"], "best_epoch": m.state["best_epoch"],
                                  "seconds": training_seconds(m.state)} for m in members]
     out.metrics(metrics)
@@ -211,7 +212,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         with np.load(stopped, allow_pickle=False) as z:
             state, fit = json.loads(str(z["state"])), json.loads(str(z["fit"]))
             check_resumable(state, cfg, store, where)
-            vp, vr = z["val_pred"], z["val_rows"]
+            val_pred, val_rows = z["val_pred"], z["val_rows"]
     else:
         keras.utils.set_random_seed(cfg.seed * 1009 + fold)
         sources = FoldSources.build(store, split, scale, cfg)
@@ -227,15 +228,16 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
         if cfg.restore_best and state["best_epoch"]:
             ckpt.restore_best()
-        vp, vr = steps.predict(sources.val)  # of a model that never trained on the validation fold
+        val_pred, val_rows = steps.predict(sources.val)  # of a model that never trained on the validation fold
         if cfg.refit:
             with _signals_blocked():
-                _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=vp, val_rows=vr)
+                _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=val_pred,
+                              val_rows=val_rows)
                 ckpt.clear()
     if cfg.refit:
         steps, sources, scale, state["refit"] = _refit(store, split, where, cfg, state, n_threads, say)
     t_pred = time.perf_counter()
-    tp, tr = steps.predict(sources.test)
+    test_pred, test_rows = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
     attr, sal_n, attr_seconds = steps.attributions(sources.test)
     if "marginal" in cfg.attribution_methods():
@@ -244,10 +246,11 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         attr["marginal"] = steps.marginal(everyone(store, cfg)) * sal_n
         attr_seconds["marginal"] = time.perf_counter() - t_marginal
     steps.model.save(where / MODEL_KERAS)
-    member = Member(where, cfg.seed, scale, state, fit, tp, tr, vp, vr, attr, sal_n, predict_seconds, attr_seconds)
+    member = Member(where, cfg.seed, scale, state, fit, test_pred, test_rows, val_pred, val_rows, attr, sal_n,
+                    predict_seconds, attr_seconds)
     with _signals_blocked():
-        _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=tp, test_rows=tr, val_pred=vp,
-                      val_rows=vr, sal_n=sal_n, predict_seconds=predict_seconds,
+        _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=test_pred, test_rows=test_rows,
+                      val_pred=val_pred, val_rows=val_rows, sal_n=sal_n, predict_seconds=predict_seconds,
                       attr_seconds=json.dumps(attr_seconds), scale=np.array([scale.mean, scale.sd]),
                       **{f"attr_{k}": v for k, v in attr.items()})
         if cfg.refit:
