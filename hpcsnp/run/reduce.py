@@ -144,8 +144,8 @@ def _fold_problem(metrics_path: Path, ds: DatasetRecord, wanted: dict | None) ->
         diff = config_differences(wanted, normalised_config(m.config))
         if diff:
             return "trained with other settings than the run's: " + "; ".join(diff) + " (run vs fold)"
-    if m.get("config") is not None:
-        missing = [f for f in map(shard_file, _attributions(m["config"])) if not (metrics_path.parent / f).exists()]
+    if m.config is not None:
+        missing = [f for f in map(shard_file, _attributions(m.config)) if not (metrics_path.parent / f).exists()]
         if missing:
             return f"half-written: {', '.join(missing)} of its configured attributions missing"
     return None
