@@ -762,8 +762,15 @@ def demo(out_dir, samples, snps, threads, progress):
     result = reduce_run(run, top=20)
     _print_reduce(result, run)
     q = do_query(run, truth.causal)
-    click.echo("\nplanted causal SNPs, rank by mean saliency:")
-    click.echo(q[["snp", "saliency", "rank", "of"]].to_string(index=False))
+    scores = result["saliency"].set_index("snp")
+    if "combined_rank" in scores:  # the default attributions: the ranking reduce leads with
+        q = q.assign(combined=scores.loc[q["snp"], "combined"].to_numpy(),
+                     combined_rank=scores.loc[q["snp"], "combined_rank"].to_numpy())
+        click.echo("\nplanted causal SNPs, rank by the combined score and by mean saliency:")
+        click.echo(q[["snp", "combined", "combined_rank", "saliency", "rank", "of"]].to_string(index=False))
+    else:
+        click.echo("\nplanted causal SNPs, rank by mean saliency:")
+        click.echo(q[["snp", "saliency", "rank", "of"]].to_string(index=False))
     outcome.raise_for_failed_baselines()
 
 

@@ -160,9 +160,10 @@ def test_hpcsnp_threads_env_and_cgroup_quota(monkeypatch, tmp_path):
 
 def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
     proc = run_cli("demo", tmp_path / "q", "--samples", 300, "--snps", 60, "--threads", 1, "--no-progress")
-    assert "planted causal SNPs, rank by mean saliency:" in proc.stdout
-    ranks = proc.stdout.split("rank by mean saliency:")[1].split()
-    assert ranks[:4] == ["snp", "saliency", "rank", "of"] and len(ranks) == 4 + 5 * 4  # the 5 planted SNPs
+    assert "planted causal SNPs, rank by the combined score and by mean saliency:" in proc.stdout
+    ranks = proc.stdout.split("and by mean saliency:")[1].split()
+    head = ["snp", "combined", "combined_rank", "saliency", "rank", "of"]
+    assert ranks[:6] == head and len(ranks) == 6 + 5 * 6  # the 5 planted SNPs
     summary = pd.read_csv(tmp_path / "q" / "run" / "fold_pcc_summary.csv")
     assert set(summary["model"]) == {"cnn", "gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local", "ensemble"}
     for name in ("fold_pcc.png", "observed_vs_predicted.png", "avg_saliency_across_folds.png"):
