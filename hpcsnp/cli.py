@@ -324,7 +324,9 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
         if not n_folds:
             _warn_ignored("without --folds (it seeds the random fold assignment)", seed=seed if seed != 0 else None)
         from hpcsnp.errors import InputError
-        from hpcsnp.io.genotype_files import PlinkSource, VcfSource, ingest_genotypes
+        from hpcsnp.io.genotype_files import ingest_genotypes
+        from hpcsnp.io.plink import PlinkSource
+        from hpcsnp.io.vcf import VcfSource
 
         if pheno is None:
             raise InputError("VCF and PLINK input need --pheno TABLE (sample id, trait, ...)")

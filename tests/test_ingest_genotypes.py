@@ -8,10 +8,12 @@ import pytest
 from helpers import run_cli
 
 from hpcsnp.errors import InputError
-from hpcsnp.io.genotype_files import PlinkSource, VcfSource, ingest_genotypes
+from hpcsnp.io.genotype_files import ingest_genotypes
 from hpcsnp.io.pheno import assign_folds
+from hpcsnp.io.plink import PlinkSource
 from hpcsnp.io.simulate import simulate_formats
 from hpcsnp.io.text import ingest_tsv
+from hpcsnp.io.vcf import VcfSource
 from hpcsnp.store import open_store
 
 pytest.importorskip("cyvcf2")

@@ -28,7 +28,8 @@ def _train_run(store, run, k):
 @pytest.fixture(scope="module")
 def vcf_run(tmp_path_factory):
     """A run trained on a store ingested from VCF (so it knows REF/ALT), with its source data."""
-    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import ingest_genotypes
+    from hpcsnp.io.vcf import VcfSource
 
     d = tmp_path_factory.mktemp("predict")
     paths = simulate_formats(d / "data", samples=240, snps=60, folds=3, missing=0.05, seed=3)
@@ -295,7 +296,8 @@ def _vcf_records(d):
 
 
 def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_path):
-    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import ingest_genotypes
+    from hpcsnp.io.vcf import VcfSource
 
     d, _ = vcf_run
     head, body = _vcf_records(d)
@@ -315,7 +317,8 @@ def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_p
 def test_a_call_beyond_the_records_alleles_is_read_as_missing_and_counted(vcf_run, tmp_path):
     """2/2 at a biallelic site is not homozygous ALT: it predicts as a missing call, and the
     alignment report and the ingest report count it; --strict makes it an error."""
-    from hpcsnp.io.genotype_files import VcfSource, ingest_genotypes
+    from hpcsnp.io.genotype_files import ingest_genotypes
+    from hpcsnp.io.vcf import VcfSource
     from hpcsnp.store import open_store
 
     d, _ = vcf_run

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcsnp.errors import InputError, ParseError
-from hpcsnp.io.genotype_files import PlinkSource, VcfSource
+from hpcsnp.io.plink import PlinkSource
 from hpcsnp.io.text import header_names, numbered_lines, open_text, parse_genotypes, sample_id, split_rows
+from hpcsnp.io.vcf import VcfSource
 from hpcsnp.store import first_duplicate, is_hpcsnp_store, open_store, parse_marker_name, read_genotype_rows
 
 logger = logging.getLogger(__name__)
