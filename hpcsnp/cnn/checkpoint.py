@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from hpcsnp.rundir import (
     config_differences,
     read_json,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class Checkpointer:

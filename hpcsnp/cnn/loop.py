@@ -3,7 +3,6 @@ validation fold, learning-rate decay on a plateau, a checkpoint after every epoc
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -15,8 +14,6 @@ if TYPE_CHECKING:
     from hpcsnp.cnn.checkpoint import Checkpointer
     from hpcsnp.cnn.steps import CompiledSteps
     from hpcsnp.cnn.train import FoldSources
-
-logger = logging.getLogger(__name__)
 
 
 class EarlyStopping:

@@ -4,7 +4,6 @@ one-hot inside the graph."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,8 +15,6 @@ from hpcsnp.cnn.saliency import ATTRIBUTIONS, AttributionSums, MarginalAssociati
 
 if TYPE_CHECKING:
     from hpcsnp.cnn.train import TargetScale
-
-logger = logging.getLogger(__name__)
 
 
 class CompiledSteps:

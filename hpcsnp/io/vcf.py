@@ -3,7 +3,6 @@ SNP; multiallelic sites, indels and records of another ploidy are skipped and co
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import numpy as np
 
 from hpcsnp.errors import InputError
 from hpcsnp.io.records import Records
-
-logger = logging.getLogger(__name__)
 
 
 def _header_lines(path: Path) -> int:
