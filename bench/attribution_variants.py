@@ -43,8 +43,8 @@ def fold_sums(run: Path, dataset: str, fold: int, store, batch: int = 256) -> di
     import tensorflow as tf
 
     import hpcsnp.cnn.model  # noqa: F401 - registers the custom layers
+    from hpcsnp.cnn.attribution.marginal import MarginalAssociation
     from hpcsnp.cnn.data import one_hot
-    from hpcsnp.cnn.saliency import MarginalAssociation
     from hpcsnp.linear.baseline import read_rows
 
     d = run / dataset / f"fold_{fold}"

@@ -33,8 +33,8 @@ def measure(args) -> dict:
 
     import hpcsnp.cnn.fused as hf
     import hpcsnp.cnn.model as hm
+    from hpcsnp.cnn.attribution import make_gradient_saliency
     from hpcsnp.cnn.data import one_hot
-    from hpcsnp.cnn.saliency import make_gradient_saliency
     from hpcsnp.config import Config
 
     cfg = Config(batch_size=args.batch)

@@ -47,10 +47,10 @@ def main():
     import zarr  # noqa: F401
 
     say("+ zarr, pandas")
+    from hpcsnp.cnn.attribution import make_gradient_saliency
     from hpcsnp.cnn.data import one_hot
     from hpcsnp.cnn.fused import TrainingForward
     from hpcsnp.cnn.model import build_model
-    from hpcsnp.cnn.saliency import make_gradient_saliency
     from hpcsnp.config import Config
 
     cfg, n = Config(), a.snps

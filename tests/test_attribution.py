@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hpcsnp.cnn.attribution import is_gradient, make_attribution
+from hpcsnp.cnn.attribution.ig import integrated_gradients, missing_baseline
+from hpcsnp.cnn.attribution.smoothgrad import per_snp as smoothgrad
 from hpcsnp.cnn.model import build_model
-from hpcsnp.cnn.saliency import integrated_gradients, make_attribution, missing_baseline, smoothgrad
 from hpcsnp.config import Config
 
 
@@ -22,6 +24,22 @@ def model_and_input():
     g = np.random.default_rng(0).integers(-1, 3, (6, 50))
     x = tf.one_hot(g + 1, 4)  # channel order does not matter for these identities
     return model, x
+
+
+def test_every_registered_attribution_is_one_module_of_the_attribution_package():
+    """config.ATTRIBUTION_METHODS and the modules of hpcsnp/cnn/attribution name the same methods."""
+    import pkgutil
+
+    import hpcsnp.cnn.attribution as package
+    from hpcsnp.config import ATTRIBUTION_METHODS
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")}
+    assert modules == set(ATTRIBUTION_METHODS)
+    assert [m for m in ATTRIBUTION_METHODS if not is_gradient(m)] == ["marginal"]
+    with pytest.raises(ValueError, match="unknown attribution 'shap'"):
+        make_attribution(None, "shap")
+    with pytest.raises(ValueError, match="not a gradient"):
+        make_attribution(None, "marginal")
 
 
 def test_smoothgrad_without_noise_is_the_saliency(model_and_input):

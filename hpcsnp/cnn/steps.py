@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hpcsnp.cnn.attribution import AttributionSums, fold_attributions, is_gradient
+from hpcsnp.cnn.attribution.marginal import MarginalAssociation
 from hpcsnp.cnn.data import one_hot
 from hpcsnp.cnn.fused import training_forward
 from hpcsnp.cnn.model import build_model
-from hpcsnp.cnn.saliency import ATTRIBUTIONS, AttributionSums, MarginalAssociation, fold_attributions
 
 if TYPE_CHECKING:
     from hpcsnp.cnn.train import TargetScale
@@ -81,7 +82,7 @@ class CompiledSteps:
         """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s
         samples; the count; the seconds each took."""
 
-        methods = [m for m in self.cfg.attribution_methods() if m in ATTRIBUTIONS]
+        methods = [m for m in self.cfg.attribution_methods() if is_gradient(m)]
         return fold_attributions(self.model, src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads),
                                  self.n_var, methods, training=self.cfg.saliency_dropout)
 
