@@ -164,11 +164,11 @@ def config_options(fn):
                           f"[{DEFAULTS.l2_dense:g}]."),
         click.option("--alpha", type=float, help=f"ISRU alpha [{DEFAULTS.alpha}]."),
         click.option("--seed", type=int, help=f"Random seed [{DEFAULTS.seed}]."),
-        click.option("--models-per-fold", "--seeds", "seeds", type=click.IntRange(min=0),
+        click.option("--models-per-fold", "--seeds", "n_models", type=click.IntRange(min=0),
                      help="Models per fold (--seeds: the older name), trained with seeds SEED, SEED+1, ...; the "
                           "fold's predictions and saliency are their average (costs that many times the "
                           f"training). 0 = by the fold's training lines: round({AUTO_SEED_LINES} / lines), "
-                          f"between 1 and {AUTO_SEEDS_MAX} [{DEFAULTS.seeds}]."),
+                          f"between 1 and {AUTO_SEEDS_MAX} [{DEFAULTS.n_models}]."),
         click.option("--attribution",
                      help="Attributions each fold also computes, comma-separated: smoothgrad (SmoothGrad), ig "
                           "(integrated gradients from the all-missing genotype), marginal (each SNP's association "

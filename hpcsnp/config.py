@@ -19,11 +19,13 @@ MIN_FOLDS, MAX_FOLDS = 3, 10  # K-fold CV: K = 3..10 (the fold rules are in stor
 
 ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # the value of a setting in records (config.json, metrics.json) written before it existed
-RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "seeds": 1, "dosage_scale": 1.0,
+# settings recorded under an older name: the old key -> the field
+RENAMED = {"seeds": "n_models"}
+RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "n_models": 1, "dosage_scale": 1.0,
                    "missing_dosage": "zero"}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
-               "refit": False, "genotype_basis": "onehot", "seeds": 1, "l2_dense": 0.0}
-# seeds = 0 (auto): a fold trains as many models as make up this many training lines, at most
+               "refit": False, "genotype_basis": "onehot", "n_models": 1, "l2_dense": 0.0}
+# n_models = 0 (auto): a fold trains as many models as make up this many training lines, at most
 # AUTO_SEEDS_MAX (Config.models_per_fold): two for SoyNAM's ~4,050, one from 5,462, five for 1,820
 # or fewer
 AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
@@ -102,7 +104,7 @@ class Config:
     # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged; 0 = as
     # many as the fold's training lines call for (models_per_fold): one network trained on a few
     # hundred lines varies with its seed as much as it learns, and such folds train fast
-    seeds: int = 0
+    n_models: int = 0
     fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
     bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
     # saliency (docs/method.md, Saliency)
@@ -130,7 +132,7 @@ class Config:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
-        for name in ("patience", "patience_steps", "lr_decay_steps", "seeds"):
+        for name in ("patience", "patience_steps", "lr_decay_steps", "n_models"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.alpha <= 0:
@@ -189,11 +191,11 @@ class Config:
         return ["saliency", *dict.fromkeys(m for m in given if m != "saliency")]
 
     def models_per_fold(self, n_train: int) -> int:
-        """Models a fold trains: ``seeds``, or with seeds = 0 round(AUTO_SEED_LINES / training
+        """Models a fold trains: ``n_models``, or with n_models = 0 round(AUTO_SEED_LINES / training
         lines) between 1 and AUTO_SEEDS_MAX, so no fold spends much more than the training of
         two SoyNAM-sized models (a small store, capped at AUTO_SEEDS_MAX, spends less).
 
-        >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(seeds=1).models_per_fold(600)
+        >>> [Config().models_per_fold(n) for n in (4047, 2000, 1500, 900, 600)], Config(n_models=1).models_per_fold(600)
         ([2, 4, 5, 5, 5], 1)
 
         The bounds --help states (one model from 5,462 lines, five up to 1,820):
@@ -201,8 +203,8 @@ class Config:
         >>> [Config().models_per_fold(n) for n in (5461, 5462, 1820, 1821)]
         [2, 1, 5, 4]
         """
-        if self.seeds:
-            return self.seeds
+        if self.n_models:
+            return self.n_models
         return min(AUTO_SEEDS_MAX, max(1, round(AUTO_SEED_LINES / max(1, n_train))))
 
     def epochs_patience(self, steps_per_epoch: int) -> tuple[int, int]:
@@ -233,7 +235,13 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
         """Settings as recorded; a key the record lacks takes the value it had before the
-        setting existed (RECORDED_BEFORE), else the default."""
+        setting existed (RECORDED_BEFORE), else the default; one recorded under an older name
+        (RENAMED) is read under its new one.
+
+        >>> Config.from_dict({"seeds": 3}).n_models
+        3
+        """
+        data = {RENAMED.get(k, k): v for k, v in data.items()}
         data = {**RECORDED_BEFORE, **data}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hpcsnp.config import Config
 
-FAST = Config(max_epochs=3, batch_size=16, patience=2, dropout=0.5, learning_rate=3e-3, seeds=1)  # a short training
+FAST = Config(max_epochs=3, batch_size=16, patience=2, dropout=0.5, learning_rate=3e-3, n_models=1)  # a short training
 SMALL_REAL = Path(__file__).resolve().parent / "data" / "height_qa_small.tsv.gz"  # shipped: see data/README.md
 
 

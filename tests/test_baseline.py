@@ -191,7 +191,7 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
 
     store, _ = sim_store
     for i in (1, 2, 3):
-        train_fold(store, i, tmp_path, Config(max_epochs=1, batch_size=32, seeds=1))
+        train_fold(store, i, tmp_path, Config(max_epochs=1, batch_size=32, n_models=1))
         baseline_fold(store, i, tmp_path)
     out = reduce_run(tmp_path, plot=False)
     log = pd.read_csv(tmp_path / "fold_pcc_log.csv")

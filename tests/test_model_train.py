@@ -35,23 +35,23 @@ def test_publication_settings_and_overrides():
     cfg = _build_config(publication=True, batch_size=8)
     assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
         8, 1e-3, 10, 0.75, 0, False)
-    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "seeds",
+    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "n_models",
              "l2_dense")
     assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
-    assert cfg.seeds == 1 and Config().seeds == 0  # one model per fold, as published; by default, by data size
+    assert cfg.n_models == 1 and Config().n_models == 0  # one model per fold, as published; by default, by data size
     assert cfg.l2_dense == 0.0 and Config().l2_dense > 0  # the published output layer has no L2
     # a record written before --refit, --genotype-basis, --seeds, --dosage-scale and
     # --missing-dosage existed (no such keys) reads as trained without the refit, on the one-hot
     # channels, one model per fold, the dosage coordinate unscaled, missing calls at dosage 0
     recorded = Config().to_dict()
-    for key in ("refit", "genotype_basis", "seeds", "dosage_scale", "missing_dosage"):
+    for key in ("refit", "genotype_basis", "n_models", "dosage_scale", "missing_dosage"):
         del recorded[key]
     old = Config.from_dict(recorded)
-    assert (old.refit, old.genotype_basis, old.seeds, old.dosage_scale, old.missing_dosage) == (
+    assert (old.refit, old.genotype_basis, old.n_models, old.dosage_scale, old.missing_dosage) == (
         False, "onehot", 1, 1.0, "zero")
     now = Config.from_dict(Config().to_dict())
-    assert (now.refit, now.genotype_basis, now.seeds, now.dosage_scale, now.missing_dosage) == (
+    assert (now.refit, now.genotype_basis, now.n_models, now.dosage_scale, now.missing_dosage) == (
         True, "additive", 0, 4.0, "mean")
     with pytest.raises(InputError, match="give one"):
         _build_config("x.json", publication=True)
@@ -441,7 +441,7 @@ def test_finished_fold_is_skipped_and_force_redoes_it(run, sim_store):
 def test_unstandardised_target_beyond_isru_bound_is_warned(sim_store, tmp_path, caplog):
     from hpcsnp.cnn.train import train_fold
 
-    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32, seeds=1))
+    train_fold(sim_store[0], 1, tmp_path, Config(max_epochs=1, standardize=False, batch_size=32, n_models=1))
     logs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("beyond the ISRU bound" in line for line in logs)
 
@@ -468,7 +468,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
-    train_fold(store, 1, tmp_path / "two", FAST.replace(seeds=2))
+    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2))
     train_fold(store, 1, tmp_path / "one", FAST)
     train_fold(store, 1, tmp_path / "other", FAST.replace(seed=1))
     two, one, other = (tmp_path / d / "sim" / "fold_1" for d in ("two", "one", "other"))
@@ -496,14 +496,14 @@ def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_
     from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import AUTO_SEEDS_MAX
 
-    r = train_fold(sim_store[0], 1, tmp_path, FAST.replace(seeds=0, max_epochs=1))
+    r = train_fold(sim_store[0], 1, tmp_path, FAST.replace(n_models=0, max_epochs=1))
     assert r.metrics["n_train"] == 80 and r.metrics["models"] == AUTO_SEEDS_MAX == 5
     assert [s["seed"] for s in r.metrics["seed_runs"]] == [0, 1, 2, 3, 4]
     per_seed = pd.read_csv(r.path / "seed_predictions.csv")
     pred = pd.read_csv(r.path / "predictions.csv")
     np.testing.assert_allclose(pred["prediction"], per_seed[[f"seed_{k}" for k in range(5)]].mean(axis=1),
                                rtol=1e-6)
-    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 0  # the run records the rule
+    assert json.loads((tmp_path / "config.json").read_text())["n_models"] == 0  # the run records the rule
 
 
 def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():

@@ -19,7 +19,7 @@ import pytest
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--epochs", "2", "--batch-size", "32", "--seeds", "1", "--threads", "1"]
+QUICK = ["--epochs", "2", "--batch-size", "32", "--models-per-fold", "1", "--threads", "1"]
 
 
 def _ingest_sim(tmp_path, name="s", **kw):
@@ -68,8 +68,8 @@ def test_a_failed_baseline_names_its_cause_and_fails_the_cv(tmp_path):
     (fake / "scipy").mkdir(parents=True)
     (fake / "scipy" / "__init__.py").write_text("raise ImportError(\"No module named 'scipy' (hidden by the test)\")\n")
     env = {"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = run_cli("cv", store, "--run", tmp_path / "run", "--epochs", "2", "--batch-size", "32", "--seeds", "1",
-                   "--no-progress", check=False, env=env)
+    proc = run_cli("cv", store, "--run", tmp_path / "run", "--epochs", "2", "--batch-size", "32",
+                   "--models-per-fold", "1", "--no-progress", check=False, env=env)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "pcc_mean" in proc.stdout  # the CNN summary is still printed
     assert "baseline FAILED" in proc.stderr and "scipy" in proc.stderr
@@ -188,7 +188,7 @@ def _train_folds(store, run, folds=(1, 2, 3), cfg=None, **kw):
     from hpcsnp.cnn.train import train_fold
     from hpcsnp.config import Config
 
-    cfg = cfg or Config(max_epochs=2, batch_size=32, seeds=1)
+    cfg = cfg or Config(max_epochs=2, batch_size=32, n_models=1)
     for i in folds:
         train_fold(store, i, run, cfg, threads=1, **kw)
 
@@ -228,7 +228,7 @@ def test_a_checkpoint_resumes_only_with_its_own_settings(sim_store, tmp_path, mo
         save_epoch(self, state, epoch)
         if epoch == 2:
             raise Killed
-    cfg = Config(max_epochs=6, patience=10, batch_size=32, seeds=1)
+    cfg = Config(max_epochs=6, patience=10, batch_size=32, n_models=1)
     with monkeypatch.context() as m:
         m.setattr(Checkpointer, "save_epoch", die_after_epoch_2)
         with pytest.raises(Killed):
@@ -254,7 +254,7 @@ def test_reduce_refuses_folds_trained_with_other_settings_and_redo_keeps_the_run
 
     _train_folds(sim_store[0], tmp_path, folds=(1, 2))
     (tmp_path / "config.json").unlink()
-    _train_folds(sim_store[0], tmp_path, folds=(3,), cfg=Config(max_epochs=2, batch_size=16, seeds=1))
+    _train_folds(sim_store[0], tmp_path, folds=(3,), cfg=Config(max_epochs=2, batch_size=16, n_models=1))
     with pytest.raises(IncompleteRunError) as err:
         reduce_run(tmp_path, plot=False)
     text = str(err.value)

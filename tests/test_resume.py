@@ -11,7 +11,8 @@ import pytest
 from helpers import run_cli
 
 ARGS = ["--fold", "1", "--epochs", "30", "--patience", "40", "--batch-size", "16", "--threads", "1",
-        "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1", "--lr-decay-steps", "0", "--seeds", "1"]
+        "--dropout", "0.5", "--lr", "0.01", "--lr-decay-patience", "1", "--lr-decay-steps", "0",
+        "--models-per-fold", "1"]
 
 
 def _train_until(store, args, run, state, epoch):
@@ -73,7 +74,7 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     from hpcsnp.store import open_store
 
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, refit=False,
-                 seeds=1)
+                 n_models=1)
     r = train_fold(sim_store[0], 1, tmp_path, cfg)
     m = r.metrics
     maes = [h["val_mae"] for h in m["history"]]
@@ -119,7 +120,7 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     # settings under which this fold's best epoch comes before its last (the one-hot channels:
     # in the additive basis it still improves at epoch 12), so the refit's epoch count is tested
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
-                 lr_decay_steps=0, genotype_basis="onehot", seeds=1)
+                 lr_decay_steps=0, genotype_basis="onehot", n_models=1)
     kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
     r = train_fold(sim_store[0], 1, tmp_path / "refit", cfg)
     m, k = r.metrics, kept.metrics

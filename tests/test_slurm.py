@@ -16,7 +16,7 @@ from helpers import fake_container_runtime, run_cli
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
-TRAIN = ["--epochs", "4", "--batch-size", "16", "--dropout", "0.5", "--patience", "10", "--seeds", "1"]
+TRAIN = ["--epochs", "4", "--batch-size", "16", "--dropout", "0.5", "--patience", "10", "--models-per-fold", "1"]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
 
 

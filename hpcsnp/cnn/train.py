@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {first.state['epoch']} "
         f"epochs (best {first.state['best_epoch']}{', refitted' if cfg.refit else ''})  "
         f"{metrics['seconds']:.0f}s train, "
-        f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {n_models} seeds" if n_models > 1 else ""))
+        f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {n_models} models" if n_models > 1 else ""))
     return FoldResult(dataset, fold, final, metrics)
 
 
@@ -261,12 +262,21 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     return member
 
 
-def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
+class Refitted(NamedTuple):
+    """A refit's compiled steps, its sources and target scale, and its record for metrics.json."""
+
+    steps: object
+    sources: "FoldSources"
+    scale: "TargetScale"
+    record: dict
+
+
+def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> Refitted:
 
     """Train afresh (same initialisation) on the training + validation folds for the epochs
     the early-stopped model was kept at, each with the learning rate it had then; the
     target scaled with those lines' mean and sd.  Checkpointed every epoch in REFIT_DIR.
-    Returns the compiled steps, the sources, the scale and a record for metrics.json."""
+    """
     import keras
 
     from hpcsnp.cnn.steps import CompiledSteps
@@ -298,7 +308,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say):
             f"{time.perf_counter() - t0:.1f}s  rss {rss_mb('VmRSS'):.0f} MB")
     record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
-    return steps, sources, scale, record
+    return Refitted(steps, sources, scale, record)
 
 
 def training_fill(src, cfg) -> np.ndarray | None:
