@@ -21,6 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -184,8 +185,17 @@ def check_overlap(alignment: Alignment, min_overlap: float, where: str) -> None:
 
 # --- sources --------------------------------------------------------------------------
 
-def _parse_header(path, line: bytes) -> tuple[bool, int, list[str]]:
-    """(has ids, leading columns before the SNPs, SNP names) of a new-lines table."""
+class NewLinesHeader(NamedTuple):
+    """A new-lines table's header: whether it has an id column, how many columns lead before
+    the SNPs, and the SNP names."""
+
+    has_ids: bool
+    lead: int
+    snps: list[str]
+
+
+def _parse_header(path, line: bytes) -> NewLinesHeader:
+    """The header of a new-lines table."""
 
     names = header_names(path, line)
     lower = [n.lower() for n in names]
@@ -219,7 +229,7 @@ def _parse_header(path, line: bytes) -> tuple[bool, int, list[str]]:
         if name.lower() in IGNORED_COLUMNS:
             raise ParseError(path, 1, f"column {name!r} must come before the SNP columns", column=col)
         seen[name] = col
-    return has_ids, lead, snps
+    return NewLinesHeader(has_ids, lead, snps)
 
 
 class TextLines:

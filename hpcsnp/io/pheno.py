@@ -9,6 +9,8 @@ each group (e.g. a bi-parental family) inside one fold.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -81,7 +83,16 @@ def group_lookup(groups: pd.Series, where: str):
     return lookup
 
 
-def match_samples(geno_ids, pheno: pd.Series, *, drop_unmatched: bool, source: str):
+class SampleMatch(NamedTuple):
+    """Positions (into the genotype ids) of the samples kept, and how many had no phenotype
+    and no genotype."""
+
+    keep: np.ndarray
+    n_no_pheno: int
+    n_no_geno: int
+
+
+def match_samples(geno_ids, pheno: pd.Series, *, drop_unmatched: bool, source: str) -> SampleMatch:
     """Positions (into geno_ids) of samples with a genotype and a non-missing phenotype, in
     genotype order.  Anything unmatched is an error unless drop_unmatched."""
     geno_ids = [str(s) for s in geno_ids]
@@ -99,7 +110,7 @@ def match_samples(geno_ids, pheno: pd.Series, *, drop_unmatched: bool, source: s
     if not keep:
         raise InputError(f"no sample of {source} has a phenotype: are the ids the same "
                          f"(genotypes: {_few(geno_ids)}; phenotypes: {_few(list(pheno.index))})?")
-    return np.asarray(keep), len(no_pheno), len(no_geno)
+    return SampleMatch(np.asarray(keep), len(no_pheno), len(no_geno))
 
 
 def _few(items, n=3):

@@ -283,8 +283,8 @@ def reml_delta(K: np.ndarray, y: np.ndarray, grid=np.linspace(-10, 10, 201)) -> 
     return REMLSpectrum(K, y).maximise(grid)
 
 
-def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None):
-    """GBLUP with K = Z Z'/p; returns (predictions for Z_new, delta, mu, inner_pred).
+def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None) -> KernelPrediction:
+    """GBLUP with K = Z Z'/p: the predictions for Z_new, delta, mu and inner_pred.
 
     ``inner`` = (fit rows, held-out rows), positions into Z_fit: also refit on the
     first set alone with the same delta (one Cholesky, no new REML) and predict the
@@ -296,7 +296,26 @@ def gblup_fit_predict(Z_fit, y_fit, Z_new, delta=None, inner=None):
     return gblup_kernel_predict(Z_fit @ Z_fit.T / p, y_fit, Z_new @ Z_fit.T / p, delta, inner)
 
 
-def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False):
+class KernelPrediction(NamedTuple):
+    """A GBLUP fit's predictions of the new rows, its delta = se2 / sg2 and GLS intercept, and
+    (with ``inner``) the predictions of the held-out inner rows from the inner fit rows."""
+
+    pred: np.ndarray
+    delta: float
+    mu: float
+    inner_pred: np.ndarray | None
+
+
+class ValidatedPrediction(NamedTuple):
+    """A baseline's test predictions, its validation-fold predictions (the ensemble's weights
+    come from these) and the record of how it was fitted."""
+
+    pred: np.ndarray
+    val_pred: np.ndarray
+    info: dict
+
+
+def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False) -> KernelPrediction:
     """GBLUP from kernels: K [fit, fit] and K_new [new, fit]; as gblup_fit_predict.
     ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML and
     K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation."""
@@ -317,7 +336,7 @@ def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=Fals
     else:  # REMLSpectrum overwrites K only when it is centred
         alpha, mu = gblup_solve(K, y_fit, delta, overwrite=overwrite)
     pred = mu + K_new @ alpha
-    return pred, float(delta), mu, inner_pred
+    return KernelPrediction(pred, float(delta), mu, inner_pred)
 
 
 def gblup_solve(K, y, delta, overwrite=False):
@@ -345,7 +364,8 @@ def squared_distances(G: np.ndarray) -> np.ndarray:
     return G
 
 
-def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows, thetas=RKHS_THETAS):
+def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows,
+                     thetas=RKHS_THETAS) -> ValidatedPrediction:
     """RKHS regression with a Gaussian kernel K = exp(-theta d^2 / m) on the distances of one
     encoding's Gram matrix ``G`` (overwritten); m: the median squared distance between the
     fitting samples.  A GBLUP whose kernel also captures non-additive similarity (Gianola &
@@ -359,7 +379,7 @@ def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows, t
 
 
 def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=RKHS_DISTANCES,
-                thetas=RKHS_THETAS):
+                thetas=RKHS_THETAS) -> ValidatedPrediction:
     """RKHS with the distance (dosage or one-hot codes, whose missing category keeps missing
     calls apart instead of filling them with a mean) and the bandwidth chosen together by the
     validation fold's MSE; ``load_gram(encoding)`` gives that encoding's Gram matrix (each is
@@ -373,8 +393,9 @@ def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=
             best = (d, choice)
     d, choice = best
     pred, val_pred, info = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice)
-    return pred, val_pred, {"kernel": "gaussian", "distance": d, **{k: v for k, v in info.items() if k != "kernel"},
-                            "val_mse_by_distance": by_distance}
+    return ValidatedPrediction(pred, val_pred, {"kernel": "gaussian", "distance": d,
+                                                **{k: v for k, v in info.items() if k != "kernel"},
+                                                "val_mse_by_distance": by_distance})
 
 
 def _rkhs_select(D2, y, fit_rows, inner, thetas) -> dict:
@@ -388,7 +409,7 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas) -> dict:
     for theta in thetas:
         K = np.exp(D2[np.ix_(train, train)] * (-theta / scale))
         K_val = np.exp(D2[np.ix_(val, train)] * (-theta / scale))
-        p, *_ = gblup_kernel_predict(K, y[train], K_val, overwrite=True)
+        p = gblup_kernel_predict(K, y[train], K_val, overwrite=True).pred
         val_mse[theta] = float(np.mean((p - y[val]) ** 2))
         if best is None or val_mse[theta] < val_mse[best[0]]:
             best = (theta, p)
@@ -396,7 +417,7 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas) -> dict:
             "val_mse_by_theta": {str(k): v for k, v in val_mse.items()}}
 
 
-def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict):
+def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict) -> ValidatedPrediction:
     """The chosen theta refitted on training + validation (REML again); test predictions."""
     fit_rows = np.asarray(fit_rows)
     theta, scale = choice["theta"], choice["scale"]
@@ -404,9 +425,9 @@ def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict):
     K_test = np.exp(D2[np.ix_(test_rows, fit_rows)] * (-theta / scale))
     del D2
     pred, delta, mu, _ = gblup_kernel_predict(K, y[fit_rows], K_test, overwrite=True)
-    return pred, choice["val_pred"], {"kernel": "gaussian", "theta": theta, "distance_scale": scale,
-                                      "val_mse_by_theta": choice["val_mse_by_theta"],
-                                      "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu}
+    return ValidatedPrediction(pred, choice["val_pred"], {
+        "kernel": "gaussian", "theta": theta, "distance_scale": scale, "val_mse_by_theta": choice["val_mse_by_theta"],
+        "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu})
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=None,
