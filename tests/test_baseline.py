@@ -222,8 +222,9 @@ def test_baseline_fold_and_reduce_report_it_beside_the_cnn(sim_store, tmp_path):
 
 
 def check_ensemble(run, store):
-    """Weights on the simplex, chosen on the validation fold only (their validation MSE is
-    no worse than any single model's), applied unchanged to the test predictions."""
+    """Weights on the simplex, chosen on the validation predictions of every line outside the
+    test fold (their MSE there is no worse than any single model's), applied unchanged to
+    the test predictions."""
     from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
 
@@ -237,8 +238,12 @@ def check_ensemble(run, store):
         i = int(r["fold"])
         dirs = [run / st.name / f"fold_{i}", *(run / st.name / f"baseline_{k}" / f"fold_{i}"
                                                 for k in ("dosage", "onehot", "rkhs", "rkhs_local"))]
-        val = [pd.read_csv(d / "val_predictions.csv", dtype={"sample_id": str}).set_index("sample_id") for d in dirs]
-        assert set(val[0].index) == set(st.sample_id[fold_split(st.fold, st.n_folds, i).val])
+        pooled = [j for j in range(1, st.n_folds + 1) if j % st.n_folds + 1 != i]
+        val = [pd.concat([pd.read_csv(str(d).replace(f"fold_{i}", f"fold_{j}") + "/val_predictions.csv",
+                                      dtype={"sample_id": str}) for j in pooled]).set_index("sample_id")
+               for d in dirs]
+        assert set(val[0].index) == set(st.sample_id[st.fold != i]) and r["n_val"] == len(val[0])
+        assert set(st.sample_id[fold_split(st.fold, st.n_folds, i).val]) <= set(val[0].index)
         y = val[0]["truth"]
         single = [((v.loc[y.index, "prediction"] - y) ** 2).mean() for v in val]
         assert r["val_mse"] <= min(single) * (1 + 1e-5)  # the CSV keeps 6 digits

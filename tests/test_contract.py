@@ -76,21 +76,31 @@ def _fold_files(d, ids, truth, val_ids, val_truth, pred, val_pred, fold):
 
 
 @pytest.mark.parametrize("val_best", ["cnn", "gblup_dosage"])
-def test_the_ensemble_weights_come_from_the_validation_fold_alone(tmp_path, val_best):
-    """On the validation fold one model is exact and the other noise; on the test fold the
-    other way round: the weights follow the validation fold, never the test fold."""
+def test_the_ensemble_weights_never_score_the_test_folds_lines(tmp_path, val_best):
+    """K = 3 folds of 40 lines.  Test fold 1's weights are chosen on the validation
+    predictions of folds 1 and 2 (validating on folds 2 and 3), where ``val_best`` is exact
+    and the other model noise; fold 3 validates on fold 1's lines, and there and on fold
+    1's test predictions it is the other way round: the weights follow the lines outside
+    the test fold, never its phenotypes."""
     rng = np.random.default_rng(1)
     run = RunDir(tmp_path)
-    ids, val_ids = [f"t{i}" for i in range(40)], [f"v{i}" for i in range(40)]
-    y, yv = rng.normal(size=40), rng.normal(size=40)
+    ids = {f: [f"f{f}_{i}" for i in range(40)] for f in (1, 2, 3)}
+    y = {f: rng.normal(size=40) for f in (1, 2, 3)}
+
+    def pred(exact: bool, f: int):
+        return y[f] if exact else rng.normal(size=40)
     for m in ("cnn", "gblup_dosage"):
-        good_on_val = m == val_best
-        _fold_files(run.model_fold("d", m, 1), ids, y, val_ids, yv,
-                    rng.normal(size=40) if good_on_val else y, yv if good_on_val else rng.normal(size=40), 1)
-    (row, weights, preds), = ensemble_folds(tmp_path, DatasetRecord("d", "s.zarr", None, 1, 80, 10), ["gblup_dosage"])
+        best = m == val_best
+        for f in (1, 2, 3):
+            v = f % 3 + 1  # its validation fold; fold 1's lines favour the other model
+            _fold_files(run.model_fold("d", m, f), ids[f], y[f], ids[v], y[v], pred(not best, f),
+                        pred(best if v != 1 else not best, v), f)
+    rows = ensemble_folds(tmp_path, DatasetRecord("d", "s.zarr", None, 3, 120, 10), ["gblup_dosage"])
+    row, weights, preds = rows[0]
     assert weights[f"w_{val_best}"] == 1.0 and weights["val_mse"] == pytest.approx(0.0, abs=1e-12)
+    assert weights["n_val"] == 80  # folds 2 and 3's lines, once each
     assert row["pcc"] < 0.5  # the test fold's exact model was not chosen
-    assert preds["sample_id"].tolist() == ids
+    assert preds["sample_id"].tolist() == ids[1]
     w = simplex_weights(3)
     assert np.allclose(w.sum(axis=1), 1) and len(w) == 231 and (w >= 0).all()
 

@@ -1,8 +1,8 @@
 """The ensemble: hpcsnp's headline prediction when the linear baseline ran.
 
 Per fold, a convex combination of the CNN's and the baselines' predictions, its
-weights chosen on the validation fold only (models that did not see the validation
-phenotypes), then applied to the test fold.
+weights chosen on validation predictions (from models that did not see those
+phenotypes) of every line outside the test fold, then applied to the test fold.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.errors import InputError
+from hpcsnp.folds import validation_fold
 from hpcsnp.metrics import regression_metrics
 from hpcsnp.rundir import (
     METRICS_JSON,
@@ -36,40 +37,56 @@ def simplex_weights(k: int, step: float = WEIGHT_STEP) -> np.ndarray:
 def ensemble_folds(run_dir: Path, ds: DatasetRecord, baselines: list[str]) -> list[tuple[dict, dict, pd.DataFrame]]:
     """The ``ensemble`` model: per fold, a convex combination of the CNN's and the baselines'
     predictions, weights (a grid of step WEIGHT_STEP) chosen by the mean squared error on
-    the validation fold, from models that did not see the validation phenotypes (the CNN
-    only early-stops on them; the GBLUP is refitted on the training folds alone).  The test
-    fold plays no part in the choice.  Each baseline's test predictions are its usual ones
-    (fitted on training + validation).  Returns (log row, weight row, test predictions) per
-    fold; nothing when a fold lacks validation predictions (runs older than this)."""
+    validation predictions from models that did not see those phenotypes (the CNN only
+    early-stops on them; the GBLUP is refitted on the training folds alone).  For test fold
+    k they are pooled over every fold whose validation fold is not k: every line outside
+    fold k once, K - 1 folds' worth (``pooled_validation``), since one fold's validation
+    lines are too few to choose among several members.  The test fold plays no part in the
+    choice.  Each member's test predictions are its usual ones (fitted on training +
+    validation).  Returns (log row, weight row, test predictions) per fold; nothing when a
+    fold lacks validation predictions (runs older than this)."""
     name = ds.dataset
     run = RunDir(run_dir)
     models = ["cnn", *baselines]
     if len(models) < 2:
         return []
+    dirs = {i: {m: run.model_fold(name, m, i) for m in models} for i in range(1, ds.n_folds + 1)}
+    if not all((d / VAL_PREDICTIONS_CSV).exists() for fold in dirs.values() for d in fold.values()):
+        return []
+    val = {i: _aligned([pd.read_csv(d[m] / VAL_PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
+           for i, d in dirs.items()}
     out = []
     grid = simplex_weights(len(models))
-    for i in range(1, ds.n_folds + 1):
-        dirs = {m: run.model_fold(name, m, i) for m in models}
-        if not all((dirs[m] / VAL_PREDICTIONS_CSV).exists() for m in models):
-            return []
-        val = _aligned([pd.read_csv(dirs[m] / VAL_PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
-        test = _aligned([pd.read_csv(dirs[m] / PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
-        mse = (((val["P"] @ grid.T) - val["truth"][:, None]) ** 2).mean(axis=0)
+    for i, d in dirs.items():
+        test = _aligned([pd.read_csv(d[m] / PREDICTIONS_CSV, dtype={"sample_id": str}) for m in models])
+        P, y = pooled_validation(val, i, ds.n_folds)
+        mse = (((P @ grid.T) - y[:, None]) ** 2).mean(axis=0)
         w = grid[int(np.argmin(mse))]
         pred = test["P"] @ w
         m = regression_metrics(test["truth"], pred)
-        secs = sum(FoldMetrics.read(dirs[k] / METRICS_JSON).seconds for k in models)
+        secs = sum(FoldMetrics.read(d[k] / METRICS_JSON).seconds for k in models)
         row = {"dataset": name, "model": "ensemble", "fold": i, **m, "seconds": round(secs, 2),
                "saliency_seconds": 0.0, "n_test": len(pred)}
-        vm = regression_metrics(val["truth"], val["P"] @ w)
+        vm = regression_metrics(y, P @ w)
         weights = {"dataset": name, "fold": i, **{f"w_{k}": v for k, v in zip(models, w)},
-                   "val_mse": vm["mse"], "val_pcc": vm["pcc"],
-                   **{f"val_pcc_{k}": regression_metrics(val["truth"], val["P"][:, j])["pcc"]
-                      for j, k in enumerate(models)}}
+                   "val_mse": vm["mse"], "val_pcc": vm["pcc"], "n_val": len(y),
+                   **{f"val_pcc_{k}": regression_metrics(y, P[:, j])["pcc"] for j, k in enumerate(models)}}
         preds = pd.DataFrame({"dataset": name, "fold": i, "sample_id": test["ids"], "truth": test["truth"],
                               "prediction": pred})
         out.append((row, weights, preds))
     return out
+
+
+def pooled_validation(val: dict, test_fold: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The members' validation predictions [lines, members] and the phenotypes of every fold
+    whose validation fold is not ``test_fold``: each line outside the test fold once.
+
+    >>> val = {j: {"P": np.full((2, 1), j), "truth": np.full(2, j)} for j in (1, 2, 3)}
+    >>> pooled_validation(val, 1, 3)[1].tolist()  # fold 3 validates on fold 1: left out
+    [1, 1, 2, 2]
+    """
+    folds = [j for j in sorted(val) if validation_fold(j, k) != test_fold]
+    return (np.vstack([val[j]["P"] for j in folds]), np.concatenate([val[j]["truth"] for j in folds]))
 
 
 def _aligned(frames: list[pd.DataFrame]) -> dict:

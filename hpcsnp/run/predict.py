@@ -133,8 +133,8 @@ def _load_model(path: Path, run: RunDir, dataset: str, fold: int):
 
 
 def ensemble_weights(run: RunDir, ds: DatasetRecord, baselines: list[str]) -> dict | None:
-    """Weights of cnn + baselines for the headline: each fold's weights (chosen on its
-    validation fold by ``reduce``'s rule) averaged over the folds; None when the run has no
+    """Weights of cnn + baselines for the headline: each fold's weights (chosen by
+    ``reduce``'s rule, ensemble.ensemble_folds) averaged over the folds; None when the run has no
     baseline or no validation predictions."""
 
     if not baselines:
