@@ -212,6 +212,8 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
                  else simulate_ld(d / "sim.tsv", n, p, block, seed, pair_gap))
         truth_path.write_text(json.dumps(truth))
     truth = json.loads(truth_path.read_text())
+    from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
+
     t0 = time.perf_counter()
     if not (d / "run" / "attribution_summary.csv").exists():
         if not (d / "sim.zarr").exists():
@@ -220,9 +222,9 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
         hpcsnp("gwas", d / "sim.zarr", "--run", d / "run")
         hpcsnp("reduce", d / "run")
     seconds = time.perf_counter() - t0
-    if not (d / "gwas_loco" / "gwas.csv").exists():
+    if not gwas_table_path(d / "gwas_loco").exists():
         hpcsnp("gwas", d / "sim.zarr", "-o", d / "gwas_loco", "--loco")
-    loco_p = pd.read_csv(d / "gwas_loco" / "gwas.csv")["p"].to_numpy()
+    loco_p = read_gwas_table(gwas_table_path(d / "gwas_loco"))["p"].to_numpy()
     scores = pd.read_csv(d / "run" / "avg_saliency.csv")
     summary = pd.read_csv(d / "run" / "attribution_summary.csv").set_index("method")
     pcc = pd.read_csv(d / "run" / "fold_pcc_summary.csv").set_index("model")["pcc_mean"]

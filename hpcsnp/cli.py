@@ -566,8 +566,10 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 
     REML variance components once (the kinship of the baseline), then one
     generalised least-squares t-test per SNP (with --loco, against the
-    kinship of the other chromosomes). Writes gwas.csv (snp, chrom, pos,
-    n, maf, beta, se, t, p, q_bh), gwas.json (genomic inflation lambda,
+    kinship of the other chromosomes). Writes gwas.tsv (PLINK 2's --glm
+    columns: #CHROM POS ID REF ALT A1 A1_FREQ TEST OBS_CT BETA SE T_STAT P,
+    BETA per copy of the effect allele A1, plus Q_BH, the Benjamini-Hochberg
+    q), gwas.json (genomic inflation lambda,
     Bonferroni and Benjamini-Hochberg thresholds, h2), gwas_manhattan.png and
     gwas_qq.png.
     """

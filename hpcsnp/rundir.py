@@ -42,7 +42,8 @@ PREDICTIONS_CSV = "predictions.csv"  # sample_id, fold, truth, prediction on the
 VAL_PREDICTIONS_CSV = "val_predictions.csv"  # the same on the validation fold (the ensemble's weights)
 MODEL_KERAS = "model.keras"  # a CNN fold's model (seed_<s>/model.keras for the others of the fold)
 SEED_PREDICTIONS_CSV = "seed_predictions.csv"  # a CNN fold's test predictions of each of its models
-GWAS_CSV = "gwas.csv"  # RUN/<dataset>/gwas.csv, or -o DIR/gwas.csv
+GWAS_TSV = "gwas.tsv"  # RUN/<dataset>/gwas.tsv, or -o DIR/gwas.tsv: PLINK 2 .glm.linear columns
+LEGACY_GWAS_CSV = "gwas.csv"  # the same table before it took PLINK 2's columns (still read)
 FOLD_FILES = (MODEL_KERAS, PREDICTIONS_CSV, METRICS_JSON, "saliency.zarr")
 # the files of a CNN fold while it trains (fold_<i>.partial/, and seed_<s>/ inside it for its
 # other models): the checkpoint written every epoch, and what a finished model keeps

@@ -167,10 +167,10 @@ def test_a_damaged_gwas_table_is_named_with_the_command_that_writes_it(ig_run, t
     copy = tmp_path / "run"
     shutil.copytree(ig_run / "run", copy)
     run_cli("gwas", ig_run / "s.zarr", "--run", copy)
-    table = copy / "s" / "gwas.csv"
+    table = copy / "s" / "gwas.tsv"
     table.write_bytes(table.read_bytes()[:300])
     proc = run_cli("reduce", copy, check=False)
-    assert proc.returncode == 2 and "gwas.csv cannot be read" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "gwas.tsv cannot be read" in proc.stderr, proc.stderr
     assert f"hpcsnp gwas {ig_run / 's.zarr'} --run {copy} --name s" in proc.stderr
 
 
@@ -218,5 +218,5 @@ def test_gwas_into_a_run_never_rebinds_or_adds_a_data_set(ig_run, tmp_path):
     after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert after == before
     run_cli("gwas", tmp_path / "s.zarr", "--run", copy)  # the trained store, wherever it lies, is welcome
-    assert (copy / "s" / "gwas.csv").exists() and (copy / "s" / "dataset.json").read_bytes() == before[
+    assert (copy / "s" / "gwas.tsv").exists() and (copy / "s" / "dataset.json").read_bytes() == before[
         Path("s") / "dataset.json"]

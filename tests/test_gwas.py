@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from hpcsnp.linear.gwas import associate, benjamini_hochberg, genomic_inflation
+from hpcsnp.linear.gwas import associate, benjamini_hochberg, genomic_inflation, read_gwas_table
 
 
 def _data(seed=0, n=120, p=30):
@@ -65,7 +65,6 @@ def test_lambda_is_about_one_on_a_null_chromosome_and_the_cli_writes_every_outpu
     Tested against the other chromosomes' kinship (--loco), chromosome 5's SNPs keep
     lambda near 1; against the whole genome's (the default) they are deflated, and a plain
     regression is inflated by the family structure."""
-    import pandas as pd
 
     rng = np.random.default_rng(4)
     n_fam, per, p = 40, 15, 1500
@@ -80,14 +79,14 @@ def test_lambda_is_about_one_on_a_null_chromosome_and_the_cli_writes_every_outpu
     run_cli("ingest", tmp_path / "null.tsv", "-o", tmp_path / "null.zarr")
     proc = run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "out", "--loco")
     summary = json.loads((tmp_path / "out" / "gwas.json").read_text())
-    null = pd.read_csv(tmp_path / "out" / "gwas.csv").query("chrom == 'Chr05'")["p"].to_numpy()
+    null = read_gwas_table(tmp_path / "out" / "gwas.tsv").query("chrom == 'Chr05'")["p"].to_numpy()
     assert summary["loco"] and len(null) == 300
     assert 0.85 < genomic_inflation(null) < 1.15
     assert "lambda" in proc.stdout and "leave one chromosome out" in proc.stdout
-    for f in ("gwas.csv", "gwas_manhattan.png", "gwas_qq.png"):
+    for f in ("gwas.tsv", "gwas_manhattan.png", "gwas_qq.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
     run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "whole")
-    whole = pd.read_csv(tmp_path / "whole" / "gwas.csv").query("chrom == 'Chr05'")["p"].to_numpy()
+    whole = read_gwas_table(tmp_path / "whole" / "gwas.tsv").query("chrom == 'Chr05'")["p"].to_numpy()
     assert genomic_inflation(whole) < genomic_inflation(null)
     ols = associate(g[:, 1200:].astype(np.int8), y, None, None)
     assert genomic_inflation(ols["p"].to_numpy()) > 1.3
@@ -206,7 +205,67 @@ def test_an_unusable_output_directory_is_refused_before_the_work(tmp_path, where
     (tmp_path / "afile").write_text("mine\n")
     proc = run_cli("gwas", path, "-o", tmp_path / where, check=False)
     if message is None:
-        assert proc.returncode == 0 and (tmp_path / where / "gwas.csv").exists()
+        assert proc.returncode == 0 and (tmp_path / where / "gwas.tsv").exists()
     else:
         assert proc.returncode == 2 and message in proc.stderr and "internal error" not in proc.stderr
         assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_the_table_has_plink2_columns_and_the_stores_alleles(tmp_path):
+    """gwas.tsv read back as PLINK 2's --glm table: REF and ALT are the store's, the effect
+    allele A1 is ALT (the allele the codes count), A1_FREQ and OBS_CT are over the called
+    lines, and BETA is per copy of A1: positive where ALT raises the phenotype."""
+    import pandas as pd
+
+    from hpcsnp.store import open_store
+
+    rng = np.random.default_rng(7)
+    n, p = 80, 12
+    g = rng.integers(0, 3, (n, p))
+    y = 10 + 1.5 * g[:, 3] - 1.5 * g[:, 8] + rng.normal(0, 0.5, n)
+    miss = rng.random((n, p)) < 0.05
+    gt = {0: "0/0", 1: "0/1", 2: "1/1"}
+    bases = ["A", "C", "G", "T"]
+    head = ("##fileformat=VCFv4.2\n##contig=<ID=1>\n##FORMAT=<ID=GT,Number=1,Type=String,Description=\"GT\">\n"
+            "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(f"L{i}" for i in range(n)) + "\n")
+    body = "".join(f"1\t{100 * (j + 1)}\tsnp{j}\t{bases[j % 4]}\t{bases[(j + 1) % 4]}\t.\t.\t.\tGT\t"
+                   + "\t".join("./." if miss[i, j] else gt[g[i, j]] for i in range(n)) + "\n" for j in range(p))
+    (tmp_path / "x.vcf").write_text(head + body)
+    (tmp_path / "ph.tsv").write_text("id\ty\n" + "".join(f"L{i}\t{y[i]:.5f}\n" for i in range(n)))
+    run_cli("ingest", tmp_path / "x.vcf", "--pheno", tmp_path / "ph.tsv", "--folds", "3", "-o", tmp_path / "x.zarr")
+    run_cli("gwas", tmp_path / "x.zarr", "-o", tmp_path / "out")
+    text = (tmp_path / "out" / "gwas.tsv").read_text()
+    assert text.splitlines()[0].split("\t") == ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "A1_FREQ", "TEST",
+                                                "OBS_CT", "BETA", "SE", "T_STAT", "P", "Q_BH"]
+    t = pd.read_csv(tmp_path / "out" / "gwas.tsv", sep="\t", dtype={"ID": str, "REF": str, "ALT": str, "A1": str})
+    s = open_store(tmp_path / "x.zarr")
+    assert t["REF"].tolist() == s.alleles[:, 0].tolist() == [bases[j % 4] for j in range(p)]
+    assert (t["A1"] == t["ALT"]).all() and t["ALT"].tolist() == s.alleles[:, 1].tolist()
+    assert (t["TEST"] == "ADD").all() and t["ID"].tolist() == [f"snp{j}" for j in range(p)]
+    codes = s.genotypes[:]
+    called = codes >= 0
+    np.testing.assert_array_equal(t["OBS_CT"], called.sum(axis=0))
+    np.testing.assert_allclose(t["A1_FREQ"], np.where(called, codes, 0).sum(axis=0) / called.sum(axis=0) / 2,
+                               rtol=1e-5)
+    assert t.loc[3, "BETA"] > 1.0 and t.loc[8, "BETA"] < -1.0
+    assert sorted(t["P"].nsmallest(2).index) == [3, 8]
+
+
+def test_a_text_store_has_no_alleles_and_reduce_still_reads_an_older_gwas_csv(tmp_path):
+    """Without alleles REF, ALT and A1 are PLINK's missing value '.'; a run's gwas.csv from
+    before the PLINK 2 layout is read in place of gwas.tsv."""
+    import pandas as pd
+
+    from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
+
+    path, *_ = _structured_store(tmp_path, n_fam=6, p=160, n_chrom=2)
+    run_cli("gwas", path, "-o", tmp_path / "out")
+    raw = pd.read_csv(tmp_path / "out" / "gwas.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert (raw[["REF", "ALT", "A1"]] == ".").all().all()
+    table = read_gwas_table(gwas_table_path(tmp_path / "out"))
+    assert table["ref"].isna().all() and len(table) == 160 and {"snp", "chrom", "pos", "p", "q_bh"} <= set(table)
+    old = tmp_path / "old"
+    old.mkdir()
+    table[["snp", "chrom", "pos", "n", "beta", "se", "t", "p", "q_bh"]].to_csv(old / "gwas.csv", index=False)
+    assert gwas_table_path(old) == old / "gwas.csv"
+    np.testing.assert_allclose(read_gwas_table(gwas_table_path(old))["p"], table["p"], rtol=1e-5)

@@ -23,6 +23,13 @@ every SNP on a chromosome with a large-effect locus tests as associated (SoyNAM 
 lambda 0.55 with the whole-genome kinship, 9.4 leaving chromosomes out, up to 70 on
 Gm10).  It suits panels of unrelated lines, where LD decays within the chromosome.
 
+The table (``gwas.tsv``) has PLINK 2's ``--glm`` columns and names, tab-separated, "."
+for a missing value, so tools that read PLINK 2's output read it: #CHROM, POS, ID, REF,
+ALT, A1 (the effect allele: the one the genotype codes count, ALT), A1_FREQ (its frequency
+over the called lines), TEST (ADD), OBS_CT (lines with a call), BETA (per copy of A1),
+SE, T_STAT, P, and Q_BH (Benjamini-Hochberg q, hpcsnp's own).  A store ingested from text
+knows no alleles: REF, ALT and A1 are ".", A1 being the allele counted by the codes.
+
 Memory: the store's int8 genotypes (n p bytes) and three n x n matrices; SNPs are
 whitened in blocks of ``block``.
 """
@@ -43,7 +50,7 @@ from hpcsnp.errors import InputError
 from hpcsnp.figures import genome_x, pyplot, save_figure
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, check_memory, gram_matrix, read_rows
-from hpcsnp.rundir import GWAS_CSV
+from hpcsnp.rundir import GWAS_TSV, LEGACY_GWAS_CSV
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ GWAS_JSON = "gwas.json"
 
 @dataclass
 class GwasResult:
-    table: pd.DataFrame  # snp, chrom, pos, n, maf, beta, se, t, p, q_bh
+    table: pd.DataFrame  # snp, chrom, pos, ref, alt, a1_freq, n, maf, beta, se, t, p, q_bh
     summary: dict  # lambda, thresholds, delta, h2, n, seconds
 
 
@@ -81,7 +88,7 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
     a = one @ one
     ry = ys - one * (one @ ys) / a
     yy = ry @ ry
-    out = {k: np.empty(p) for k in ("n", "maf", "beta", "se", "t", "p")}
+    out = {k: np.empty(p) for k in ("a1_freq", "n", "maf", "beta", "se", "t", "p")}
     for j in range(0, p, block):
         gb = g[:, j:j + block]
         called = gb >= 0
@@ -99,6 +106,7 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
             t = beta / se
         sl = slice(j, j + gb.shape[1])
         freq = mean / 2
+        out["a1_freq"][sl] = np.where(n_called > 0, freq, np.nan)
         out["n"][sl], out["maf"][sl] = n_called, np.minimum(freq, 1 - freq)
         out["beta"][sl], out["se"][sl], out["t"][sl] = beta, se, t
         out["p"][sl] = 2 * stats.t.sf(np.abs(t), n - 2)
@@ -224,6 +232,9 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     frame.insert(0, "snp", store.variant_id)
     frame.insert(1, "chrom", store.contig)
     frame.insert(2, "pos", store.position)
+    alleles = store.alleles if store.alleles is not None else np.full((store.n_variants, 2), "")
+    frame.insert(3, "ref", alleles[:, 0])
+    frame.insert(4, "alt", alleles[:, 1])
     q, bh = benjamini_hochberg(frame["p"].to_numpy())
     frame["q_bh"] = q
     m = int(np.isfinite(frame["p"]).sum())
@@ -239,13 +250,45 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     return GwasResult(frame, summary)
 
 
+# the table's columns as PLINK 2 names them, from ours; TEST is added
+PLINK2_COLUMNS = {"chrom": "#CHROM", "pos": "POS", "snp": "ID", "ref": "REF", "alt": "ALT", "a1": "A1",
+                  "a1_freq": "A1_FREQ", "test": "TEST", "n": "OBS_CT", "beta": "BETA", "se": "SE", "t": "T_STAT",
+                  "p": "P", "q_bh": "Q_BH"}
+
+
+def plink2_table(table: pd.DataFrame) -> str:
+    """The association table as PLINK 2's ``--glm`` writes one (see the module's notes)."""
+    out = table.assign(a1=table["alt"], test="ADD").replace({"ref": {"": "."}, "alt": {"": "."}, "a1": {"": "."}})
+    out = out[list(PLINK2_COLUMNS)].rename(columns=PLINK2_COLUMNS)
+    return out.to_csv(sep="\t", index=False, na_rep=".", float_format="%.6g")
+
+
+def read_gwas_table(path: Path) -> pd.DataFrame:
+    """A table ``write_gwas`` wrote (gwas.tsv, or an older gwas.csv), in our column names;
+    ValueError when it is not one."""
+    if path.suffix == ".tsv":
+        table = pd.read_csv(path, sep="\t", dtype={"ID": str, "#CHROM": str, "REF": str, "ALT": str, "A1": str},
+                            keep_default_na=False, na_values=["."])
+        if not set(PLINK2_COLUMNS.values()) <= set(table.columns):
+            raise ValueError(f"columns {', '.join(map(str, table.columns[:4]))}..., not PLINK 2's")
+        return table.rename(columns={v: k for k, v in PLINK2_COLUMNS.items()})
+    return pd.read_csv(path, dtype={"snp": str, "chrom": str}, keep_default_na=False, na_values=["nan", "NaN", ""])
+
+
+def gwas_table_path(directory: Path) -> Path:
+    """The association table of ``directory``: gwas.tsv, or an older run's gwas.csv."""
+    legacy = directory / LEGACY_GWAS_CSV
+    return legacy if legacy.exists() and not (directory / GWAS_TSV).exists() else directory / GWAS_TSV
+
+
 def write_gwas(result: GwasResult, out_dir: Path, label: str = "") -> list[Path]:
-    """gwas.csv, gwas.json and the Manhattan and QQ plots in ``out_dir``."""
+    """gwas.tsv, gwas.json and the Manhattan and QQ plots in ``out_dir``."""
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / GWAS_CSV, result.table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out_dir / GWAS_TSV, plink2_table(result.table))
+    (out_dir / LEGACY_GWAS_CSV).unlink(missing_ok=True)  # an older table would contradict this one
     atomic_write_text(out_dir / GWAS_JSON, json.dumps(result.summary, indent=2) + "\n")
-    paths = [out_dir / GWAS_CSV, out_dir / GWAS_JSON, out_dir / "gwas_manhattan.png", out_dir / "gwas_qq.png"]
+    paths = [out_dir / GWAS_TSV, out_dir / GWAS_JSON, out_dir / "gwas_manhattan.png", out_dir / "gwas_qq.png"]
     plot_manhattan(result.table, result.summary, paths[2], label)
     plot_qq(result.table["p"].to_numpy(), result.summary["lambda_gc"], paths[3], label)
     return paths

@@ -12,8 +12,9 @@ import pandas as pd
 
 from hpcsnp.config import ATTRIBUTION_METHODS, COMBINED, COMBINED_PARTS, SIGNED_ATTRIBUTIONS
 from hpcsnp.errors import InputError, StoreError
+from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
-from hpcsnp.rundir import GWAS_CSV, DatasetRecord, RunDir
+from hpcsnp.rundir import DatasetRecord, RunDir
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np
                  methods=ATTRIBUTION_METHODS) -> Ranking:
     """Scores of every method the folds computed (saliency: the run's mean, given), their
     top ``top`` SNPs clumped into loci (r^2 from the store), stability across folds, and
-    the comparison with RUN/<dataset>/gwas.csv when it exists."""
+    the comparison with RUN/<dataset>/gwas.tsv when it exists."""
 
     name = ds.dataset
     scores = var[["snp", "chrom", "pos"]].copy()
@@ -86,7 +87,7 @@ def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np
     for method in per_fold:
         scores[f"{method}_rank"] = scores[method].rank(ascending=False, method="first").astype(int)
     out = Ranking(scores)
-    gwas_path = run.dataset_dir(name) / GWAS_CSV
+    gwas_path = gwas_table_path(run.dataset_dir(name))
     if gwas_path.exists():
         out.gwas = _read_gwas(gwas_path, ds)
     store = _open(ds)
@@ -150,9 +151,9 @@ def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np
 
 
 def _read_gwas(path, ds: DatasetRecord) -> pd.DataFrame:
-    """RUN/<dataset>/gwas.csv; a damaged one is an error naming the command that writes it again."""
+    """RUN/<dataset>/gwas.tsv; a damaged one is an error naming the command that writes it again."""
     try:
-        table = pd.read_csv(path, dtype={"snp": str, "chrom": str}, keep_default_na=False, na_values=["nan", "NaN", ""])
+        table = read_gwas_table(path)
         if not {"snp", "p"} <= set(table.columns) or len(table) != ds.n_variants:
             raise ValueError(f"{len(table)} rows with columns {', '.join(map(str, table.columns[:4]))}...")
     except (OSError, ValueError, pd.errors.ParserError) as e:
