@@ -9,8 +9,9 @@ SoyNAM data.  The script writes the training lines (every fold but --withhold; f
 renumbered 1..K-1) with their strain ids, ingests them, runs `hpcsnp cv` with the
 defaults (CNN + GBLUP baselines), then `hpcsnp predict` on the withheld lines, and
 prints the PCC of every column with the withheld phenotypes, overall and within family
-(mean over families with at least 5 withheld lines), with the alignment report and the
-time of each step.  A --workdir that already holds a finished run is reused.
+(mean over families with at least 5 withheld lines), the share of withheld phenotypes
+inside the prediction interval at each of LEVELS (with the binomial standard error), the
+alignment report and the time of each step.  A --workdir that already holds a finished run is reused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["prediction", "cnn_mean", "gblup_dosage", "gblup_onehot"]
+LEVELS = (0.8, 0.9, 0.95)
 
 
 def split_files(data: Path, strains: Path, withhold: int, work: Path) -> None:
@@ -91,6 +93,16 @@ def main(argv=None):
     print(f"\nwithheld fold {args.withhold}: {len(pred)} lines predicted by {report['dataset']} "
           f"({len(report['folds'])} fold models); headline: {report['headline']}, weights {report['weights']}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    truth = pd.read_csv(work / "truth.tsv", sep="\t", dtype={"strain": str}).set_index("strain")
+    for level in LEVELS:
+        out = work / f"pred_{level}.csv"
+        hpcsnp("predict", work / "run", work / "new.tsv", "-o", out, "--force", "--level", level, "--no-progress")
+        p = pd.read_csv(out, dtype={"sample_id": str})
+        y = truth.loc[p["sample_id"], "phenotype"].to_numpy(float)
+        inside = ((y >= p["lower"]) & (y <= p["upper"])).mean()
+        half = json.loads(out.with_name(out.stem + ".alignment.json").read_text())["interval"]["half_width"]
+        print(f"interval at {level:.2f}: covers {inside:.3f} of the withheld lines "
+              f"(se {np.sqrt(level * (1 - level) / len(p)):.3f}), half-width {half:.4g}")
     print("alignment: " + ", ".join(f"{k} {v}" for k, v in report["alignment"].items() if k != "examples"))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
 

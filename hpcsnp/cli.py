@@ -632,11 +632,17 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
                    "the headline is then the ensemble.")
 @click.option("--fold", "-i", type=click.IntRange(min=1),
               help="Use only this fold's CNN (a check: it reproduces the fold's own test predictions).")
+@click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
+              help="Coverage of the prediction interval (lower, upper), calibrated on the run's out-of-fold "
+                   "residuals.")
+@click.option("--rank-by", type=click.Choice(["high", "low"]), default="high", show_default=True,
+              help="Rank 1 is the highest prediction, or the lowest (e.g. days to maturity, disease score).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUT.")
 @threads_option
 @progress_option
 @_handle_errors
-def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, baseline, fold, force, threads, progress):
+def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, baseline, fold, level, rank_by, force,
+            threads, progress):
     """Predict new, unphenotyped lines with a finished run.
 
     GENOTYPES: a tab-separated table (sample ids in column 1, one column per SNP
@@ -650,23 +656,32 @@ def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, basel
     the run is refitted on all phenotyped lines (gblup_dosage, gblup_onehot); the
     headline `prediction` is their ensemble with the weights the run chose on its
     validation folds, averaged over folds (the CNN mean when the run has no
-    baseline).  `rank` 1 is the highest prediction.  Phenotype units throughout.
+    baseline), with an interval (lower, upper) that covers a new line's
+    phenotype with probability --level when the line is drawn like the run's
+    lines (split-conformal, from the run's out-of-fold residuals).  `rank` 1 is
+    the highest prediction (--rank-by low: the lowest).  Everything is a
+    predicted phenotype, in its units (not a breeding value: the CNN's
+    predictions include non-additive effects).
     """
     from hpcsnp.run.predict import predict_run
 
     _on_sigterm("; nothing was written (a rerun starts again)")  # the partial files are removed on the way out
     show = _progress_default() if progress is None else progress
     r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,
-                    explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force)
+                    explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force,
+                    level=level, rank_by=rank_by)
     weights = ", ".join(f"{m} {w:.2f}" for m, w in r.weights.items()) if r.weights else "none (CNN mean)"
     click.echo(f"predicted {r.n_lines:,} lines in {r.seconds:.1f}s -> {r.out}")
     click.echo(f"alignment  {r.alignment['matched']:,} of {r.alignment['training_snps']:,} training SNPs present "
                f"({100 * r.alignment['overlap']:.1f} %), {r.alignment['flipped']:,} flipped, "
                f"{r.alignment['extra']:,} extra ignored -> {r.report_path}")
     click.echo(f"headline   ensemble weights: {weights}")
+    click.echo(f"interval   prediction +- {r.interval['half_width']:.4g} covers {100 * level:g} % of lines like the "
+               f"run's (from {r.interval['out_of_fold_residuals']:,} out-of-fold residuals)")
     if r.explain_path:
         click.echo(f"explained  top 10 SNPs per line -> {r.explain_path}")
-    top = r.table.nsmallest(min(5, len(r.table)), "rank")[["rank", "sample_id", "prediction", "cnn_mean", "cnn_sd"]]
+    top = r.table.nsmallest(min(5, len(r.table)), "rank")[["rank", "sample_id", "prediction", "lower", "upper",
+                                                           "cnn_mean", "cnn_sd"]]
     click.echo("\n" + top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 

@@ -161,9 +161,23 @@ def test_a_new_population_is_predicted_as_well_as_the_cv_says(tmp_path):
     pcc = np.corrcoef(truth, r.table["prediction"])[0, 1]
     assert pcc > 0.5 and abs(pcc - cv_pcc) < 0.1, (pcc, cv_pcc)
     assert r.table["rank"].tolist() == r.table["prediction"].rank(ascending=False).astype(int).tolist()
-    assert list(pd.read_csv(tmp_path / "pred.csv").columns) == ["sample_id", "prediction", "rank", "cnn_mean",
-                                                              "cnn_sd", "gblup_dosage", "gblup_onehot",
+    assert list(pd.read_csv(tmp_path / "pred.csv").columns) == ["sample_id", "prediction", "lower", "upper", "rank",
+                                                              "cnn_mean", "cnn_sd", "gblup_dosage", "gblup_onehot",
                                                               "rkhs", "rkhs_local", "observed_fraction"]
+    # the 90 % interval: the headline +- the conformal quantile of its out-of-fold residuals,
+    # covering about 90 % of the 300 new lines' phenotypes
+    rows = ensemble_folds(tmp_path / "run", ds, ["gblup_dosage", "gblup_onehot", "rkhs", "rkhs_local"])
+    res = np.sort(np.abs(np.concatenate([(p["truth"] - p["prediction"]).to_numpy() for _, _, p in rows])))
+    assert len(res) == 600 and r.interval["half_width"] == pytest.approx(res[int(np.ceil(601 * 0.9)) - 1])
+    np.testing.assert_allclose(r.table["upper"] - r.table["prediction"], r.interval["half_width"], rtol=1e-9)
+    np.testing.assert_allclose(r.table["prediction"] - r.table["lower"], r.interval["half_width"], rtol=1e-9)
+    inside = ((truth.to_numpy() >= r.table["lower"]) & (truth.to_numpy() <= r.table["upper"])).mean()
+    assert 0.84 <= inside <= 0.96, inside
+    low = predict_run(tmp_path / "run", tmp_path / "new.tsv", out=tmp_path / "low.csv", rank_by="low", level=0.5)
+    assert low.table["rank"].tolist() == low.table["prediction"].rank(ascending=True).astype(int).tolist()
+    assert low.interval["half_width"] < r.interval["half_width"]
+    report = json.loads((tmp_path / "low.alignment.json").read_text())
+    assert report["rank_by"] == "low" and report["interval"]["level"] == 0.5
 
 
 def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):

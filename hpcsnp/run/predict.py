@@ -13,6 +13,16 @@ The headline ``prediction`` is the ensemble of the CNN mean and the baselines wi
 weights chosen on the run's validation folds (each fold's weights, as ``reduce``
 computes them, averaged over the folds); without a baseline it is the CNN mean.
 
+Each headline prediction comes with an interval at ``level`` (default 90 %): the
+headline +- the ceil((n + 1) level)-th smallest of the n absolute out-of-fold residuals
+of the headline in the run's cross-validation (each line predicted by the fold models
+that did not see it).  This is split-conformal prediction (Vovk et al. 2005; Lei et al.
+2018) with the cross-validation's test folds as the calibration set, as in CV+ (Barber et
+al. 2021), simplified to one width around the all-fold prediction; the width is the same
+for every line, so it states how far the run's predictions of unseen lines typically
+miss, not which lines are harder.  It holds for new lines drawn like the run's own; for a
+new population it is optimistic.
+
 The input is streamed in blocks of lines (see ``newlines``), so memory does not grow
 with the number of new lines; the output is written only when every line is predicted.
 """
@@ -37,13 +47,16 @@ from hpcsnp.models import BASELINE_MODELS, baseline_kind
 from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
-from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, DatasetRecord, FoldMetrics, RunDir, read_json
+from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, PREDICTIONS_CSV, DatasetRecord, FoldMetrics, RunDir, read_json
 from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
 
 EXPLAIN_TOP = 10
-COLUMNS = ["sample_id", "prediction", "rank", "cnn_mean", "cnn_sd", *BASELINE_MODELS, "observed_fraction"]
+COLUMNS = ["sample_id", "prediction", "lower", "upper", "rank", "cnn_mean", "cnn_sd", *BASELINE_MODELS,
+           "observed_fraction"]
+LEVEL = 0.9  # the prediction interval's default coverage
+RANK_BY = ("high", "low")  # rank 1: the highest or the lowest prediction
 
 
 def choose_dataset(run: RunDir, name: str | None) -> DatasetRecord:
@@ -132,6 +145,33 @@ def _load_model(path: Path, run: RunDir, dataset: str, fold: int):
                          f"hpcsnp train {store} --fold {fold} --run {run} --name {dataset} --force") from None
 
 
+def conformal_half_width(residuals: np.ndarray, level: float) -> float:
+    """Half the width of the split-conformal interval at ``level`` from out-of-fold residuals:
+    the ceil((n + 1) level)-th smallest |residual|, infinite when n is too small for it.
+
+    >>> conformal_half_width(np.arange(1, 20.0), 0.9)  # n = 19: the 18th smallest
+    18.0
+    >>> conformal_half_width(np.arange(1, 5.0), 0.9)
+    inf
+    """
+    r = np.sort(np.abs(np.asarray(residuals, np.float64)))
+    k = int(np.ceil((len(r) + 1) * level))
+    return float(r[k - 1]) if k <= len(r) else float("inf")
+
+
+def out_of_fold_residuals(run: RunDir, ds: DatasetRecord, folds: list[int], ensemble: list | None) -> np.ndarray:
+    """Phenotype minus the headline's out-of-fold prediction of every test line of ``folds``:
+    the ensemble's (``ensemble``: ensemble_folds' rows) or, without it, the fold CNN's."""
+    import pandas as pd
+
+    if ensemble:
+        frames = [p for _, _, p in ensemble if int(p["fold"].iloc[0]) in folds]
+    else:
+        frames = [pd.read_csv(run.fold(ds.dataset, i) / PREDICTIONS_CSV) for i in folds]
+    t = pd.concat(frames)
+    return (t["truth"] - t["prediction"]).to_numpy(np.float64)
+
+
 def ensemble_weights(run: RunDir, ds: DatasetRecord, baselines: list[str]) -> dict | None:
     """Weights of cnn + baselines for the headline: each fold's weights (chosen by
     ``reduce``'s rule, ensemble.ensemble_folds) averaged over the folds; None when the run has no
@@ -139,7 +179,11 @@ def ensemble_weights(run: RunDir, ds: DatasetRecord, baselines: list[str]) -> di
 
     if not baselines:
         return None
-    rows = [w for _, w, _ in ensemble_folds(run.path, ds, baselines)]
+    return _averaged_weights(ensemble_folds(run.path, ds, baselines), baselines)
+
+
+def _averaged_weights(ensemble: list, baselines: list[str]) -> dict | None:
+    rows = [w for _, w, _ in ensemble]
     if not rows:
         return None
     models = ["cnn", *baselines]
@@ -159,6 +203,7 @@ class PredictResult:
     report_path: Path
     explain_path: Path | None
     table: object  # pandas DataFrame
+    interval: dict
 
 
 def report_path_for(out: Path) -> Path:
@@ -205,7 +250,8 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
 
 
 def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
-                fold=None, baseline=True, threads=None, progress=False, force=False) -> PredictResult:
+                fold=None, baseline=True, threads=None, progress=False, force=False, level=LEVEL,
+                rank_by="high") -> PredictResult:
     import pandas as pd
     from tqdm import tqdm
 
@@ -218,6 +264,10 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         raise InputError(f"{run}: no such run directory")
     if out.is_dir():
         raise InputError(f"-o {out} is a directory; give a file name such as predictions.csv")
+    if not 0 < level < 1:
+        raise InputError(f"--level {level}: an interval's coverage is between 0 and 1 (e.g. 0.9)")
+    if rank_by not in RANK_BY:
+        raise InputError(f"--rank-by {rank_by!r}: one of {', '.join(RANK_BY)}")
     ds = choose_dataset(run, dataset)
     outputs = [out, report_path_for(out), *([explain_path_for(out)] if explain else [])]
     check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store)], force=force)
@@ -247,14 +297,17 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
         designs: dict = {}  # the RKHS fits' designs, shared
         effects = {m: refitted(run, ds, store, baseline_kind(m), designs) for m in baselines}
-        weights = ensemble_weights(run, ds, baselines)
+        ensemble = ensemble_folds(run.path, ds, baselines) if baselines else []
+        weights = _averaged_weights(ensemble, baselines)
+        residuals = out_of_fold_residuals(run, ds, folds, ensemble if weights else None)
+        half = conformal_half_width(residuals, level)
         if baselines and weights is None:
             logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
                            "the headline is the CNN mean")
         configure_tensorflow(n_threads)
         batch = eval_batch_size(Config.from_dict(cfg) if cfg else Config(), store.n_variants)
         models = FoldModels(run, name, folds, store.n_variants)
-        cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "rank")}
+        cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "lower", "upper", "rank")}
         tmp_explain = None
         if explain:
             tmp_explain = tmp_name(explain_path_for(out))
@@ -290,14 +343,21 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     if weights:
         head = sum(w * table[m if m != "cnn" else "cnn_mean"].to_numpy() for m, w in weights.items())
     table.insert(1, "prediction", head)
-    table.insert(2, "rank", table["prediction"].rank(ascending=False, method="first").astype(int))
+    table.insert(2, "lower", head - half)
+    table.insert(3, "upper", head + half)
+    table.insert(4, "rank", table["prediction"].rank(ascending=rank_by == "low", method="first").astype(int))
     table = table[COLUMNS]
     seconds = time.perf_counter() - t0
     report = {"run": str(run.path), "dataset": name, "store": ds.store, "input": where,
               "input_format": source.kind, "lines": len(table), "folds": folds,
               "alignment": alignment.report(), "min_overlap": min_overlap,
-              "headline": ("ensemble, weights averaged over the folds' validation-fold choices" if weights
-                           else "cnn_mean"), "weights": weights, "seconds": round(seconds, 2)}
+              "headline": ("ensemble, each fold's weights (chosen on the validation predictions of every line "
+                           "outside it) averaged over the folds" if weights else "cnn_mean"), "weights": weights,
+              "interval": {"level": level, "half_width": half, "out_of_fold_residuals": len(residuals),
+                           "method": "split-conformal on the headline's out-of-fold residuals of the run's CV: "
+                                     "prediction +- their ceil((n + 1) level)-th smallest absolute value",
+                           "holds_for": "new lines drawn like the run's own lines"},
+              "rank_by": rank_by, "seconds": round(seconds, 2)}
     if getattr(source, "skipped", None):
         report["skipped_variants"] = source.skipped
     if getattr(source, "invalid_calls", None):
@@ -316,7 +376,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
                 t.unlink(missing_ok=True)
         raise
     return PredictResult(out, len(table), report["alignment"], weights, seconds, rpath,
-                         explain_path_for(out) if explain else None, table)
+                         explain_path_for(out) if explain else None, table, report["interval"])
 
 
 def _append_explanations(path: Path, ids, g, sal, idx, store) -> None:
