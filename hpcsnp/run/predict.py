@@ -252,7 +252,6 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
 def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
                 fold=None, baseline=True, threads=None, progress=False, force=False, level=LEVEL,
                 rank_by="high") -> PredictResult:
-    import pandas as pd
     from tqdm import tqdm
 
     from hpcsnp.cnn.steps import eval_batch_size
@@ -272,16 +271,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     outputs = [out, report_path_for(out), *([explain_path_for(out)] if explain else [])]
     check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store)], force=force)
     name = ds.dataset
-    if fold is not None:
-        if not 1 <= fold <= ds.n_folds:
-            raise InputError(f"--fold {fold}: {name} has folds 1..{ds.n_folds}")
-        if not run.is_complete(name, fold):
-            raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds.store} "
-                             f"--fold {fold} --run {run}")
-        folds = [fold]
-    else:
-        check_complete(run.path, [ds])  # every fold finished, readable, from this write of the store
-        folds = list(range(1, ds.n_folds + 1))
+    folds = _folds_to_use(run, ds, fold)
     store = open_store(ds.store)
     if ds.store_id is not None and store.store_id != ds.store_id:
         raise InputError(f"{ds.store} was re-ingested after {run}/{name} was trained on it; "
@@ -337,16 +327,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         raise
     finally:
         source.close()
-    table = pd.DataFrame({c: (v if c == "sample_id" else np.concatenate(v) if v else np.zeros(0))
-                          for c, v in cols.items()})
-    head = table["cnn_mean"].to_numpy()
-    if weights:
-        head = sum(w * table[m if m != "cnn" else "cnn_mean"].to_numpy() for m, w in weights.items())
-    table.insert(1, "prediction", head)
-    table.insert(2, "lower", head - half)
-    table.insert(3, "upper", head + half)
-    table.insert(4, "rank", table["prediction"].rank(ascending=rank_by == "low", method="first").astype(int))
-    table = table[COLUMNS]
+    table = headline_table(cols, weights, half, rank_by)
     seconds = time.perf_counter() - t0
     report = {"run": str(run.path), "dataset": name, "store": ds.store, "input": where,
               "input_format": source.kind, "lines": len(table), "folds": folds,
@@ -362,6 +343,46 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         report["skipped_variants"] = source.skipped
     if getattr(source, "invalid_calls", None):
         report["invalid_calls_read_as_missing"] = source.invalid_calls
+    rpath = _write_outputs(out, table, report, tmp_explain)
+    return PredictResult(out, len(table), report["alignment"], weights, seconds, rpath,
+                         explain_path_for(out) if explain else None, table, report["interval"])
+
+
+def _folds_to_use(run: RunDir, ds: DatasetRecord, fold: int | None) -> list[int]:
+    """``fold`` alone (finished), or every fold of the data set (all finished and readable,
+    from this write of the store)."""
+    name = ds.dataset
+    if fold is None:
+        check_complete(run.path, [ds])
+        return list(range(1, ds.n_folds + 1))
+    if not 1 <= fold <= ds.n_folds:
+        raise InputError(f"--fold {fold}: {name} has folds 1..{ds.n_folds}")
+    if not run.is_complete(name, fold):
+        raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds.store} "
+                         f"--fold {fold} --run {run}")
+    return [fold]
+
+
+def headline_table(cols: dict, weights: dict | None, half: float, rank_by: str):
+    """The output table from the per-model columns: the headline (the ensemble with
+    ``weights``, else the CNN mean), its interval +- ``half`` and its rank."""
+    import pandas as pd
+
+    table = pd.DataFrame({c: (v if c == "sample_id" else np.concatenate(v) if v else np.zeros(0))
+                          for c, v in cols.items()})
+    head = table["cnn_mean"].to_numpy()
+    if weights:
+        head = sum(w * table[m if m != "cnn" else "cnn_mean"].to_numpy() for m, w in weights.items())
+    table.insert(1, "prediction", head)
+    table.insert(2, "lower", head - half)
+    table.insert(3, "upper", head + half)
+    table.insert(4, "rank", table["prediction"].rank(ascending=rank_by == "low", method="first").astype(int))
+    return table[COLUMNS]
+
+
+def _write_outputs(out: Path, table, report: dict, tmp_explain: Path | None) -> Path:
+    """The predictions, the alignment report and the explanations, each replaced whole;
+    nothing of them left behind when one fails.  Returns the report's path."""
     tmp = tmp_name(out)
     rpath = report_path_for(out)
     try:
@@ -375,8 +396,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             if t is not None:
                 t.unlink(missing_ok=True)
         raise
-    return PredictResult(out, len(table), report["alignment"], weights, seconds, rpath,
-                         explain_path_for(out) if explain else None, table, report["interval"])
+    return rpath
 
 
 def _append_explanations(path: Path, ids, g, sal, idx, store) -> None:
