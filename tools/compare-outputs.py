@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """compare-outputs.py BEFORE AFTER -- the result files of two tools/snapshot-outputs.sh runs
 are the same: every CSV cell (timings, memory and paths aside) and every saliency shard
-equal, and every metrics.json field that is a result.  Prints each difference; exit 1 if any."""
+equal, and every metrics.json field that is a result (a recorded setting renamed since,
+hpcsnp.config.RENAMED, is compared under its new name).  Prints each difference; exit 1 if any."""
 
 import json
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from hpcsnp.config import RENAMED
 
 VOLATILE = ("seconds", "rss", "per_s", "gflops", "utilisation", "affinity", "host", "command", "store",
             "versions", "slurm", "thread_pools", "provenance", "train_samples")
@@ -24,6 +27,7 @@ def json_diffs(va, vb, key: str) -> list[str]:
     if volatile(key.rsplit(".", 1)[-1]) or va == vb:
         return []
     if isinstance(va, dict) and isinstance(vb, dict):
+        va, vb = ({RENAMED.get(k, k): v for k, v in d.items()} for d in (va, vb))
         return [d for kk in sorted(set(va) | set(vb)) for d in json_diffs(va.get(kk), vb.get(kk), f"{key}.{kk}")]
     if isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):
         return [d for i, (x, y) in enumerate(zip(va, vb)) for d in json_diffs(x, y, f"{key}[{i}]")]
