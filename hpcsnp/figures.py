@@ -27,6 +27,22 @@ def save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def place_labels(ax, xs, ys, names, fontsize: int = 7) -> list:
+    """Label the points (xs, ys) with ``names`` so that no two labels overlap each other,
+    the points or the axes' edges (adjustText moves them apart and draws a leader line);
+    the y axis is raised to leave room above the highest point.  Returns the texts."""
+    from adjustText import adjust_text
+
+    if not len(names):
+        return []
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.25 * (hi - lo))
+    texts = [ax.text(x, y, n, fontsize=fontsize) for x, y, n in zip(xs, ys, names)]
+    adjust_text(texts, x=np.asarray(xs, float), y=np.asarray(ys, float), ax=ax, ensure_inside_axes=True,
+                arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.5})
+    return texts
+
+
 def genome_x(frame: pd.DataFrame) -> tuple[np.ndarray, list]:
     """x coordinate along the genome: chromosome blocks in file order, positions within;
     SNP index where names gave no position.  Returns x and (label, centre) ticks."""

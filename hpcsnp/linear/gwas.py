@@ -47,7 +47,7 @@ import pandas as pd
 
 from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import InputError
-from hpcsnp.figures import genome_x, pyplot, save_figure
+from hpcsnp.figures import genome_x, place_labels, pyplot, save_figure
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, check_memory, gram_matrix, read_rows
 from hpcsnp.rundir import GWAS_TSV, LEGACY_GWAS_CSV
@@ -294,7 +294,24 @@ def write_gwas(result: GwasResult, out_dir: Path, label: str = "") -> list[Path]
     return paths
 
 
+MANHATTAN_LABELS = 10  # hits labelled on the Manhattan plot, at most
+
+
+def manhattan_hits(table: pd.DataFrame, threshold: float, most: int = MANHATTAN_LABELS) -> pd.DataFrame:
+    """The SNPs to label: per chromosome the smallest p below ``threshold``, at most ``most``
+    of them, smallest p first.
+
+    >>> t = pd.DataFrame({"snp": list("abcd"), "chrom": ["1", "1", "2", "3"], "p": [1e-9, 1e-8, 1e-7, 0.2]})
+    >>> manhattan_hits(t, 1e-6)["snp"].tolist()
+    ['a', 'c']
+    """
+    hits = table[table["p"] < threshold]
+    return hits.loc[hits.groupby("chrom", sort=False)["p"].idxmin()].nsmallest(most, "p")
+
+
 def plot_manhattan(table: pd.DataFrame, summary: dict, path: Path, label: str = "", ax=None) -> None:
+    """-log10 p along the genome with the Bonferroni and BH lines; the best SNP of each
+    chromosome with a Bonferroni hit labelled."""
 
     plt = pyplot()
     own = ax is None
@@ -311,6 +328,8 @@ def plot_manhattan(table: pd.DataFrame, summary: dict, path: Path, label: str = 
         ax.set_xticks([t for _, t in ticks], [c for c, _ in ticks], fontsize=7, rotation=90)
     ax.set_ylabel("-log10 p")
     ax.legend(fontsize=7, loc="upper right")
+    hits = manhattan_hits(f, summary["bonferroni_p"])
+    place_labels(ax, x[hits.index], -np.log10(np.maximum(hits["p"].to_numpy(float), 1e-300)), hits["snp"].tolist())
     ax.set_title(f"{label} mixed-model GWAS (lambda {summary['lambda_gc']:.3f})".strip(), fontsize=9)
     if own:
         fig.tight_layout()
@@ -318,11 +337,21 @@ def plot_manhattan(table: pd.DataFrame, summary: dict, path: Path, label: str = 
 
 
 def plot_qq(p: np.ndarray, lam: float, path: Path, label: str = "") -> None:
+    """Observed against expected -log10 p, with the pointwise 95 % band of the expected
+    order statistics under the null (the i-th smallest of m uniform p-values is
+    Beta(i, m - i + 1))."""
+    from scipy import stats
 
     plt = pyplot()
     p = np.sort(p[np.isfinite(p)])
-    expected = -np.log10((np.arange(1, len(p) + 1) - 0.5) / len(p))
+    m = len(p)
+    i = np.arange(1, m + 1)
+    expected = -np.log10((i - 0.5) / m)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if m:
+        lo, hi = stats.beta.ppf(0.025, i, m - i + 1), stats.beta.ppf(0.975, i, m - i + 1)
+        ax.fill_between(expected, -np.log10(hi), -np.log10(lo), color="0.85", lw=0, label="95 % under the null")
+        ax.legend(fontsize=7, loc="upper left")
     ax.scatter(expected, -np.log10(np.maximum(p, 1e-300)), s=5, c="#1f4e79", linewidths=0)
     top = max(expected.max(initial=1), 1)
     ax.plot([0, top], [0, top], color="grey", lw=0.8)

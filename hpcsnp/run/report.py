@@ -10,14 +10,15 @@ import numpy as np
 import pandas as pd
 
 from hpcsnp.errors import InputError
-from hpcsnp.figures import genome_x, pyplot, save_figure
+from hpcsnp.figures import genome_x, place_labels, pyplot, save_figure
 
 SALIENCY_CSV = "avg_saliency.csv"
 
 
 def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, labels=None) -> None:
-    """Mean saliency along the genome; labelled: ``labels`` (the lead SNPs of the top loci)
-    when given, else the top ``label_top`` SNPs."""
+    """Mean saliency along the genome; labelled, at most ``label_top`` of them and placed so
+    that none overlaps: ``labels`` (the lead SNPs of the top loci) when given, else the top
+    SNPs by saliency."""
     plt = pyplot()
     names = list(dict.fromkeys(saliency["dataset"]))
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 3.2 * len(names)), squeeze=False)
@@ -27,11 +28,8 @@ def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, label
         chrom_idx = pd.factorize(f["chrom"])[0]
         colours = np.where(chrom_idx % 2 == 0, "#1f4e79", "#7fa7cf")
         ax.scatter(x, f["saliency"], c=colours, s=6, linewidths=0)
-        shown = f[f["snp"].isin(labels)] if labels is not None else f.nsmallest(label_top, "rank")
-        for _, r in shown.iterrows():
-            i = r.name
-            ax.annotate(r["snp"], (x[i], r["saliency"]), fontsize=7, rotation=30,
-                        xytext=(2, 3), textcoords="offset points")
+        shown = f[f["snp"].isin(labels)] if labels is not None else f
+        shown = shown.nsmallest(label_top, "rank")
         ax.set_title(f"{name}: mean saliency over all test samples of all folds")
         ax.set_ylabel("mean max|df/dx|")
         if ticks:
@@ -40,6 +38,7 @@ def plot_saliency(saliency: pd.DataFrame, path: Path, label_top: int = 10, label
             ax.set_xlabel("SNP index")
         ax.set_xlim(x.min() - 1, x.max() + 1)
         ax.set_ylim(bottom=0)
+        place_labels(ax, x[shown.index], shown["saliency"], shown["snp"].tolist())
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -78,12 +77,14 @@ def plot_attribution_vs_gwas(rankings, path: Path) -> None:
 
 
 MODEL_COLOURS = {"cnn": "#1f4e79", "gblup_dosage": "#b5651d", "gblup_onehot": "#d9a05b", "ensemble": "#2e7d32"}
+PANELS_PER_ROW = 3  # observed against predicted: models per row of a data set's grid
 
 
 def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
     """Per data set, the test PCC of every model in every fold (one point each, a line per
     fold joining the models, the mean as a bar): the publication's Figure 2 with the
-    baseline and the ensemble beside the CNN."""
+    baselines and the ensemble beside the CNN; the best baseline's mean is a dashed
+    reference line across the panel."""
     plt = pyplot()
     names = list(dict.fromkeys(log["dataset"]))
     fig, axes = plt.subplots(1, len(names), figsize=(1.6 + 2.4 * len(names), 4), squeeze=False, sharey=True)
@@ -96,6 +97,12 @@ def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
         for j, m in enumerate(models):
             ax.scatter(np.full(len(wide), j), wide[m], s=14, color=MODEL_COLOURS.get(m, "0.3"), zorder=2)
             ax.hlines(wide[m].mean(), j - 0.3, j + 0.3, color="black", lw=1.5, zorder=3)
+        baselines = [m for m in models if m not in ("cnn", "ensemble")]
+        if baselines:
+            best = max(baselines, key=lambda m: wide[m].mean())
+            ax.axhline(wide[best].mean(), color="0.35", lw=0.8, ls="--", zorder=0,
+                       label=f"best baseline ({best}) mean")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(models)), [m.replace("_", "\n") for m in models], fontsize=8)
         ax.set_title(name)
         ax.set_xlim(-0.5, len(models) - 0.5)
@@ -104,30 +111,51 @@ def plot_fold_pcc(log: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def regression_slope(pred: np.ndarray, observed: np.ndarray) -> float:
+    """Slope of observed on predicted: 1 when predictions are on the phenotype's scale, below
+    1 when they spread too widely (inflated), above 1 when they are shrunk too far.
+
+    >>> regression_slope(np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0]))
+    1.0
+    """
+    v = np.var(pred)
+    return float(np.cov(pred, observed, bias=True)[0, 1] / v) if v > 0 else float("nan")
+
+
 def plot_observed_predicted(preds: pd.DataFrame, path: Path) -> None:
-    """Observed against predicted for every test sample, one panel per data set and model
-    (``preds``: dataset, model, truth, prediction), with the PCC over all test folds."""
+    """Observed against predicted for every test sample (``preds``: dataset, model, truth,
+    prediction): per data set a grid of PANELS_PER_ROW models a row, each panel with the
+    1:1 line (dashed), the regression of observed on predicted (solid) and, in its title,
+    the PCC and that slope over all test folds; axes in the phenotype's units."""
     plt = pyplot()
     names = list(dict.fromkeys(preds["dataset"]))
     models = list(dict.fromkeys(preds["model"]))
-    fig, axes = plt.subplots(len(names), len(models), figsize=(3.2 * len(models), 3.2 * len(names)),
-                             squeeze=False)
+    cols = min(PANELS_PER_ROW, len(models))
+    per = -(-len(models) // cols)  # rows per data set
+    fig, axes = plt.subplots(per * len(names), cols, figsize=(3.4 * cols, 3.3 * per * len(names)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
     for r, name in enumerate(names):
-        for c, m in enumerate(models):
-            ax = axes[r, c]
+        for k, m in enumerate(models):
             g = preds[(preds["dataset"] == name) & (preds["model"] == m)]
             if g.empty:
-                ax.set_axis_off()
                 continue
-            ax.scatter(g["prediction"], g["truth"], s=4, alpha=0.4, color=MODEL_COLOURS.get(m, "0.3"),
-                       linewidths=0)
-            lo = min(g["prediction"].min(), g["truth"].min())
-            hi = max(g["prediction"].max(), g["truth"].max())
-            ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8)
-            pcc = np.corrcoef(g["prediction"], g["truth"])[0, 1] if len(g) > 1 else float("nan")
-            ax.set_title(f"{name}: {m} (PCC {pcc:.3f})", fontsize=9)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("observed")
+            ax = axes[r * per + k // cols, k % cols]
+            ax.set_axis_on()
+            p, y = g["prediction"].to_numpy(float), g["truth"].to_numpy(float)
+            ax.scatter(p, y, s=4, alpha=0.4, color=MODEL_COLOURS.get(m, "0.3"), linewidths=0)
+            lo, hi = min(p.min(), y.min()), max(p.max(), y.max())
+            ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="1:1")
+            b = regression_slope(p, y) if len(g) > 1 else float("nan")
+            if np.isfinite(b):
+                xs = np.array([p.min(), p.max()])
+                ax.plot(xs, y.mean() + b * (xs - p.mean()), color="black", lw=0.9, label="observed ~ predicted")
+            pcc = np.corrcoef(p, y)[0, 1] if len(g) > 1 else float("nan")
+            ax.set_title(f"{name}: {m}\nPCC {pcc:.3f}, slope {b:.2f}", fontsize=9)
+            ax.set_xlabel("predicted (phenotype units)", fontsize=8)
+            ax.set_ylabel("observed", fontsize=8)
+            if k == 0:
+                ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
 
