@@ -69,13 +69,13 @@ class _Lines(logging.Formatter):
         return message
 
 
-def setup_logging(verbose: int) -> None:
-    """One handler on stderr for every hpcsnp logger: INFO, or DEBUG with -v."""
+def setup_logging(verbose: int, quiet: bool = False) -> None:
+    """One handler on stderr for every hpcsnp logger: INFO, DEBUG with -v, WARNING with -q."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Lines())
     root = logging.getLogger("hpcsnp")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
 
 
@@ -234,8 +234,10 @@ def _build_config(config_path=None, publication=False, **overrides):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hpcsnp")
 @click.option("-v", "--verbose", count=True,
-              help="Debug logging (every module's steps, the fold commands cv starts) and full tracebacks.")
-def cli(verbose):
+              help="Debug logging (every module's steps, the fold commands cv starts) and full tracebacks. "
+                   "Accepted after the verb too, like -q.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only on stderr (no progress lines).")
+def cli(verbose, quiet):
     """Predict phenotypes from SNPs with a residual CNN, explain them with saliency,
     and run cross-validation out of core, locally or as a SLURM array.
 
@@ -247,7 +249,7 @@ def cli(verbose):
       hpcsnp query runs/height Gm03_1592339
     """
     VERBOSE["level"] = verbose
-    setup_logging(verbose)
+    setup_logging(verbose, quiet and not verbose)
     from hpcsnp.resources import pin_from_env
 
     pin_from_env()
@@ -800,7 +802,25 @@ def main(argv=None):
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
     die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does
-    cli.main(args=_renamed_flags(sys.argv[1:] if argv is None else list(argv)), prog_name="hpcsnp")
+    cli.main(args=_hoisted_flags(_renamed_flags(sys.argv[1:] if argv is None else list(argv))), prog_name="hpcsnp")
+
+
+LOGGING_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+
+
+def _hoisted_flags(args: list[str]) -> list[str]:
+    """-v / -vv / --verbose and -q / --quiet given after the verb, moved before it, where
+    the group reads them: every verb takes them in either place.
+
+    >>> _hoisted_flags(["predict", "run", "-vv", "-o", "x.csv", "--", "-q"])
+    ['-vv', 'predict', 'run', '-o', 'x.csv', '--', '-q']
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in LOGGING_FLAGS or (a.startswith("-v") and set(a[1:]) == {"v"})]
+    if not flags:
+        return args
+    rest = [a for a in args[:end] if a not in flags]
+    return flags + rest + args[end:]
 
 
 def _renamed_flags(args: list[str]) -> list[str]:

@@ -112,6 +112,18 @@ def test_only_the_cnn_subpackage_loads_tensorflow():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_verbose_and_quiet_work_after_the_verb_too(tmp_path):
+    """-v and -q are read before or after the verb: -q leaves warnings and errors only, -v
+    adds the debug lines."""
+    run_cli("simulate", tmp_path / "q.tsv", "--samples", 60, "--snps", 20)
+    run_cli("ingest", tmp_path / "q.tsv", "-o", tmp_path / "q.zarr", "--no-progress")
+    normal = run_cli("baseline", tmp_path / "q.zarr", "--run", tmp_path / "a")
+    quiet = run_cli("baseline", tmp_path / "q.zarr", "--run", tmp_path / "b", "-q")
+    assert "gblup_dosage: PCC" in normal.stderr and quiet.stderr == "" and quiet.stdout == normal.stdout
+    loud = run_cli("baseline", tmp_path / "q.zarr", "--run", tmp_path / "c", "-v")
+    assert "[hpcsnp.resources]" in loud.stderr and "gblup_dosage: PCC" in loud.stderr
+
+
 def test_help_explains_every_verb():
     for verb in ("ingest", "train", "cv", "reduce", "query", "simulate"):
         out = run_cli(verb, "--help").stdout
