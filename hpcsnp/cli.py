@@ -106,6 +106,21 @@ threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), def
 
 DEFAULTS = Config()
 
+run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False),
+                          help="Run directory (or give it as the first argument).")
+
+
+def _run_and_rest(run_opt, positional: list) -> tuple[str, list]:
+    """The run (--run RUN, else the first positional argument) and the other positional
+    arguments: every verb takes the run as --run; reduce, query and predict also as their
+    first argument."""
+    positional = [p for p in positional if p is not None]
+    if run_opt is not None:
+        return run_opt, positional
+    if not positional:
+        raise click.UsageError("give the run directory: --run RUN")
+    return positional[0], positional[1:]
+
 
 def config_options(fn):
     """Hyperparameter options shared by train and cv; unset ones keep the Config default."""
@@ -357,8 +372,8 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
 @click.argument("store", type=click.Path())
 @click.option("--fold", "-i", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
-@click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
-                             "'.', '_', '-'.")
+@click.option("--dataset", "--name", "name",
+              help="Data-set name in the run [the store's name without .zarr]; letters, digits, '.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo a finished fold.")
 @threads_option
 @config_options
@@ -400,8 +415,8 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
                    "a category; rkhs: Gaussian-kernel RKHS on the dosage or one-hot distances, distance and "
                    "bandwidth chosen on the validation fold; rkhs_local: the same with the narrowest kernel "
                    "(theta 2), an ensemble member; both: the two GBLUPs; all: all four.")
-@click.option("--name", help="Data-set name in the run [the store's name without .zarr]; letters, digits, "
-                             "'.', '_', '-'.")
+@click.option("--dataset", "--name", "name",
+              help="Data-set name in the run [the store's name without .zarr]; letters, digits, '.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
 @threads_option
 @_handle_errors
@@ -437,7 +452,7 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @threads_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1),
               help="Folds trained at a time, sharing the cores [one per core, as memory allows].")
-@click.option("--name", "names", multiple=True,
+@click.option("--dataset", "--name", "names", multiple=True,
               help="Data-set name of each STORE in the run, once per store in order [each store's file "
                    "name without .zarr]; needed when two stores have the same file name.")
 @progress_option
@@ -491,7 +506,8 @@ def _print_reduce(result, run):
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False), required=False)
+@run_option
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
 @click.option("--no-plot", is_flag=True, help="Skip the genome plot.")
 @click.option("--scheduler", default="threads", show_default=True,
@@ -499,7 +515,7 @@ def _print_reduce(result, run):
                    "distributed scheduler (tcp://HOST:PORT, e.g. one started by dask-jobqueue).")
 @threads_option
 @_handle_errors
-def reduce(run_dir, top, no_plot, scheduler, threads):
+def reduce(run_dir, run_opt, top, no_plot, scheduler, threads):
     """Merge all folds of a run: mean saliency, CV summary, top SNPs, plot.
 
     Refuses a run with missing or half-written folds and prints the
@@ -507,6 +523,9 @@ def reduce(run_dir, top, no_plot, scheduler, threads):
     """
     from hpcsnp.run.reduce import dask_context, reduce_run
 
+    run_dir, extra = _run_and_rest(run_opt, [run_dir])
+    if extra:
+        raise click.UsageError(f"reduce takes one run; got {run_dir} and {', '.join(extra)}")
     with dask_context(scheduler, threads):
         result = reduce_run(run_dir, top=top, plot=not no_plot)
     _print_reduce(result, run_dir)
@@ -537,13 +556,17 @@ def info(store, folds_only):
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("snps", nargs=-1, required=True)
+@click.argument("snps", nargs=-1)
+@run_option
 @_handle_errors
-def query(run_dir, snps):
-    """Mean saliency and rank of the named SNPs, per data set (after reduce)."""
+def query(snps, run_opt):
+    """Mean saliency and rank of the named SNPs, per data set (after reduce):
+    hpcsnp query --run RUN SNP... (or hpcsnp query RUN SNP...)."""
     from hpcsnp.run.report import query as do_query
 
+    run_dir, snps = _run_and_rest(run_opt, list(snps))
+    if not snps:
+        raise click.UsageError("name at least one SNP")
     click.echo(do_query(run_dir, list(snps)).to_csv(sep="\t", index=False, float_format="%.6g"), nl=False)
 
 
@@ -552,7 +575,7 @@ def query(run_dir, snps):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False),
               help="Write into RUN/<dataset>/ (where reduce finds it) and reuse the run's cached Gram matrix; "
                    "the data set must have been trained (cv/train) from this very STORE.")
-@click.option("--name", help="Data-set name in the run [the store's name without .zarr].")
+@click.option("--dataset", "--name", "name", help="Data-set name in the run [the store's name without .zarr].")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory for the outputs when there is no --run [STORE's name + _gwas].")
 @click.option("--loco/--no-loco", default=False, show_default=True,
@@ -619,12 +642,14 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path(), required=False)
 @click.argument("genotypes", type=click.Path(), required=False)
+@run_option
 @click.option("--bfile", type=click.Path(), help="PLINK .bed/.bim/.fam prefix of the new lines (instead of GENOTYPES).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
               help="Predictions CSV to write (with OUT's stem + .alignment.json beside it).")
-@click.option("--dataset", help="Data set of the run to predict with (needed when the run holds several).")
+@click.option("--dataset", "--name", "dataset",
+              help="Data set of the run to predict with (needed when the run holds several).")
 @click.option("--min-overlap", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Refuse when fewer than this share of the training SNPs are present in GENOTYPES.")
 @click.option("--explain", is_flag=True,
@@ -643,8 +668,8 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 @threads_option
 @progress_option
 @_handle_errors
-def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, baseline, fold, level, rank_by, force,
-            threads, progress):
+def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, explain, baseline, fold, level, rank_by,
+            force, threads, progress):
     """Predict new, unphenotyped lines with a finished run.
 
     GENOTYPES: a tab-separated table (sample ids in column 1, one column per SNP
@@ -667,6 +692,10 @@ def predict(run_dir, genotypes, bfile, out, dataset, min_overlap, explain, basel
     """
     from hpcsnp.run.predict import predict_run
 
+    run_dir, rest = _run_and_rest(run_opt, [run_dir, genotypes])
+    if len(rest) > 1:
+        raise click.UsageError(f"predict reads one genotype file; got {', '.join(rest)}")
+    genotypes = rest[0] if rest else None
     _on_sigterm("; nothing was written (a rerun starts again)")  # the partial files are removed on the way out
     show = _progress_default() if progress is None else progress
     r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,

@@ -379,3 +379,23 @@ def test_a_damaged_cache_is_rebuilt_and_a_damaged_model_is_named(vcf_run, tmp_pa
     assert proc.returncode == 2 and "fold_2/model.keras cannot be loaded" in proc.stderr, proc.stderr
     assert f"hpcsnp train {d / 'train.zarr'} --fold 2 --run {run}" in proc.stderr and "--force" in proc.stderr
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_the_run_is_given_the_same_way_to_every_verb(vcf_run, tmp_path):
+    """--run RUN works for predict, reduce and query as for train, cv, baseline and gwas (the
+    first-argument form still works); --dataset and --name are one option."""
+    import shutil
+
+    d, table = vcf_run
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    _new_lines(table, 10).drop(columns=["fold", "phenotype"]).to_csv(tmp_path / "new.tsv", sep="\t", index=False)
+    run_cli("predict", "--run", run, tmp_path / "new.tsv", "-o", tmp_path / "a.csv", "--dataset", "train")
+    run_cli("predict", run, tmp_path / "new.tsv", "-o", tmp_path / "b.csv", "--name", "train")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+    run_cli("reduce", "--run", run, "--no-plot")
+    snp = table.columns[3]
+    assert run_cli("query", "--run", run, snp).stdout == run_cli("query", run, snp).stdout
+    assert f"train\t{snp}\t" in run_cli("query", "--run", run, snp).stdout
+    proc = run_cli("reduce", check=False)
+    assert proc.returncode == 2 and "--run RUN" in proc.stderr
