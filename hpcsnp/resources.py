@@ -174,8 +174,13 @@ def cap_threads(threads: int | None = None) -> int:
 
 
 def configure_tensorflow(n: int) -> None:
-    """Apply the cap to TensorFlow's own pools (call once, before any op runs)."""
+    """Apply the cap to TensorFlow's own pools (call once, before any op runs), and keep its
+    Python-side warnings (e.g. that a fold's several models each traced their attribution
+    function) off the user's stderr unless -v asked for debug lines."""
     import tensorflow as tf
+
+    if not logging.getLogger("hpcsnp").isEnabledFor(logging.DEBUG):
+        tf.get_logger().setLevel(logging.ERROR)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
