@@ -501,8 +501,9 @@ def _print_reduce(result, run):
         click.echo(result["paired"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo("")
     click.echo(result["top"].groupby("dataset").head(10).to_string(index=False))
-    click.echo(f"\noutputs in {run}/: fold_pcc_log.csv fold_pcc_summary.csv top_saliency_snps.csv "
-               "avg_saliency.csv avg_saliency_across_folds.png")
+    written = sorted(p.name for p in Path(run).iterdir() if p.is_file() and p.suffix in (".csv", ".png", ".html"))
+    click.echo(f"\nthe report: {Path(run) / 'report.html'} (one file: open it in a browser, or send it)")
+    click.echo(f"every output in {run}/: {' '.join(n for n in written if n != 'report.html')}")
 
 
 @cli.command()
@@ -516,7 +517,8 @@ def _print_reduce(result, run):
 @threads_option
 @_handle_errors
 def reduce(run_dir, run_opt, top, no_plot, scheduler, threads):
-    """Merge all folds of a run: mean saliency, CV summary, top SNPs, plot.
+    """Merge all folds of a run: mean saliency, CV summary, top SNPs, plots, and
+    RUN/report.html, the whole run on one self-contained page.
 
     Refuses a run with missing or half-written folds and prints the
     commands that redo them (one `hpcsnp train` per fold, or one sbatch line).

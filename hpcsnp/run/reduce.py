@@ -24,6 +24,7 @@ from hpcsnp.metrics import all_finite
 from hpcsnp.models import KINDS, LINEAR_MODELS, model_name
 from hpcsnp.resources import granted_cpus
 from hpcsnp.run.ensemble import ensemble_folds
+from hpcsnp.run.html import write_report
 from hpcsnp.run.ranking import rank_dataset
 from hpcsnp.run.report import (
     SALIENCY_CSV,
@@ -276,6 +277,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
             plot_attribution_vs_gwas(rankings, run.output(VS_GWAS_PNG))
         plot_fold_pcc(log, run.output(FOLD_PCC_PNG))
         plot_observed_predicted(pd.concat(test_preds, ignore_index=True), run.output(OBS_PRED_PNG))
+    write_report(run.path)
     return {"log": log, "summary": summary, "top": tops, "saliency": saliency, "paired": paired}
 
 
