@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,12 +175,20 @@ def cap_threads(threads: int | None = None) -> int:
 
 
 def configure_tensorflow(n: int) -> None:
-    """Apply the cap to TensorFlow's own pools (call once, before any op runs), and keep its
-    Python-side warnings (e.g. that a fold's several models each traced their attribution
-    function) off the user's stderr unless -v asked for debug lines."""
-    import tensorflow as tf
-
-    if not logging.getLogger("hpcsnp").isEnabledFor(logging.DEBUG):
+    """Import TensorFlow and apply the cap to its own pools (call once, before any op runs).
+    Its start-up lines (oneDNN, CPU features: written by its C++ logging before anything
+    can configure it, whatever TF_CPP_MIN_LOG_LEVEL says) and its Python-side warnings
+    (e.g. that a fold's several models each traced their attribution function) are kept
+    off the user's stderr unless -v asked for debug lines; the start-up lines are shown
+    when the import fails."""
+    debug = logging.getLogger("hpcsnp").isEnabledFor(logging.DEBUG)
+    with native_stderr_captured(replay=debug) as captured:
+        try:
+            import tensorflow as tf
+        except BaseException:
+            captured.replay = True
+            raise
+    if not debug:
         tf.get_logger().setLevel(logging.ERROR)
 
     try:
@@ -187,6 +196,36 @@ def configure_tensorflow(n: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
     except RuntimeError:  # already initialised in this process (tests); keep what is set
         pass
+    with native_stderr_captured(replay=debug):
+        tf.constant(0)  # the runtime starts here, with its own round of start-up lines
+
+
+class native_stderr_captured:
+    """File descriptor 2 (where C and C++ libraries write, below Python's sys.stderr) sent to
+    a temporary file for the block; written to the real stderr afterwards when ``replay``
+    is true (set it inside the block, e.g. when something failed)."""
+
+    def __init__(self, replay: bool = False):
+        self.replay = replay
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if self.replay:
+            self.file.seek(0)
+            sys.stderr.write(self.file.read().decode(errors="replace"))
+        self.file.close()
+        return False
 
 
 def provenance() -> dict:

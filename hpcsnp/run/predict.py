@@ -254,10 +254,9 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
                 rank_by="high") -> PredictResult:
     from tqdm import tqdm
 
-    from hpcsnp.cnn.steps import eval_batch_size
-
     t0 = time.perf_counter()
     n_threads = cap_threads(threads)  # before TensorFlow or NumPy's BLAS start their pools
+
     run, out = RunDir(run_dir), Path(out)
     if not run.path.is_dir():
         raise InputError(f"{run}: no such run directory")
@@ -294,7 +293,8 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         if baselines and weights is None:
             logger.warning(f"{name}: the run has no validation predictions to weigh the ensemble on; "
                            "the headline is the CNN mean")
-        configure_tensorflow(n_threads)
+        configure_tensorflow(n_threads)  # TensorFlow's first import: quiet, its pools capped
+        from hpcsnp.cnn.steps import eval_batch_size
         batch = eval_batch_size(Config.from_dict(cfg) if cfg else Config(), store.n_variants)
         models = FoldModels(run, name, folds, store.n_variants)
         cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "lower", "upper", "rank")}
