@@ -778,7 +778,7 @@ def check_demo_dir(out: Path) -> None:
 @progress_option
 @_handle_errors
 def demo(out_dir, samples, snps, threads, progress):
-    """The whole job on simulated data, in five to eight minutes on two cores.
+    """The whole job on simulated data, in about five minutes on two cores.
 
     Simulates OUT_DIR/sim.tsv.gz with 5 planted causal SNPs and 10 % missing
     calls, ingests it, cross-validates 5 folds with the shipped defaults (with

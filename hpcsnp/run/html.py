@@ -42,7 +42,7 @@ TABLES = {
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px;
 text-align:right}th{background:#eef}img{max-width:100%;border:1px solid #ddd}pre{background:#f6f6f6;padding:0.6em;
-overflow-x:auto}.note{color:#555;font-size:0.9em}"""
+overflow-x:auto}.note{color:#555;font-size:0.9em}.wide{overflow-x:auto}"""
 
 
 def write_report(run_dir, top_loci: int = 20) -> Path:
@@ -76,7 +76,7 @@ def _section(title: str, body: str) -> str:
 
 
 def _frame(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+    return f"<div class=wide>{frame.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep='', border=0)}</div>"
 
 
 def _tables(run: RunDir, names) -> str:
