@@ -4,10 +4,13 @@ figure is drawn, never when this module is."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 
 def pyplot():
@@ -31,13 +34,16 @@ def place_labels(ax, xs, ys, names, fontsize: int = 7) -> list:
     """Label the points (xs, ys) with ``names`` so that no two labels overlap each other,
     the points or the axes' edges (adjustText moves them apart and draws a leader line);
     the y axis is raised to leave room above the highest point.  Returns the texts."""
-    from adjustText import adjust_text
-
     if not len(names):
         return []
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo, hi + 0.25 * (hi - lo))
     texts = [ax.text(x, y, n, fontsize=fontsize) for x, y, n in zip(xs, ys, names)]
+    try:
+        from adjustText import adjust_text
+    except ImportError as e:  # a broken install (adjustText needs scipy): the figure, its labels unplaced
+        logger.warning(f"figure labels left where their points are, they may overlap: {e}")
+        return texts
     adjust_text(texts, x=np.asarray(xs, float), y=np.asarray(ys, float), ax=ax, ensure_inside_axes=True,
                 arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.5})
     return texts

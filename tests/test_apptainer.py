@@ -26,7 +26,9 @@ def sif():
     if given:
         return Path(given)
     built = ROOT / "apptainer-out" / "hpcsnp.sif"
-    if not built.exists():
+    sources = [ROOT / "pyproject.toml", ROOT / "Singularity.def", *(ROOT / "hpcsnp").rglob("*.py")]
+    stale = built.exists() and built.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+    if not built.exists() or stale:  # an image older than the code would test the older code
         if not SHARED_VIA_SID.exists() or os.geteuid() != 0:
             pytest.skip("no image: set HPCSNP_SIF to one built with `apptainer build hpcsnp.sif Singularity.def` "
                         "(building it here needs root and the workplace's apptainer-via-sid.sh)")
