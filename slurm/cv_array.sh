@@ -5,6 +5,7 @@
 #SBATCH --mem=2G
 #SBATCH --time=04:00:00
 #SBATCH --requeue
+#SBATCH --signal=B:USR1@300
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%A_%a.out
 #
@@ -24,6 +25,14 @@
 # when the task is requeued (--requeue; `scontrol requeue`) or resubmitted; a
 # finished fold is skipped, so resubmitting the whole array redoes only what is
 # missing.  Set HPCSNP_TRAIN_ARGS=--force to redo finished folds.
+# A task about to reach its time limit requeues itself: SLURM signals the script
+# 300 s before the limit (--signal=B:USR1@300; SLURM may send it up to a minute
+# early), the script requeues the task, the fold stops after saving its state and
+# the requeued task resumes from the last finished epoch.
+# The baseline runs first and is optional: if it fails (e.g. it refuses a store
+# too large for its memory) the task says so and trains the fold anyway; the
+# task's exit status is the training's, so the afterok reduce still runs, and
+# reduce names the baselines it did not find.
 #
 # Environment:
 #   HPCSNP_TRAIN_ARGS  extra `hpcsnp train` options, e.g. "--config run.json" or "--epochs 200"
@@ -66,14 +75,40 @@ command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not 
 hpcsnp_command "$run_dir" "$@"
 
 echo "== hpcsnp-cv task $task of job $job on $(hostname) at $(date -Is); restart ${SLURM_RESTART_COUNT:-0}; cpus ${SLURM_CPUS_PER_TASK:-?}"
+
+requeued=0
+# shellcheck disable=SC2329  # invoked by the USR1 trap
+requeue_before_the_limit() {
+  requeued=1
+  echo "== time limit near: requeueing task $task (job ${SLURM_JOB_ID:-?}); it resumes from its last finished epoch"
+  scontrol requeue "${SLURM_JOB_ID:?}" || echo "== scontrol requeue failed: resubmit the task to resume it"
+}
+trap requeue_before_the_limit USR1
+
+# run one hpcsnp command in the background, so that the USR1 trap runs while it works
+run_step() {
+  "$@" &
+  local pid=$!
+  wait "$pid"
+  local rc=$?
+  while kill -0 "$pid" 2>/dev/null; do  # the trap interrupted wait: the step is still stopping
+    wait "$pid"
+    rc=$?
+  done
+  return "$rc"
+}
+
 status=0
 for store in "$@"; do
+  if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
+    run_step "${hpcsnp[@]}" baseline "$store" --fold "$task" --run "$run_dir" || \
+      echo "== baseline of $store fold $task failed (exit $?): training goes on, the reduce reports the run without it"
+  fi
+  [ "$requeued" = 0 ] || break
   # word splitting of HPCSNP_TRAIN_ARGS is intended: it holds several options
   # shellcheck disable=SC2086
-  "${hpcsnp[@]}" train "$store" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
-  if [ "${HPCSNP_BASELINE:-1}" != 0 ]; then
-    "${hpcsnp[@]}" baseline "$store" --fold "$task" --run "$run_dir" || status=$?
-  fi
+  run_step "${hpcsnp[@]}" train "$store" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
+  [ "$requeued" = 0 ] || break
 done
 echo "== task $task done at $(date -Is), exit $status"
 exit "$status"

@@ -123,6 +123,55 @@ def test_requeued_task_resumes_and_matches_uninterrupted(cluster, sim_store, tmp
             == (whole / "sim" / "fold_2" / "predictions.csv").read_bytes())
 
 
+def test_a_task_near_its_time_limit_requeues_itself_and_resumes(cluster, sim_store, tmp_path):
+    """SLURM's warning before the time limit (--signal=B:USR1@300, sent here by hand with
+    scancel --signal=USR1 --batch): the task requeues itself, the fold stops after its last
+    finished epoch, and the requeued task resumes from it and finishes."""
+    args = ["--epochs", "40", "--patience", "40", "--batch-size", "4", "--dropout", "0.5"]
+    run = tmp_path / "run"
+    env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(args), "HPCSNP_BASELINE": "0"}
+    job = subprocess.run(["sbatch", "--parsable", "--array=1", "--cpus-per-task=1", "--mem=1500M",
+                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    state = run / "sim" / "fold_1.partial" / "state.json"
+    for _ in range(900):
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 3:
+            break
+        if "COMPLETED" in states(job):
+            pytest.fail("the task ended before the time-limit signal")
+        time.sleep(0.2)
+    else:
+        pytest.fail("the task did not reach epoch 3")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], check=True)
+    wait(job, timeout=120, want=lambda s: bool(s) and s[0] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"))
+    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], check=False)
+    subprocess.run(["scontrol", "release", f"{job}_1"], check=False)
+    assert wait(job, timeout=300) == ["COMPLETED"]
+    log = (run / "logs" / f"{job}_1.log").read_text()
+    assert "time limit near: requeueing task 1" in log and "restart 1" in log, log[-2000:]
+    assert re.search(r"resuming after epoch ([3-9]|\d\d)", log), log[-2000:]
+    assert json.loads((run / "sim" / "fold_1" / "metrics.json").read_text())["slurm_restart_count"] >= 1
+
+
+def test_a_failed_baseline_never_leaves_the_reduce_pending(cluster, sim_store, tmp_path):
+    """A baseline that fails (scipy hidden from it, as a store too large for its memory would
+    be refused) is reported in the task's log; the folds train, the tasks succeed, and the
+    afterok reduce runs and names the missing baseline."""
+    fake = tmp_path / "no_scipy"
+    (fake / "scipy").mkdir(parents=True)
+    (fake / "scipy" / "__init__.py").write_text("raise ImportError(\"No module named 'scipy' (hidden by the test)\")\n")
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    array_id, reduce_id = submit(run, sim_store[0], env_extra=env)
+    assert set(wait(array_id)) == {"COMPLETED"}
+    assert wait(reduce_id) == ["COMPLETED"]
+    task_log = (run / "logs" / f"{array_id}_1.log").read_text()
+    assert "baseline of" in task_log and "failed" in task_log and "training goes on" in task_log
+    assert (run / "sim" / "fold_3" / "metrics.json").exists() and (run / "fold_pcc_summary.csv").exists()
+    reduce_log = "".join(p.read_text() for p in (run / "logs").glob("reduce_*.log"))
+    assert "no baseline on these folds" in reduce_log, reduce_log[-2000:]
+
+
 def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(TRAIN)}

@@ -225,6 +225,10 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
                              "saliency_seconds": round(m.saliency_seconds, 2),
                              "n_test": m.n_test, "peak_rss_mb": m.peak_rss_mb})
         base = baseline_rows(run.path, ds)
+        if not base:
+            logger.info(f"{name}: no baseline on these folds, so no linear yardstick and no ensemble (fit them: "
+                        f"hpcsnp baseline {ds.store} --run {run.path}" + (f" --dataset {name})" if _needs_name(ds)
+                                                                            else ")"))
         log_rows += base
         ens = ensemble_folds(run.path, ds, sorted({r["model"] for r in base}))
         log_rows += [r for r, _, _ in ens]
