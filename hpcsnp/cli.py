@@ -107,6 +107,34 @@ threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), def
 
 DEFAULTS = Config()
 
+# train's and cv's --help: the settings grouped by what they change (parameter name -> section);
+# every other option is the verb's own and comes first
+HELP_SECTIONS = {
+    "Settings as a whole": ("config_path", "publication"),
+    "Training": ("max_epochs", "batch_size", "learning_rate", "patience", "patience_steps", "lr_decay_patience",
+                 "lr_decay_steps", "dropout", "mask_rate", "refit", "n_models", "seed", "standardize"),
+    "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
+    "Attribution": ("attribution",),
+    "Speed and memory (results unchanged)": ("fuse_convolutions", "bf16_step", "step_activation_mb",
+                                             "steps_per_epoch", "cache", "cache_limit_mb"),
+}
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its own options first, then the settings by HELP_SECTIONS."""
+
+    def format_options(self, ctx, formatter):
+        section_of = {name: title for title, names in HELP_SECTIONS.items() for name in names}
+        groups: dict[str, list] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = None if isinstance(param, click.Argument) else param.get_help_record(ctx)
+            if record:
+                groups.setdefault(section_of.get(param.name, "Options"), []).append(record)
+        for title in ["Options", *HELP_SECTIONS]:
+            if groups.get(title):
+                with formatter.section(title):
+                    formatter.write_dl(groups[title])
+
 run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False),
                           help="Run directory (or give it as the first argument).")
 
@@ -369,7 +397,7 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
     click.echo(report.summary())
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.argument("store", type=click.Path())
 @click.option("--fold", "-i", type=click.IntRange(min=1), required=True, help="Test fold i (validation is i+1).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
@@ -443,7 +471,7 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
                        f"\tmae {m['mae']:.4g}")
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")

@@ -124,6 +124,19 @@ def test_verbose_and_quiet_work_after_the_verb_too(tmp_path):
     assert "[hpcsnp.resources]" in loud.stderr and "gblup_dosage: PCC" in loud.stderr
 
 
+def test_train_and_cv_help_group_the_settings():
+    """The verb's own options first, then the settings by what they change; none lost."""
+    for verb in ("train", "cv"):
+        out = run_cli(verb, "--help").stdout
+        heads = [line for line in out.splitlines() if line and not line.startswith(" ")]
+        assert heads[1:] == ["Options:", "Settings as a whole:", "Training:", "Model:", "Attribution:",
+                             "Speed and memory (results unchanged):"], heads
+        training = out.split("Training:")[1].split("Model:")[0]
+        assert "--epochs" in training and "--models-per-fold" in training and "--genotype-basis" not in training
+        assert "--genotype-basis" in out.split("Model:")[1].split("Attribution:")[0]
+        assert out.split("Options:")[1].split("Settings as a whole:")[0].count("--run") == 1
+
+
 def test_help_explains_every_verb():
     for verb in ("ingest", "train", "cv", "reduce", "query", "simulate"):
         out = run_cli(verb, "--help").stdout
