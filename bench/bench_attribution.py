@@ -220,7 +220,7 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
             hpcsnp("ingest", d / "sim.tsv", "-o", d / "sim.zarr", "--no-progress")
         hpcsnp("cv", d / "sim.zarr", "--run", d / "run", "--attribution", "smoothgrad,ig", "--no-progress", *cv_args)
         hpcsnp("gwas", d / "sim.zarr", "--run", d / "run")
-        hpcsnp("reduce", d / "run")
+        hpcsnp("reduce", "--run", d / "run")
     seconds = time.perf_counter() - t0
     if not gwas_table_path(d / "gwas_loco").exists():
         hpcsnp("gwas", d / "sim.zarr", "-o", d / "gwas_loco", "--loco")

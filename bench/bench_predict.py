@@ -71,7 +71,7 @@ def timed_predict(run: Path, source: Path, out: Path) -> dict:
             "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
             "print(json.dumps({'rc': p.returncode, 'seconds': time.perf_counter() - t, 'err': p.stderr[-2000:],"
             " 'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n")
-    cmd = [sys.executable, "-c", code, sys.executable, "-m", "hpcsnp", "predict", str(run), str(source),
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "hpcsnp", "predict", "--run", str(run), str(source),
            "-o", str(out), "--force", "--no-progress"]
     r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     if r["rc"]:

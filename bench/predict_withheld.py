@@ -84,8 +84,8 @@ def main(argv=None):
     if not (work / "run" / "fold_pcc_summary.csv").exists():
         times["ingest"] = hpcsnp("ingest", work / "train.tsv", "-o", work / "train.zarr", "--force")
         times["cv"] = hpcsnp("cv", work / "train.zarr", "--run", work / "run")
-    times["predict"] = hpcsnp("predict", work / "run", work / "new.tsv", "-o", work / "pred.csv", "--force")
-    times["predict again (GBLUP refit cached)"] = hpcsnp("predict", work / "run", work / "new.tsv", "-o",
+    times["predict"] = hpcsnp("predict", "--run", work / "run", work / "new.tsv", "-o", work / "pred.csv", "--force")
+    times["predict again (GBLUP refit cached)"] = hpcsnp("predict", "--run", work / "run", work / "new.tsv", "-o",
                                                          work / "pred.csv", "--force")
     pred = pd.read_csv(work / "pred.csv", dtype={"sample_id": str})
     table = scores(pred, pd.read_csv(work / "truth.tsv", sep="\t", dtype={"strain": str}))
@@ -96,7 +96,8 @@ def main(argv=None):
     truth = pd.read_csv(work / "truth.tsv", sep="\t", dtype={"strain": str}).set_index("strain")
     for level in LEVELS:
         out = work / f"pred_{level}.csv"
-        hpcsnp("predict", work / "run", work / "new.tsv", "-o", out, "--force", "--level", level, "--no-progress")
+        hpcsnp("predict", "--run", work / "run", work / "new.tsv", "-o", out, "--force", "--level", level,
+               "--no-progress")
         p = pd.read_csv(out, dtype={"sample_id": str})
         y = truth.loc[p["sample_id"], "phenotype"].to_numpy(float)
         inside = ((y >= p["lower"]) & (y <= p["upper"])).mean()

@@ -141,13 +141,14 @@ run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False),
 
 def _run_and_rest(run_opt, positional: list) -> tuple[str, list]:
     """The run (--run RUN, else the first positional argument) and the other positional
-    arguments: every verb takes the run as --run; reduce, query and predict also as their
-    first argument."""
+    arguments: every verb takes the run as --run; reduce, query and predict still take it
+    as their first argument, the older form, with a warning."""
     positional = [p for p in positional if p is not None]
     if run_opt is not None:
         return run_opt, positional
     if not positional:
         raise click.UsageError("give the run directory: --run RUN")
+    warn(f"the run as the first argument is the older form and will go: give it as --run {positional[0]}")
     return positional[0], positional[1:]
 
 
@@ -290,7 +291,7 @@ def cli(verbose, quiet):
       hpcsnp ingest height_imp.tsv.gz -o imp.zarr
       hpcsnp ingest height_qa.tsv.gz  -o qa.zarr
       hpcsnp cv imp.zarr qa.zarr --run runs/height      # all folds, then reduce
-      hpcsnp query runs/height Gm03_1592339
+      hpcsnp query --run runs/height Gm03_1592339
     """
     VERBOSE["level"] = verbose
     setup_logging(verbose, quiet and not verbose)
@@ -592,7 +593,7 @@ def info(store, folds_only):
 @_handle_errors
 def query(snps, run_opt):
     """Mean saliency and rank of the named SNPs, per data set (after reduce):
-    hpcsnp query --run RUN SNP... (or hpcsnp query RUN SNP...)."""
+    hpcsnp query --run RUN SNP..."""
     from hpcsnp.run.report import query as do_query
 
     run_dir, snps = _run_and_rest(run_opt, list(snps))

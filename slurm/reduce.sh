@@ -49,4 +49,4 @@ hpcsnp_command "$run_dir" "${stores[@]}"
 
 echo "== hpcsnp-reduce job ${SLURM_JOB_ID:-local} on $(hostname) at $(date -Is)"
 # shellcheck disable=SC2086
-"${hpcsnp[@]}" reduce "$run_dir" --top "${HPCSNP_TOP:-20}" ${HPCSNP_REDUCE_ARGS:-}
+"${hpcsnp[@]}" reduce --run "$run_dir" --top "${HPCSNP_TOP:-20}" ${HPCSNP_REDUCE_ARGS:-}

@@ -169,7 +169,7 @@ def test_a_damaged_gwas_table_is_named_with_the_command_that_writes_it(ig_run, t
     run_cli("gwas", ig_run / "s.zarr", "--run", copy)
     table = copy / "s" / "gwas.tsv"
     table.write_bytes(table.read_bytes()[:300])
-    proc = run_cli("reduce", copy, check=False)
+    proc = run_cli("reduce", "--run", copy, check=False)
     assert proc.returncode == 2 and "gwas.tsv cannot be read" in proc.stderr, proc.stderr
     assert f"hpcsnp gwas {ig_run / 's.zarr'} --run {copy} --name s" in proc.stderr
 

@@ -29,7 +29,7 @@ def test_end_to_end_finds_planted_snps(tmp_path):
     top = pd.read_csv(tmp_path / "run" / "top_saliency_snps.csv")
     assert len(top) == 20
     assert set(causal) <= set(top["snp"]), (causal, top["snp"].tolist())
-    q = run_cli("query", tmp_path / "run", causal[0])
+    q = run_cli("query", "--run", tmp_path / "run", causal[0])
     rows = [line.split("\t") for line in q.stdout.strip().splitlines()]
     assert rows[0] == ["dataset", "snp", "chrom", "pos", "saliency", "rank", "of"]
     assert rows[1][1] == causal[0] and int(rows[1][5]) <= 20 and rows[1][6] == "200"
@@ -61,7 +61,7 @@ def test_train_one_fold_and_reduce_refusal_through_cli(sim_store, tmp_path):
     assert (recorded["genotype_basis"], recorded["dosage_scale"], recorded["l2_dense"], recorded["missing_dosage"]) == (
         "onehot", 2.0, 0.0, "zero")
     assert "epoch    1" in out.stderr  # progress on stderr, result on stdout
-    proc = run_cli("reduce", tmp_path, check=False)
+    proc = run_cli("reduce", "--run", tmp_path, check=False)
     assert proc.returncode == 1
     assert "sim fold 1 (missing)" in proc.stderr and "hpcsnp train" in proc.stderr
     bad = run_cli("train", store, "--fold", 4, "--run", tmp_path, check=False)
@@ -71,9 +71,9 @@ def test_train_one_fold_and_reduce_refusal_through_cli(sim_store, tmp_path):
 def test_query_unknown_snp_suggests_close_names(tmp_path):
     (tmp_path / "avg_saliency.csv").write_text(
         "dataset,snp,chrom,pos,saliency,rank\nd,Gm03_1592339,Gm03,1592339,0.1,1\nd,Gm03_1592,Gm03,1592,0.05,2\n")
-    proc = run_cli("query", tmp_path, "Gm03_159233", check=False)
+    proc = run_cli("query", "--run", tmp_path, "Gm03_159233", check=False)
     assert proc.returncode == 2 and "did you mean Gm03_1592339" in proc.stderr
-    missing = run_cli("query", tmp_path / "nothing", "x", check=False)
+    missing = run_cli("query", "--run", tmp_path / "nothing", "x", check=False)
     assert missing.returncode == 2 and "hpcsnp reduce" in missing.stderr
 
 

@@ -185,7 +185,7 @@ def test_too_few_training_snps_is_refused_and_writes_nothing(vcf_run):
     lines = _new_lines(table)
     snps = list(table.columns[3:])
     lines[["sample", *snps[:50]]].to_csv(d / "few.tsv", sep="\t", index=False)  # 50 of 60 = 0.83
-    proc = run_cli("predict", d / "run", d / "few.tsv", "-o", d / "few.csv", check=False)
+    proc = run_cli("predict", "--run", d / "run", d / "few.tsv", "-o", d / "few.csv", check=False)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("hpcsnp: error")]
     assert len(errors) == 1 and "below --min-overlap 0.9" in errors[0] and "50 of the 60" in errors[0]
@@ -220,7 +220,7 @@ def test_unknown_dataset_unfinished_run_and_other_store_versions_are_clear_error
         predict_run(d / "run", d / "ref.tsv", out=tmp_path / "x.csv", dataset="nope")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     shutil.copy(d / "run" / "train" / "dataset.json", tmp_path / "empty" / "train")
-    proc = run_cli("predict", tmp_path / "empty", d / "train.zarr", "-o", tmp_path / "x.csv", check=False)
+    proc = run_cli("predict", "--run", tmp_path / "empty", d / "train.zarr", "-o", tmp_path / "x.csv", check=False)
     assert proc.returncode == 1 and "3 fold(s) not finished" in proc.stderr and "hpcsnp train" in proc.stderr
     assert not (tmp_path / "x.csv").exists()
     # another format version, and a version-1 store (no alleles) that still opens
@@ -270,7 +270,7 @@ def test_predict_writes_only_its_own_files_and_checks_them_before_the_work(vcf_r
              (genotypes, ["-o", d / "run" / "train" / "p.csv", "--force"], "is a file of the run"),
              (d / "train.zarr", ["-o", d / "train.zarr" / "p.csv"], "inside the input")]
     for source, args, message in cases:
-        proc = run_cli("predict", d / "run", source, *args, check=False)
+        proc = run_cli("predict", "--run", d / "run", source, *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert "internal error" not in proc.stderr and "predicted" not in proc.stdout
     assert (tmp_path / "X.alignment.json").read_bytes() == mine == (tmp_path / "Y.explain.csv").read_bytes()
@@ -321,7 +321,8 @@ def test_a_snp_given_twice_in_a_vcf_is_an_error_naming_both_lines(vcf_run, tmp_p
         (tmp_path / f"{name}.vcf").write_text("".join(head + body[:5] + [repeat] + body[5:]))
         where = f"line {len(head) + 6}: variant "
         first = f"is already given at line {len(head) + 4}"
-        proc = run_cli("predict", d / "run", tmp_path / f"{name}.vcf", "-o", tmp_path / f"{name}.csv", check=False)
+        proc = run_cli("predict", "--run", d / "run", tmp_path / f"{name}.vcf", "-o", tmp_path / f"{name}.csv",
+                       check=False)
         assert proc.returncode == 2 and where in proc.stderr and first in proc.stderr, proc.stderr
         with pytest.raises(InputError, match=f"{where}.*{first}"):
             ingest_genotypes(VcfSource(tmp_path / f"{name}.vcf"), tmp_path / f"{name}.zarr",
@@ -375,7 +376,7 @@ def test_a_damaged_cache_is_rebuilt_and_a_damaged_model_is_named(vcf_run, tmp_pa
     pd.testing.assert_frame_equal(got, want)
     with open(run / "train" / "fold_2" / "model.keras", "r+b") as fh:
         fh.truncate(1000)
-    proc = run_cli("predict", run, d / "data" / "sim.tsv", "-o", tmp_path / "c.csv", check=False)
+    proc = run_cli("predict", "--run", run, d / "data" / "sim.tsv", "-o", tmp_path / "c.csv", check=False)
     assert proc.returncode == 2 and "fold_2/model.keras cannot be loaded" in proc.stderr, proc.stderr
     assert f"hpcsnp train {d / 'train.zarr'} --fold 2 --run {run}" in proc.stderr and "--force" in proc.stderr
     assert not (tmp_path / "c.csv").exists()
@@ -383,7 +384,8 @@ def test_a_damaged_cache_is_rebuilt_and_a_damaged_model_is_named(vcf_run, tmp_pa
 
 def test_the_run_is_given_the_same_way_to_every_verb(vcf_run, tmp_path):
     """--run RUN works for predict, reduce and query as for train, cv, baseline and gwas (the
-    first-argument form still works); --dataset and --name are one option."""
+    first-argument form still works, with a warning that it will go); --dataset and --name
+    are one option."""
     import shutil
 
     d, table = vcf_run
@@ -392,11 +394,13 @@ def test_the_run_is_given_the_same_way_to_every_verb(vcf_run, tmp_path):
     _new_lines(table, 10).drop(columns=["fold", "phenotype"]).to_csv(tmp_path / "new.tsv", sep="\t", index=False)
     proc = run_cli("predict", "--run", run, tmp_path / "new.tsv", "-o", tmp_path / "a.csv", "--dataset", "train")
     assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr  # TensorFlow's start-up lines kept off
-    run_cli("predict", run, tmp_path / "new.tsv", "-o", tmp_path / "b.csv", "--name", "train")
+    older = run_cli("predict", run, tmp_path / "new.tsv", "-o", tmp_path / "b.csv", "--name", "train")
+    assert f"older form and will go: give it as --run {run}" in older.stderr and "older form" not in proc.stderr
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
     run_cli("reduce", "--run", run, "--no-plot")
     snp = table.columns[3]
-    assert run_cli("query", "--run", run, snp).stdout == run_cli("query", run, snp).stdout
+    old_query = run_cli("query", run, snp)
+    assert run_cli("query", "--run", run, snp).stdout == old_query.stdout and "older form" in old_query.stderr
     assert f"train\t{snp}\t" in run_cli("query", "--run", run, snp).stdout
     proc = run_cli("reduce", check=False)
     assert proc.returncode == 2 and "--run RUN" in proc.stderr

@@ -1,4 +1,4 @@
-"""Predict new, unphenotyped lines from a finished run: ``hpcsnp predict RUN GENOTYPES``.
+"""Predict new, unphenotyped lines from a finished run: ``hpcsnp predict --run RUN GENOTYPES``.
 
 No retraining: every fold's CNN predicts every new line (one compiled call runs all the
 fold models on a batch); their mean is ``cnn_mean`` and their spread ``cnn_sd``.  Each

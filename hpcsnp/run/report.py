@@ -164,7 +164,7 @@ def query(run_dir, snps: list[str]) -> pd.DataFrame:
     run_dir = Path(run_dir)
     path = run_dir / SALIENCY_CSV
     if not path.exists():
-        raise InputError(f"{path} not found; run `hpcsnp reduce {run_dir}` first")
+        raise InputError(f"{path} not found; run `hpcsnp reduce --run {run_dir}` first")
     sal = pd.read_csv(path, keep_default_na=False, dtype={"snp": str, "chrom": str})
     known = set(sal["snp"])
     unknown = [s for s in snps if s not in known]
