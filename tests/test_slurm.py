@@ -94,28 +94,38 @@ def test_array_then_dependent_reduce_matches_local_cv(cluster, sim_store, local_
         assert "already finished" in (run / "logs" / f"{array2}_{i}.log").read_text()
 
 
+def _task_at_epoch_3(run, store, fold: int, env: dict, tmp_path) -> str:
+    """Submit cv_array.sh as the one task ``fold``; return its array job id once its fold has
+    finished epoch 3 (polled for up to ~3 minutes)."""
+    job = subprocess.run(["sbatch", "--parsable", f"--array={fold}", "--cpus-per-task=1", "--mem=1500M",
+                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(store)],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    state = run / "sim" / f"fold_{fold}.partial" / "state.json"
+    for _ in range(900):
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 3:
+            return job
+        if "COMPLETED" in states(job):
+            pytest.fail("the task ended before it could be interrupted")
+        time.sleep(0.2)
+    pytest.fail("the task did not reach epoch 3")
+
+
+def _start_now(task: str) -> None:
+    """A requeued task waits (SLURM delays its start): start it now."""
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+    subprocess.run(["scontrol", "release", task], check=False)
+
+
 def test_requeued_task_resumes_and_matches_uninterrupted(cluster, sim_store, tmp_path):
     args = ["--epochs", "40", "--patience", "40", "--batch-size", "4", "--dropout", "0.5"]
     whole = tmp_path / "whole"
     run_cli("train", sim_store[0], "--fold", 2, "--run", whole, "--threads", 1, *args)
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(args)}
-    job = subprocess.run(["sbatch", "--parsable", "--array=2", "--cpus-per-task=1", "--mem=1500M",
-                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
-                         capture_output=True, text=True, env=env, check=True).stdout.strip()
-    state = run / "sim" / "fold_2.partial" / "state.json"
-    for _ in range(900):  # poll for up to ~3 minutes
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 3:
-            break
-        if "COMPLETED" in states(job):
-            pytest.fail("the task ended before it could be requeued")
-        time.sleep(0.2)
-    else:
-        pytest.fail("the task did not reach epoch 3")
+    job = _task_at_epoch_3(run, sim_store[0], 2, env, tmp_path)
     subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)
     time.sleep(2)
-    subprocess.run(["scontrol", "update", f"JobId={job}_2", "StartTime=now"], check=False)
-    subprocess.run(["scontrol", "release", f"{job}_2"], check=False)
+    _start_now(f"{job}_2")
     assert wait(job, timeout=300) == ["COMPLETED"]
     log = (run / "logs" / f"{job}_2.log").read_text()
     assert "restart 1" in log and re.search(r"resuming after epoch ([3-9]|\d\d)", log), log[-2000:]
@@ -130,22 +140,10 @@ def test_a_task_near_its_time_limit_requeues_itself_and_resumes(cluster, sim_sto
     args = ["--epochs", "40", "--patience", "40", "--batch-size", "4", "--dropout", "0.5"]
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(args), "HPCSNP_BASELINE": "0"}
-    job = subprocess.run(["sbatch", "--parsable", "--array=1", "--cpus-per-task=1", "--mem=1500M",
-                          f"--output={tmp_path}/%x-%A_%a.out", str(SLURM / "cv_array.sh"), str(run), str(sim_store[0])],
-                         capture_output=True, text=True, env=env, check=True).stdout.strip()
-    state = run / "sim" / "fold_1.partial" / "state.json"
-    for _ in range(900):
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 3:
-            break
-        if "COMPLETED" in states(job):
-            pytest.fail("the task ended before the time-limit signal")
-        time.sleep(0.2)
-    else:
-        pytest.fail("the task did not reach epoch 3")
+    job = _task_at_epoch_3(run, sim_store[0], 1, env, tmp_path)
     subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], check=True)
     wait(job, timeout=120, want=lambda s: bool(s) and s[0] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"))
-    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], check=False)
-    subprocess.run(["scontrol", "release", f"{job}_1"], check=False)
+    _start_now(f"{job}_1")
     assert wait(job, timeout=300) == ["COMPLETED"]
     log = (run / "logs" / f"{job}_1.log").read_text()
     assert "time limit near: requeueing task 1" in log and "restart 1" in log, log[-2000:]
