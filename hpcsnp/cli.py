@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -135,8 +134,7 @@ class SectionedCommand(click.Command):
                 with formatter.section(title):
                     formatter.write_dl(groups[title])
 
-run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False),
-                          help="Run directory (or give it as the first argument).")
+run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False), help="Run directory.")
 
 
 def _run_and_rest(run_opt, positional: list) -> tuple[str, list]:
@@ -860,11 +858,7 @@ def main(argv=None):
     from hpcsnp.resources import die_with_parent
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
-    # TensorFlow's C++ start-up lines (oneDNN, CPU features) stay off the user's stderr
-    # whichever verb imports it first; -v shows them
     args = sys.argv[1:] if argv is None else list(argv)
-    if not any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does
     cli.main(args=_hoisted_flags(_renamed_flags(args)), prog_name="hpcsnp")
 

@@ -172,17 +172,10 @@ def out_of_fold_residuals(run: RunDir, ds: DatasetRecord, folds: list[int], ense
     return (t["truth"] - t["prediction"]).to_numpy(np.float64)
 
 
-def ensemble_weights(run: RunDir, ds: DatasetRecord, baselines: list[str]) -> dict | None:
-    """Weights of cnn + baselines for the headline: each fold's weights (chosen by
-    ``reduce``'s rule, ensemble.ensemble_folds) averaged over the folds; None when the run has no
-    baseline or no validation predictions."""
-
-    if not baselines:
-        return None
-    return _averaged_weights(ensemble_folds(run.path, ds, baselines), baselines)
-
-
 def _averaged_weights(ensemble: list, baselines: list[str]) -> dict | None:
+    """Weights of cnn + baselines for the headline: each fold's weights (chosen by
+    ``reduce``'s rule, ensemble.ensemble_folds) averaged over the folds; None when the run has
+    no baseline or no validation predictions."""
     rows = [w for _, w, _ in ensemble]
     if not rows:
         return None
