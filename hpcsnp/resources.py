@@ -7,12 +7,15 @@ TensorFlow or a BLAS library is imported: thread pools are sized at import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpcsnp.errors import InputError
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -285,3 +288,30 @@ def peak_rss_mb() -> float | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     except ImportError:
         return None
+
+
+@contextlib.contextmanager
+def dask_context(scheduler: str = "threads", threads: int | None = None):
+    """Run Dask graphs (the reduction's, the scalable linear models') on local threads (default),
+    processes, synchronously, or on a distributed scheduler given by address (a dask-jobqueue
+    SLURMCluster's, say)."""
+    import dask
+
+    if "://" in scheduler or scheduler.endswith(".json"):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise InputError("--scheduler with an address needs dask.distributed "
+                             "(pip install 'dask[distributed]')") from None
+        if threads:
+            logging.getLogger(__name__).warning("--threads ignored with a distributed scheduler (its workers "
+                                                "have their own)")
+        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+        with Client(**kw, timeout="60s") as client:
+            yield client
+        return
+    if scheduler not in ("threads", "processes", "synchronous"):
+        raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous or an address")
+
+    with dask.config.set(scheduler=scheduler, num_workers=granted_cpus(threads)):
+        yield None

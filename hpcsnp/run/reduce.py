@@ -10,7 +10,6 @@ and ``query`` in ``report``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hpcsnp.config import COMBINED, COMBINED_PARTS, Config
 from hpcsnp.errors import IncompleteRunError, InputError
 from hpcsnp.metrics import all_finite
 from hpcsnp.models import KINDS, LINEAR_MODELS, model_name
-from hpcsnp.resources import granted_cpus
+from hpcsnp.resources import dask_context  # noqa: F401 - the reduce verb and tests import it from here
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.html import write_report
 from hpcsnp.run.ranking import rank_dataset
@@ -159,31 +158,6 @@ def _attributions(config: dict) -> list[str]:
         return Config.from_dict(normalised_config(config)).attribution_methods()
     except InputError:  # settings of another version: at least the saliency
         return ["saliency"]
-
-
-@contextlib.contextmanager
-def dask_context(scheduler: str = "threads", threads: int | None = None):
-    """Run the reduction's Dask graphs on local threads (default), processes, synchronously,
-    or on a distributed scheduler given by address (a dask-jobqueue SLURMCluster's, say)."""
-    import dask
-
-    if "://" in scheduler or scheduler.endswith(".json"):
-        try:
-            from distributed import Client
-        except ImportError:
-            raise InputError("--scheduler with an address needs dask.distributed "
-                             "(pip install 'dask[distributed]')") from None
-        if threads:
-            logger.warning("--threads ignored with a distributed scheduler (its workers have their own)")
-        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kw, timeout="60s") as client:
-            yield client
-        return
-    if scheduler not in ("threads", "processes", "synchronous"):
-        raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous or an address")
-
-    with dask.config.set(scheduler=scheduler, num_workers=granted_cpus(threads)):
-        yield None
 
 
 def mean_saliency(run_dir, dataset: str, n_folds: int, n_variants: int) -> tuple[np.ndarray, int]:
