@@ -103,6 +103,17 @@ threads_option = click.option("--threads", "-p", type=click.IntRange(min=1), def
                               help="Cores to use (default: HPCSNP_THREADS, else SLURM_CPUS_PER_TASK, else the "
                                    "CPU affinity within any cgroup CPU quota).")
 
+solver_option = click.option(
+    "--solver", type=click.Choice(["auto", "exact", "scalable"]), default="auto", show_default=True,
+    envvar="HPCSNP_SOLVER",
+    help="Linear models (GBLUP, GWAS): exact holds n x n matrices (24 n^2 bytes); scalable solves by conjugate "
+         "gradients over the genotypes in blocks, in memory of (n + p) x a block (RKHS is then skipped); auto: "
+         "exact where it fits in the memory granted, and says which it chose. Also HPCSNP_SOLVER.")
+scheduler_option = click.option(
+    "--scheduler", default="threads", show_default=True,
+    help="Dask scheduler of the blocked work (the scalable solver, reduce): threads, processes, synchronous, or "
+         "the address of a distributed scheduler (tcp://HOST:PORT, e.g. one started by dask-jobqueue) or its "
+         "scheduler file (.json).")
 
 DEFAULTS = Config()
 
@@ -446,9 +457,11 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @click.option("--dataset", "--name", "name",
               help="Data-set name in the run [the store's name without .zarr]; letters, digits, '.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
+@solver_option
+@scheduler_option
 @threads_option
 @_handle_errors
-def baseline(store, run_dir, folds, encoding, name, force, threads):
+def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, threads):
     """Baselines on the same folds: GBLUP/rrBLUP with REML shrinkage, and RKHS.
 
     Fitted on the training and validation folds, evaluated on the test fold;
@@ -460,12 +473,15 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
     cap_threads(threads)
     from hpcsnp.linear.baseline import baseline_fold
     from hpcsnp.models import ENCODINGS, KINDS
+    from hpcsnp.resources import dask_context
     from hpcsnp.store import open_store
 
     encs = {"both": ENCODINGS, "all": KINDS}.get(encoding, (encoding,))
     k = open_store(store).n_folds
     for i in folds or range(1, k + 1):
-        for m in baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force):
+        with dask_context(scheduler, threads):
+            fitted = baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force, solver=solver)
+        for m in fitted:
             click.echo(f"{m['dataset']}\tfold {i}\t{m['model']}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}"
                        f"\tmae {m['mae']:.4g}")
 
@@ -477,6 +493,7 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also fit the baselines (GBLUP in both encodings, RKHS) on the same folds.")
+@solver_option
 @threads_option
 @click.option("-j", "--jobs", type=click.IntRange(min=1),
               help="Folds trained at a time, sharing the cores [one per core, as memory allows].")
@@ -486,7 +503,7 @@ def baseline(store, run_dir, folds, encoding, name, force, threads):
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
@@ -508,14 +525,19 @@ def cv(stores, run_dir, top, force, baseline, threads, jobs, names, progress, co
     plan = plan_datasets(stores, names, run, force=force)
     if baseline:  # before hours of training: a baseline that cannot fit in memory is refused now
         from hpcsnp.linear.baseline import check_memory
+        from hpcsnp.linear.scalable import choose_solver
 
-        for store, _ in plan:
-            check_memory(store)
+        for store, name in plan:
+            chosen, why = choose_solver(store, solver)
+            if chosen == "exact":
+                check_memory(store)
+            if solver == "auto" and chosen == "scalable":
+                click.echo(f"{name}: baselines by the scalable solver ({why}); GBLUP only, RKHS skipped", err=True)
     run.mkdir(parents=True, exist_ok=True)
     config = RunDir(run).save_config(cfg if explicit else None, force=force)
     outcome = run_cv(plan, run, config_path=config, threads=threads, jobs=jobs, force=force,
                      verbose=VERBOSE["level"] > 0, progress=_progress_default() if progress is None else progress,
-                     baseline=baseline)
+                     baseline=baseline, solver=solver)
     _print_reduce(reduce_run(run, top=top), run)
     outcome.raise_for_failed_baselines()
 
@@ -539,9 +561,7 @@ def _print_reduce(result, run):
 @run_option
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Top SNPs to report.")
 @click.option("--no-plot", is_flag=True, help="Skip the genome plot.")
-@click.option("--scheduler", default="threads", show_default=True,
-              help="Dask scheduler: threads, processes, synchronous, or the address of a "
-                   "distributed scheduler (tcp://HOST:PORT, e.g. one started by dask-jobqueue).")
+@scheduler_option
 @threads_option
 @_handle_errors
 def reduce(run_dir, run_opt, top, no_plot, scheduler, threads):
@@ -613,10 +633,12 @@ def query(snps, run_opt):
                    "chromosome out), so a SNP is not also in the random effect that competes with it. For "
                    "panels of unrelated lines; in families of inbred lines (NAM, biparental) LD spans whole "
                    "chromosomes and whole chromosomes then test as associated.")
+@solver_option
+@scheduler_option
 @threads_option
 @progress_option
 @_handle_errors
-def gwas(store, run_dir, name, out_dir, loco, threads, progress):
+def gwas(store, run_dir, name, out_dir, loco, solver, scheduler, threads, progress):
     """Single-marker mixed-model GWAS (EMMAX/P3D) on every phenotyped line.
 
     REML variance components once (the kinship of the baseline), then one
@@ -641,8 +663,15 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
                                "not both")
     if name and not run_dir:
         raise click.UsageError("--name chooses a data set of --run; without --run use -o DIR")
+    from hpcsnp.linear.scalable import choose_solver
+    from hpcsnp.resources import dask_context
+
     s = open_store(store)
     check_testable(s.phenotype, s.path)
+    solver, why = choose_solver(s, solver)
+    if solver == "scalable" and loco:
+        raise click.UsageError("--loco needs --solver exact for now (the scalable solver tests against the "
+                               "whole-genome kinship)")
     gram = None
     if run_dir:
         from hpcsnp.linear.baseline import cached_gram
@@ -650,8 +679,10 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
         run = RunDir(run_dir)
         ds = run.trained_dataset(s, name)  # never binds the data set to another store
         check_writable(run.dataset_dir(ds), directory=True)
-        G, width, _ = cached_gram(s, "dosage", run.baseline_cache(ds, "dosage"))
-        gram, where, label = (G, width), run.dataset_dir(ds), ds
+        if solver == "exact":
+            G, width, _ = cached_gram(s, "dosage", run.baseline_cache(ds, "dosage"))
+            gram = (G, width)
+        where, label = run.dataset_dir(ds), ds
     else:
         where, label = Path(out_dir or f"{s.name}_gwas"), s.name
         check_writable(where, directory=True)
@@ -659,9 +690,11 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 
     with tqdm(total=s.n_variants, desc=f"gwas {label}", unit=" SNPs", file=sys.stderr,
               disable=not (_progress_default() if progress is None else progress)) as bar:
-        r = gwas_store(s, gram=gram, loco=loco, progress=bar.update)
+        with dask_context(scheduler, threads):
+            r = gwas_store(s, gram=gram, loco=loco, progress=bar.update, solver=solver)
     paths = write_gwas(r, where, label)
     m = r.summary
+    click.echo(f"{solver} solver ({why})")
     click.echo(f"{m['snps_tested']:,} SNPs x {m['n']:,} lines in {m['seconds']:.1f}s"
                f"{' (leave one chromosome out)' if m['loco'] else ''}: lambda {m['lambda_gc']:.3f}, "
                f"h2 {m['h2_reml']:.3f}; {m['significant_bonferroni']} below Bonferroni "
@@ -695,11 +728,12 @@ def gwas(store, run_dir, name, out_dir, loco, threads, progress):
 @click.option("--rank-by", type=click.Choice(["high", "low"]), default="high", show_default=True,
               help="Rank 1 is the highest prediction, or the lowest (e.g. days to maturity, disease score).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUT.")
+@solver_option
 @threads_option
 @progress_option
 @_handle_errors
 def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, explain, baseline, fold, level, rank_by,
-            force, threads, progress):
+            solver, force, threads, progress):
     """Predict new, unphenotyped lines with a finished run.
 
     GENOTYPES: a tab-separated table (sample ids in column 1, one column per SNP
@@ -730,7 +764,7 @@ def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, expla
     show = _progress_default() if progress is None else progress
     r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,
                     explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force,
-                    level=level, rank_by=rank_by)
+                    level=level, rank_by=rank_by, solver=solver)
     weights = ", ".join(f"{m} {w:.2f}" for m, w in r.weights.items()) if r.weights else "none (CNN mean)"
     click.echo(f"predicted {r.n_lines:,} lines in {r.seconds:.1f}s -> {r.out}")
     click.echo(f"alignment  {r.alignment['matched']:,} of {r.alignment['training_snps']:,} training SNPs present "

@@ -431,10 +431,14 @@ def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict) -> ValidatedPrediction
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=None,
-                  force=False) -> list[dict]:
-    """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/."""
+                  force=False, solver: str = "auto") -> list[dict]:
+    """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/.
+    ``solver``: exact (n x n kernels), scalable (linear/scalable.py: GBLUP by conjugate
+    gradients over the genotypes; the RKHS kernels are skipped, said in the log) or auto (exact
+    where its memory fits)."""
     import pandas as pd
 
+    from hpcsnp.linear.scalable import choose_solver, scalable_fold
 
     store = open_store(store_path)
     dataset = dataset_name(store, dataset)
@@ -450,7 +454,17 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                 check_same_store(p, store, f"{dataset} fold {fold} baseline {enc}")
         if all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
             return [read_json(p) for p in done.values()]
-    check_memory(store)
+    solver, why = choose_solver(store, solver)
+    if solver == "exact":
+        check_memory(store)
+    else:
+        skipped = [e for e in encodings if e in KERNEL_KINDS]
+        if skipped:
+            logger.warning(f"[{dataset} fold {fold}] {', '.join(map(model_name, skipped))} skipped: the scalable "
+                           f"solver ({why}) fits GBLUP only; an RKHS needs n x n kernels. The ensemble is formed "
+                           "from the baselines that ran")
+        encodings = [e for e in encodings if e not in KERNEL_KINDS]
+        logger.info(f"[{dataset} fold {fold}] scalable solver: {why}")
     y = store.phenotype.astype(np.float64)
     out = []
     # validation-fold predictions from a fit on the training folds alone: what `reduce`
@@ -472,13 +486,16 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                 return G
 
             pred, val_pred, info = rkhs_choose(load_gram, y, fit_rows, inner, split.test, thetas=KERNEL_KINDS[enc])
+        elif solver == "scalable":
+            gram_s = 0.0
+            pred, val_pred, info = scalable_fold(store, enc, y, fit_rows, inner, split.test)
         else:
             G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc))
             K, K_test = centred_kernels(G, width, fit_rows, split.test)
             del G
             pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True)
             del K
-            info = {"encoding": enc, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu}
+            info = {"encoding": enc, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu, "solver": "exact"}
         m = regression_metrics(y[split.test], pred)
         if not all_finite(m):
             raise FoldFailedError(f"{dataset} fold {fold}: {model_name(enc)} test metrics cannot be computed (pcc "

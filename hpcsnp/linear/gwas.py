@@ -182,13 +182,17 @@ def loco_problem(contig: np.ndarray, groups: list[np.ndarray]) -> str | None:
     return None
 
 
-def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progress=None) -> GwasResult:
+def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progress=None,
+               solver: str = "exact") -> GwasResult:
     """EMMAX/P3D on every phenotyped line of ``store``; ``gram``: its dosage Gram matrix and
     width (e.g. the baseline's cache), else computed here.  ``loco``: test each chromosome's
     SNPs against the kinship of the others (see the module's notes); with one chromosome
     (or none named) there is nothing to leave out: a warning says so, the whole-genome kinship is
     used and gwas.json records why under ``loco_ignored``.  ``progress``:
-    called with the number of SNPs tested after each chromosome."""
+    called with the number of SNPs tested after each chromosome.  ``solver``: exact (n x n
+    kinship), scalable (linear/scalable.py: the same test with x' P x calibrated, memory of
+    (n + p) x a block; no LOCO) or auto (exact where it fits)."""
+    from hpcsnp.linear.scalable import choose_solver, scalable_association
 
     t0 = time.perf_counter()
     y = store.phenotype.astype(np.float64)
@@ -202,6 +206,19 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     if loco and unnamed:
         logger.warning(f"--loco: {unnamed:,} SNPs carry no chromosome; they are left out together, as one more "
                        "chromosome")
+    solver, _ = choose_solver(store, solver)
+    if solver == "scalable":
+        if loco:
+            raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")
+        columns, info = scalable_association(store, y)
+        if progress:
+            progress(store.n_variants)
+        frame = pd.DataFrame(columns)
+        delta = info.pop("delta")
+        method = (f"EMMAX/P3D's t-test, scalable: dosage kinship, REML on {info['reml_lines']:,} lines, "
+                  f"P y by conjugate gradients, x'Px from K's {info['rank']} leading eigenpairs calibrated on "
+                  f"{info['calibration_snps']} SNPs solved exactly")
+        return _finish(store, frame, delta, False, None, len(groups), method, t0, {"solver": "scalable", **info})
     check_memory(store)
     g = read_rows(store, np.arange(store.n_samples))
     G, width = gram if gram is not None else gram_matrix(g, "dosage")
@@ -229,6 +246,13 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
                 progress(len(cols))
         del G
         frame = pd.concat(parts).sort_index().reset_index(drop=True)
+    kinship = ("leave-one-chromosome-out dosage kinship" if loco else "dosage kinship")
+    method = f"EMMAX/P3D, {kinship}, REML once on the whole genome, t-test per SNP (n - 2 df)"
+    return _finish(store, frame, delta, loco, loco_note, len(groups), method, t0, {"solver": "exact"})
+
+
+def _finish(store, frame, delta, loco, loco_note, chromosomes, method, t0, extra) -> GwasResult:
+    """The table's SNP columns and q-values, and the summary."""
     frame.insert(0, "snp", store.variant_id)
     frame.insert(1, "chrom", store.contig)
     frame.insert(2, "pos", store.position)
@@ -238,14 +262,12 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     q, bh = benjamini_hochberg(frame["p"].to_numpy())
     frame["q_bh"] = q
     m = int(np.isfinite(frame["p"]).sum())
-    kinship = ("leave-one-chromosome-out dosage kinship" if loco else "dosage kinship")
     summary = {"n": store.n_samples, "snps_tested": m, "delta": delta, "h2_reml": 1 / (1 + delta),
                "lambda_gc": genomic_inflation(frame["p"].to_numpy()), "bonferroni_p": 0.05 / max(m, 1),
                "bh_p_threshold_5pct": bh, "significant_bonferroni": int((frame["p"] < 0.05 / max(m, 1)).sum()),
                "significant_bh_5pct": int((frame["q_bh"] <= 0.05).sum()), "loco": loco,
                **({"loco_ignored": loco_note} if loco_note else {}),
-               "chromosomes": len(groups),
-               "method": f"EMMAX/P3D, {kinship}, REML once on the whole genome, t-test per SNP (n - 2 df)",
+               "chromosomes": chromosomes, "method": method, **extra,
                "seconds": time.perf_counter() - t0}
     return GwasResult(frame, summary)
 

@@ -145,16 +145,21 @@ def _folds_kernel(run: RunDir, ds: DatasetRecord, kind: str) -> tuple[str, float
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
-def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | None = None):
+def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | None = None, solver: str = "auto"):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
     an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
     chose most often.  Cached as RUN/<dataset>/baseline_<kind>/refit_all.npz (recomputed
     for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
-    distance, shared between the RKHS fits (filled here), so they are read and held once."""
+    distance, shared between the RKHS fits (filled here), so they are read and held once.
+    ``solver``: a GBLUP is refitted on the scalable path (linear/scalable.py) where the exact
+    one does not fit (auto) or when asked; an RKHS always needs the exact path."""
+    from hpcsnp.linear.scalable import choose_solver, scalable_effects
 
     cache = run.baseline_cache(ds.dataset, kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
-    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind}
+    scalable = kind not in KERNEL_KINDS and choose_solver(store, solver)[0] == "scalable"
+    key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind,
+           **({"solver": "scalable"} if scalable else {})}
     try:
         if json.loads(meta.read_text()).get("key") == key:
             with np.load(data) as z:
@@ -172,21 +177,27 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
         pass
     except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
         logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
-    check_memory(store)
     t0 = time.perf_counter()
     everyone = np.arange(store.n_samples)
-    if kind in KERNEL_KINDS:
+    if scalable:
+        beta, means, fill, mu, delta = scalable_effects(store, kind, store.phenotype.astype(np.float64), everyone)
+        fit = MarkerEffects(kind, beta, means, fill, mu, delta)
+        arrays = {"beta": beta, "means": means}
+    elif kind in KERNEL_KINDS:
+        check_memory(store)
         distance, theta = _folds_kernel(run, ds, kind)
         G, _, _ = cached_gram(store, distance, run.baseline_cache(ds.dataset, distance))
         fit = kernel_fit(store, G, everyone, theta, distance, None if designs is None else designs.get(distance))
         if designs is not None:
             designs[distance] = fit.X
         arrays = {"alpha": fit.alpha, "theta": fit.theta, "scale": fit.scale, "distance": fit.distance}
+        del G
     else:
+        check_memory(store)
         G, width, _ = cached_gram(store, kind, cache)
         fit = marker_effects(store, kind, G, width, everyone)
         arrays = {"beta": fit.beta, "means": fit.means}
-    del G
+        del G
     tmp = data.with_name(f".refit_all.{os.getpid()}.npz")
     np.savez(tmp, **arrays, fill=fit.fill, mu=fit.mu, delta=fit.delta)
     os.replace(tmp, data)

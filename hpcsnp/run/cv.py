@@ -181,7 +181,7 @@ class Children:
 
 
 def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=False, verbose=False,
-           progress=True, baseline=False) -> CvOutcome:
+           progress=True, baseline=False, solver: str = "auto") -> CvOutcome:
     """Every fold of every (store, name) of ``plan`` (from plan_datasets), then the baselines."""
     from tqdm import tqdm
 
@@ -216,7 +216,8 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
         log_path = run.task_log(name, i, kind)
         cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run), "--threads", str(per_fold),
                "--name", name]
-        cmd += (["--config", str(config_path)] if kind == "train" else []) + (["--force"] if force else [])
+        cmd += (["--config", str(config_path)] if kind == "train" else ["--solver", solver])
+        cmd += ["--force"] if force else []
         if kind == "train" and not force and run.is_complete(name, i):
             return TaskResult(kind, name, i, log_path, None, 0.0)
         env = {**os.environ, "HPCSNP_CPUS": ",".join(map(str, cpus))} if cpus else None

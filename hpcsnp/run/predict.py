@@ -244,7 +244,7 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
 
 def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
                 fold=None, baseline=True, threads=None, progress=False, force=False, level=LEVEL,
-                rank_by="high") -> PredictResult:
+                rank_by="high", solver="auto") -> PredictResult:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -278,7 +278,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         check_overlap(alignment, min_overlap, where)
         baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
         designs: dict = {}  # the RKHS fits' designs, shared
-        effects = {m: refitted(run, ds, store, baseline_kind(m), designs) for m in baselines}
+        effects = {m: refitted(run, ds, store, baseline_kind(m), designs, solver=solver) for m in baselines}
         ensemble = ensemble_folds(run.path, ds, baselines) if baselines else []
         weights = _averaged_weights(ensemble, baselines)
         residuals = out_of_fold_residuals(run, ds, folds, ensemble if weights else None)

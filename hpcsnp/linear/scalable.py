@@ -1,0 +1,402 @@
+"""GBLUP and the mixed-model GWAS with memory that grows with (n + p) x a block, never n^2:
+``--solver scalable`` (chosen by ``--solver auto`` when the exact path does not fit).
+
+The model is the exact path's (baseline.py): y = mu + Z b + e with Z the centred design of
+the fitting lines, b ~ N(0, sg2 / w I), K = Z Z' / w, delta = se2 / sg2.  Three changes of
+how it is computed:
+
+- **The solve** uses conjugate gradients on the marker side, (Z'Z + delta w I) beta = Z' yc,
+  the rrBLUP form of the same predictor (beta = Z' (K + delta I)^-1 yc / w; Henderson's
+  identity).  Z is never formed: each iteration is one pass over the store's genotypes in
+  blocks of rows, decoding int8 codes to the design block by block, computing
+  X_b' (m_b * (X_b u - m'u)) and summing the blocks in a fixed tree (so the result does not
+  depend on how many workers ran it).  The passes are Dask graphs: local threads by
+  default, a distributed scheduler when given one.  A Jacobi preconditioner (the diagonal
+  of Z'Z) evens out the SNPs' scales.  This is how BOLT-LMM (Loh et al. 2015) fits its
+  infinitesimal model; several systems (a fold's fit and its inner fit, the GWAS's
+  calibration SNPs) share each pass.
+- **delta** comes from exact REML (REMLSpectrum) on at most ``REML_LINES`` fitting lines
+  drawn at random with a fixed seed: all of them where they fit, so on data the exact path
+  also handles the two give the same delta.  Above it, delta is an estimate from a sample
+  of 8,000 lines, whose standard error is small beside the flatness of accuracy in delta
+  (docs/design.md gives the reasoning and the measured effect; BOLT-LMM's Monte Carlo REML
+  costs 5-7 rounds of 10-20 solves over all lines instead).
+- **The GWAS** (EMMAX/P3D's test, V = K + delta I) needs, per SNP, x' P y and x' P x.
+  P y = (yc - Z beta) / delta comes from the same solve, and x_j' P y = w beta_j; x' P x is
+  calibrated as gamma x_c' x_c, gamma the mean of x' P x / x_c' x_c over ``CALIBRATION_SNPS``
+  random SNPs solved exactly (GRAMMAR-gamma, Svishcheva et al. 2012; BOLT-LMM-inf's
+  statistic).  The residual variance is then taken per SNP as in the exact test.
+
+Memory: a block of decoded rows (``BLOCK_BYTES``), a few vectors of length p per system and
+of length n; with ``persist`` also the int8 genotypes (n p bytes), held by Dask instead of
+read again on every pass.  Time: one pass over the genotypes per iteration, 50-300
+iterations (measured in bench/bench_scale.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from hpcsnp.errors import InputError
+from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, gram_matrix, memory_needed, read_rows, uncentred
+from hpcsnp.resources import memory_limit_bytes
+
+logger = logging.getLogger(__name__)
+
+SOLVERS = ("auto", "exact", "scalable")
+REML_LINES = 8000  # delta by exact REML on at most this many fitting lines (24 x 8,000^2 bytes = 1.5 GB)
+REML_SEED = 20150  # which lines, when there are more: fixed, so a rerun gives the same delta
+CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
+GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
+CG_TOL = 1e-8  # relative residual |A x - b| / |b| at which conjugate gradients stop
+CG_MAXITER = 3000
+BLOCK_BYTES = 64 << 20  # decoded float64 rows per block of a pass
+
+
+def choose_solver(store, solver: str = "auto", available: int | None = None) -> tuple[str, str]:
+    """``exact`` or ``scalable`` for a store, and why: auto takes the exact path when its
+    n x n matrices fit in the memory this process may use, else the scalable one."""
+    if solver not in SOLVERS:
+        raise InputError(f"unknown solver {solver!r} (one of {', '.join(SOLVERS)})")
+    need = memory_needed(store.n_samples, store.n_variants)
+    if solver != "auto":
+        return solver, f"--solver {solver}"
+    available = memory_limit_bytes() if available is None else available
+    if available is None or need <= available:
+        return "exact", (f"the exact path needs about {need / 2**30:.1f} GB" +
+                         (f" of the {available / 2**30:.1f} GB available" if available else ""))
+    return "scalable", (f"the exact path would need about {need / 2**30:.1f} GB for its n x n matrices and "
+                        f"{available / 2**30:.1f} GB is available")
+
+
+# ---------------------------------------------------------------- the design, by blocks of rows
+
+def _block_stats(g, masks, rhs, encoding, fill):
+    """Per block: masked column sums and sums of squares of the design, and X' rhs."""
+    x = uncentred(g, encoding, fill)
+    return np.stack([x.T @ masks, (x * x).T @ masks, x.T @ rhs])
+
+
+def _block_normal(g, masks, U, shift, means, encoding, fill):
+    """X_b' (m_b * (Z_b U)) - means * sum(...): this block's part of Z' M Z U, per column."""
+    x = uncentred(g, encoding, fill)
+    t = (x @ U - shift) * masks
+    return x.T @ t - means * t.sum(axis=0)
+
+
+def _block_rmat(g, V, means, encoding, fill):
+    """This block's part of Z' V (Z = X - 1 means')."""
+    return uncentred(g, encoding, fill).T @ V - means * V.sum(axis=0)
+
+
+def _block_apply(g, U, shift, encoding, fill):
+    return uncentred(g, encoding, fill) @ U - shift
+
+
+def _block_calls(g):
+    called = g >= 0
+    return np.stack([called.sum(axis=0), np.where(called, g, 0).sum(axis=0, dtype=np.int64)])
+
+
+def _tree_sum(parts):
+    """Pairwise sums in a fixed order: the same rounding on any number of workers."""
+    from dask import delayed
+
+    while len(parts) > 1:
+        parts = [delayed(operator.add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+class Design:
+    """The uncentred design X of every line of a store in one encoding (dosage with missing
+    calls filled with ``fill``, or the one-hot channels), applied by blocks of rows as Dask
+    graphs.  Centring and the choice of lines are the caller's: each system k has a mask
+    over the lines (1 = a fitting line) and the column means it is centred by."""
+
+    def __init__(self, store, encoding: str, fill: np.ndarray, *, persist: bool | None = None):
+        import dask.array as da
+
+        self.encoding, self.fill = encoding, np.asarray(fill, np.float64)
+        self.n, p = store.n_samples, store.n_variants
+        self.width = p * (4 if encoding == "onehot" else 1)
+        step = store.chunk_rows
+        rows = max(step, BLOCK_BYTES // (8 * self.width) // step * step)
+        g = da.from_zarr(store.genotypes).rechunk((rows, p))
+        if persist is None:  # hold the int8 codes when they take at most a quarter of the memory
+            available = memory_limit_bytes()
+            persist = available is not None and self.n * p <= available // 4
+        if persist:
+            g = g.persist()
+        self.codes = g  # held: on a distributed scheduler, persisted blocks live as long as their collection
+        self.blocks = list(g.to_delayed().ravel())
+        edges = np.cumsum((0,) + g.chunks[0])
+        self.bounds = list(zip(edges[:-1], edges[1:]))
+        self.passes = 0
+
+    def _compute(self, task):
+        import dask
+
+        self.passes += 1
+        return dask.compute(task)[0]
+
+    def _reduce(self, fn, per_block, *shared):
+        from dask import delayed
+
+        shared = [delayed(s) if isinstance(s, np.ndarray) else s for s in shared]
+        parts = [delayed(fn)(b, *per_block(lo, hi), *shared, self.encoding, self.fill)
+                 for b, (lo, hi) in zip(self.blocks, self.bounds)]
+        return self._compute(_tree_sum(parts))
+
+    def calls(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per SNP: the number of called lines and the sum of their codes (one pass)."""
+        from dask import delayed
+
+        out = self._compute(_tree_sum([delayed(_block_calls)(b) for b in self.blocks]))
+        return out[0], out[1]
+
+    def stats(self, masks: np.ndarray, rhs: np.ndarray):
+        """Masked column sums, sums of squares and X' rhs, each [width, k] (one pass)."""
+        out = self._reduce(_block_stats, lambda lo, hi: (masks[lo:hi], rhs[lo:hi]))
+        return out[0], out[1], out[2]
+
+    def normal(self, U: np.ndarray, masks: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Z_k' M_k Z_k U_k for every column k, Z_k = X - 1 means_k' (one pass)."""
+        shift = (means * U).sum(axis=0)
+        return self._reduce(_block_normal, lambda lo, hi: (masks[lo:hi],), U, shift, means)
+
+    def rmat(self, V: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Z' V [width, k] for lines-by-columns V [n, k], Z = X - 1 means' (one pass)."""
+        return self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), means[:, None])
+
+    def apply(self, U: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Z_k U_k for every line and column k [n, k] (one pass)."""
+        from dask import delayed
+
+        shift = delayed((means * U).sum(axis=0))
+        Ud = delayed(U)
+        parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, self.fill) for b in self.blocks]
+        return np.concatenate(self._compute(parts))
+
+
+def design_fill(store, design: Design | None = None) -> np.ndarray:
+    """The dosage that fills a missing call: the SNP's mean over every genotyped line of the
+    store, as the exact path's (genotypes.mean_dosage), from one pass."""
+    called, total = (design or Design(store, "dosage", np.zeros(store.n_variants))).calls()
+    return np.divide(total, called, out=np.zeros(len(called)), where=called > 0)
+
+
+def conjugate_gradient(apply, b: np.ndarray, diag: np.ndarray, tol: float = CG_TOL, maxiter: int = CG_MAXITER,
+                       what: str = "system"):
+    """Solve A x = b for every column of b (A symmetric positive definite, given by
+    ``apply``), preconditioned by ``diag`` (A's diagonal); a column stops moving once its
+    relative residual is below ``tol``.  Returns (x, iterations)."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = r / diag
+    p = z.copy()
+    rz = (r * z).sum(axis=0)
+    bnorm = np.linalg.norm(b, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    for it in range(maxiter):
+        active = np.linalg.norm(r, axis=0) / bnorm > tol
+        if not active.any():
+            return x, it
+        Ap = apply(p)
+        alpha = np.where(active, rz / np.where(active, (p * Ap).sum(axis=0), 1.0), 0.0)
+        x += alpha * p
+        r -= alpha * Ap
+        z = r / diag
+        rz_new = (r * z).sum(axis=0)
+        p = z + np.where(active, rz_new / np.where(rz == 0, 1.0, rz), 0.0) * p
+        rz = rz_new
+    worst = float((np.linalg.norm(r, axis=0) / bnorm).max())
+    logger.warning(f"conjugate gradients for the {what} stopped after {maxiter} iterations at relative "
+                   f"residual {worst:.2e} (wanted {tol:.0e})")
+    return x, maxiter
+
+
+class RidgeFit(NamedTuple):
+    """Marker effects of each system (beta [width, k]), the column means each is centred by,
+    the intercepts, and the conjugate-gradient iterations it took."""
+
+    beta: np.ndarray
+    means: np.ndarray
+    mu: np.ndarray
+    iterations: int
+    rhs: np.ndarray  # Z_k' (y - mu_k) and any extra right-hand sides
+
+
+def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
+          what: str = "GBLUP") -> RidgeFit:
+    """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
+    (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
+    GLS intercept: Z_k is centred by its own lines).  ``extra_rhs`` [width, j]: more systems
+    with the first mask and other right-hand sides (the GWAS's calibration SNPs)."""
+    masks = np.asarray(masks, np.float64)
+    n_k = masks.sum(axis=0)
+    y0 = np.where(masks > 0, y[:, None], 0.0)
+    mu = y0.sum(axis=0) / n_k
+    yc = (y[:, None] - mu) * masks
+    sums, squares, rhs = design.stats(masks, yc)
+    means = sums / n_k
+    diag = squares - n_k * means ** 2 + delta * design.width
+    if extra_rhs is not None:
+        j = extra_rhs.shape[1]
+        rhs = np.hstack([rhs, extra_rhs])
+        masks = np.hstack([masks, np.repeat(masks[:, :1], j, axis=1)])
+        means = np.hstack([means, np.repeat(means[:, :1], j, axis=1)])
+        diag = np.hstack([diag, np.repeat(diag[:, :1], j, axis=1)])
+    lam = delta * design.width
+    beta, iterations = conjugate_gradient(lambda U: design.normal(U, masks, means) + lam * U, rhs,
+                                          np.maximum(diag, lam), tol=tol, what=what)
+    return RidgeFit(beta, means, mu, iterations, rhs)
+
+
+def reml_sample(fit_rows: np.ndarray, lines: int = REML_LINES) -> np.ndarray:
+    """The fitting lines REML is run on: all of them, or ``lines`` of them at random (fixed seed)."""
+    fit_rows = np.asarray(fit_rows)
+    if len(fit_rows) <= lines:
+        return fit_rows
+    return np.sort(np.random.default_rng(REML_SEED).choice(fit_rows, lines, replace=False))
+
+
+def reml_delta_sample(store, encoding: str, fill: np.ndarray, fit_rows: np.ndarray, y: np.ndarray,
+                      lines: int = REML_LINES) -> tuple[float, int]:
+    """REML delta on the kernel of (a sample of) the fitting lines; (delta, lines used)."""
+    rows = reml_sample(fit_rows, lines)
+    G, width = gram_matrix(read_rows(store, rows), encoding, fill=fill if encoding == "dosage" else None)
+    everyone = np.arange(len(rows))
+    K, _ = centred_kernels(G, width, everyone, everyone[:0])
+    del G
+    delta, _ = REMLSpectrum(K, y[rows], overwrite=True).maximise()
+    return float(delta), len(rows)
+
+
+class TopEigen(NamedTuple):
+    """The leading eigenvalues of K = Z Z' / w and every SNP's loading on their eigenvectors
+    (u_i' z_j, [rank, width])."""
+
+    values: np.ndarray
+    loadings: np.ndarray
+
+
+def top_eigen(design: Design, means: np.ndarray, rank: int, power: int = 2) -> TopEigen:
+    """Randomized subspace iteration (Halko, Martinsson & Tropp 2011) for the ``rank`` leading
+    eigenpairs of K = Z Z' / w, with 10 % oversampling and ``power`` iterations: 2 + 2 power
+    passes over the genotypes with rank-wide blocks."""
+    k = rank + max(10, rank // 10)
+    rng = np.random.default_rng(REML_SEED)
+    wide = np.repeat(means[:, None], k, axis=1)
+    Q, _ = np.linalg.qr(design.apply(rng.standard_normal((design.width, k)), wide))
+    for _ in range(power):
+        W, _ = np.linalg.qr(design.rmat(Q, means))
+        Q, _ = np.linalg.qr(design.apply(W, wide))
+    B = design.rmat(Q, means).T  # Q' Z [k, width]
+    Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
+    return TopEigen(S[:rank] ** 2 / design.width, S[:rank, None] * Vt[:rank])
+
+
+class ScalablePrediction(NamedTuple):
+    pred: np.ndarray
+    val_pred: np.ndarray
+    info: dict
+
+
+def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_rows, fill=None,
+                  reml_lines: int = REML_LINES) -> ScalablePrediction:
+    """One fold's GBLUP on the scalable path, as baseline_fold's exact one: delta by REML on
+    (a sample of) the fitting lines, the test lines predicted from a fit on training +
+    validation, the validation lines from a fit on training alone with the same delta."""
+    t0 = time.perf_counter()
+    design = Design(store, encoding, np.zeros(store.n_variants) if fill is None else fill)
+    if fill is None and encoding == "dosage":
+        design.fill = design_fill(store, design)
+    fit_rows = np.asarray(fit_rows)
+    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
+    t_reml = time.perf_counter() - t0
+    masks = np.zeros((store.n_samples, 2))
+    masks[fit_rows, 0] = 1.0
+    masks[fit_rows[inner[0]], 1] = 1.0
+    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding}")
+    pred = fit.mu + design.apply(fit.beta, fit.means)
+    info = {"encoding": encoding, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": float(fit.mu[0]),
+            "solver": "scalable", "reml_lines": used, "cg_iterations": fit.iterations, "passes": design.passes,
+            "reml_seconds": t_reml}
+    return ScalablePrediction(pred[test_rows, 0], pred[fit_rows[inner[1]], 1], info)
+
+
+def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES):
+    """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit."""
+    design = Design(store, encoding, np.zeros(store.n_variants))
+    if encoding == "dosage":
+        design.fill = design_fill(store, design)
+    delta, _ = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
+    masks = np.zeros((store.n_samples, 1))
+    masks[fit_rows, 0] = 1.0
+    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding} refit")
+    return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta
+
+
+def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATION_SNPS,
+                         reml_lines: int = REML_LINES, rank: int = GWAS_RANK) -> tuple[dict, dict]:
+    """EMMAX/P3D's per-SNP test on every line, on the scalable path (see the module's notes).
+    Returns the per-SNP columns (as gwas.associate's) and what the summary records."""
+    from scipy import stats
+
+    n, p = store.n_samples, store.n_variants
+    design = Design(store, "dosage", np.zeros(p))
+    called, total = design.calls()
+    design.fill = np.divide(total, called, out=np.zeros(p), where=called > 0)
+    everyone = np.arange(n)
+    delta, used = reml_delta_sample(store, "dosage", design.fill, everyone, y, reml_lines)
+    mask = np.ones((n, 1))
+    sums, squares, _ = design.stats(mask, np.zeros((n, 1)))
+    zz = squares[:, 0] - sums[:, 0] ** 2 / n  # x_c' x_c per SNP
+    candidates = np.flatnonzero(zz > 1e-9 * max(zz.max(initial=0), 1e-300))
+    if not len(candidates):
+        raise InputError(f"{store.path}: every SNP is monomorphic; nothing to test")
+    pick = np.sort(np.random.default_rng(REML_SEED).choice(candidates, min(calibration_snps, len(candidates)),
+                                                           replace=False))
+    E = np.zeros((p, len(pick)))
+    E[pick, np.arange(len(pick))] = 1.0
+    ZtZ_pick = design.normal(E, np.ones((n, len(pick))), np.repeat(sums / n, len(pick), axis=1))
+    fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS")
+    w = design.width
+    beta_y = fit.beta[:, 0]
+    yc = y - fit.mu[0]
+    # P y = (yc - Z beta) / delta, so y' P y = (yc'yc - (Z'yc)' beta) / delta and x_j' P y = w beta_j
+    yy = float(yc @ yc - fit.rhs[:, 0] @ beta_y) / delta
+    sxy = w * beta_y
+    b = fit.beta[:, 1:]
+    xPx = (zz[pick] - (ZtZ_pick * b).sum(axis=0)) / delta
+    # x' P x = x' V^-1 x = sum_i (u_i' x)^2 / (lambda_i + delta) over K's eigenpairs: the leading
+    # ones exactly, the rest at their mean eigenvalue; then scaled to the calibration SNPs' exact values
+    rank = min(rank, (n - 2) // 2, w // 2)
+    approx = zz / (float(zz.sum()) / w / (n - 1) + delta)
+    if rank > 0:
+        top = top_eigen(design, sums[:, 0] / n, rank)
+        loaded = top.loadings ** 2
+        rest = (float(zz.sum()) / w - top.values.sum()) / max(n - 1 - rank, 1)
+        approx = ((loaded / (top.values + delta)[:, None]).sum(axis=0)
+                  + (zz - loaded.sum(axis=0)) / (max(rest, 0.0) + delta))
+    ratios = xPx / approx[pick]
+    gamma = float(ratios.mean())
+    sxx = gamma * approx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = sxy / sxx
+        s2 = (yy - beta * sxy) / (n - 2)
+        se = np.sqrt(s2 / sxx)
+        t = beta / se
+    freq = np.divide(total, 2 * called, out=np.full(p, np.nan), where=called > 0)
+    columns = {"a1_freq": freq, "n": called.astype(int), "maf": np.minimum(freq, 1 - freq),
+               "beta": beta, "se": se, "t": t, "p": 2 * stats.t.sf(np.abs(t), n - 2)}
+    info = {"delta": delta, "reml_lines": used, "gamma": gamma, "rank": rank,
+            "gamma_cv": float(ratios.std(ddof=1) / gamma) if len(ratios) > 1 else None,
+            "calibration_snps": len(pick), "cg_iterations": fit.iterations, "passes": design.passes}
+    return columns, info

@@ -1,0 +1,143 @@
+"""The scalable linear path (hpcsnp/linear/scalable.py) against the exact one."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from scipy.stats import spearmanr
+
+from hpcsnp.folds import fold_split
+from hpcsnp.linear import scalable
+from hpcsnp.linear.baseline import (
+    REMLSpectrum,
+    baseline_fold,
+    centred_kernels,
+    gblup_kernel_predict,
+    gram_matrix,
+    memory_needed,
+    read_rows,
+)
+from hpcsnp.linear.gwas import gwas_store
+from hpcsnp.resources import dask_context
+from hpcsnp.store import open_store
+
+
+def fold_rows(store, fold=1):
+    split = fold_split(store.fold, store.n_folds, fold)
+    fit = np.sort(np.concatenate([split.train, split.val]))
+    inner = (np.flatnonzero(~np.isin(fit, split.val)), np.flatnonzero(np.isin(fit, split.val)))
+    return split, fit, inner
+
+
+@pytest.mark.parametrize("encoding", ["dosage", "onehot"])
+def test_the_scalable_solve_equals_the_exact_one_for_a_fixed_variance_ratio(sim_store, encoding):
+    """Conjugate gradients on the marker side give the kernel GBLUP's predictions (missing
+    calls included) to 1e-6 of the phenotype's sd, for the fold's fit and its inner fit."""
+    store = open_store(sim_store[0])
+    split, fit, inner = fold_rows(store)
+    y = store.phenotype.astype(np.float64)
+    G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), encoding)
+    K, K_test = centred_kernels(G, width, fit, split.test)
+    exact = gblup_kernel_predict(K, y[fit], K_test, delta=0.7, inner=inner)
+
+    design = scalable.Design(store, encoding, np.zeros(store.n_variants))
+    if encoding == "dosage":
+        design.fill = scalable.design_fill(store, design)
+    masks = np.zeros((store.n_samples, 2))
+    masks[fit, 0] = 1
+    masks[fit[inner[0]], 1] = 1
+    ridge = scalable.ridge(design, y, masks, 0.7, tol=1e-12)
+    pred = ridge.mu + design.apply(ridge.beta, ridge.means)
+    assert np.abs(pred[split.test, 0] - exact.pred).max() < 1e-6 * y.std()
+    assert np.abs(pred[fit[inner[1]], 1] - exact.inner_pred).max() < 1e-6 * y.std()
+    assert ridge.iterations > 1
+
+
+def test_the_variance_ratio_is_reml_on_all_lines_where_they_fit_and_close_to_it_on_a_sample(make_store):
+    """At most REML_LINES fitting lines: the very REML estimate of the exact path.  More: REML
+    on a random sample of them, whose h2 is within 0.1 of REML on all of them here."""
+    store = open_store(make_store(samples=1200, snps=300, causal=30, folds=5, seed=3)[0])
+    _, fit, _ = fold_rows(store)
+    y = store.phenotype.astype(np.float64)
+    design = scalable.Design(store, "dosage", np.zeros(store.n_variants))
+    fill = scalable.design_fill(store, design)
+    G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), "dosage")
+    K, _ = centred_kernels(G, width, fit, fit[:0])
+    exact, _ = REMLSpectrum(K, y[fit]).maximise()
+    whole, used = scalable.reml_delta_sample(store, "dosage", fill, fit, y)
+    assert used == len(fit) and whole == pytest.approx(exact, rel=1e-9)
+    sampled, used = scalable.reml_delta_sample(store, "dosage", fill, fit, y, lines=len(fit) // 2)
+    assert used == len(fit) // 2 and sampled != exact
+    assert abs(1 / (1 + sampled) - 1 / (1 + exact)) < 0.1
+
+
+def test_one_and_two_dask_workers_give_the_same_fold(sim_store):
+    distributed = pytest.importorskip("distributed")
+    store = open_store(sim_store[0])
+    split, fit, inner = fold_rows(store)
+    y = store.phenotype.astype(np.float64)
+    with dask_context("threads", 2):
+        local = scalable.scalable_fold(store, "dosage", y, fit, inner, split.test)
+    got = []
+    for workers in (1, 2):
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster:
+            with dask_context(cluster.scheduler_address):
+                got.append(scalable.scalable_fold(store, "dosage", y, fit, inner, split.test))
+    for other in got:
+        assert np.array_equal(other.pred, local.pred) and np.array_equal(other.val_pred, local.val_pred)
+        assert other.info["delta"] == local.info["delta"]
+
+
+def test_auto_takes_the_scalable_path_when_the_exact_one_does_not_fit_and_says_why(sim_store, tmp_path, monkeypatch,
+                                                                                    caplog):
+    store = open_store(sim_store[0])
+    need = memory_needed(store.n_samples, store.n_variants)
+    assert scalable.choose_solver(store, "auto", available=need)[0] == "exact"
+    chosen, why = scalable.choose_solver(store, "auto", available=need - 1)
+    assert chosen == "scalable" and "GB" in why and "n x n" in why
+    monkeypatch.setattr(scalable, "memory_limit_bytes", lambda: need - 1)
+    with caplog.at_level(logging.INFO, logger="hpcsnp"):
+        fitted = baseline_fold(sim_store[0], 1, tmp_path / "run", solver="auto")
+    assert {m["model"] for m in fitted} == {"gblup_dosage", "gblup_onehot"}
+    assert all(m["solver"] == "scalable" and m["reml_lines"] > 0 for m in fitted)
+    assert "RKHS" in caplog.text and "skipped" in caplog.text
+    exact = baseline_fold(sim_store[0], 1, tmp_path / "exact", solver="exact", encodings=("dosage",))
+    assert exact[0]["solver"] == "exact" and fitted[0]["pcc"] == pytest.approx(exact[0]["pcc"], abs=1e-6)
+
+
+def structured(tmp_path, n_fam=40, per=15, p=1500, seed=4):
+    """Families of lines and a polygenic trait with two larger loci; ingested."""
+    rng = np.random.default_rng(seed)
+    parents = rng.integers(0, 3, (n_fam, p))
+    g = np.clip(parents[np.repeat(np.arange(n_fam), per)] + rng.integers(-1, 2, (n_fam * per, p)), 0, 2)
+    beta = rng.normal(0, 0.2, p)
+    beta[[100, 900]] = 2.0
+    gv = (g - g.mean(0)) @ beta
+    y = 10 + gv / gv.std() + rng.normal(0, 1, n_fam * per)
+    lines = ["sample\tfold\tphenotype\t" + "\t".join(f"Chr{1 + j // 300:02d}_{1000 * (j + 1)}" for j in range(p))]
+    lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.5f}\t" + "\t".join(map(str, g[i])) for i in range(len(y))]
+    (tmp_path / "fam.tsv").write_text("\n".join(lines) + "\n")
+    run_cli("ingest", tmp_path / "fam.tsv", "-o", tmp_path / "fam.zarr")
+    return tmp_path / "fam.zarr"
+
+
+def test_the_scalable_gwas_ranks_snps_as_the_exact_test_does(tmp_path):
+    """In families (where x' P x varies most between SNPs): -log10 p with a Spearman correlation
+    of at least 0.99 with the exact EMMAX test, the same top SNPs, and the CLI records the path."""
+    path = structured(tmp_path)
+    store = open_store(path)
+    exact = gwas_store(store, solver="exact")
+    with dask_context("threads", 2):
+        fast = gwas_store(store, solver="scalable")
+    a, b = -np.log10(exact.table["p"].to_numpy()), -np.log10(fast.table["p"].to_numpy())
+    assert spearmanr(a, b)[0] >= 0.99
+    assert set(np.argsort(-a)[:2]) == set(np.argsort(-b)[:2]) == {100, 900}
+    assert fast.summary["solver"] == "scalable" and fast.summary["delta"] == pytest.approx(exact.summary["delta"])
+    np.testing.assert_allclose(fast.table["beta"], exact.table["beta"], rtol=0.5, atol=0.05)
+    proc = run_cli("gwas", path, "-o", tmp_path / "out", "--solver", "scalable")
+    assert "scalable solver (--solver scalable)" in proc.stdout
+    assert json.loads((tmp_path / "out" / "gwas.json").read_text())["solver"] == "scalable"
+    refused = run_cli("gwas", path, "-o", tmp_path / "loco", "--solver", "scalable", "--loco", check=False)
+    assert refused.returncode == 2 and "--loco needs --solver exact" in refused.stderr
