@@ -15,6 +15,7 @@ FAST_TIER = {
     "test_ingest.py": set(),
     "test_ingest_genotypes.py": set(),
     "test_gwas.py": set(),
+    "test_scalable.py": set(),
     "test_figures.py": set(),
     "test_baseline.py": {"test_baseline_fold_and_reduce_report_it_beside_the_cnn"},
     "test_cli.py": {"test_demo_runs_the_whole_job_and_ranks_the_planted_snps", "test_end_to_end_finds_planted_snps",

@@ -141,3 +141,29 @@ def test_the_scalable_gwas_ranks_snps_as_the_exact_test_does(tmp_path):
     assert json.loads((tmp_path / "out" / "gwas.json").read_text())["solver"] == "scalable"
     refused = run_cli("gwas", path, "-o", tmp_path / "loco", "--solver", "scalable", "--loco", check=False)
     assert refused.returncode == 2 and "--loco needs --solver exact" in refused.stderr
+
+
+def test_the_plink_simulator_streams_families_with_ld_blocks_that_ingest_reads(tmp_path):
+    """`simulate --plink` writes a .bed that bed-reader reads back call for call as the store
+    holds it, with LD that decays along the chromosome and the planted SNPs in the truth table."""
+    from bed_reader import open_bed
+
+    prefix = tmp_path / "sim"
+    run_cli("simulate", prefix, "--plink", "--samples", 500, "--snps", 400, "--causal", 4, "--missing", 0.02,
+            "--families", 10, "--seed", 3)
+    run_cli("ingest", "--bfile", prefix, "--pheno", f"{prefix}.pheno.tsv", "-o", tmp_path / "sim.zarr")
+    store = open_store(tmp_path / "sim.zarr")
+    bed = open_bed(f"{prefix}.bed").read(dtype="float32")
+    codes = np.where(np.isnan(bed), -1, bed).astype(np.int8)
+    order = np.argsort(open_bed(f"{prefix}.bed").iid)
+    assert np.array_equal(read_rows(store, np.arange(store.n_samples)), codes[order])
+    assert 0.015 < (codes < 0).mean() < 0.025 and set(np.unique(codes)) == {-1, 0, 1, 2}
+    x = np.where(codes < 0, 1, codes).astype(float)
+    r2 = [np.corrcoef(x[:, j], x[:, j + lag])[0, 1] ** 2 for lag in (1, 20) for j in range(0, 30)]
+    assert np.nanmean(r2[:30]) > 0.3 > np.nanmean(r2[30:])
+    table = (tmp_path / "sim.pheno.tsv").read_text().splitlines()
+    assert table[0].split("\t") == ["sample", "phenotype", "fold", "family"] and len(table) == 501
+    assert len({line.split("\t")[3] for line in table[1:]}) == 10
+    assert abs(store.phenotype.std() - 10) < 1.5
+    causal = (tmp_path / "sim.causal.tsv").read_text().splitlines()[1:]
+    assert len(causal) == 4 and all(line.split("\t")[0] in set(store.variant_id) for line in causal)

@@ -170,3 +170,97 @@ def simulate_formats(directory, *, samples=200, snps=100, folds=5, missing=0.05,
     write_vcf(d / "sim.vcf.gz", ids, names, g)
     write_plink(d / "sim", ids, names, g)
     return {"tsv": tsv, "vcf": d / "sim.vcf.gz", "bfile": d / "sim", "pheno": d / "pheno.tsv"}
+
+
+# PLINK 1 .bed 2-bit codes by ALT count (A1 = ALT is counted): 2 -> 00, 1 -> 10, 0 -> 11, missing -> 01
+BED_CODE = np.array([0b01, 0b11, 0b10, 0b00], dtype=np.uint8)  # indexed by dosage + 1
+BED_MAGIC = bytes([0x6C, 0x1B, 0x01])  # SNP-major
+
+
+def bed_bytes(dosage: np.ndarray) -> bytes:
+    """One SNP's calls (ALT counts 0/1/2, -1 missing) packed as a .bed row, four lines a byte.
+
+    >>> bed_bytes(np.array([2, 1, 0, -1, 2], np.int8)).hex()
+    '7800'
+    """
+    codes = BED_CODE[dosage.astype(np.int64) + 1]
+    pad = (-len(codes)) % 4
+    if pad:
+        codes = np.concatenate([codes, np.zeros(pad, np.uint8)])
+    c = codes.reshape(-1, 4)
+    return (c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)).astype(np.uint8).tobytes()
+
+
+def simulate_plink(prefix, *, samples=1000, snps=1000, causal=20, families=40, folds=5, missing=0.0,
+                   heritability=0.6, chromosomes=10, crossovers=1.5, founder_ld=0.9, heterozygosity=0.01,
+                   mean=100.0, sd=10.0, seed=0, progress=None) -> SimTruth:
+    """Inbred lines of a nested-association-mapping design as PLINK 1 (``prefix``.bed/.bim/.fam),
+    written one SNP at a time in memory of a few vectors of ``samples`` (so 100,000 x 50,000
+    takes minutes and megabytes), with ``prefix``.pheno.tsv (sample, phenotype, fold, family) and
+    ``prefix``.causal.tsv.
+
+    Each line descends from a common parent and one of ``families`` founders: along each of
+    ``chromosomes`` it is a mosaic of the two, switching parent about ``crossovers`` times a
+    chromosome, which makes family structure as in SoyNAM.  The parents' haplotypes carry LD
+    blocks: at each SNP a parent keeps the allele of the SNP before with probability
+    ``founder_ld`` and otherwise draws it anew (frequency U(0.05, 0.95)).  A call is heterozygous with probability
+    ``heterozygosity`` and missing with probability ``missing``.  ``causal`` SNPs spread over the
+    genome carry effects N(0, 1); the genetic values are scaled to ``heritability`` of the
+    phenotype's variance (mean ``mean``, sd ``sd``).  ``progress``: called with the number of
+    SNPs written after each chromosome."""
+    check_k(folds)
+    if not 0 < causal <= snps or not 1 <= families <= samples:
+        raise InputError(f"causal must be 1..{snps} and families 1..{samples}")
+    if not 0.0 <= missing < 1.0 or not 0.0 < heritability < 1.0:
+        raise InputError("missing must be in [0, 1) and heritability in (0, 1)")
+    rng = np.random.default_rng(seed)
+    prefix = str(prefix)
+    family = np.arange(samples) % families
+    ids = [f"L{i + 1:06d}" for i in range(samples)]
+    fold = (rng.permutation(samples) % folds) + 1
+    causal_idx = set(np.linspace(0, snps - 1, causal + 2).round().astype(int)[1:-1].tolist())
+    genetic = np.zeros(samples)
+    per_chrom = -(-snps // chromosomes)
+    rate = crossovers / max(per_chrom, 1)
+    names, effects = [], []
+    source = alleles = None  # each line's parent and the parents' alleles at the SNP before
+    with open(prefix + ".bed", "wb") as bed, open(prefix + ".bim", "w") as bim:
+        bed.write(BED_MAGIC)
+        for j in range(snps):
+            c, k = divmod(j, per_chrom)
+            if k == 0:  # a new chromosome: each line starts from either parent
+                source = rng.random(samples) < 0.5
+                if progress and j:
+                    progress(per_chrom)
+            else:
+                switch = rng.choice(samples, rng.binomial(samples, rate), replace=False)
+                source[switch] = ~source[switch]
+            fresh = rng.random(families + 1) < rng.uniform(0.05, 0.95)  # [common parent, founders...]
+            alleles = fresh if k == 0 else np.where(rng.random(families + 1) < founder_ld, alleles, fresh)
+            g = 2 * np.where(source, alleles[1 + family], alleles[0]).astype(np.int8)
+            het = rng.choice(samples, rng.binomial(samples, heterozygosity), replace=False)
+            g[het] = 1
+            name = f"Chr{c + 1:02d}_{(k + 1) * 5_000}"
+            if j in causal_idx:
+                b = rng.standard_normal()
+                genetic += b * (g - g.mean())
+                names.append(name)
+                effects.append(b)
+            if missing > 0:
+                g[rng.choice(samples, rng.binomial(samples, missing), replace=False)] = -1
+            bed.write(bed_bytes(g))
+            bim.write(f"{c + 1}\t{name}\t0\t{(k + 1) * 5_000}\tG\tA\n")
+    if progress:
+        progress(snps - (snps - 1) // per_chrom * per_chrom)
+    scale = sd * np.sqrt(heritability) / (genetic.std() or 1.0)
+    y = mean + genetic * scale + sd * np.sqrt(1 - heritability) * rng.standard_normal(samples)
+    with open(prefix + ".fam", "w") as fam:
+        fam.writelines(f"F{family[i] + 1}\t{ids[i]}\t0\t0\t0\t-9\n" for i in range(samples))
+    with open(prefix + ".pheno.tsv", "w") as f:
+        f.write("sample\tphenotype\tfold\tfamily\n")
+        f.writelines(f"{ids[i]}\t{y[i]:.4f}\t{fold[i]}\tF{family[i] + 1}\n" for i in range(samples))
+    truth = SimTruth(causal=names, effects=[e * scale for e in effects], snps=[], heritability=heritability)
+    with open(prefix + ".causal.tsv", "w") as f:
+        f.write("snp\teffect\n")
+        f.writelines(f"{n}\t{e:.6f}\n" for n, e in zip(truth.causal, truth.effects))
+    return truth

@@ -53,7 +53,7 @@ REML_LINES = 8000  # delta by exact REML on at most this many fitting lines (24 
 REML_SEED = 20150  # which lines, when there are more: fixed, so a rerun gives the same delta
 CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
 GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
-CG_TOL = 1e-8  # relative residual |A x - b| / |b| at which conjugate gradients stop
+CG_TOL = 1e-6  # relative residual |A x - b| / |b| at which conjugate gradients stop
 CG_MAXITER = 3000
 BLOCK_BYTES = 64 << 20  # decoded float64 rows per block of a pass
 
