@@ -1,0 +1,220 @@
+"""Scale benchmark: every step that must run at 100,000 lines x 50,000 SNPs, and the scalable
+linear path's accuracy where the exact one still fits.
+
+``steps``: simulate PLINK (``hpcsnp simulate --plink``, NAM families with LD blocks), ingest it,
+``gwas``, the linear baseline of one fold, the GBLUP refit on every line with the prediction of
+every line (the linear part of ``hpcsnp predict``, as new lines), and one CNN epoch of
+``--steps-per-epoch`` steps.  Each step runs as its own process; wall time and peak RSS (from
+wait4's rusage) are recorded, with the solver each linear step chose (``--solver auto``
+decides by the memory this machine grants) and its conjugate-gradient iterations.
+
+``accuracy``: per fold of each store, the GBLUP baseline by the exact and by the scalable
+solver (PCC and their difference), and the GWAS's -log10 p by both (Spearman).  Stores
+above REML_LINES lines also get delta from a sample of lines on the scalable path.
+
+usage:
+  python bench/bench_scale.py steps --samples 100000 --snps 50000 --work DIR [--steps-per-epoch 20]
+           [--only simulate,ingest,gwas,baseline,refit,epoch] [--threads 2]
+  python bench/bench_scale.py accuracy STORE [STORE ...] [--encodings dosage,onehot] [--folds 1,2]
+
+Writes DIR/scale.json (steps) and prints a Markdown table.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REFIT = """
+import json, sys, time
+import numpy as np
+from hpcsnp.linear.refit import MarkerEffects
+from hpcsnp.linear.scalable import scalable_effects, Design
+from hpcsnp.resources import cap_threads, dask_context
+from hpcsnp.store import open_store, row_chunks
+cap_threads(int(sys.argv[2]))
+store = open_store(sys.argv[1])
+t0 = time.perf_counter()
+with dask_context("threads", int(sys.argv[2])):
+    beta, means, fill, mu, delta = scalable_effects(store, "dosage", store.phenotype.astype(np.float64),
+                                                    np.arange(store.n_samples))
+t1 = time.perf_counter()
+fit = MarkerEffects("dosage", beta, means, fill, mu, delta)
+pred = np.concatenate([fit.predict(g) for _, _, g in row_chunks(store)])
+pcc = float(np.corrcoef(pred, store.phenotype)[0, 1])
+print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1, "lines": len(pred),
+                  "h2": 1 / (1 + delta), "training_pcc": pcc}))
+"""
+
+
+def timed(cmd, log: Path, env=None) -> dict:
+    """Run ``cmd``; wall seconds, peak RSS (GB) and exit status, from wait4's rusage."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+            "rc": proc.returncode, "log": str(log)}
+
+
+def hpcsnp(*args):
+    return [sys.executable, "-m", "hpcsnp", *args]
+
+
+def steps(a):
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    prefix, store, run = work / "scale", work / "scale.zarr", work / "run"
+    wanted = a.only.split(",")
+    out_path = work / "scale.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results.setdefault("size", {"samples": a.samples, "snps": a.snps, "threads": a.threads})
+    t = ["--threads", str(a.threads)]
+    plan = {
+        "simulate": hpcsnp("simulate", prefix, "--plink", "--samples", a.samples, "--snps", a.snps, "--causal", 200,
+                           "--missing", 0.01, "--families", 40, "--no-progress"),
+        "ingest": hpcsnp("ingest", "--bfile", prefix, "--pheno", f"{prefix}.pheno.tsv", "-o", store, "--force",
+                         "--no-progress"),
+        "gwas": hpcsnp("gwas", store, "-o", work / "gwas", "--solver", a.solver, "--no-progress", *t),
+        "baseline": hpcsnp("baseline", store, "--run", run, "--fold", 1, "--encoding", "dosage", "--force",
+                           "--solver", a.solver, *t),
+        "refit": [sys.executable, "-c", REFIT, store, a.threads],
+        "epoch": hpcsnp("train", store, "--fold", 1, "--run", work / "train", "--epochs", 1, "--models-per-fold", 1,
+                        "--no-refit", "--steps-per-epoch", a.steps_per_epoch, "--force", *t),
+    }
+    for name, cmd in plan.items():
+        if name not in wanted:
+            continue
+        print(f"== {name}: {' '.join(map(str, cmd[2:] if cmd[1] == '-m' else cmd[:2]))}", flush=True)
+        r = timed(cmd, work / f"{name}.log")
+        if name == "gwas" and r["rc"] == 0:
+            g = json.loads((work / "gwas" / "gwas.json").read_text())
+            r.update({k: g.get(k) for k in ("solver", "cg_iterations", "passes", "lambda_gc", "h2_reml", "rank")})
+        if name == "baseline" and r["rc"] == 0:
+            m = json.loads((run / "scale" / "baseline_dosage" / "fold_1" / "metrics.json").read_text())
+            r.update({k: m.get(k) for k in ("solver", "cg_iterations", "passes", "pcc", "h2_reml", "reml_lines")})
+        if name == "refit" and r["rc"] == 0:
+            r.update(json.loads((work / "refit.log").read_text().strip().splitlines()[-1]))
+        results[name] = r
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(r), flush=True)
+        if r["rc"] != 0:
+            print(f"{name} failed: see {r['log']}", flush=True)
+            break
+    print(f"\n{a.samples:,} lines x {a.snps:,} SNPs, {a.threads} threads\n")
+    print("| step | wall | peak RSS | notes |\n|---|---|---|---|")
+    for name in plan:
+        r = results.get(name)
+        if r:
+            notes = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("seconds", "peak_rss_gb", "rc", "log"))
+            print(f"| {name} | {r['seconds'] / 60:.1f} min | {r['peak_rss_gb']:.2f} GB | {notes} |")
+
+
+def accuracy(a):
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from hpcsnp.folds import fold_split
+    from hpcsnp.linear import scalable
+    from hpcsnp.linear.baseline import centred_kernels, gblup_kernel_predict, gram_matrix, read_rows
+    from hpcsnp.linear.gwas import gwas_store
+    from hpcsnp.resources import cap_threads, dask_context
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    rows = []
+    for path in a.stores:
+        store = open_store(path)
+        y = store.phenotype.astype(np.float64)
+        folds = [int(f) for f in a.folds.split(",")] if a.folds else range(1, store.n_folds + 1)
+        for enc in a.encodings.split(","):
+            t0 = time.perf_counter()
+            G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), enc)
+            gram_s = time.perf_counter() - t0
+            for i in folds:
+                split = fold_split(store.fold, store.n_folds, i)
+                fit = np.sort(np.concatenate([split.train, split.val]))
+                inner = (np.flatnonzero(~np.isin(fit, split.val)), np.flatnonzero(np.isin(fit, split.val)))
+                t0 = time.perf_counter()
+                K, K_test = centred_kernels(G, width, fit, split.test)
+                ex = gblup_kernel_predict(K, y[fit], K_test, inner=inner, overwrite=True)
+                del K
+                t_exact = time.perf_counter() - t0 + gram_s / len(folds)
+                row = {"store": store.name, "encoding": enc, "fold": i, "n_fit": len(fit),
+                       "exact_pcc": float(np.corrcoef(ex.pred, y[split.test])[0, 1]), "exact_s": round(t_exact, 1)}
+                for label, lines in (("scalable", scalable.REML_LINES), ("sampled", a.sample_lines)):
+                    if label == "sampled" and not lines:
+                        continue
+                    t0 = time.perf_counter()
+                    with dask_context("threads", a.threads):
+                        sc = scalable.scalable_fold(store, enc, y, fit, inner, split.test, reml_lines=lines)
+                    row[f"{label}_pcc"] = float(np.corrcoef(sc.pred, y[split.test])[0, 1])
+                    row[f"{label}_minus_exact"] = row[f"{label}_pcc"] - row["exact_pcc"]
+                    row[f"{label}_s"] = round(time.perf_counter() - t0, 1)
+                    row[f"{label}_iterations"] = sc.info["cg_iterations"]
+                    row[f"{label}_h2"] = sc.info["h2_reml"]
+                row["exact_h2"] = 1 / (1 + ex.delta)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del G
+        if a.gwas:
+            t0 = time.perf_counter()
+            exact = gwas_store(store, solver="exact")
+            t1 = time.perf_counter()
+            with dask_context("threads", a.threads):
+                fast = gwas_store(store, solver="scalable")
+            t2 = time.perf_counter()
+            e, f = -np.log10(exact.table["p"].to_numpy()), -np.log10(fast.table["p"].to_numpy())
+            ok = np.isfinite(e) & np.isfinite(f)
+            top = set(np.argsort(-e)[:20]) & set(np.argsort(-f)[:20])
+            g = {"store": store.name, "gwas_spearman": float(spearmanr(e[ok], f[ok])[0]),
+                 "top20_shared": len(top), "lambda_exact": exact.summary["lambda_gc"],
+                 "lambda_scalable": fast.summary["lambda_gc"], "exact_s": round(t1 - t0, 1),
+                 "scalable_s": round(t2 - t1, 1), "gamma_cv": fast.summary.get("gamma_cv")}
+            rows.append(g)
+            print(json.dumps(g), flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+    folds_rows = [r for r in rows if "fold" in r]
+    for (s, enc) in dict.fromkeys((r["store"], r["encoding"]) for r in folds_rows):
+        sel = [r for r in folds_rows if r["store"] == s and r["encoding"] == enc]
+        d = [r["scalable_minus_exact"] for r in sel]
+        line = (f"{s} {enc}: {len(sel)} folds, exact PCC {np.mean([r['exact_pcc'] for r in sel]):.4f}, scalable "
+                f"minus exact max |{max(map(abs, d)):.2e}|, CG iterations {min(r['scalable_iterations'] for r in sel)}"
+                f"-{max(r['scalable_iterations'] for r in sel)}")
+        if "sampled_pcc" in sel[0]:
+            ds = [r["sampled_minus_exact"] for r in sel]
+            line += f"; REML on {a.sample_lines} lines: mean {np.mean(ds):+.4f}, worst {min(ds):+.4f}"
+        print(line)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("steps")
+    s.add_argument("--samples", type=int, default=100_000)
+    s.add_argument("--snps", type=int, default=50_000)
+    s.add_argument("--work", required=True)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--steps-per-epoch", type=int, default=20)
+    s.add_argument("--solver", default="auto")
+    s.add_argument("--only", default="simulate,ingest,gwas,baseline,refit,epoch")
+    c = sub.add_parser("accuracy")
+    c.add_argument("stores", nargs="+")
+    c.add_argument("--encodings", default="dosage")
+    c.add_argument("--folds", default="")
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--sample-lines", type=int, default=0,
+                   help="also take delta by REML on this many lines (0: no)")
+    c.add_argument("--gwas", action="store_true")
+    c.add_argument("--out")
+    a = p.parse_args()
+    steps(a) if a.mode == "steps" else accuracy(a)
+
+
+if __name__ == "__main__":
+    main()
