@@ -129,9 +129,9 @@ class Design:
         step = store.chunk_rows
         rows = max(step, BLOCK_BYTES // (8 * self.width) // step * step)
         g = da.from_zarr(store.genotypes).rechunk((rows, p))
-        if persist is None:  # hold the int8 codes when they take at most a quarter of the memory
+        if persist is None:  # hold the int8 codes when they take at most an eighth of the memory
             available = memory_limit_bytes()
-            persist = available is not None and self.n * p <= available // 4
+            persist = available is not None and self.n * p <= available // 8
         if persist:
             g = g.persist()
         self.codes = g  # held: on a distributed scheduler, persisted blocks live as long as their collection
