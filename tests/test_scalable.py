@@ -58,22 +58,23 @@ def test_the_scalable_solve_equals_the_exact_one_for_a_fixed_variance_ratio(make
     assert ridge.iterations > 1
 
 
-def test_the_variance_ratio_is_reml_on_all_lines_where_they_fit_and_close_to_it_on_a_sample(make_store):
+def test_the_variance_ratio_is_reml_on_all_lines_where_they_fit_and_monte_carlo_reml_above(make_store):
     """At most REML_LINES fitting lines: the very REML estimate of the exact path.  More: REML
-    on a random sample of them, whose h2 is within 0.1 of REML on all of them here."""
+    on a sample of them, refined by Monte Carlo REML on all of them, whose h2 is within 0.01
+    of exact REML on all of them."""
     store = open_store(make_store(samples=1200, snps=300, causal=30, folds=5, seed=3)[0])
     _, fit, _ = fold_rows(store)
     y = store.phenotype.astype(np.float64)
     design = scalable.Design(store, "dosage", np.zeros(store.n_variants))
-    fill = scalable.design_fill(store, design)
+    design.fill = scalable.design_fill(store, design)
     G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), "dosage")
     K, _ = centred_kernels(G, width, fit, fit[:0])
     exact, _ = REMLSpectrum(K, y[fit]).maximise()
-    whole, used = scalable.reml_delta_sample(store, "dosage", fill, fit, y)
-    assert used == len(fit) and whole == pytest.approx(exact, rel=1e-9)
-    sampled, used = scalable.reml_delta_sample(store, "dosage", fill, fit, y, lines=len(fit) // 2)
-    assert used == len(fit) // 2 and sampled != exact
-    assert abs(1 / (1 + sampled) - 1 / (1 + exact)) < 0.1
+    whole = scalable.variance_ratio(design, store, "dosage", y, fit)
+    assert whole.lines == len(fit) and whole.mc_evaluations == 0 and whole.delta == pytest.approx(exact, rel=1e-9)
+    refined = scalable.variance_ratio(design, store, "dosage", y, fit, reml_lines=len(fit) // 3)
+    assert refined.lines == len(fit) // 3 and refined.mc_evaluations >= 2
+    assert abs(1 / (1 + refined.delta) - 1 / (1 + exact)) < 0.01
 
 
 def test_one_and_two_dask_workers_give_the_same_fold(sim_store):

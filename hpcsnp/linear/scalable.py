@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 SOLVERS = ("auto", "exact", "scalable")
 REML_LINES = 8000  # delta by exact REML on at most this many fitting lines (24 x 8,000^2 bytes = 1.5 GB)
 REML_SEED = 20150  # which lines, when there are more: fixed, so a rerun gives the same delta
+MC_SAMPLES = 16  # phenotypes simulated per Monte Carlo REML evaluation
 CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
 PRECONDITIONER_RANK = 200  # leading eigenpairs of K that precondition the GBLUP solves
 GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
@@ -232,13 +233,15 @@ class RidgeFit(NamedTuple):
     mu: np.ndarray
     iterations: int
     rhs: np.ndarray  # Z_k' (y - mu_k) and any extra right-hand sides
+    yy: np.ndarray  # (y - mu_k)' (y - mu_k) over each system's lines
 
 
 def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
           what: str = "GBLUP", deflate: TopEigen | None = None) -> RidgeFit:
     """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
     (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
-    GLS intercept: Z_k is centred by its own lines).  ``extra_rhs`` [width, j]: more systems
+    GLS intercept: Z_k is centred by its own lines).  ``y``: [n], or [n, k] with one phenotype
+    per system.  ``extra_rhs`` [width, j]: more systems
     with the first mask and other right-hand sides (the GWAS's calibration SNPs).
     Preconditioner: with ``deflate`` (K's leading eigenpairs over every line), A^-1 on their
     directions (eigenvalues scaled by the system's share of lines) and the mean of the other
@@ -247,9 +250,9 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     without it, A's diagonal (Jacobi)."""
     masks = np.asarray(masks, np.float64)
     n_k = masks.sum(axis=0)
-    y0 = np.where(masks > 0, y[:, None], 0.0)
-    mu = y0.sum(axis=0) / n_k
-    yc = (y[:, None] - mu) * masks
+    Y = y[:, None] if y.ndim == 1 else y  # one phenotype for every system, or one each
+    mu = np.where(masks > 0, Y, 0.0).sum(axis=0) / n_k
+    yc = (Y - mu) * masks
     sums, squares, rhs = design.stats(masks, yc)
     means = sums / n_k
     diag = squares - n_k * means ** 2 + delta * design.width
@@ -278,7 +281,7 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
             return V.T @ (VR / (sigma + lam)) + (R - V.T @ VR) / (rest + lam)
     beta, iterations = conjugate_gradient(lambda U: design.normal(U, masks, means) + lam * U, rhs, precondition,
                                           tol=tol, what=what)
-    return RidgeFit(beta, means, mu, iterations, rhs)
+    return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0))
 
 
 def reml_sample(fit_rows: np.ndarray, lines: int = REML_LINES) -> np.ndarray:
@@ -299,6 +302,73 @@ def reml_delta_sample(store, encoding: str, fill: np.ndarray, fit_rows: np.ndarr
     del G
     delta, _ = REMLSpectrum(K, y[rows], overwrite=True).maximise()
     return float(delta), len(rows)
+
+
+class Delta(NamedTuple):
+    """The variance ratio and how it was estimated."""
+
+    delta: float
+    lines: int  # lines of the exact REML (all fitting lines, or a sample of them)
+    mc_evaluations: int  # Monte Carlo REML evaluations on every fitting line after it (0: none)
+    seconds: float
+
+    def record(self) -> dict:
+        return {"reml_lines": self.lines, "mc_reml_evaluations": self.mc_evaluations, "reml_seconds": self.seconds}
+
+
+def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows, deflate=None,
+                   reml_lines: int = REML_LINES) -> Delta:
+    """delta by exact REML where the fitting lines are at most ``reml_lines``; else REML on a
+    sample of them, refined by Monte Carlo REML on all of them (mc_reml)."""
+    t0 = time.perf_counter()
+    fit_rows = np.asarray(fit_rows)
+    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
+    evaluations = 0
+    if used < len(fit_rows):
+        delta, evaluations = mc_reml(design, y, fit_rows, delta, deflate)
+    return Delta(delta, used, evaluations, time.perf_counter() - t0)
+
+
+def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None, samples: int = MC_SAMPLES,
+            step: float = 0.01, most: int = 8) -> tuple[float, int]:
+    """The REML estimate of delta on every fitting line by BOLT-REML's Monte Carlo score (Loh et
+    al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
+    residuals) equals its mean over phenotypes simulated from the model with that delta.
+    Secant steps on log delta from ``delta0`` (REML on a sample of the lines) until a step is
+    below ``step``; each evaluation is one ridge solve with 1 + ``samples`` right-hand sides.
+    Returns (delta, evaluations)."""
+    n, w = design.n, design.width
+    rows = np.asarray(fit_rows)
+    mask = np.zeros((n, 1))
+    mask[rows] = 1.0
+    masks = np.repeat(mask, 1 + samples, axis=1)
+    rng = np.random.default_rng(REML_SEED)
+    sums, _, _ = design.stats(mask, np.zeros((n, 1)))
+    means = np.repeat(sums / len(rows), samples, axis=1)
+    genetic = design.apply(rng.standard_normal((w, samples)) / np.sqrt(w), means) * mask
+    noise = rng.standard_normal((n, samples)) * mask
+
+    def score(log_delta: float) -> float:
+        d = float(np.exp(log_delta))
+        fit = ridge(design, np.hstack([y[:, None], genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
+                    what="Monte Carlo REML")
+        b2 = (fit.beta ** 2).sum(axis=0)
+        e2 = fit.yy - (fit.rhs * fit.beta).sum(axis=0) - d * w * b2  # |yc - Z beta|^2, from the normal equations
+        ratio = b2 / e2
+        return float(np.log(ratio[1:].mean() / ratio[0]))
+
+    x0, x1 = np.log(delta0), np.log(delta0) + 0.1
+    f0, f1 = score(x0), score(x1)
+    evaluations = 2
+    while evaluations < most and f1 != f0:
+        x2 = x1 - f1 * (x1 - x0) / (f1 - f0)
+        x2 = float(np.clip(x2, x1 - 2.0, x1 + 2.0))
+        x0, f0, x1 = x1, f1, x2
+        f1 = score(x1)
+        evaluations += 1
+        if abs(x1 - x0) < step:
+            break
+    return float(np.exp(x1)), evaluations
 
 
 class TopEigen(NamedTuple):
@@ -350,21 +420,19 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     """One fold's GBLUP on the scalable path, as baseline_fold's exact one: delta by REML on
     (a sample of) the fitting lines, the test lines predicted from a fit on training +
     validation, the validation lines from a fit on training alone with the same delta."""
-    t0 = time.perf_counter()
     design = Design(store, encoding, np.zeros(store.n_variants) if fill is None else fill)
     if fill is None and encoding == "dosage":
         design.fill = design_fill(store, design)
     fit_rows = np.asarray(fit_rows)
-    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
-    t_reml = time.perf_counter() - t0
+    deflate = preconditioner(design)
+    delta = variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines)
     masks = np.zeros((store.n_samples, 2))
     masks[fit_rows, 0] = 1.0
     masks[fit_rows[inner[0]], 1] = 1.0
-    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding}", deflate=preconditioner(design))
+    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate)
     pred = fit.mu + design.apply(fit.beta, fit.means)
-    info = {"encoding": encoding, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": float(fit.mu[0]),
-            "solver": "scalable", "reml_lines": used, "cg_iterations": fit.iterations, "passes": design.passes,
-            "reml_seconds": t_reml}
+    info = {"encoding": encoding, "delta": delta.delta, "h2_reml": 1.0 / (1.0 + delta.delta), "mu": float(fit.mu[0]),
+            "solver": "scalable", **delta.record(), "cg_iterations": fit.iterations, "passes": design.passes}
     return ScalablePrediction(pred[test_rows, 0], pred[fit_rows[inner[1]], 1], info)
 
 
@@ -373,10 +441,11 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
     design = Design(store, encoding, np.zeros(store.n_variants))
     if encoding == "dosage":
         design.fill = design_fill(store, design)
-    delta, _ = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
+    deflate = preconditioner(design)
+    delta = variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines).delta
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
-    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding} refit", deflate=preconditioner(design))
+    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding} refit", deflate=deflate)
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta
 
 
@@ -391,8 +460,6 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     w = design.width
     called, total = design.calls()
     design.fill = np.divide(total, called, out=np.zeros(p), where=called > 0)
-    everyone = np.arange(n)
-    delta, used = reml_delta_sample(store, "dosage", design.fill, everyone, y, reml_lines)
     mask = np.ones((n, 1))
     sums, squares, _ = design.stats(mask, np.zeros((n, 1)))
     zz = squares[:, 0] - sums[:, 0] ** 2 / n  # x_c' x_c per SNP
@@ -406,6 +473,8 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     ZtZ_pick = design.normal(E, np.ones((n, len(pick))), np.repeat(sums / n, len(pick), axis=1))
     rank = min(rank, (n - 2) // 2, w // 2)
     top = top_eigen(design, sums[:, 0] / n, rank) if rank > 0 else None
+    estimate = variance_ratio(design, store, "dosage", y, np.arange(n), top, reml_lines)
+    delta = estimate.delta
     fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top)
     beta_y = fit.beta[:, 0]
     yc = y - fit.mu[0]
@@ -433,7 +502,7 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     freq = np.divide(total, 2 * called, out=np.full(p, np.nan), where=called > 0)
     columns = {"a1_freq": freq, "n": called.astype(int), "maf": np.minimum(freq, 1 - freq),
                "beta": beta, "se": se, "t": t, "p": 2 * stats.t.sf(np.abs(t), n - 2)}
-    info = {"delta": delta, "reml_lines": used, "gamma": gamma, "rank": rank,
+    info = {"delta": delta, **estimate.record(), "gamma": gamma, "rank": rank,
             "gamma_cv": float(ratios.std(ddof=1) / gamma) if len(ratios) > 1 else None,
             "calibration_snps": len(pick), "cg_iterations": fit.iterations, "passes": design.passes}
     return columns, info
