@@ -97,8 +97,9 @@ def match_samples(geno_ids, pheno: pd.Series, *, drop_unmatched: bool, source: s
     genotype order.  Anything unmatched is an error unless drop_unmatched."""
     geno_ids = [str(s) for s in geno_ids]
     have = pheno.dropna()
+    genotyped = set(geno_ids)
     no_pheno = [s for s in geno_ids if s not in have.index]
-    no_geno = [s for s in pheno.index if s not in set(geno_ids)]
+    no_geno = [s for s in pheno.index if s not in genotyped]
     if (no_pheno or no_geno) and not drop_unmatched:
         parts = []
         if no_pheno:
