@@ -335,7 +335,8 @@ def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path
 
 def test_a_baseline_that_cannot_fit_in_memory_is_refused_up_front(sim_store, tmp_path):
     """The exact GBLUP holds n x n matrices: where the memory granted (here SLURM's 100 MB)
-    is less than it needs, cv refuses before training anything, naming --no-baseline."""
+    is less than it needs, cv --solver exact refuses before training anything, naming
+    --no-baseline and the scalable solver; --solver auto (the default) takes the scalable path."""
     from hpcsnp.errors import InputError
     from hpcsnp.linear.baseline import check_memory, memory_needed
     from hpcsnp.store import open_store
@@ -346,6 +347,12 @@ def test_a_baseline_that_cannot_fit_in_memory_is_refused_up_front(sim_store, tmp
         check_memory(store, available=100 << 20)
     env = {"SLURM_MEM_PER_NODE": "100"}
     for verb in (["cv", sim_store[0], "--run", tmp_path / "run"], ["baseline", sim_store[0], "--run", tmp_path / "b"]):
-        proc = run_cli(*verb, env=env, check=False)
-        assert proc.returncode == 2 and "--no-baseline" in proc.stderr, proc.stderr
+        proc = run_cli(*verb, "--solver", "exact", env=env, check=False)
+        assert proc.returncode == 2 and "--no-baseline" in proc.stderr and "--solver scalable" in proc.stderr, \
+            proc.stderr
     assert not list(tmp_path.rglob("metrics.json"))
+    proc = run_cli("baseline", sim_store[0], "--run", tmp_path / "auto", "--fold", 1, env=env)
+    assert "RKHS" in proc.stderr and "skipped" in proc.stderr and "scalable solver" in proc.stderr
+    fitted = [json.loads(p.read_text()) for p in (tmp_path / "auto").rglob("metrics.json")]
+    assert sorted(m["model"] for m in fitted) == ["gblup_dosage", "gblup_onehot"]
+    assert all(m["solver"] == "scalable" for m in fitted)

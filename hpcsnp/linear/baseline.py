@@ -90,7 +90,8 @@ def check_memory(store, available: int | None = None) -> None:
     if available is not None and need > available:
         raise InputError(f"{store.path}: the GBLUP baseline of {store.n_samples:,} samples needs about "
                          f"{need / 2**30:.1f} GB of memory (it holds n x n matrices) and {available / 2**30:.1f} GB "
-                         "is available here: run with --no-baseline (hpcsnp cv) or on a node with more memory")
+                         "is available here: use --solver scalable (GBLUP in memory of (n + p) x a block), "
+                         "--no-baseline (hpcsnp cv) or a node with more memory")
 
 
 def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) -> np.ndarray:
