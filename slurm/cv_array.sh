@@ -37,6 +37,8 @@
 # Environment:
 #   HPCSNP_TRAIN_ARGS  extra `hpcsnp train` options, e.g. "--config run.json" or "--epochs 200"
 #   HPCSNP_BASELINE    1 (default): also fit the linear baseline (GBLUP) on the same fold; 0: skip
+#   HPCSNP_SOLVER      the baseline's solver: auto (default: exact where its n x n matrices fit in
+#                      the task's --mem, else scalable), exact or scalable
 #   HPCSNP_IMAGE       run hpcsnp inside this Apptainer/Singularity image (.sif)
 #   HPCSNP_CONTAINER   apptainer or singularity [the first one found]
 #   HPCSNP_BIND        extra bind paths for the container, e.g. /scratch,/projects
