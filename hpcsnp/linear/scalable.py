@@ -52,6 +52,7 @@ SOLVERS = ("auto", "exact", "scalable")
 REML_LINES = 8000  # delta by exact REML on at most this many fitting lines (24 x 8,000^2 bytes = 1.5 GB)
 REML_SEED = 20150  # which lines, when there are more: fixed, so a rerun gives the same delta
 MC_SAMPLES = 16  # phenotypes simulated per Monte Carlo REML evaluation
+MC_TOL = 1e-4  # its solves' tolerance: the score's Monte Carlo noise is far above what a tighter one changes
 CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
 PRECONDITIONER_RANK = 200  # leading eigenpairs of K that precondition the GBLUP solves
 GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
@@ -351,7 +352,7 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     def score(log_delta: float) -> float:
         d = float(np.exp(log_delta))
         fit = ridge(design, np.hstack([y[:, None], genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
-                    what="Monte Carlo REML")
+                    tol=MC_TOL, what="Monte Carlo REML")
         b2 = (fit.beta ** 2).sum(axis=0)
         e2 = fit.yy - (fit.rhs * fit.beta).sum(axis=0) - d * w * b2  # |yc - Z beta|^2, from the normal equations
         ratio = b2 / e2
