@@ -11,26 +11,29 @@ how it is computed:
   blocks of rows, decoding int8 codes to the design block by block, computing
   X_b' (m_b * (X_b u - m'u)) and summing the blocks in a fixed tree (so the result does not
   depend on how many workers ran it).  The passes are Dask graphs: local threads by
-  default, a distributed scheduler when given one.  A Jacobi preconditioner (the diagonal
-  of Z'Z) evens out the SNPs' scales.  This is how BOLT-LMM (Loh et al. 2015) fits its
-  infinitesimal model; several systems (a fold's fit and its inner fit, the GWAS's
-  calibration SNPs) share each pass.
-- **delta** comes from exact REML (REMLSpectrum) on at most ``REML_LINES`` fitting lines
-  drawn at random with a fixed seed: all of them where they fit, so on data the exact path
-  also handles the two give the same delta.  Above it, delta is an estimate from a sample
-  of 8,000 lines, whose standard error is small beside the flatness of accuracy in delta
-  (docs/design.md gives the reasoning and the measured effect; BOLT-LMM's Monte Carlo REML
-  costs 5-7 rounds of 10-20 solves over all lines instead).
+  default, a distributed scheduler when given one.  The preconditioner is A^-1 on K's
+  leading eigenvectors (``preconditioner``: randomized subspace iteration) and a scalar
+  elsewhere, which takes a structured population's few large eigenvalues out of the
+  iterations' way.  This is how BOLT-LMM (Loh et al. 2015) fits its infinitesimal model;
+  several systems (a fold's fit and its inner fit, the GWAS's calibration SNPs, the Monte
+  Carlo phenotypes) share each pass.
+- **delta** comes from exact REML (REMLSpectrum) on at most ``REML_LINES`` fitting lines:
+  all of them where they fit, so on data the exact path also handles the two give the same
+  delta.  Above, REML on a random sample of them (fixed seed) is refined by BOLT-REML's
+  Monte Carlo score on every fitting line (``mc_reml``): REML on a sample alone
+  under-estimated h2 on SoyNAM (docs/design.md).
 - **The GWAS** (EMMAX/P3D's test, V = K + delta I) needs, per SNP, x' P y and x' P x.
-  P y = (yc - Z beta) / delta comes from the same solve, and x_j' P y = w beta_j; x' P x is
-  calibrated as gamma x_c' x_c, gamma the mean of x' P x / x_c' x_c over ``CALIBRATION_SNPS``
-  random SNPs solved exactly (GRAMMAR-gamma, Svishcheva et al. 2012; BOLT-LMM-inf's
-  statistic).  The residual variance is then taken per SNP as in the exact test.
+  P y = (yc - Z beta) / delta comes from the same solve, and x_j' P y = w beta_j.  x' P x
+  is computed from K's ``GWAS_RANK`` leading eigenpairs (the rest at their mean
+  eigenvalue) and scaled to ``CALIBRATION_SNPS`` random SNPs solved exactly (a single
+  factor alone, GRAMMAR-gamma / BOLT-LMM-inf's statistic, ranks SNPs poorly in families).
+  The residual variance is then taken per SNP as in the exact test.
 
 Memory: a block of decoded rows (``BLOCK_BYTES``), a few vectors of length p per system and
-of length n; with ``persist`` also the int8 genotypes (n p bytes), held by Dask instead of
-read again on every pass.  Time: one pass over the genotypes per iteration, 50-300
-iterations (measured in bench/bench_scale.py).
+of length n, the eigenvectors ([rank, p] and [n, rank]), and the REML sample's kernel
+(24 x 8,000^2 bytes); with ``persist`` also the int8 genotypes (n p bytes), held by Dask
+instead of read again on every pass.  Time: one pass over the genotypes per iteration;
+20-60 iterations per solve (measured in bench/bench_scale.py).
 """
 
 from __future__ import annotations
