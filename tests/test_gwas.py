@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import family_store, run_cli
 
 from hpcsnp.linear.gwas import associate, benjamini_hochberg, genomic_inflation, read_gwas_table
 
@@ -66,17 +66,7 @@ def test_lambda_is_about_one_on_a_null_chromosome_and_the_cli_writes_every_outpu
     lambda near 1; against the whole genome's (the default) they are deflated, and a plain
     regression is inflated by the family structure."""
 
-    rng = np.random.default_rng(4)
-    n_fam, per, p = 40, 15, 1500
-    parents = rng.integers(0, 3, (n_fam, p))
-    g = np.clip(parents[np.repeat(np.arange(n_fam), per)] + rng.integers(-1, 2, (n_fam * per, p)), 0, 2)
-    beta = np.where(np.arange(p) < 1200, rng.normal(0, 1, p), 0.0)
-    gv = (g - g.mean(0)) @ beta
-    y = 10 + gv / gv.std() + rng.normal(0, 1, n_fam * per)
-    lines = ["sample\tfold\tphenotype\t" + "\t".join(f"Chr{1 + j // 300:02d}_{1000 * (j + 1)}" for j in range(p))]
-    lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.5f}\t" + "\t".join(map(str, g[i])) for i in range(len(y))]
-    (tmp_path / "null.tsv").write_text("\n".join(lines) + "\n")
-    run_cli("ingest", tmp_path / "null.tsv", "-o", tmp_path / "null.zarr")
+    _, g, y = family_store(tmp_path, "null", lambda rng, p: np.where(np.arange(p) < 1200, rng.normal(0, 1, p), 0.0))
     proc = run_cli("gwas", tmp_path / "null.zarr", "-o", tmp_path / "out", "--loco")
     summary = json.loads((tmp_path / "out" / "gwas.json").read_text())
     null = read_gwas_table(tmp_path / "out" / "gwas.tsv").query("chrom == 'Chr05'")["p"].to_numpy()

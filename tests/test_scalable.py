@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import family_store, run_cli
 from scipy.stats import spearmanr
 
 from hpcsnp.folds import fold_split
@@ -111,20 +111,15 @@ def test_auto_takes_the_scalable_path_when_the_exact_one_does_not_fit_and_says_w
     assert exact[0]["solver"] == "exact" and fitted[0]["pcc"] == pytest.approx(exact[0]["pcc"], abs=1e-6)
 
 
-def structured(tmp_path, n_fam=40, per=15, p=1500, seed=4):
-    """Families of lines and a polygenic trait with two larger loci; ingested."""
-    rng = np.random.default_rng(seed)
-    parents = rng.integers(0, 3, (n_fam, p))
-    g = np.clip(parents[np.repeat(np.arange(n_fam), per)] + rng.integers(-1, 2, (n_fam * per, p)), 0, 2)
-    beta = rng.normal(0, 0.2, p)
-    beta[[100, 900]] = 2.0
-    gv = (g - g.mean(0)) @ beta
-    y = 10 + gv / gv.std() + rng.normal(0, 1, n_fam * per)
-    lines = ["sample\tfold\tphenotype\t" + "\t".join(f"Chr{1 + j // 300:02d}_{1000 * (j + 1)}" for j in range(p))]
-    lines += [f"L{i}\t{i % 3 + 1}\t{y[i]:.5f}\t" + "\t".join(map(str, g[i])) for i in range(len(y))]
-    (tmp_path / "fam.tsv").write_text("\n".join(lines) + "\n")
-    run_cli("ingest", tmp_path / "fam.tsv", "-o", tmp_path / "fam.zarr")
-    return tmp_path / "fam.zarr"
+def structured(tmp_path):
+    """Families of lines and a polygenic trait with two larger loci (SNPs 100 and 900)."""
+
+    def effects(rng, p):
+        beta = rng.normal(0, 0.2, p)
+        beta[[100, 900]] = 2.0
+        return beta
+
+    return family_store(tmp_path, "fam", effects)[0]
 
 
 def test_the_scalable_gwas_ranks_snps_as_the_exact_test_does(tmp_path):
