@@ -419,17 +419,31 @@ class ScalablePrediction(NamedTuple):
     info: dict
 
 
-def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_rows, fill=None,
+class Prepared(NamedTuple):
+    """What every GBLUP solve of a store on the scalable path starts from."""
+
+    design: Design
+    deflate: TopEigen | None
+    delta: Delta
+
+
+def prepare(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES) -> Prepared:
+    """The design (dosage filled with the store's SNP means), its preconditioner and delta for
+    the fitting lines."""
+    design = Design(store, encoding, np.zeros(store.n_variants))
+    if encoding == "dosage":
+        design.fill = design_fill(store, design)
+    deflate = preconditioner(design)
+    return Prepared(design, deflate, variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines))
+
+
+def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_rows,
                   reml_lines: int = REML_LINES) -> ScalablePrediction:
     """One fold's GBLUP on the scalable path, as baseline_fold's exact one: delta by REML on
     (a sample of) the fitting lines, the test lines predicted from a fit on training +
     validation, the validation lines from a fit on training alone with the same delta."""
-    design = Design(store, encoding, np.zeros(store.n_variants) if fill is None else fill)
-    if fill is None and encoding == "dosage":
-        design.fill = design_fill(store, design)
     fit_rows = np.asarray(fit_rows)
-    deflate = preconditioner(design)
-    delta = variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines)
+    design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 2))
     masks[fit_rows, 0] = 1.0
     masks[fit_rows[inner[0]], 1] = 1.0
@@ -442,15 +456,11 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
 
 def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES):
     """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit."""
-    design = Design(store, encoding, np.zeros(store.n_variants))
-    if encoding == "dosage":
-        design.fill = design_fill(store, design)
-    deflate = preconditioner(design)
-    delta = variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines).delta
+    design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
-    fit = ridge(design, y, masks, delta, what=f"GBLUP {encoding} refit", deflate=deflate)
-    return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta
+    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding} refit", deflate=deflate)
+    return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
 
 def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATION_SNPS,
