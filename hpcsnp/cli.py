@@ -500,10 +500,23 @@ def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, th
 @click.option("--dataset", "--name", "names", multiple=True,
               help="Data-set name of each STORE in the run, once per store in order [each store's file "
                    "name without .zarr]; needed when two stores have the same file name.")
+@click.option("--dry-run", is_flag=True,
+              help="Train nothing: measure what each fold task needs (a short probe of every store with the run's "
+                   "settings), print memory and time per task, and check them against --mem/--time or "
+                   "--sbatch-args.  Exits 2 when the plan cannot run.  slurm/submit.sh runs this first.")
+@click.option("--mem", "mem", metavar="SIZE", help="With --dry-run: the memory of a task, as sbatch's --mem (4G).")
+@click.option("--time", "time_limit", metavar="TIME",
+              help="With --dry-run: the time limit of a task, as sbatch's --time (HH:MM:SS, D-HH:MM:SS).")
+@click.option("--sbatch-args", metavar="TEXT",
+              help="With --dry-run: the fold tasks' sbatch options (as HPCSNP_SBATCH_ARGS); their "
+                   "--cpus-per-task, --mem and --time are the grant checked.")
+@click.option("--plan-out", type=click.Path(dir_okay=False), hidden=True,
+              help="With --dry-run: write the sized sbatch options and the baseline switch as shell assignments.")
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, dry_run, mem, time_limit, sbatch_args,
+       plan_out, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
@@ -518,11 +531,16 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, prog
     from hpcsnp.run.reduce import reduce_run
     from hpcsnp.rundir import RunDir
 
-    _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     explicit = _explicit(config_path, **hyper)
     cfg = _build_config(config_path, **hyper)
     run = Path(run_dir)
     plan = plan_datasets(stores, names, run, force=force)
+    if dry_run:
+        return _dry_run(plan, run, cfg if explicit else None, threads, baseline, solver, mem, time_limit,
+                        sbatch_args, plan_out)
+    if mem or time_limit or sbatch_args or plan_out:
+        raise click.UsageError("--mem, --time and --sbatch-args describe a task for --dry-run")
+    _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     if baseline:  # before hours of training: a baseline that cannot fit in memory is refused now
         from hpcsnp.linear.baseline import check_memory
         from hpcsnp.linear.scalable import choose_solver
@@ -540,6 +558,33 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, prog
                      baseline=baseline, solver=solver)
     _print_reduce(reduce_run(run, top=top), run)
     outcome.raise_for_failed_baselines()
+
+
+def _dry_run(plan, run: Path, cfg, threads, baseline, solver, mem, time_limit, sbatch_args, plan_out):
+    """cv --dry-run: the preflight's plan, printed; exits 2 when it cannot run."""
+    from hpcsnp.atomic import atomic_write_text
+    from hpcsnp.config import Config
+    from hpcsnp.errors import InputError
+    from hpcsnp.resources import granted_cpus
+    from hpcsnp.run.preflight import Grant, parse_mem, parse_time, preflight
+    from hpcsnp.rundir import RunDir
+
+    grant = Grant.from_sbatch_args(sbatch_args or "")
+    if mem:
+        grant.mem = parse_mem(mem)
+    if time_limit:
+        grant.time = parse_time(time_limit)
+    cpus = threads or grant.cpus or granted_cpus()
+    if cfg is None:  # the run's own settings where it has them, else the defaults
+        cfg = Config.from_dict(RunDir(run).config()) if RunDir(run).config() is not None else Config()
+    result = preflight(plan, cfg, cpus=cpus, grant=grant, run_dir=run, solver=solver, baseline=baseline,
+                       say=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
+    if plan_out:
+        atomic_write_text(Path(plan_out), result.shell())
+    if result.refusals:
+        raise InputError("the plan cannot run: " + "; ".join(result.refusals))
 
 
 def _print_reduce(result, run):

@@ -6,6 +6,14 @@
 # All stores must have the same number of folds K (the array is 1-K).  Extra sbatch
 # options for the fold tasks: HPCSNP_SBATCH_ARGS="--cpus-per-task=4 --mem=3G --partition=long".
 # Other HPCSNP_* variables are passed through to the jobs (see cv_array.sh).
+#
+# Before anything is submitted, a preflight (`hpcsnp cv --dry-run`, here, in about a
+# minute) measures what each task will need with the run's settings (HPCSNP_TRAIN_ARGS) and
+# the task's cores: it refuses a --mem too small for the CNN or a --time too short for one
+# epoch, switches off baselines that cannot fit (memory, or one task's time), and sizes
+# --mem and --time where HPCSNP_SBATCH_ARGS does not set them.  The plan is printed and
+# kept in RUN_DIR/logs/preflight.txt.  HPCSNP_PREFLIGHT=0 skips it (cv_array.sh's
+# #SBATCH defaults then apply).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ $# -lt 2 ]; then
@@ -29,9 +37,30 @@ for s in "$@"; do
   k="$ks"
 done
 mkdir -p "$run_dir/logs"
+sized=""
+if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
+  hpcsnp_command "$run_dir" "$@"  # the preflight writes its plan into the run directory
+  plan="$run_dir/logs/preflight.sh"
+  no_baseline=""; [ "${HPCSNP_BASELINE:-1}" != 0 ] || no_baseline="--no-baseline"
+  # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
+  # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them)
+  # shellcheck disable=SC2086
+  if ! "${hpcsnp[@]}" cv "$@" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
+       --sbatch-args "--cpus-per-task=2 ${HPCSNP_SBATCH_ARGS:-}" --plan-out "$plan" ${HPCSNP_TRAIN_ARGS:-} \
+       > "$run_dir/logs/preflight.txt"; then
+    cat "$run_dir/logs/preflight.txt"
+    echo "submit.sh: nothing submitted (the preflight refused the plan; HPCSNP_PREFLIGHT=0 skips it)" >&2
+    exit 2
+  fi
+  cat "$run_dir/logs/preflight.txt"
+  # shellcheck source=/dev/null
+  . "$plan"
+  sized="${preflight_sbatch:-}"
+  if [ "${preflight_baseline:-1}" = 0 ]; then export HPCSNP_BASELINE=0; fi
+fi
 # shellcheck disable=SC2086
 array_id="$(sbatch --parsable --array="1-$k" --output="$run_dir/logs/%A_%a.log" \
-  ${HPCSNP_SBATCH_ARGS:-} "$here/cv_array.sh" "$run_dir" "$@")"
+  $sized ${HPCSNP_SBATCH_ARGS:-} "$here/cv_array.sh" "$run_dir" "$@")"
 array_id="${array_id%%;*}"
 reduce_id="$(sbatch --parsable --dependency="afterok:$array_id" \
   --output="$run_dir/logs/reduce_%j.log" "$here/reduce.sh" "$run_dir")"

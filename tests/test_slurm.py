@@ -70,6 +70,10 @@ def local_cv(sim_store, tmp_path_factory):
 def test_array_then_dependent_reduce_matches_local_cv(cluster, sim_store, local_cv, tmp_path):
     run = tmp_path / "run"
     array_id, reduce_id = submit(run, sim_store[0])
+    # the preflight sized the tasks' --time (HPCSNP_SBATCH_ARGS sets --mem only) before submitting
+    sized = re.search(r"sized here: --time=(\S+)", (run / "logs" / "preflight.txt").read_text()).group(1)
+    limit = subprocess.run(["scontrol", "show", "job", array_id], capture_output=True, text=True).stdout
+    assert f"TimeLimit={sized}" in limit, (sized, limit)
     assert set(wait(array_id)) == {"COMPLETED"}
     assert wait(reduce_id) == ["COMPLETED"]
     for name in ("fold_pcc_log.csv", "avg_saliency.csv", "top_saliency_snps.csv"):
@@ -92,6 +96,20 @@ def test_array_then_dependent_reduce_matches_local_cv(cluster, sim_store, local_
     assert {p: p.stat().st_mtime_ns for p in before} == before
     for i in (1, 2, 3):
         assert "already finished" in (run / "logs" / f"{array2}_{i}.log").read_text()
+
+
+def test_submit_refuses_a_plan_over_its_memory_and_submits_nothing(cluster, sim_store, tmp_path):
+    """The preflight runs before sbatch: a --mem below what the CNN's fold was measured to need
+    is refused at submission, with the memory to give, and no job is queued."""
+    run = tmp_path / "run"
+    env = {**os.environ, "HPCSNP_SBATCH_ARGS": "--cpus-per-task=1 --mem=300M", "HPCSNP_TRAIN_ARGS": " ".join(TRAIN)}
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    proc = subprocess.run([str(SLURM / "submit.sh"), str(run), str(sim_store[0])], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "REFUSED" in proc.stdout and "--mem=" in proc.stdout and "nothing submitted" in proc.stderr
+    assert not (run / "logs" / "jobs.txt").exists() and not list(run.glob("sim/fold_*"))
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
 
 
 def _task_at_epoch_3(run, store, fold: int, env: dict, tmp_path) -> str:
@@ -159,7 +177,8 @@ def test_a_failed_baseline_never_leaves_the_reduce_pending(cluster, sim_store, t
     (fake / "scipy").mkdir(parents=True)
     (fake / "scipy" / "__init__.py").write_text("raise ImportError(\"No module named 'scipy' (hidden by the test)\")\n")
     run = tmp_path / "run"
-    env = {"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # without the preflight, which would time the baselines, see them fail and switch them off
+    env = {"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HPCSNP_PREFLIGHT": "0"}
     array_id, reduce_id = submit(run, sim_store[0], env_extra=env)
     assert set(wait(array_id)) == {"COMPLETED"}
     assert wait(reduce_id) == ["COMPLETED"]
@@ -202,7 +221,7 @@ def test_every_script_runs_hpcsnp_in_the_image_with_the_stores_bound(cluster, si
     assert set(wait(array_id)) == {"COMPLETED"} and wait(reduce_id) == ["COMPLETED"]
     calls = [line.split() for line in record.read_text().splitlines()]
     verbs = sorted({c[c.index("hpcsnp") + 1] for c in calls})
-    assert verbs == ["info", "reduce", "train"], calls
+    assert verbs == ["cv", "info", "reduce", "train"], calls  # cv: the preflight (--dry-run)
     for c in calls:
         assert c[:2] == ["exec", "--bind"] and c[3:5] == ["/images/hpcsnp.sif", "hpcsnp"], c
         assert str(elsewhere.resolve()) in c[2].split(","), c  # the store's directory, in every script

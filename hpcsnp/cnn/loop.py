@@ -91,6 +91,7 @@ def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Ch
         plateau.update(improved)
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0
+        state.setdefault("epoch_seconds", []).append(round(time.perf_counter() - t0, 3))
         state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mae": val_mae,
                                  "lr": plateau.lr})
         ckpt.save_epoch(state, epoch)

@@ -466,6 +466,8 @@ def fold_record(dataset: str, split, store, cfg, first: Member, n_threads: int, 
         "dataset": dataset, "fold": split.test_fold, "val_fold": split.val_fold,
         "epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_mae": state["best_mae"],
         "seconds": training_seconds(state), "saliency_seconds": sal_seconds,
+        # wall seconds of each epoch (its steps and its validation pass): what the preflight measures
+        "epoch_seconds": state.get("epoch_seconds", []),
         "total_seconds": time.perf_counter() - t_start,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         # the model kept: refitted on training + validation (its epochs, seconds, lines), or None
