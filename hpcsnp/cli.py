@@ -772,13 +772,17 @@ def gwas(store, run_dir, name, out_dir, loco, solver, scheduler, threads, progre
                    "residuals.")
 @click.option("--rank-by", type=click.Choice(["high", "low"]), default="high", show_default=True,
               help="Rank 1 is the highest prediction, or the lowest (e.g. days to maturity, disease score).")
+@click.option("--pev", is_flag=True,
+              help="Also the prediction error variance and reliability of each GBLUP column (rrBLUP's PEV; "
+                   "<column>_pev, <column>_reliability), from the exact path's kernel: an eigendecomposition of "
+                   "the n x n kernel per encoding.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUT.")
 @solver_option
 @threads_option
 @progress_option
 @_handle_errors
 def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, explain, baseline, fold, level, rank_by,
-            solver, force, threads, progress):
+            pev, solver, force, threads, progress):
     """Predict new, unphenotyped lines with a finished run.
 
     GENOTYPES: a tab-separated table (sample ids in column 1, one column per SNP
@@ -809,7 +813,7 @@ def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, expla
     show = _progress_default() if progress is None else progress
     r = predict_run(run_dir, genotypes, out=out, bfile=bfile, dataset=dataset, min_overlap=min_overlap,
                     explain=explain, fold=fold, baseline=baseline, threads=threads, progress=show, force=force,
-                    level=level, rank_by=rank_by, solver=solver)
+                    level=level, rank_by=rank_by, solver=solver, pev=pev)
     weights = ", ".join(f"{m} {w:.2f}" for m, w in r.weights.items()) if r.weights else "none (CNN mean)"
     click.echo(f"predicted {r.n_lines:,} lines in {r.seconds:.1f}s -> {r.out}")
     click.echo(f"alignment  {r.alignment['matched']:,} of {r.alignment['training_snps']:,} training SNPs present "

@@ -404,3 +404,40 @@ def test_the_run_is_given_the_same_way_to_every_verb(vcf_run, tmp_path):
     assert f"train\t{snp}\t" in run_cli("query", "--run", run, snp).stdout
     proc = run_cli("reduce", check=False)
     assert proc.returncode == 2 and "--run RUN" in proc.stderr
+
+
+def test_pev_and_reliability_are_rrblups_and_higher_for_the_fitted_lines(vcf_run):
+    """--pev: each GBLUP column's PEV equals se2 z' (Z'Z + w delta I)^-1 z (the marker-side form
+    of rrBLUP's, solved directly here), its reliability 1 - PEV / (sg2 z'z / w); the lines the
+    refit was fitted on are predicted more reliably than lines drawn at random."""
+    from hpcsnp.linear.baseline import cached_gram, uncentred
+    from hpcsnp.linear.refit import PredictionErrorVariance, refitted
+    from hpcsnp.rundir import RunDir
+    from hpcsnp.store import open_store
+
+    d, _ = vcf_run
+    r = predict_run(d / "run", d / "train.zarr", out=d / "pev.csv", pev=True)
+    store = open_store(d / "train.zarr")
+    run = RunDir(d / "run")
+    ds = next(x for x in run.datasets() if x.dataset == "train")
+    codes, y = store.genotypes[:], store.phenotype.astype(np.float64)
+    got = r.table.set_index("sample_id").loc[list(store.sample_id)]
+    report = json.loads((d / "pev.alignment.json").read_text())
+    for enc in ("dosage", "onehot"):
+        fit = refitted(run, ds, store, enc)
+        Z = uncentred(codes, enc, fit.fill) - fit.means
+        n, w = Z.shape
+        K = Z @ Z.T / w
+        sg2 = (y - y.mean()) @ np.linalg.solve(K + fit.delta * np.eye(n), y - y.mean()) / (n - 1)
+        pev = fit.delta * sg2 * np.einsum("ij,ji->i", Z, np.linalg.solve(Z.T @ Z + w * fit.delta * np.eye(w), Z.T))
+        rel = 1 - pev / (sg2 * np.einsum("ij,ij->i", Z, Z) / w)
+        np.testing.assert_allclose(got[f"gblup_{enc}_pev"], pev, rtol=1e-6)
+        np.testing.assert_allclose(got[f"gblup_{enc}_reliability"], rel, rtol=1e-6, atol=1e-9)
+        assert 0 < rel.min() and rel.max() < 1
+        assert report["pev"][f"gblup_{enc}"]["sg2"] == pytest.approx(sg2, rel=1e-6)
+        strangers = np.random.default_rng(0).integers(0, 3, (50, store.n_variants)).astype(np.int8)
+        G, width, _ = cached_gram(store, enc, run.baseline_cache("train", enc))
+        _, rel_strangers = PredictionErrorVariance(store, fit, G, width)(strangers)
+        assert rel_strangers.mean() < rel.mean(), (rel_strangers.mean(), rel.mean())
+    assert list(r.table.columns[:4]) == ["sample_id", "prediction", "lower", "upper"]
+    assert "gblup_dosage_pev" not in predict_run(d / "run", d / "train.zarr", out=d / "nopev.csv").table

@@ -82,6 +82,57 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
 
 
+class PredictionErrorVariance:
+    """rrBLUP's prediction error variance and reliability of a GBLUP refit's predictions of new
+    lines (exact path).  With K = Z Z' / w the fitted lines' kernel (Z their centred design of
+    width w), delta = se2 / sg2 from REML and sg2 = yc' (K + delta I)^-1 yc / (n - 1), a new line
+    with centred design z has k = Z z / w and k0 = z' z / w, and
+
+        PEV = sg2 (k0 - k' (K + delta I)^-1 k) = se2 z' (Z'Z + w delta I)^-1 z,
+        reliability = 1 - PEV / (sg2 k0),
+
+    the squared correlation between its predicted and its true genetic value, given the
+    variance components and the mean.  (K + delta I)^-1 comes from one eigendecomposition of
+    K (n^3, once per predict); k from a pass over the fitted lines' genotypes per block of new
+    lines."""
+
+    def __init__(self, store, fit: MarkerEffects, G: np.ndarray, width: int):
+        from scipy.linalg import eigh
+
+        self.store, self.fit, self.width = store, fit, width
+        everyone = np.arange(store.n_samples)
+        K, _ = centred_kernels(G, width, everyone, everyone[:0])
+        s, U = eigh(K, overwrite_a=True)
+        del K
+        scale = 1.0 / np.sqrt(np.maximum(s, 0.0) + fit.delta)
+        yc = store.phenotype.astype(np.float64) - store.phenotype.astype(np.float64).mean()
+        self.sg2 = float(np.sum((U.T @ yc * scale) ** 2) / (store.n_samples - 1))
+        U *= scale  # U diag((s + delta)^-1/2)
+        self.W = U
+
+    def __call__(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(PEV, reliability) of new lines with int8 codes ``g`` [m, p]."""
+        f = self.fit
+        z = uncentred(g, f.encoding, f.fill) - f.means
+        k = np.empty((self.store.n_samples, len(z)))
+        for lo, hi, gs in row_chunks(self.store):
+            k[lo:hi] = (uncentred(gs, f.encoding, f.fill) - f.means) @ z.T
+        k /= self.width
+        k0 = np.einsum("ij,ij->i", z, z) / self.width
+        wk = self.W.T @ k
+        q = np.einsum("ij,ij->j", wk, wk)
+        pev = np.maximum(self.sg2 * (k0 - q), 0.0)
+        reliability = np.divide(q, k0, out=np.zeros_like(q), where=k0 > 0)
+        return pev, np.clip(reliability, 0.0, 1.0)
+
+
+def prediction_error_variance(run: RunDir, ds: DatasetRecord, store, kind: str, fit: MarkerEffects):
+    """The PredictionErrorVariance of a GBLUP refit (``refitted``), from the run's cached Gram matrix."""
+    check_memory(store)
+    G, width, _ = cached_gram(store, kind, run.baseline_cache(ds.dataset, kind))
+    return PredictionErrorVariance(store, fit, G, width)
+
+
 @dataclass
 class KernelFit:
     """An RKHS fit with the Gaussian kernel: prediction = mu + k(x) @ alpha with

@@ -42,8 +42,8 @@ from hpcsnp.atomic import atomic_write_text, check_writable, remove_stale_files,
 from hpcsnp.config import Config
 from hpcsnp.errors import InputError
 from hpcsnp.io.newlines import VariantMeta, align, check_overlap, open_new_lines
-from hpcsnp.linear.refit import refitted
-from hpcsnp.models import BASELINE_MODELS, baseline_kind
+from hpcsnp.linear.refit import prediction_error_variance, refitted
+from hpcsnp.models import BASELINE_MODELS, LINEAR_MODELS, baseline_kind
 from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
@@ -56,6 +56,7 @@ EXPLAIN_TOP = 10
 COLUMNS = ["sample_id", "prediction", "lower", "upper", "rank", "cnn_mean", "cnn_sd", *BASELINE_MODELS,
            "observed_fraction"]
 LEVEL = 0.9  # the prediction interval's default coverage
+PEV_COLUMNS = ("pev", "reliability")  # --pev: <gblup column>_pev, <gblup column>_reliability
 RANK_BY = ("high", "low")  # rank 1: the highest or the lowest prediction
 
 
@@ -244,7 +245,7 @@ def check_outputs(outputs: list[Path], run: RunDir, inputs: list[Path], *, force
 
 def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_overlap=0.9, explain=False,
                 fold=None, baseline=True, threads=None, progress=False, force=False, level=LEVEL,
-                rank_by="high", solver="auto") -> PredictResult:
+                rank_by="high", solver="auto", pev=False) -> PredictResult:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -279,6 +280,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         baselines = sorted({r["model"] for r in baseline_rows(run.path, ds)}) if baseline and fold is None else []
         designs: dict = {}  # the RKHS fits' designs, shared
         effects = {m: refitted(run, ds, store, baseline_kind(m), designs, solver=solver) for m in baselines}
+        pevs = _pev_columns(run, ds, store, effects, solver) if pev else {}
         ensemble = ensemble_folds(run.path, ds, baselines) if baselines else []
         weights = _averaged_weights(ensemble, baselines)
         residuals = out_of_fold_residuals(run, ds, folds, ensemble if weights else None)
@@ -291,6 +293,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         batch = eval_batch_size(Config.from_dict(cfg) if cfg else Config(), store.n_variants)
         models = FoldModels(run, name, folds, store.n_variants)
         cols: dict = {c: [] for c in COLUMNS if c not in ("prediction", "lower", "upper", "rank")}
+        cols.update({f"{m}_{what}": [] for m in pevs for what in PEV_COLUMNS})
         tmp_explain = None
         if explain:
             tmp_explain = tmp_name(explain_path_for(out))
@@ -303,6 +306,9 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
             for col in BASELINE_MODELS:
                 m = effects.get(col)
                 cols[col].append(m.predict(g) if m else np.full(len(g), np.nan))
+            for col, pev_of in pevs.items():
+                for what, values in zip(PEV_COLUMNS, pev_of(g)):
+                    cols[f"{col}_{what}"].append(values)
             for s in range(0, len(g), batch):
                 gb = g[s:s + batch]
                 if explain:
@@ -331,7 +337,9 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
                            "method": "split-conformal on the headline's out-of-fold residuals of the run's CV: "
                                      "prediction +- their ceil((n + 1) level)-th smallest absolute value",
                            "holds_for": "new lines drawn like the run's own lines"},
-              "rank_by": rank_by, "seconds": round(seconds, 2)}
+              "rank_by": rank_by, "seconds": round(seconds, 2),
+              # --pev: each GBLUP column's genetic variance (REML, on all phenotyped lines) and delta
+              "pev": {m: {"sg2": p.sg2, "delta": p.fit.delta} for m, p in pevs.items()} if pev else None}
     if getattr(source, "skipped", None):
         report["skipped_variants"] = source.skipped
     if getattr(source, "invalid_calls", None):
@@ -356,6 +364,25 @@ def _folds_to_use(run: RunDir, ds: DatasetRecord, fold: int | None) -> list[int]
     return [fold]
 
 
+def _pev_columns(run, ds, store, effects: dict, solver: str) -> dict:
+    """--pev: a PredictionErrorVariance per GBLUP refit on the exact path (the scalable path
+    has no n x n kernel to take it from: said, and left out)."""
+    from hpcsnp.linear.scalable import choose_solver
+
+    out = {}
+    for m, fit in effects.items():
+        if m not in LINEAR_MODELS or fit is None:
+            continue
+        if choose_solver(store, solver)[0] == "scalable":
+            logger.warning(f"{ds.dataset}: no PEV for {m}: it was refitted by the scalable solver, and the PEV "
+                           "needs the exact path's n x n kernel")
+            continue
+        t0 = time.perf_counter()
+        out[m] = prediction_error_variance(run, ds, store, baseline_kind(m), fit)
+        logger.info(f"{ds.dataset}: {m} PEV set up in {time.perf_counter() - t0:.1f}s (sg2 {out[m].sg2:.4g})")
+    return out
+
+
 def headline_table(cols: dict, weights: dict | None, half: float, rank_by: str):
     """The output table from the per-model columns: the headline (the ensemble with
     ``weights``, else the CNN mean), its interval +- ``half`` and its rank."""
@@ -370,7 +397,9 @@ def headline_table(cols: dict, weights: dict | None, half: float, rank_by: str):
     table.insert(2, "lower", head - half)
     table.insert(3, "upper", head + half)
     table.insert(4, "rank", table["prediction"].rank(ascending=rank_by == "low", method="first").astype(int))
-    return table[COLUMNS]
+    extra = [c for c in table if c not in COLUMNS]  # --pev: after the columns of the baselines
+    at = COLUMNS.index("observed_fraction")
+    return table[COLUMNS[:at] + extra + COLUMNS[at:]]
 
 
 def _write_outputs(out: Path, table, report: dict, tmp_explain: Path | None) -> Path:
