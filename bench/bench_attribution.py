@@ -213,9 +213,10 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
         truth_path.write_text(json.dumps(truth))
     truth = json.loads(truth_path.read_text())
     from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
+    from hpcsnp.run.reduce import read_plink_style
 
     t0 = time.perf_counter()
-    if not (d / "run" / "attribution_summary.csv").exists():
+    if not (d / "run" / "attribution_summary.tsv").exists():
         if not (d / "sim.zarr").exists():
             hpcsnp("ingest", d / "sim.tsv", "-o", d / "sim.zarr", "--no-progress")
         hpcsnp("cv", d / "sim.zarr", "--run", d / "run", "--attribution", "smoothgrad,ig", "--no-progress", *cv_args)
@@ -226,7 +227,7 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
         hpcsnp("gwas", d / "sim.zarr", "-o", d / "gwas_loco", "--loco")
     loco_p = read_gwas_table(gwas_table_path(d / "gwas_loco"))["p"].to_numpy()
     scores = pd.read_csv(d / "run" / "avg_saliency.csv")
-    summary = pd.read_csv(d / "run" / "attribution_summary.csv").set_index("method")
+    summary = read_plink_style(d / "run" / "attribution_summary.tsv").set_index("METHOD")
     pcc = pd.read_csv(d / "run" / "fold_pcc_summary.csv").set_index("model")["pcc_mean"]
     methods = ("saliency", "smoothgrad", "ig", "marginal", "combined")
     rankings = {**{m: scores[m].to_numpy() for m in methods if m in scores},
@@ -238,7 +239,7 @@ def run_seed(work: Path, seed: int, n: int, p: int, block: int, pair_gap: int = 
         found, missed = main_effect_loci_found(score, truth)
         row = {"seed": seed, "ranking": name, "loci_in_top20": found,
                "missed": " ".join(f"{t[:3]}@{r}" for t, r in missed), **score_ranking(score, truth, p),
-               "fold_rank_correlation": summary["fold_rank_correlation"].get(name, np.nan),
+               "fold_rank_correlation": summary["FOLD_RANK_CORRELATION"].get(name, np.nan),
                "cnn_pcc": pcc.get("cnn"), "gblup_pcc": pcc.get("gblup_dosage"), "rkhs_pcc": pcc.get("rkhs"),
                "seconds": seconds}
         rows.append(row)

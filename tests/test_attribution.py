@@ -132,24 +132,26 @@ def ig_run(tmp_path_factory):
 
 
 def test_reduce_groups_top_snps_into_loci_and_compares_with_the_gwas(ig_run):
-    import pandas as pd
     from helpers import run_cli
 
-    from hpcsnp.run.reduce import reduce_run
+    from hpcsnp.run.reduce import read_plink_style, reduce_run
 
     tmp_path = ig_run
     run_cli("gwas", tmp_path / "s.zarr", "--run", tmp_path / "run")
     out = reduce_run(tmp_path / "run", top=10)
-    loci = pd.read_csv(tmp_path / "run" / "top_loci.csv")
-    assert set(loci["method"]) == {"saliency", "ig", "marginal", "combined", "gwas"}
-    assert (loci.groupby("method")["n_snps"].sum().drop("gwas") == 10).all()  # every top SNP in one locus
-    summary = pd.read_csv(tmp_path / "run" / "attribution_summary.csv").set_index("method")
+    loci = read_plink_style(tmp_path / "run" / "top_loci.tsv")
+    assert list(loci.columns[:5]) == ["#CHROM", "POS", "ID", "REF", "ALT"]
+    assert set(loci["METHOD"]) == {"saliency", "ig", "marginal", "combined", "gwas"}
+    assert (loci.groupby("METHOD")["N_SNPS"].sum().drop("gwas") == 10).all()  # every top SNP in one locus
+    assert loci["REF"].isna().all()  # a text store knows no alleles: "."
+    summary = read_plink_style(tmp_path / "run" / "attribution_summary.tsv").set_index("METHOD")
     assert set(summary.index) == {"saliency", "ig", "marginal", "combined"}
-    assert summary["spearman_vs_gwas"].notna().all()
-    vs = pd.read_csv(tmp_path / "run" / "attribution_vs_gwas.csv")
-    assert (vs["gwas_loci_found"] <= vs["gwas_loci"]).all()
-    stab = pd.read_csv(tmp_path / "run" / "attribution_stability.csv")
-    assert stab["folds_in_top"].between(0, 3).all() and len(stab) == 40  # top 10 of four methods
+    assert summary["SPEARMAN_VS_GWAS"].notna().all()
+    vs = read_plink_style(tmp_path / "run" / "attribution_vs_gwas.tsv")
+    assert (vs["GWAS_LOCI_FOUND"] <= vs["GWAS_LOCI"]).all()
+    stab = read_plink_style(tmp_path / "run" / "attribution_stability.tsv")
+    assert stab["FOLDS_IN_TOP"].between(0, 3).all() and len(stab) == 40  # top 10 of four methods
+    assert not (tmp_path / "run" / "top_loci.csv").exists()
     assert {"ig", "ig_rank", "gwas_p", "marginal", "marginal_signed", "marginal_rank"} <= set(out["saliency"].columns)
     scores = out["saliency"]
     np.testing.assert_allclose(scores["marginal"], scores["marginal_signed"].abs())

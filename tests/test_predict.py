@@ -441,3 +441,30 @@ def test_pev_and_reliability_are_rrblups_and_higher_for_the_fitted_lines(vcf_run
         assert rel_strangers.mean() < rel.mean(), (rel_strangers.mean(), rel.mean())
     assert list(r.table.columns[:4]) == ["sample_id", "prediction", "lower", "upper"]
     assert "gblup_dosage_pev" not in predict_run(d / "run", d / "train.zarr", out=d / "nopev.csv").table
+
+
+def test_loci_and_stability_tables_carry_the_stores_alleles_in_plink2s_columns(vcf_run, tmp_path):
+    """A store ingested from VCF knows REF/ALT: top_loci.tsv and attribution_stability.tsv give
+    each (lead) SNP's chromosome, position and alleles as the store has them, under PLINK 2's
+    names, tab-separated; a reduce over a run an older version reduced removes its .csv tables."""
+    import shutil
+
+    from hpcsnp.run.reduce import read_plink_style, reduce_run
+    from hpcsnp.store import open_store
+
+    d, _ = vcf_run
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    (run / "top_loci.csv").write_text("dataset,method\n")  # as an older reduce left it
+    reduce_run(run, top=10)
+    store = open_store(d / "train.zarr")
+    truth = pd.DataFrame({"#CHROM": store.contig.astype(str), "POS": store.position, "REF": store.alleles[:, 0],
+                          "ALT": store.alleles[:, 1]}, index=store.variant_id)
+    for name in ("top_loci.tsv", "attribution_stability.tsv"):
+        table = read_plink_style(run / name)
+        assert list(table.columns[:5]) == ["#CHROM", "POS", "ID", "REF", "ALT"] and len(table)
+        want = truth.loc[table["ID"]]
+        for c in ("#CHROM", "POS", "REF", "ALT"):
+            assert table[c].tolist() == want[c].tolist(), (name, c)
+        assert "\t" in (run / name).read_text().splitlines()[0]
+    assert not (run / "top_loci.csv").exists()

@@ -36,7 +36,8 @@ TABLES = {
                              "paired by fold.",
     "ensemble_weights.csv": "The headline's weights per fold, chosen on validation predictions of the lines "
                             "outside the fold.",
-    "top_loci.csv": "The top SNPs of each ranking grouped into loci (r^2 and distance), with GWAS agreement.",
+    "top_loci.tsv": "The top SNPs of each ranking grouped into loci (r^2 and distance), with GWAS agreement "
+                    "(tab-separated, PLINK 2's column names).",
     "top_saliency_snps.csv": "The top SNPs by the lead ranking.",
 }
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -101,14 +102,16 @@ def _figures(run: RunDir) -> str:
 
 def _loci(run: RunDir, most: int) -> str:
     """The lead ranking's top loci (or the saliency's), with each lead SNP's GWAS p where a
-    GWAS was run (top_loci.csv's lead_gwas_p)."""
-    path = run.output("top_loci.csv")
+    GWAS was run (top_loci.tsv's GWAS_P)."""
+    from hpcsnp.run.reduce import LOCI_TSV, read_plink_style
+
+    path = run.output(LOCI_TSV)
     if not path.exists():
         return ""
-    loci = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    lead = "combined" if "combined" in set(loci["method"]) else "saliency"
-    loci = loci[loci["method"] == lead].head(most)
-    return f"<p class=note>Ranking: {_e(lead)}; every ranking's loci are in top_loci.csv.</p>{_frame(loci)}"
+    loci = read_plink_style(path)
+    lead = "combined" if "combined" in set(loci["METHOD"]) else "saliency"
+    loci = loci[loci["METHOD"] == lead].head(most)
+    return f"<p class=note>Ranking: {_e(lead)}; every ranking's loci are in {LOCI_TSV}.</p>{_frame(loci)}"
 
 
 def _datasets_table(datasets) -> str:

@@ -83,14 +83,15 @@ def clump(top: pd.DataFrame, r2: np.ndarray, window_kb: float = WINDOW_KB, r2_mi
 
 
 def loci_table(top: pd.DataFrame, loci: list[Locus], score: str) -> pd.DataFrame:
-    """One row per locus: locus, chrom, start, end, lead SNP, its score and rank, number of
-    SNPs and their names."""
+    """One row per locus: locus, chrom, start, end, the lead SNP's position and name, its score
+    and rank, number of SNPs and their names."""
     rows = []
     for k, locus in enumerate(loci, start=1):
         m = top.iloc[locus.members]
         lead = top.iloc[locus.lead]
         rows.append({"locus": k, "chrom": lead["chrom"], "start": int(m["pos"].min()), "end": int(m["pos"].max()),
-                     "lead_snp": lead["snp"], "lead_score": lead[score], "lead_rank": int(lead["rank"]),
+                     "lead_pos": int(lead["pos"]), "lead_snp": lead["snp"], "lead_score": lead[score],
+                     "lead_rank": int(lead["rank"]),
                      "n_snps": len(m), "snps": ";".join(m["snp"])})
     return pd.DataFrame(rows)
 

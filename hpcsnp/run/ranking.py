@@ -55,6 +55,7 @@ class Ranking:
     vs_gwas: list = field(default_factory=list)
     gwas: pd.DataFrame | None = None
     gwas_loci: pd.DataFrame | None = None
+    alleles: pd.DataFrame | None = None  # ref, alt by SNP id, where the store knows them
 
 
 def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np.ndarray, top: int,
@@ -91,6 +92,8 @@ def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np
     if gwas_path.exists():
         out.gwas = _read_gwas(gwas_path, ds)
     store = _open(ds)
+    if store is not None and store.alleles is not None:
+        out.alleles = pd.DataFrame(store.alleles, index=store.variant_id, columns=["ref", "alt"])
     tops = {m: scores.nsmallest(top, f"{m}_rank").index.to_numpy() for m in per_fold}
     if out.gwas is not None:
         g = out.gwas.set_index("snp").reindex(scores["snp"])
@@ -138,7 +141,8 @@ def rank_dataset(run: RunDir, ds: DatasetRecord, var: pd.DataFrame, saliency: np
             for s in r.snps.split(";"):
                 locus_of[s] = r.locus
         out.stability += pd.DataFrame({"dataset": name, "method": m, "rank": sub[f"{m}_rank"].to_numpy(),
-                                       "snp": sub["snp"].to_numpy(), "locus": [locus_of.get(s) for s in sub["snp"]],
+                                       "snp": sub["snp"].to_numpy(), "chrom": sub["chrom"].to_numpy(),
+                                       "pos": sub["pos"].to_numpy(), "locus": [locus_of.get(s) for s in sub["snp"]],
                                        **st}).to_dict("records")
         row = {"dataset": name, "method": m, "top": top, "fold_rank_correlation": rho,
                "loci_in_top": len(loci_by[m]) if m in loci_by else None}

@@ -55,10 +55,17 @@ ENSEMBLE_CSV = "ensemble_weights.csv"
 ENSEMBLE_PRED_CSV = "ensemble_predictions.csv"
 FOLD_PCC_PNG = "fold_pcc.png"
 OBS_PRED_PNG = "observed_vs_predicted.png"
-LOCI_CSV = "top_loci.csv"
-STABILITY_CSV = "attribution_stability.csv"
-ATTRIBUTION_CSV = "attribution_summary.csv"
-VS_GWAS_CSV = "attribution_vs_gwas.csv"
+# the loci and attribution tables: tab-separated, PLINK 2's names and "." for a missing value
+# (as gwas.tsv), so tools that read PLINK 2's output read them
+LOCI_TSV = "top_loci.tsv"
+STABILITY_TSV = "attribution_stability.tsv"
+ATTRIBUTION_TSV = "attribution_summary.tsv"
+VS_GWAS_TSV = "attribution_vs_gwas.tsv"
+LEGACY_TABLES = ("top_loci.csv", "attribution_stability.csv", "attribution_summary.csv", "attribution_vs_gwas.csv")
+# per-SNP rows: the SNP's columns first, as PLINK 2 names them (the lead SNP of a locus)
+SNP_COLUMNS = {"chrom": "#CHROM", "pos": "POS", "snp": "ID", "ref": "REF", "alt": "ALT"}
+LOCUS_COLUMNS = {"chrom": "#CHROM", "lead_pos": "POS", "lead_snp": "ID", "ref": "REF", "alt": "ALT",
+                 "lead_score": "SCORE", "lead_rank": "RANK", "lead_gwas_p": "GWAS_P"}
 VS_GWAS_PNG = "attribution_vs_gwas.png"
 
 
@@ -277,18 +284,54 @@ def top_table(frame: pd.DataFrame, scores: pd.DataFrame, lead: str, top: int) ->
 
 
 def _write_ranking_tables(run: RunDir, rankings) -> None:
-    """top_loci.csv, attribution_stability.csv, attribution_summary.csv and, where a GWAS
-    was run, attribution_vs_gwas.csv (loci of the GWAS itself as method 'gwas')."""
-    loci = [r for g in rankings for r in g.loci]
-    loci += [r for g in rankings if g.gwas_loci is not None for r in g.gwas_loci.assign(method="gwas")
-             .to_dict("records")]
-    for rows, name in ((loci, LOCI_CSV), ([r for g in rankings for r in g.stability], STABILITY_CSV),
-                       ([r for g in rankings for r in g.summary], ATTRIBUTION_CSV),
-                       ([r for g in rankings for r in g.vs_gwas], VS_GWAS_CSV)):
+    """top_loci.tsv, attribution_stability.tsv, attribution_summary.tsv and, where a GWAS was
+    run, attribution_vs_gwas.tsv (loci of the GWAS itself as method 'gwas'); the .csv tables an
+    older reduce wrote are removed."""
+    loci = [r for g in rankings for r in _with_alleles(g.loci, g.alleles, "lead_snp")]
+    loci += [r for g in rankings if g.gwas_loci is not None
+             for r in _with_alleles(g.gwas_loci.assign(method="gwas").to_dict("records"), g.alleles, "lead_snp")]
+    stability = [r for g in rankings for r in _with_alleles(g.stability, g.alleles, "snp")]
+    for rows, name, lead in ((loci, LOCI_TSV, LOCUS_COLUMNS), (stability, STABILITY_TSV, SNP_COLUMNS),
+                             ([r for g in rankings for r in g.summary], ATTRIBUTION_TSV, {}),
+                             ([r for g in rankings for r in g.vs_gwas], VS_GWAS_TSV, {})):
         if rows:
-            frame = pd.DataFrame(rows)
-            first = [c for c in ("dataset", "method") if c in frame]
-            _write_csv(frame[first + [c for c in frame if c not in first]], run.output(name))
+            _write_tsv(plink_style(pd.DataFrame(rows), lead), run.output(name))
+    for old in LEGACY_TABLES:
+        run.output(old).unlink(missing_ok=True)
+
+
+def _with_alleles(rows: list, alleles: pd.DataFrame | None, key: str) -> list:
+    """``rows`` with the REF and ALT of their SNP (``key``), "" where the store knows none."""
+    if alleles is None:
+        return [{**r, "ref": "", "alt": ""} for r in rows]
+    return [{**r, "ref": alleles.at[r[key], "ref"], "alt": alleles.at[r[key], "alt"]} for r in rows]
+
+
+def plink_style(frame: pd.DataFrame, lead: dict) -> pd.DataFrame:
+    """PLINK 2's conventions: the SNP's columns first under its names (``lead``), the others
+    upper-case; an unknown allele is ".".
+
+    >>> t = pd.DataFrame({"dataset": ["a"], "snp": ["s1"], "chrom": ["1"], "pos": [5], "ref": [""], "alt": ["G"],
+    ...                   "folds_in_top": [3]})
+    >>> list(plink_style(t, SNP_COLUMNS).columns), plink_style(t, SNP_COLUMNS)["REF"].tolist()
+    (['#CHROM', 'POS', 'ID', 'REF', 'ALT', 'DATASET', 'FOLDS_IN_TOP'], ['.'])
+    """
+    first = [c for c in lead if c in frame]
+    out = frame[first + [c for c in frame if c not in lead]].copy()
+    for c in ("ref", "alt"):
+        if c in out:
+            out[c] = out[c].replace("", ".")
+    return out.rename(columns={c: lead.get(c, c.upper()) for c in out.columns})
+
+
+def read_plink_style(path: Path) -> pd.DataFrame:
+    """A table ``plink_style`` wrote, as written ("." read as missing)."""
+    return pd.read_csv(path, sep="\t", dtype={"ID": str, "#CHROM": str, "REF": str, "ALT": str},
+                       keep_default_na=False, na_values=["."])
+
+
+def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep=".", float_format="%.6g"))
 
 
 MIN_GROUP = 5  # lines of a group in a test fold for its within-group PCC to count
