@@ -31,7 +31,7 @@ def test_the_report_is_one_self_contained_file_with_every_part(reported):
     assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing outside the file
     assert "<script" not in page
     assert "fold_pcc_summary.csv" in page and ">ensemble<" in page and ">gblup_dosage<" in page
-    assert "lead_gwas_p" in page  # the loci carry their GWAS p
+    assert ">GWAS_P<" in page  # the loci carry their GWAS p
     assert f"hpcsnp cv {sim_store_path(reported)} --run {reported}" in page
     assert f"hpcsnp reduce --run {reported}" in page and "tensorflow" in page.lower()
 
