@@ -510,8 +510,9 @@ def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, th
 @click.option("--sbatch-args", metavar="TEXT",
               help="With --dry-run: the fold tasks' sbatch options (as HPCSNP_SBATCH_ARGS); their "
                    "--cpus-per-task, --mem and --time are the grant checked.")
-@click.option("--plan-out", type=click.Path(dir_okay=False), hidden=True,
-              help="With --dry-run: write the sized sbatch options and the baseline switch as shell assignments.")
+@click.option("--plan-out", type=click.Path(dir_okay=False, allow_dash=True), hidden=True,
+              help="With --dry-run: write the sized sbatch options and the baseline switch as shell assignments "
+                   "(- : on stdout, after the plan).")
 @progress_option
 @config_options
 @_handle_errors
@@ -581,7 +582,9 @@ def _dry_run(plan, run: Path, cfg, threads, baseline, solver, mem, time_limit, s
                        say=lambda m: click.echo(m, err=True))
     for line in result.lines():
         click.echo(line)
-    if plan_out:
+    if plan_out == "-":  # after the plan: submit.sh keeps the lines that start with preflight_
+        click.echo(result.shell(), nl=False)
+    elif plan_out:
         atomic_write_text(Path(plan_out), result.shell())
     if result.refusals:
         raise InputError("the plan cannot run: " + "; ".join(result.refusals))

@@ -39,22 +39,22 @@ done
 mkdir -p "$run_dir/logs"
 sized=""
 if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
-  hpcsnp_command "$run_dir" "$@"  # the preflight writes its plan into the run directory
-  plan="$run_dir/logs/preflight.sh"
+  hpcsnp_command "$run_dir" "$@"
   no_baseline=""; [ "${HPCSNP_BASELINE:-1}" != 0 ] || no_baseline="--no-baseline"
   # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
-  # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them)
+  # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them).
+  # The plan comes back on stdout (a container need not be able to write the run directory),
+  # followed by its decisions as shell assignments (preflight_sbatch=..., preflight_baseline=...).
+  ok=1
   # shellcheck disable=SC2086
-  if ! "${hpcsnp[@]}" cv "$@" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
-       --sbatch-args "--cpus-per-task=2 ${HPCSNP_SBATCH_ARGS:-}" --plan-out "$plan" ${HPCSNP_TRAIN_ARGS:-} \
-       > "$run_dir/logs/preflight.txt"; then
-    cat "$run_dir/logs/preflight.txt"
-    echo "submit.sh: nothing submitted (the preflight refused the plan; HPCSNP_PREFLIGHT=0 skips it)" >&2
+  plan="$("${hpcsnp[@]}" cv "$@" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
+       --sbatch-args "--cpus-per-task=2 ${HPCSNP_SBATCH_ARGS:-}" --plan-out - ${HPCSNP_TRAIN_ARGS:-})" || ok=0
+  grep -v '^preflight_' <<<"$plan" | tee "$run_dir/logs/preflight.txt"
+  if [ "$ok" = 0 ]; then
+    echo "submit.sh: nothing submitted (the preflight refused the plan or failed, see above; HPCSNP_PREFLIGHT=0 skips it)" >&2
     exit 2
   fi
-  cat "$run_dir/logs/preflight.txt"
-  # shellcheck source=/dev/null
-  . "$plan"
+  eval "$(grep '^preflight_' <<<"$plan")"
   sized="${preflight_sbatch:-}"
   if [ "${preflight_baseline:-1}" = 0 ]; then export HPCSNP_BASELINE=0; fi
 fi
