@@ -308,16 +308,17 @@ def _with_alleles(rows: list, alleles: pd.DataFrame | None, key: str) -> list:
 
 
 def plink_style(frame: pd.DataFrame, lead: dict) -> pd.DataFrame:
-    """PLINK 2's conventions: the SNP's columns first under its names (``lead``), the others
-    upper-case; an unknown allele is ".".
+    """PLINK 2's conventions: the SNP's columns first under its names (``lead`` maps ours to
+    PLINK 2's), then the data set and method, the others upper-case; an unknown allele is ".".
 
     >>> t = pd.DataFrame({"dataset": ["a"], "snp": ["s1"], "chrom": ["1"], "pos": [5], "ref": [""], "alt": ["G"],
     ...                   "folds_in_top": [3]})
     >>> list(plink_style(t, SNP_COLUMNS).columns), plink_style(t, SNP_COLUMNS)["REF"].tolist()
     (['#CHROM', 'POS', 'ID', 'REF', 'ALT', 'DATASET', 'FOLDS_IN_TOP'], ['.'])
     """
-    first = [c for c in lead if c in frame]
-    out = frame[first + [c for c in frame if c not in lead]].copy()
+    ident = [c for c in lead if c in frame and lead[c] in SNP_COLUMNS.values()]
+    front = [c for c in ("dataset", "method") if c in frame]
+    out = frame[ident + front + [c for c in frame if c not in ident and c not in front]].copy()
     for c in ("ref", "alt"):
         if c in out:
             out[c] = out[c].replace("", ".")
