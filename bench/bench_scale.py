@@ -21,8 +21,6 @@ Writes DIR/scale.json (steps) and prints a Markdown table.
 """
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,14 +49,10 @@ print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter
 
 def timed(cmd, log: Path, env=None) -> dict:
     """Run ``cmd``; wall seconds, peak RSS (GB) and exit status, from wait4's rusage."""
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
-            "rc": proc.returncode, "log": str(log)}
+    from hpcsnp.run.preflight import run_timed
+
+    seconds, rss, rc = run_timed(cmd, log, env)
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(rss / 2**30, 2), "rc": rc, "log": str(log)}
 
 
 def hpcsnp(*args):

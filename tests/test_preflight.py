@@ -71,7 +71,7 @@ def test_the_probe_is_whole_chunks_of_rows_copied_exactly_with_every_fold(make_s
 
 def test_the_epochs_come_from_the_runs_finished_folds_when_there_are_any(make_store, tmp_path):
     store = open_store(make_store()[0])
-    cnn = CnnProbe(step_s=0.1, predict_line_s=0.001, attribution_line_s=0.002, startup_s=5.0, rss_base=5e8, lines=240)
+    cnn = CnnProbe(step_s=0.1, predict_line_s=0.001, attribution_line_s=0.002, startup_s=5.0, rss_base=5e8)
     cfg = Config(batch_size=16, refit=False, n_models=1, patience_steps=0, patience=5)
     assumed = _store_plan(store, "sim", cfg, cnn, tmp_path / "run")
     assert assumed.epochs == 35 and assumed.epochs_source.startswith("assumed")

@@ -191,7 +191,7 @@ def write_probe_store(store, rows: np.ndarray, out: Path):
                        contigs=list(store.contig), positions=list(store.position), alleles=alleles)
 
 
-def _timed(cmd, log: Path, env=None) -> tuple[float, float, int]:
+def run_timed(cmd, log: Path, env=None) -> tuple[float, float, int]:
     """Run ``cmd``: (wall seconds, peak RSS bytes, exit status), from wait4's rusage."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -207,7 +207,7 @@ def _hpcsnp(*args):
 
 def _run_probe(cmd, work: Path, what: str) -> tuple[float, float]:
     log = work / f"{what}.log"
-    wall, rss, rc = _timed(cmd, log)
+    wall, rss, rc = run_timed(cmd, log)
     if rc != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise InputError(f"the preflight's {what} failed (exit {rc}): " + " | ".join(tail))
@@ -225,7 +225,6 @@ class CnnProbe:
     attribution_line_s: float
     startup_s: float
     rss_base: float
-    lines: int
 
 
 def probe_cnn(probe_store: Path, cfg, cpus: int, work: Path) -> CnnProbe:
@@ -250,11 +249,10 @@ def probe_cnn(probe_store: Path, cfg, cpus: int, work: Path) -> CnnProbe:
     steps = min(PROBE_STEPS, -(-m["n_train"] // cfg.batch_size))
     step_s = max(steady - m["n_val"] * predict_s, 0.25 * steady) / steps
     attribution = sum(m.get("attribution_seconds", {}).values()) or m.get("saliency_seconds", 0.0)
-    cached = m["n_train"] + m["n_val"] + m["n_test"]
-    cached_bytes = store.n_samples * store.n_variants if should_cache(cfg, cached, store.n_variants) else 0
+    lines = m["n_train"] + m["n_val"] + m["n_test"]
+    cached_bytes = store.n_samples * store.n_variants if should_cache(cfg, lines, store.n_variants) else 0
     return CnnProbe(step_s=step_s, predict_line_s=predict_s, attribution_line_s=attribution / store.n_samples,
-                    startup_s=max(wall - m["total_seconds"], 0.0), rss_base=rss - cached_bytes,
-                    lines=store.n_samples)
+                    startup_s=max(wall - m["total_seconds"], 0.0), rss_base=rss - cached_bytes)
 
 
 def probe_exact_baseline(probe_store: Path, store, cpus: int, work: Path) -> float:
