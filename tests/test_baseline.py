@@ -282,9 +282,11 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
 
     val_mse = {t: np.mean((direct(fit[inner[0]], fit[inner[1]], t) - y[fit[inner[1]]]) ** 2) for t in RKHS_THETAS}
     theta = min(val_mse, key=val_mse.get)
-    assert info["theta"] == theta
-    np.testing.assert_allclose([info["val_mse_by_theta"][str(t)] for t in RKHS_THETAS],
-                               [val_mse[t] for t in RKHS_THETAS], rtol=1e-6)
+    assert info["theta"] == theta  # the grid's minimum (here at its end: the walk went all the way)
+    tried = [float(t) for t in info["val_mse_by_theta"]]
+    assert theta in tried and len(tried) < len(RKHS_THETAS)  # the walk skipped what lay uphill
+    np.testing.assert_allclose([info["val_mse_by_theta"][str(t)] for t in tried], [val_mse[t] for t in tried],
+                               rtol=1e-6)
     np.testing.assert_allclose(val_pred, direct(fit[inner[0]], fit[inner[1]], theta), rtol=1e-6)
     np.testing.assert_allclose(pred, direct(fit, test, theta), rtol=1e-6)
 
@@ -314,6 +316,40 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
     np.testing.assert_allclose(val_pred, single["onehot"][1], rtol=1e-12)
     mismatches = (g[fit][:, None, :] != g[fit][None, :, :]).sum(-1)
     assert info["distance_scale"] == pytest.approx(np.median(2 * mismatches[np.triu_indices(len(fit), 1)]))
+
+
+def test_the_narrow_kernel_reuses_the_fits_of_the_wide_one(monkeypatch):
+    """rkhs_local after rkhs in one fold: the same predictions as computed alone, without
+    refitting a (distance, theta) the wide kernel's walk already fitted."""
+    import hpcsnp.linear.baseline as bl
+
+    rng = np.random.default_rng(8)
+    n, p = 110, 50
+    g = rng.integers(0, 3, size=(n, p)).astype(np.int8)
+    g[rng.random(g.shape) < 0.05] = -1
+    y = (g[:, 2] == 1) * 2.0 + g[:, 5] * g[:, 6] * 0.7 + rng.normal(0, 0.4, n)  # narrow-kernel signal
+    fit, test, inner = np.arange(90), np.arange(90, n), (np.arange(70), np.arange(70, 90))
+    grams = {e: bl.gram_matrix(g, e)[0] for e in ("dosage", "onehot")}
+    fits_made = []
+    real = bl.gblup_kernel_predict
+    monkeypatch.setattr(bl, "gblup_kernel_predict", lambda *a, **k: fits_made.append(1) or real(*a, **k))
+
+    def load(e):
+        return grams[e].copy()
+    alone = bl.rkhs_choose(load, y, fit, inner, test, thetas=bl.RKHS_LOCAL_THETAS)
+    n_alone = len(fits_made)
+    shared = bl.RKHSFits()
+    wide = bl.rkhs_choose(load, y, fit, inner, test, fits=shared)
+    reusable = sum((d, bl.RKHS_LOCAL_THETAS[0]) in shared.val for d in bl.RKHS_DISTANCES)
+    assert reusable  # the walk went up to the narrow width here
+    fits_made.clear()
+    narrow = bl.rkhs_choose(load, y, fit, inner, test, thetas=bl.RKHS_LOCAL_THETAS, fits=shared)
+    same_refit = (wide.info["distance"], wide.info["theta"]) == (narrow.info["distance"], narrow.info["theta"])
+    assert n_alone == len(bl.RKHS_DISTANCES) + 1  # a validation fit per distance, one refit
+    assert len(fits_made) == n_alone - reusable - same_refit
+    np.testing.assert_array_equal(narrow.pred, alone.pred)
+    np.testing.assert_array_equal(narrow.val_pred, alone.val_pred)
+    assert narrow.info == alone.info
 
 
 def test_gram_cache_is_reused_and_redone_for_a_changed_store(sim_store, tmp_path):

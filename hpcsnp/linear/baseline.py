@@ -372,50 +372,110 @@ def rkhs_fit_predict(G: np.ndarray, y: np.ndarray, fit_rows, inner, test_rows,
     fitting samples.  A GBLUP whose kernel also captures non-additive similarity (Gianola &
     van Kaam 2008; Perez & de los Campos 2014).  The bandwidth theta is chosen from
     ``thetas`` by the validation fold's MSE, each fitted on the training folds alone (REML
-    delta per theta); those validation predictions are the ones returned for the ensemble.
-    Then refitted with that theta on training + validation (REML again) and the test rows
-    predicted."""
+    delta per theta; the grid walked downhill from its middle, see _rkhs_select); those
+    validation predictions are the ones returned for the ensemble.  Then refitted with that
+    theta on training + validation (REML again) and the test rows predicted."""
     D2 = squared_distances(G)
     return _rkhs_refit(D2, y, fit_rows, test_rows, _rkhs_select(D2, y, fit_rows, inner, thetas))
 
 
+class RKHSFits:
+    """The fits one fold's kernels share: the validation fit of every (distance, theta) tried
+    and the refit of every (distance, theta) chosen.  The wide kernel's grid includes the
+    narrow kernel's theta, so ``rkhs_local`` reads what ``rkhs`` computed where its walk
+    went that far: the same numbers, fewer O(n^3) REML fits."""
+
+    def __init__(self):
+        self.val: dict = {}  # (distance, theta) -> (validation MSE, validation predictions)
+        self.refit: dict = {}  # (distance, theta) -> ValidatedPrediction
+
+
 def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=RKHS_DISTANCES,
-                thetas=RKHS_THETAS) -> ValidatedPrediction:
+                thetas=RKHS_THETAS, fits: RKHSFits | None = None) -> ValidatedPrediction:
     """RKHS with the distance (dosage or one-hot codes, whose missing category keeps missing
     calls apart instead of filling them with a mean) and the bandwidth chosen together by the
     validation fold's MSE; ``load_gram(encoding)`` gives that encoding's Gram matrix (each is
     overwritten, and loaded again for the refit).  As rkhs_fit_predict otherwise; info also
-    has ``distance`` and the validation MSE of every (distance, theta)."""
+    has ``distance`` and the validation MSE of every (distance, theta) tried.  ``fits``: fits
+    of the same fold to reuse and add to (RKHSFits)."""
+    fits = fits or RKHSFits()
     best, by_distance = None, {}
     for d in distances:
-        choice = _rkhs_select(squared_distances(load_gram(d)), y, fit_rows, inner, thetas)
+        choice = _rkhs_select(squared_distances(load_gram(d)), y, fit_rows, inner, thetas,
+                              {t: v for (e, t), v in fits.val.items() if e == d})
+        fits.val.update({(d, t): v for t, v in choice.pop("fits").items()})
         by_distance[d] = choice["val_mse_by_theta"]
         if best is None or choice["val_mse"] < best[1]["val_mse"]:
             best = (d, choice)
     d, choice = best
-    pred, val_pred, info = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice)
-    return ValidatedPrediction(pred, val_pred, {"kernel": "gaussian", "distance": d,
-                                                **{k: v for k, v in info.items() if k != "kernel"},
-                                                "val_mse_by_distance": by_distance})
+    key = (d, choice["theta"])
+    if key not in fits.refit:
+        fits.refit[key] = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice)
+    pred, _, info = fits.refit[key]
+    return ValidatedPrediction(pred, choice["val_pred"], {
+        "kernel": "gaussian", "distance": d,
+        **{k: v for k, v in info.items() if k not in ("kernel", "val_mse_by_theta")},
+        "val_mse_by_theta": choice["val_mse_by_theta"], "val_mse_by_distance": by_distance})
 
 
-def _rkhs_select(D2, y, fit_rows, inner, thetas) -> dict:
-    """theta by the validation MSE of fits on the training folds alone; D2: squared distances."""
+def grid_descent(n: int, f, start: int) -> int:
+    """The index of f's smallest value on 0..n-1, walking downhill from ``start``: first
+    toward lower indices, else toward higher, while f decreases.  The grid's minimum when f is
+    unimodal on it (descending, then ascending), in 3-4 evaluations instead of n; f is
+    evaluated once per index visited.
+
+    >>> calls = []
+    >>> def f(i):
+    ...     calls.append(i)
+    ...     return (i - 1) ** 2
+    >>> grid_descent(6, f, 3), calls
+    (1, [3, 2, 1, 0])
+    >>> calls.clear(); grid_descent(6, f, 0), calls
+    (1, [0, 1, 2])
+    """
+    best, f_best = start, f(start)
+    for step in (-1, 1):
+        i, moved = best + step, False
+        while 0 <= i < n:
+            f_i = f(i)
+            if not f_i < f_best:
+                break
+            best, f_best, moved = i, f_i, True
+            i += step
+        if moved:
+            break
+    return best
+
+
+def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None) -> dict:
+    """theta by the validation MSE of fits on the training folds alone; D2: squared distances.
+    The grid is walked downhill from its middle (grid_descent), not fitted whole: 3-4 of its
+    6 REML fits, and the narrow kernel (rkhs_local) reuses the narrowest width's fit when the
+    walk went there.  It finds the grid's minimum wherever the MSE falls, then rises, along
+    the grid; on a flat curve with a second dip it can stop short of it (bench/RESULTS.md,
+    "The whole default CV, profiled").  ``done``: theta -> (validation MSE, predictions)
+    of fits already made; the result's ``fits`` holds every fit, made or reused."""
     fit_rows = np.asarray(fit_rows)
     sub = D2[np.ix_(fit_rows, fit_rows)]
     scale = float(np.median(sub[np.triu_indices(len(fit_rows), 1)])) or 1.0
     del sub
     train, val = fit_rows[inner[0]], fit_rows[inner[1]]
-    val_mse, best = {}, None
-    for theta in thetas:
-        K = np.exp(D2[np.ix_(train, train)] * (-theta / scale))
-        K_val = np.exp(D2[np.ix_(val, train)] * (-theta / scale))
-        p = gblup_kernel_predict(K, y[train], K_val, overwrite=True).pred
-        val_mse[theta] = float(np.mean((p - y[val]) ** 2))
-        if best is None or val_mse[theta] < val_mse[best[0]]:
-            best = (theta, p)
-    return {"theta": best[0], "val_pred": best[1], "val_mse": val_mse[best[0]], "scale": scale,
-            "val_mse_by_theta": {str(k): v for k, v in val_mse.items()}}
+    fits = dict(done or {})
+    grid = sorted(thetas)
+
+    def val_mse(i):
+        theta = grid[i]
+        if theta not in fits:
+            K = np.exp(D2[np.ix_(train, train)] * (-theta / scale))
+            K_val = np.exp(D2[np.ix_(val, train)] * (-theta / scale))
+            p = gblup_kernel_predict(K, y[train], K_val, overwrite=True).pred
+            fits[theta] = (float(np.mean((p - y[val]) ** 2)), p)
+        return fits[theta][0]
+
+    theta = grid[grid_descent(len(grid), val_mse, (len(grid) - 1) // 2)]
+    tried = {t: fits[t][0] for t in grid if t in fits}
+    return {"theta": theta, "val_pred": fits[theta][1], "val_mse": fits[theta][0], "scale": scale,
+            "val_mse_by_theta": {str(k): v for k, v in tried.items()}, "fits": fits}
 
 
 def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict) -> ValidatedPrediction:
@@ -471,6 +531,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     # validation-fold predictions from a fit on the training folds alone: what `reduce`
     # chooses the ensemble weights on
     inner = (np.flatnonzero(~np.isin(fit_rows, split.val)), np.flatnonzero(np.isin(fit_rows, split.val)))
+    rkhs_fits = RKHSFits()  # what the two kernels share
     for enc in encodings:
         final = run.baseline(dataset, enc, fold)
         if (final / METRICS_JSON).exists() and not force:
@@ -486,7 +547,8 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                 gram_s += seconds
                 return G
 
-            pred, val_pred, info = rkhs_choose(load_gram, y, fit_rows, inner, split.test, thetas=KERNEL_KINDS[enc])
+            pred, val_pred, info = rkhs_choose(load_gram, y, fit_rows, inner, split.test, thetas=KERNEL_KINDS[enc],
+                                               fits=rkhs_fits)
         elif solver == "scalable":
             gram_s = 0.0
             pred, val_pred, info = scalable_fold(store, enc, y, fit_rows, inner, split.test)
