@@ -125,7 +125,7 @@ HELP_SECTIONS = {
                  "lr_decay_steps", "dropout", "mask_rate", "refit", "n_models", "seed", "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
-    "Speed and memory (results unchanged)": ("fuse_convolutions", "bf16_step", "step_activation_mb",
+    "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb",
                                              "steps_per_epoch", "cache", "cache_limit_mb"),
 }
 
@@ -238,8 +238,9 @@ def config_options(fn):
                           "--no-fuse runs every layer as Keras does."),
         click.option("--bf16/--no-bf16", "bf16_step", default=None,
                      help="Compute the fused training step in bfloat16 (weights, optimiser, prediction "
-                          "and saliency stay float32): ~1.7x faster steps on a CPU with AVX512-BF16 (measured); "
-                          "where bfloat16 is emulated it may be slower [off]."),
+                          "and saliency stay float32): ~1.7x faster steps on a CPU with AVX512-BF16 or AMX "
+                          "(measured); where bfloat16 is emulated it is slower [auto: on where the CPU has "
+                          "bfloat16 arithmetic, which metrics.json records as bf16]."),
         click.option("--step-activation-mb", type=click.IntRange(min=1),
                      help=f"Split a training batch into micro-batches (gradients accumulated: the same "
                           f"update) when one activation tensor would exceed this many MiB; bounds memory "

@@ -106,7 +106,10 @@ class Config:
     # hundred lines varies with its seed as much as it learns, and such folds train fast
     n_models: int = 0
     fuse_convolutions: bool = True  # train through fused.TrainingForward (same function, fewer FLOPs)
-    bf16_step: bool = False  # training step's convolutions and dense layer in bfloat16 (float32 weights)
+    # the training step's convolutions and dense layer in bfloat16 (float32 weights, optimiser,
+    # prediction and saliency): True, False, or "auto" = where the CPU has bfloat16 arithmetic
+    # (resources.native_bfloat16; emulated bfloat16 is slower than float32)
+    bf16_step: bool | str = "auto"
     # saliency (docs/method.md, Saliency)
     saliency_dropout: bool = False  # True = dropout active, as the dualCNN code did
     # comma-separated: saliency (always computed), smoothgrad, ig, marginal; with marginal the loci
@@ -160,6 +163,8 @@ class Config:
             problems.append(f"l2_dense must be >= 0, got {self.l2_dense}")
         if self.adam_epsilon <= 0:
             problems.append(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
+        if self.bf16_step not in (True, False, "auto"):
+            problems.append(f"bf16_step must be true, false or \"auto\", got {self.bf16_step!r}")
         if self.cache not in ("auto", "always", "never"):
             problems.append(f"cache must be auto, always or never, got {self.cache!r}")
         if problems:
@@ -172,14 +177,28 @@ class Config:
         ['--bf16 ignored with --no-fuse (it computes the fused training step in bfloat16)']
         """
         out = []
-        if self.bf16_step and not self.fuse_convolutions:
+        if self.bf16_step is True and not self.fuse_convolutions:
             out.append("--bf16 ignored with --no-fuse (it computes the fused training step in bfloat16)")
-        elif self.bf16_step and self.activation != "linear":
+        elif self.bf16_step is True and self.activation != "linear":
             out.append(f"--bf16 ignored with --activation {self.activation} (the fused training step it computes "
                        "composes linear convolutions)")
         if self.cache != "auto" and self.cache_limit_mb != Config.cache_limit_mb:
             out.append(f"--cache-limit-mb ignored with --cache {self.cache}")
         return out
+
+    def bf16(self) -> bool:
+        """Whether the training step computes in bfloat16 here: ``bf16_step``, with "auto"
+        resolved by this machine's CPU; only the fused step with linear convolutions has a
+        bfloat16 version.
+
+        >>> Config(bf16_step=True).bf16(), Config(bf16_step=False).bf16(), Config(bf16_step=True, fuse_convolutions=False).bf16()
+        (True, False, False)
+        """
+        from hpcsnp.resources import native_bfloat16
+
+        if not self.fuse_convolutions or self.activation != "linear" or self.bf16_step is False:
+            return False
+        return self.bf16_step is True or native_bfloat16()
 
     def attribution_methods(self) -> list[str]:
         """The attributions a fold computes: saliency first, then the others.

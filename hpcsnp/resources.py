@@ -231,6 +231,26 @@ class native_stderr_captured:
         return False
 
 
+def native_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16: Intel
+    Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later); elsewhere TensorFlow emulates
+    it and a bfloat16 step is slower than float32.
+
+    >>> native_bfloat16("flags : fpu avx512f avx512_bf16"), native_bfloat16("flags : fpu avx2"), native_bfloat16("")
+    (True, False, False)
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 def provenance() -> dict:
     """Where and with what a step ran; goes into every output's metadata."""
     import platform

@@ -130,7 +130,7 @@ def test_train_and_cv_help_group_the_settings():
         out = run_cli(verb, "--help").stdout
         heads = [line for line in out.splitlines() if line and not line.startswith(" ")]
         assert heads[1:] == ["Options:", "Settings as a whole:", "Training:", "Model:", "Attribution:",
-                             "Speed and memory (results unchanged):"], heads
+                             "Speed and memory:"], heads
         training = out.split("Training:")[1].split("Model:")[0]
         assert "--epochs" in training and "--models-per-fold" in training and "--genotype-basis" not in training
         assert "--genotype-basis" in out.split("Model:")[1].split("Attribution:")[0]

@@ -300,6 +300,24 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5)
 
 
+@pytest.mark.fast
+def test_bf16_auto_follows_the_cpu_and_explicit_settings_win(monkeypatch):
+    """bf16_step "auto" (the default) trains in bfloat16 exactly where the CPU computes it;
+    True / False override the CPU; anything else is refused."""
+    import hpcsnp.resources as res
+    from hpcsnp.config import Config
+    from hpcsnp.errors import InputError
+
+    assert Config().bf16_step == "auto"
+    for native in (True, False):
+        monkeypatch.setattr(res, "native_bfloat16", lambda native=native: native)
+        assert Config().bf16() is native
+        assert Config(bf16_step=True).bf16() is True and Config(bf16_step=False).bf16() is False
+        assert Config(fuse_convolutions=False).bf16() is False  # only the fused step has a bfloat16 version
+    with pytest.raises(InputError, match="bf16_step"):
+        Config(bf16_step="yes")
+
+
 def test_bf16_step_computes_in_bfloat16_and_predicts_in_float32():
     """--bf16: the training call runs in bfloat16 (so it differs from float32 at bfloat16's
     precision, not more) and hands float32 outputs and gradients to the float32 weights;

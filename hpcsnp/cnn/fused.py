@@ -140,7 +140,7 @@ class TrainingForward:
         self.l2, self.r2 = _same_pads(k2)
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
         self.fused = model.input.shape[1] >= 2 * self.span
-        self.train_dtype = tf.bfloat16 if getattr(cfg, "bf16_step", False) else tf.float32
+        self.train_dtype = tf.bfloat16 if cfg.bf16() else tf.float32
 
     @staticmethod
     def _conv(x, kernel, bias, padding="SAME"):
