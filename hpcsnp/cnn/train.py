@@ -149,7 +149,10 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         truth = store.phenotype[test_rows]
         metrics["seed_runs"] = [{"seed": m.seed, "pcc": regression_metrics(truth, m.test_pred)["pcc"],
                                  "epochs": m.state["epoch"], "best_epoch": m.state["best_epoch"],
-                                 "seconds": training_seconds(m.state)} for m in members]
+                                 "seconds": training_seconds(m.state),
+                                 # of which the refit (its epochs): what a profile of the fold splits
+                                 "refit_seconds": (m.state.get("refit") or {}).get("seconds", 0.0),
+                                 "refit_epochs": (m.state.get("refit") or {}).get("epochs", 0)} for m in members]
     out.metrics(metrics)
     for m in members:
         (m.dir / MEMBER_FILE).unlink(missing_ok=True)
@@ -475,6 +478,7 @@ def fold_record(dataset: str, split, store, cfg, first: Member, n_threads: int, 
         "saliency_n": sal_n, "cached": should_cache(cfg, len(split.train) + len(split.val) + len(split.test),
                                                     store.n_variants),
         "threads": n_threads,
+        "bf16": cfg.bf16(),  # the training step computed in bfloat16 (bf16_step, "auto" resolved here)
         **_throughput(state, passes, store.n_variants, cfg),
         "train_cpu_utilisation": fit["cpu_utilisation"],
         "patience_epochs": fit["patience_epochs"], "lr_patience_epochs": fit["lr_patience_epochs"],
