@@ -123,6 +123,8 @@ def main():
     ap.add_argument("--reference-folds", default="1,2", help="folds the reference runs [1,2]")
     ap.add_argument("--reference", default=str(ROOT.parent / "shared" / "bench" / "seed_reference.py"))
     ap.add_argument("--skip-reference", action="store_true", help="hpcsnp only (no ratios)")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="the reference alone, into a --work DIR whose hpcsnp part has finished")
     ap.add_argument("--work", default=None)
     ap.add_argument("--analyse", metavar="DIR", help="print the tables of a finished DIR; runs nothing")
     ap.add_argument("--cv-seconds", type=float, help="with --analyse: cv's wall time, where DIR has no timings.json")
@@ -136,8 +138,25 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     names = a.datasets.split(",")
     files = {n: Path(a.data_dir) / f"{n}.tsv.gz" for n in names}
-    py = sys.executable
     print(f"work dir {work}; hpcsnp cv options: {' '.join(extra) or '(defaults)'}", flush=True)
+    if not a.skip_reference and not Path(a.reference).exists():
+        sys.exit(f"the reference {a.reference} does not exist: give --reference PATH, or --skip-reference")
+    if a.reference_only:
+        timings = json.loads((work / TIMINGS).read_text())
+    else:
+        timings = run_hpcsnp(work, names, files, extra)
+    if not a.skip_reference:
+        data = zscored_copy(Path(a.data_dir) / f"{a.reference_data}.tsv.gz", work / f"{a.reference_data}_z.tsv")
+        ref = run_reference(a.reference, data, [int(f) for f in a.reference_folds.split(",")], work)
+        timings["reference"] = {"data": a.reference_data, "folds": {str(k): v for k, v in ref.items()},
+                                "date": time.strftime("%Y-%m-%d %H:%M")}
+        (work / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
+    analyse(work, a.flops_per_cycle)
+
+
+def run_hpcsnp(work: Path, names: list[str], files: dict, extra: list[str]) -> dict:
+    """Ingest every file and run `hpcsnp cv` of all of them; their times (also in timings.json)."""
+    py = sys.executable
     timings = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().nodename, "cv_options": extra,
                "ingest": {}}
     for n, f in files.items():
@@ -148,12 +167,7 @@ def main():
     timings.update(cv_seconds=cv_s, cv_rss_mb=cv_rss)
     print(f"hpcsnp cv: {cv_s:.0f}s wall", flush=True)
     (work / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
-    if not a.skip_reference:
-        data = zscored_copy(Path(a.data_dir) / f"{a.reference_data}.tsv.gz", work / f"{a.reference_data}_z.tsv")
-        ref = run_reference(a.reference, data, [int(f) for f in a.reference_folds.split(",")], work)
-        timings["reference"] = {"data": a.reference_data, "folds": {str(k): v for k, v in ref.items()}}
-        (work / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
-    analyse(work, a.flops_per_cycle)
+    return timings
 
 
 def fold_profile(run: Path, names: list[str]) -> pd.DataFrame:

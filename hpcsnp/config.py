@@ -191,8 +191,10 @@ class Config:
         resolved by this machine's CPU; only the fused step with linear convolutions has a
         bfloat16 version.
 
-        >>> Config(bf16_step=True).bf16(), Config(bf16_step=False).bf16(), Config(bf16_step=True, fuse_convolutions=False).bf16()
-        (True, False, False)
+        >>> Config(bf16_step=True).bf16(), Config(bf16_step=False).bf16()
+        (True, False)
+        >>> Config(bf16_step=True, fuse_convolutions=False).bf16()
+        False
         """
         from hpcsnp.resources import native_bfloat16
 
