@@ -92,7 +92,10 @@ def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels, b
     from hpcsnp.config import Config
 
     k1, k2, ks, k3 = kernels
-    cfg = Config(dropout=0.0, kernel_1=k1, kernel_2=k2, kernel_shortcut=ks, kernel_3=k3, genotype_basis=basis)
+    # float32 (bf16_step "auto" would compute in bfloat16 on CPUs that have it): the function
+    # itself is compared, not bfloat16's rounding (test_bf16_step_... covers that)
+    cfg = Config(dropout=0.0, kernel_1=k1, kernel_2=k2, kernel_shortcut=ks, kernel_3=k3, genotype_basis=basis,
+                 bf16_step=False)
     keras.utils.set_random_seed(1)
     m = build_model(n_snps, cfg)
     for v in m.trainable_variables:  # non-trivial biases too
@@ -265,7 +268,7 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
     from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
 
-    cfg = Config(dropout=0.25)
+    cfg = Config(dropout=0.25, bf16_step=False)  # float32: the function, not bfloat16's rounding
     keras.utils.set_random_seed(4)
     m = build_model(n_snps, cfg, np.random.default_rng(1).uniform(-1, 1, n_snps))  # missing calls mean-filled
     for v in m.trainable_variables:
@@ -366,7 +369,7 @@ def test_micro_batches_give_the_whole_batch_update():
     from hpcsnp.cnn.steps import _accumulating_step
     from hpcsnp.config import Config
 
-    cfg = Config(dropout=0.0)
+    cfg = Config(dropout=0.0, bf16_step=False)  # float32: the same update, not bfloat16's rounding of it
     keras.utils.set_random_seed(3)
     m = build_model(120, cfg)
     f = TrainingForward(m, cfg)
