@@ -125,8 +125,8 @@ HELP_SECTIONS = {
                  "lr_decay_steps", "dropout", "mask_rate", "refit", "n_models", "seed", "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
-    "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb",
-                                             "steps_per_epoch", "cache", "cache_limit_mb"),
+    "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb", "steps_per_epoch", "cache",
+                         "cache_limit_mb"),
 }
 
 
