@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +46,25 @@ TIMINGS = "timings.json"
 REF_LINE = re.compile(r"fold=(\d+) pcc=([-\d.na]+) epochs=(\d+) train_s=([\d.]+) saliency_s=([\d.]+)")
 
 
-def timed(cmd, env=None, log=None, cpu=None, check=True):
-    """Wall seconds, peak RSS (MB, largest process of the tree, GNU time) and stdout of a
-    command; ``cpu``: pin it to that core."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", *map(str, cmd)], stdout=subprocess.PIPE,
+def _start(cmd, env=None, cpu=None):
+    """The command under GNU time (peak RSS on stderr's last line); ``cpu``: pinned to that core."""
+    return subprocess.Popen(["/usr/bin/time", "-f", "%M", *map(str, cmd)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
-    return _finish(proc, t0, cmd, log, check)
 
 
-def _finish(proc, t0, cmd, log, check):
+def timed(cmd, env=None, log=None):
+    """Wall seconds, peak RSS (MB, largest process of the tree, GNU time) and stdout of a command."""
+    t0 = time.perf_counter()
+    return _finish(_start(cmd, env), t0, cmd, log)
+
+
+def _finish(proc, t0, cmd, log):
     out, err = proc.communicate()
     seconds = time.perf_counter() - t0
     if log:
         Path(log).write_text(out + err)
-    if proc.returncode != 0 and check:
+    if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-3000:]}")
     rss = int(err.strip().splitlines()[-1]) / 1024
     return seconds, rss, out
@@ -96,15 +100,13 @@ def run_reference(script: str, data: Path, folds: list[int], work: Path) -> dict
     out, todo = {}, list(folds)
     while todo:
         batch, todo = todo[:len(cpus)], todo[len(cpus):]
-        procs = []
-        for cpu, f in zip(cpus, batch):
-            cmd = [sys.executable, script, data, "--folds", f]
-            proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", *map(str, cmd)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env,
-                                    preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c}))
-            procs.append((f, cmd, proc, time.perf_counter()))
-        for f, cmd, proc, t0 in procs:
-            wall, rss, text = _finish(proc, t0, cmd, work / f"reference_fold{f}.log", True)
+        cmds = {f: [sys.executable, script, data, "--folds", f] for f in batch}
+        t0 = time.perf_counter()
+        procs = {f: _start(cmds[f], env, cpu) for cpu, f in zip(cpus, batch)}
+        with ThreadPoolExecutor(len(procs)) as pool:  # each fold's wall time ends when it does
+            done = {f: pool.submit(_finish, p, t0, cmds[f], work / f"reference_fold{f}.log") for f, p in procs.items()}
+        for f, fut in done.items():
+            wall, rss, text = fut.result()
             for m in REF_LINE.findall(text):
                 out[int(m[0])] = dict(pcc=float(m[1]), epochs=int(m[2]), train=float(m[3]), sal=float(m[4]),
                                       wall=wall, rss=rss)
