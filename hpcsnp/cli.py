@@ -145,6 +145,18 @@ class SectionedCommand(click.Command):
                 with formatter.section(title):
                     formatter.write_dl(groups[title])
 
+
+
+def trait_options(fn):
+    """--pheno TABLE --trait NAME: another trait of the store's lines (hpcsnp/traits.py)."""
+    fn = click.option("--trait", help="Trait column of --pheno [its second column]; a run's data set is then "
+                                      "named <store>.<trait>.")(fn)
+    return click.option("--pheno", type=click.Path(exists=True, dir_okay=False),
+                        help="Phenotype table (first column the store's sample ids, a column per trait; tab or "
+                             "comma separated) whose --trait replaces the store's phenotype; lines without a "
+                             "value are left out of every fold.")(fn)
+
+
 run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False), help="Run directory.")
 
 
@@ -415,10 +427,11 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
 @click.option("--dataset", "--name", "name",
               help="Data-set name in the run [the store's name without .zarr]; letters, digits, '.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo a finished fold.")
+@trait_options
 @threads_option
 @config_options
 @_handle_errors
-def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
+def train(store, fold, run_dir, name, force, pheno, trait, threads, config_path, **hyper):
     """Train, evaluate and explain one fold of one store.
 
     Writes RUN/<name>/fold_<i>/ (model.keras, predictions.csv, metrics.json,
@@ -438,7 +451,7 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
     cfg = _build_config(config_path, **hyper) if _explicit(config_path, **hyper) else None
     from hpcsnp.cnn.train import train_fold
 
-    result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n)
+    result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n, trait=trait, pheno=pheno)
     m = result.metrics
     click.echo(f"{result.dataset}\tfold {fold}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}\tmae {m['mae']:.4g}"
                f"\t{result.path}")
@@ -458,11 +471,12 @@ def train(store, fold, run_dir, name, force, threads, config_path, **hyper):
 @click.option("--dataset", "--name", "name",
               help="Data-set name in the run [the store's name without .zarr]; letters, digits, '.', '_', '-'.")
 @click.option("-f", "--force", is_flag=True, help="Redo finished folds.")
+@trait_options
 @solver_option
 @scheduler_option
 @threads_option
 @_handle_errors
-def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, threads):
+def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, solver, scheduler, threads):
     """Baselines on the same folds: GBLUP/rrBLUP with REML shrinkage, and RKHS.
 
     Fitted on the training and validation folds, evaluated on the test fold;
@@ -481,7 +495,8 @@ def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, th
     k = open_store(store).n_folds
     for i in folds or range(1, k + 1):
         with dask_context(scheduler, threads):
-            fitted = baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force, solver=solver)
+            fitted = baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force, solver=solver,
+                                   trait=trait, pheno=pheno)
         for m in fitted:
             click.echo(f"{m['dataset']}\tfold {i}\t{m['model']}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}"
                        f"\tmae {m['mae']:.4g}")
@@ -501,6 +516,12 @@ def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, th
 @click.option("--dataset", "--name", "names", multiple=True,
               help="Data-set name of each STORE in the run, once per store in order [each store's file "
                    "name without .zarr]; needed when two stores have the same file name.")
+@click.option("--pheno", type=click.Path(exists=True, dir_okay=False),
+              help="Phenotype table (first column the stores' sample ids, a column per trait; tab or comma "
+                   "separated): with --traits, each trait of each STORE is a data set <store>.<trait> of the run. "
+                   "Lines without a value of a trait are left out of its folds.")
+@click.option("--traits", "--trait", "traits", multiple=True, metavar="A,B,...",
+              help="Columns of --pheno to cross-validate, comma-separated or repeated [the second column].")
 @click.option("--dry-run", is_flag=True,
               help="Train nothing: measure what each fold task needs (a short probe of every store with the run's "
                    "settings), print memory and time per task, and check them against --mem/--time or "
@@ -517,8 +538,8 @@ def baseline(store, run_dir, folds, encoding, name, force, solver, scheduler, th
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, dry_run, mem, time_limit, sbatch_args,
-       plan_out, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, pheno, traits, dry_run, mem, time_limit,
+       sbatch_args, plan_out, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
@@ -536,7 +557,10 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, dry_
     explicit = _explicit(config_path, **hyper)
     cfg = _build_config(config_path, **hyper)
     run = Path(run_dir)
-    plan = plan_datasets(stores, names, run, force=force)
+    from hpcsnp.traits import split_traits
+
+    traits = split_traits(traits) or ([None] if pheno else [])  # None: the table's second column
+    plan = plan_datasets(stores, names, run, force=force, traits=traits, pheno=pheno)
     if dry_run:
         return _dry_run(plan, run, cfg if explicit else None, threads, baseline, solver, mem, time_limit,
                         sbatch_args, plan_out)
@@ -682,12 +706,13 @@ def query(snps, run_opt):
                    "chromosome out), so a SNP is not also in the random effect that competes with it. For "
                    "panels of unrelated lines; in families of inbred lines (NAM, biparental) LD spans whole "
                    "chromosomes and whole chromosomes then test as associated.")
+@trait_options
 @solver_option
 @scheduler_option
 @threads_option
 @progress_option
 @_handle_errors
-def gwas(store, run_dir, name, out_dir, loco, solver, scheduler, threads, progress):
+def gwas(store, run_dir, name, out_dir, loco, pheno, trait, solver, scheduler, threads, progress):
     """Single-marker mixed-model GWAS (EMMAX/P3D) on every phenotyped line.
 
     REML variance components once (the kinship of the baseline), then one
@@ -715,8 +740,8 @@ def gwas(store, run_dir, name, out_dir, loco, solver, scheduler, threads, progre
     from hpcsnp.linear.scalable import choose_solver
     from hpcsnp.resources import dask_context
 
-    s = open_store(store)
-    check_testable(s.phenotype, s.path)
+    s = open_store(store, trait=trait, pheno=pheno)
+    check_testable(s.phenotype[s.phenotyped], s.path)
     solver, why = choose_solver(s, solver)
     if solver == "scalable" and loco:
         raise click.UsageError("--loco needs --solver exact for now (the scalable solver tests against the "
@@ -728,7 +753,7 @@ def gwas(store, run_dir, name, out_dir, loco, solver, scheduler, threads, progre
         run = RunDir(run_dir)
         ds = run.trained_dataset(s, name)  # never binds the data set to another store
         check_writable(run.dataset_dir(ds), directory=True)
-        if solver == "exact":
+        if solver == "exact" and len(s.phenotyped) == s.n_samples:  # else the Gram matrix of the tested lines
             G, width, _ = cached_gram(s, "dosage", run.baseline_cache(ds, "dosage"))
             gram = (G, width)
         where, label = run.dataset_dir(ds), ds

@@ -1,5 +1,6 @@
 """The fold rotation every stage shares: test fold i, validation fold i+1 (1 after K),
-training = the rest; and the check that a fold can be trained and scored at all."""
+training = the rest (fold 0, lines without a phenotype, is in no set); and the check that
+a fold can be trained and scored at all."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def fold_split(folds: np.ndarray, k: int, test_fold: int) -> FoldSplit:
     v = validation_fold(test_fold, k)
     test = np.flatnonzero(folds == test_fold)
     val = np.flatnonzero(folds == v)
-    train = np.flatnonzero((folds != test_fold) & (folds != v))
+    train = np.flatnonzero((folds > 0) & (folds != test_fold) & (folds != v))
     return FoldSplit(test_fold, v, train, val, test)
 
 

@@ -99,15 +99,36 @@ class DatasetRecord:
     store: str  # the store's absolute path when the data set was last bound
     store_id: str | None  # the store's identity (None: written before store ids were recorded)
     n_folds: int
-    n_samples: int
+    n_samples: int  # the lines in its folds: the store's, less those its trait has no value for
     n_variants: int
     store_source: dict = field(default_factory=dict)  # what the store was ingested from
     groups: bool = False  # the store has groups (RUN/<dataset>/groups.csv)
+    trait: str | None = None  # a trait of a phenotype table in place of the store's phenotype (traits.py)
+    pheno: str | None = None  # that table's absolute path
 
     @classmethod
     def of_store(cls, dataset: str, store) -> "DatasetRecord":
-        return cls(dataset, str(store.path.resolve()), store.store_id, store.n_folds, store.n_samples,
-                   store.n_variants, store.attrs.get("source", {}), store.groups is not None)
+        return cls(dataset, str(store.path.resolve()), store.store_id, store.n_folds, len(store.phenotyped),
+                   store.n_variants, store.attrs.get("source", {}), store.groups is not None, store.trait,
+                   store.trait_source)
+
+    @property
+    def store_args(self) -> str:
+        """The store as a command names it: STORE, then --pheno TABLE --trait NAME for a trait."""
+        return self.store + (f" --pheno {self.pheno} --trait {self.trait}" if self.trait else "")
+
+    @property
+    def default_name(self) -> bool:
+        """Whether the data set has the name its store (and trait) give it without --name."""
+        name = Path(self.store).name
+        name = name[:-5] if name.endswith(".zarr") else name
+        return (name if self.trait is None else f"{name}.{self.trait}") == self.dataset
+
+    def open_store(self):
+        """The store this data set was trained on, with its trait when it has one."""
+        from hpcsnp.store import open_store
+
+        return open_store(self.store, trait=self.trait, pheno=self.pheno)
 
     @classmethod
     def read(cls, path: Path) -> "DatasetRecord":

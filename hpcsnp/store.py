@@ -170,6 +170,11 @@ class Store:
     position: np.ndarray
     alleles: np.ndarray | None = None  # [variants, 2] REF, ALT; None when no allele is known
     groups: np.ndarray | None = None  # per sample, e.g. the family; None when the store has none
+    # a trait of a phenotype table in place of the store's own phenotype (hpcsnp/traits.py): its
+    # name, the table's path and a hash of its values; lines without a value are in fold 0
+    trait: str | None = None
+    trait_source: str | None = None
+    trait_key: str | None = None
 
     @property
     def n_samples(self) -> int:
@@ -189,14 +194,23 @@ class Store:
 
     @property
     def store_id(self) -> str:
-        """Identity of this write of the store (see ``store_id_of``)."""
-        return store_id_of(self.attrs)
+        """Identity of this write of the store (see ``store_id_of``); with a trait of a
+        phenotype table, that of the store followed by the trait and its values' hash."""
+        sid = store_id_of(self.attrs)
+        return sid if self.trait_key is None else f"{sid}+{self.trait}@{self.trait_key}"
+
+    @property
+    def phenotyped(self) -> np.ndarray:
+        """The rows with a phenotype (every row, unless a trait of a table lacks some)."""
+        return np.flatnonzero(self.fold > 0)
 
     @property
     def name(self) -> str:
-        """Default data-set name in a run: the store's file name without .zarr."""
+        """Default data-set name in a run: the store's file name without .zarr, then
+        ``.<trait>`` for a trait of a phenotype table."""
         name = self.path.name
-        return name[:-5] if name.endswith(".zarr") else name
+        name = name[:-5] if name.endswith(".zarr") else name
+        return name if self.trait is None else f"{name}.{self.trait}"
 
     def variants_frame(self):
         import pandas as pd
@@ -246,7 +260,18 @@ def row_chunks(store: "Store"):
         yield lo, hi, read_genotype_rows(store, lo, hi)
 
 
-def open_store(path) -> Store:
+def open_store(path, *, trait: str | None = None, pheno=None) -> Store:
+    """The store at ``path``, checked; with ``pheno`` (a phenotype table) and ``trait`` (one of
+    its columns), that trait in place of the store's phenotype (hpcsnp/traits.py)."""
+    store = _open_store(path)
+    if trait is None and pheno is None:
+        return store
+    from hpcsnp.traits import select_trait
+
+    return select_trait(store, trait, pheno)
+
+
+def _open_store(path) -> Store:
     import zarr
 
     path = Path(path)

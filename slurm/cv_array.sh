@@ -36,6 +36,10 @@
 #
 # Environment:
 #   HPCSNP_TRAIN_ARGS  extra `hpcsnp train` options, e.g. "--config run.json" or "--epochs 200"
+#   HPCSNP_PHENO       a phenotype table (first column the stores' sample ids, a column per trait):
+#                      its trait replaces each store's phenotype (as `hpcsnp cv --pheno`)
+#   HPCSNP_TRAITS      with HPCSNP_PHENO: the traits to train, comma-separated [its second column];
+#                      each is a data set <store>.<trait> of the run
 #   HPCSNP_BASELINE    1 (default): also fit the linear baseline (GBLUP) on the same fold; 0: skip
 #   HPCSNP_SOLVER      the baseline's solver: auto (default: exact where its n x n matrices fit in
 #                      the task's --mem, else scalable), exact or scalable
@@ -74,7 +78,7 @@ for dir in "${HPCSNP_SLURM_DIR:-}" \
   fi
 done
 command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not found (set HPCSNP_SLURM_DIR)" >&2; exit 2; }
-hpcsnp_command "$run_dir" "$@"
+hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
 
 echo "== hpcsnp-cv task $task of job $job on $(hostname) at $(date -Is); restart ${SLURM_RESTART_COUNT:-0}; cpus ${SLURM_CPUS_PER_TASK:-?}"
 
@@ -100,17 +104,26 @@ run_step() {
   return "$rc"
 }
 
+# the traits of HPCSNP_PHENO to train ("" : the table's second column); none without a table
+traits=("")
+if [ -n "${HPCSNP_PHENO:-}" ] && [ -n "${HPCSNP_TRAITS:-}" ]; then IFS=, read -r -a traits <<<"$HPCSNP_TRAITS"; fi
+
 status=0
 for store in "$@"; do
-  if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
-    run_step "${hpcsnp[@]}" baseline "$store" --fold "$task" --run "$run_dir" || \
-      echo "== baseline of $store fold $task failed (exit $?): training goes on, the reduce reports the run without it"
-  fi
-  [ "$requeued" = 0 ] || break
-  # word splitting of HPCSNP_TRAIN_ARGS is intended: it holds several options
-  # shellcheck disable=SC2086
-  run_step "${hpcsnp[@]}" train "$store" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
-  [ "$requeued" = 0 ] || break
+  for trait in "${traits[@]}"; do
+    what=("$store")
+    [ -z "${HPCSNP_PHENO:-}" ] || what+=(--pheno "$HPCSNP_PHENO")
+    [ -z "$trait" ] || what+=(--trait "$trait")
+    if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
+      run_step "${hpcsnp[@]}" baseline "${what[@]}" --fold "$task" --run "$run_dir" || \
+        echo "== baseline of ${what[*]} fold $task failed (exit $?): training goes on, the reduce reports the run without it"
+    fi
+    [ "$requeued" = 0 ] || break 2
+    # word splitting of HPCSNP_TRAIN_ARGS is intended: it holds several options
+    # shellcheck disable=SC2086
+    run_step "${hpcsnp[@]}" train "${what[@]}" --fold "$task" --run "$run_dir" ${HPCSNP_TRAIN_ARGS:-} || status=$?
+    [ "$requeued" = 0 ] || break 2
+  done
 done
 echo "== task $task done at $(date -Is), exit $status"
 exit "$status"

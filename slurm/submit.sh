@@ -5,7 +5,8 @@
 #     slurm/submit.sh RUN_DIR STORE [STORE ...]
 # All stores must have the same number of folds K (the array is 1-K).  Extra sbatch
 # options for the fold tasks: HPCSNP_SBATCH_ARGS="--cpus-per-task=4 --mem=3G --partition=long".
-# Other HPCSNP_* variables are passed through to the jobs (see cv_array.sh).
+# Other HPCSNP_* variables are passed through to the jobs (see cv_array.sh), e.g.
+# HPCSNP_PHENO=traits.tsv HPCSNP_TRAITS=height,yield trains each trait of a table.
 #
 # Before anything is submitted, a preflight (`hpcsnp cv --dry-run`, here, in about a
 # minute) measures what each task will need with the run's settings (HPCSNP_TRAIN_ARGS) and
@@ -24,7 +25,7 @@ run_dir="$1"; shift
 
 # shellcheck source=slurm/hpcsnp-run.sh
 . "$here/hpcsnp-run.sh"
-hpcsnp_command "$@"
+hpcsnp_command "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
 export HPCSNP_SLURM_DIR="$here"  # where the jobs find hpcsnp-run.sh (sbatch runs spooled copies)
 
 k=""
@@ -39,15 +40,18 @@ done
 mkdir -p "$run_dir/logs"
 sized=""
 if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
-  hpcsnp_command "$run_dir" "$@"
+  hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
   no_baseline=""; [ "${HPCSNP_BASELINE:-1}" != 0 ] || no_baseline="--no-baseline"
+  traits=()
+  [ -z "${HPCSNP_PHENO:-}" ] || traits+=(--pheno "$HPCSNP_PHENO")
+  [ -z "${HPCSNP_PHENO:-}" ] || [ -z "${HPCSNP_TRAITS:-}" ] || traits+=(--traits "$HPCSNP_TRAITS")
   # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
   # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them).
   # The plan comes back on stdout (a container need not be able to write the run directory),
   # followed by its decisions as shell assignments (preflight_sbatch=..., preflight_baseline=...).
   ok=1
   # shellcheck disable=SC2086
-  plan="$("${hpcsnp[@]}" cv "$@" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
+  plan="$("${hpcsnp[@]}" cv "$@" "${traits[@]}" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
        --sbatch-args "--cpus-per-task=2 ${HPCSNP_SBATCH_ARGS:-}" --plan-out - ${HPCSNP_TRAIN_ARGS:-})" || ok=0
   grep -v '^preflight_' <<<"$plan" | tee "$run_dir/logs/preflight.txt"
   if [ "$ok" = 0 ]; then

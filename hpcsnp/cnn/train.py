@@ -72,11 +72,13 @@ class FoldResult:
 
 
 def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
-               force: bool = False, threads: int | None = None) -> FoldResult:
+               force: bool = False, threads: int | None = None, trait: str | None = None,
+               pheno=None) -> FoldResult:
     """Train test fold ``fold`` of a store into ``run_dir``.  ``cfg`` None: the run's settings
     (RUN/config.json), else the defaults, which then become the run's; a ``cfg`` that differs
-    from the run's settings is refused."""
-    store = open_store(store_path)
+    from the run's settings is refused.  ``trait``/``pheno``: a trait of a phenotype table
+    in place of the store's phenotype (hpcsnp/traits.py)."""
+    store = open_store(store_path, trait=trait, pheno=pheno)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)

@@ -492,16 +492,16 @@ def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict) -> ValidatedPrediction
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=None,
-                  force=False, solver: str = "auto") -> list[dict]:
+                  force=False, solver: str = "auto", trait: str | None = None, pheno=None) -> list[dict]:
     """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/.
     ``solver``: exact (n x n kernels), scalable (linear/scalable.py: GBLUP by conjugate
     gradients over the genotypes; the RKHS kernels are skipped, said in the log) or auto (exact
-    where its memory fits)."""
+    where its memory fits).  ``trait``/``pheno``: a trait of a phenotype table (hpcsnp/traits.py)."""
     import pandas as pd
 
     from hpcsnp.linear.scalable import choose_solver, scalable_fold
 
-    store = open_store(store_path)
+    store = open_store(store_path, trait=trait, pheno=pheno)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)

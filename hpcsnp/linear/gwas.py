@@ -195,7 +195,8 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     from hpcsnp.linear.scalable import choose_solver, scalable_association
 
     t0 = time.perf_counter()
-    y = store.phenotype.astype(np.float64)
+    rows = store.phenotyped  # every line, unless a trait of a table lacks some (hpcsnp/traits.py)
+    y = store.phenotype.astype(np.float64)[rows]
     check_testable(y, store.path)
     groups = chromosome_columns(store.contig)
     loco_note = loco_problem(store.contig, groups) if loco else None
@@ -210,6 +211,10 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     if solver == "scalable":
         if loco:
             raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")
+        if len(rows) < store.n_samples:
+            raise InputError(f"{store.name}: {store.n_samples - len(rows):,} lines have no value of this trait; the "
+                             "scalable GWAS tests every line of the store: ingest the phenotyped lines as a store "
+                             "of their own (--drop-unmatched), or use --solver exact where it fits")
         columns, info = scalable_association(store, y)
         if progress:
             progress(store.n_variants)
@@ -218,11 +223,13 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         method = (f"EMMAX/P3D's t-test, scalable: dosage kinship, REML on {info['reml_lines']:,} lines, "
                   f"P y by conjugate gradients, x'Px from K's {info['rank']} leading eigenpairs calibrated on "
                   f"{info['calibration_snps']} SNPs solved exactly")
-        return _finish(store, frame, delta, False, None, len(groups), method, t0, {"solver": "scalable", **info})
+        return _finish(store, len(rows), frame, delta, False, None, len(groups), method, t0,
+                       {"solver": "scalable", **info})
     check_memory(store)
-    g = read_rows(store, np.arange(store.n_samples))
-    G, width = gram if gram is not None else gram_matrix(g, "dosage")
-    everyone = np.arange(store.n_samples)
+    g = read_rows(store, rows)
+    # a run's cached Gram matrix is of every line of the store: used when every line is tested
+    G, width = gram if gram is not None and len(rows) == store.n_samples else gram_matrix(g, "dosage")
+    everyone = np.arange(len(rows))
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
     if not loco:
         del G  # LOCO derives each chromosome's kinship from it
@@ -248,11 +255,11 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         frame = pd.concat(parts).sort_index().reset_index(drop=True)
     kinship = ("leave-one-chromosome-out dosage kinship" if loco else "dosage kinship")
     method = f"EMMAX/P3D, {kinship}, REML once on the whole genome, t-test per SNP (n - 2 df)"
-    return _finish(store, frame, delta, loco, loco_note, len(groups), method, t0, {"solver": "exact"})
+    return _finish(store, len(rows), frame, delta, loco, loco_note, len(groups), method, t0, {"solver": "exact"})
 
 
-def _finish(store, frame, delta, loco, loco_note, chromosomes, method, t0, extra) -> GwasResult:
-    """The table's SNP columns and q-values, and the summary."""
+def _finish(store, n, frame, delta, loco, loco_note, chromosomes, method, t0, extra) -> GwasResult:
+    """The table's SNP columns and q-values, and the summary (``n`` lines tested)."""
     frame.insert(0, "snp", store.variant_id)
     frame.insert(1, "chrom", store.contig)
     frame.insert(2, "pos", store.position)
@@ -262,12 +269,13 @@ def _finish(store, frame, delta, loco, loco_note, chromosomes, method, t0, extra
     q, bh = benjamini_hochberg(frame["p"].to_numpy())
     frame["q_bh"] = q
     m = int(np.isfinite(frame["p"]).sum())
-    summary = {"n": store.n_samples, "snps_tested": m, "delta": delta, "h2_reml": 1 / (1 + delta),
+    summary = {"n": n, "snps_tested": m, "delta": delta, "h2_reml": 1 / (1 + delta),
                "lambda_gc": genomic_inflation(frame["p"].to_numpy()), "bonferroni_p": 0.05 / max(m, 1),
                "bh_p_threshold_5pct": bh, "significant_bonferroni": int((frame["p"] < 0.05 / max(m, 1)).sum()),
                "significant_bh_5pct": int((frame["q_bh"] <= 0.05).sum()), "loco": loco,
                **({"loco_ignored": loco_note} if loco_note else {}),
                "chromosomes": chromosomes, "method": method, **extra,
+               **({"trait": store.trait, "pheno": store.trait_source} if store.trait else {}),
                "seconds": time.perf_counter() - t0}
     return GwasResult(frame, summary)
 

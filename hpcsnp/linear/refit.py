@@ -100,13 +100,14 @@ class PredictionErrorVariance:
         from scipy.linalg import eigh
 
         self.store, self.fit, self.width = store, fit, width
-        everyone = np.arange(store.n_samples)
-        K, _ = centred_kernels(G, width, everyone, everyone[:0])
+        self.rows = rows = store.phenotyped  # the fitted lines
+        K, _ = centred_kernels(G, width, rows, rows[:0])
         s, U = eigh(K, overwrite_a=True)
         del K
         scale = 1.0 / np.sqrt(np.maximum(s, 0.0) + fit.delta)
-        yc = store.phenotype.astype(np.float64) - store.phenotype.astype(np.float64).mean()
-        self.sg2 = float(np.sum((U.T @ yc * scale) ** 2) / (store.n_samples - 1))
+        y = store.phenotype.astype(np.float64)[rows]
+        yc = y - y.mean()
+        self.sg2 = float(np.sum((U.T @ yc * scale) ** 2) / (len(rows) - 1))
         U *= scale  # U diag((s + delta)^-1/2)
         self.W = U
 
@@ -117,7 +118,7 @@ class PredictionErrorVariance:
         k = np.empty((self.store.n_samples, len(z)))
         for lo, hi, gs in row_chunks(self.store):
             k[lo:hi] = (uncentred(gs, f.encoding, f.fill) - f.means) @ z.T
-        k /= self.width
+        k = k[self.rows] / self.width
         k0 = np.einsum("ij,ij->i", z, z) / self.width
         wk = self.W.T @ k
         q = np.einsum("ij,ij->j", wk, wk)
@@ -218,7 +219,7 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
                     distance = str(z["distance"])
                     X = designs.get(distance) if designs is not None else None
                     if X is None:
-                        X = kernel_design(read_rows(store, np.arange(store.n_samples)), distance, z["fill"])
+                        X = kernel_design(read_rows(store, store.phenotyped), distance, z["fill"])
                     if designs is not None:
                         designs[distance] = X
                     return KernelFit(z["alpha"], float(z["mu"]), float(z["theta"]), float(z["scale"]), z["fill"],
@@ -229,7 +230,7 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
         logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
     t0 = time.perf_counter()
-    everyone = np.arange(store.n_samples)
+    everyone = store.phenotyped  # every line, unless a trait of a table lacks some
     if scalable:
         beta, means, fill, mu, delta = scalable_effects(store, kind, store.phenotype.astype(np.float64), everyone)
         fit = MarkerEffects(kind, beta, means, fill, mu, delta)
@@ -253,8 +254,8 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     np.savez(tmp, **arrays, fill=fit.fill, mu=fit.mu, delta=fit.delta)
     os.replace(tmp, data)
     atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
-                                        "n_fit": store.n_samples, "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
-    logger.info(f"[{ds.dataset}] {model_label(kind)} refitted on all {store.n_samples:,} phenotyped lines "
+                                        "n_fit": len(everyone), "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
+    logger.info(f"[{ds.dataset}] {model_label(kind)} refitted on all {len(everyone):,} phenotyped lines "
                 f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
     return fit
 

@@ -413,6 +413,16 @@ def preconditioner(design: Design, rank: int = PRECONDITIONER_RANK) -> TopEigen 
     return top_eigen(design, sums[:, 0] / design.n, rank, power=1)
 
 
+def known(y: np.ndarray) -> np.ndarray:
+    """The phenotype with 0 for a line that has none (a trait of a table: hpcsnp/traits.py).
+    Only masked lines enter a fit, but a mask multiplies: 0 x NaN would be NaN.
+
+    >>> known(np.array([1.5, np.nan]))
+    array([1.5, 0. ])
+    """
+    return np.where(np.isfinite(y), y, 0.0)
+
+
 class ScalablePrediction(NamedTuple):
     pred: np.ndarray
     val_pred: np.ndarray
@@ -443,6 +453,7 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     (a sample of) the fitting lines, the test lines predicted from a fit on training +
     validation, the validation lines from a fit on training alone with the same delta."""
     fit_rows = np.asarray(fit_rows)
+    y = known(y)
     design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 2))
     masks[fit_rows, 0] = 1.0
@@ -456,6 +467,7 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
 
 def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES):
     """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit."""
+    y = known(y)
     design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0

@@ -79,31 +79,45 @@ def _mem_available_gb() -> float | None:
     return None
 
 
-def plan_datasets(stores, names=(), run_dir=None, *, force=False) -> list[tuple]:
-    """(open store, data-set name) per store, checked before hours of training: every store
-    opens, names are plain and distinct, and a data set already in the run comes from the
-    same write of its store (unless ``force``, which redoes it)."""
+def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), pheno=None) -> list[tuple]:
+    """(open store, data-set name) per store, and per trait of ``traits`` (columns of the
+    phenotype table ``pheno``: hpcsnp/traits.py), checked before hours of training: every
+    store opens, every trait has values, names are plain and distinct, and a data set
+    already in the run comes from the same write of its store and the same trait values
+    (unless ``force``, which redoes it).  A trait's data set is named <store>.<trait>, or
+    <name>.<trait> with --name."""
 
     if names and len(names) != len(stores):
         raise InputError(f"--name was given {len(names)} time(s) for {len(stores)} store(s): give one name per "
                          "store, in the same order, or none")
+    if traits and pheno is None:
+        raise InputError("--traits names columns of a phenotype table: give it with --pheno TABLE")
     plan, seen = [], {}
     for i, s in enumerate(stores):
-        store = open_store(s)
-        name = dataset_name(store, names[i] if names else None)
-        if name in seen:
-            raise InputError(f"{seen[name]} and {store.path} would both be data set {name!r} in the run; give "
-                             f"each store a name, once per store in order: --name {name}_1 --name {name}_2")
-        seen[name] = store.path
-        plan.append((store, name))
-        info = RunDir(run_dir).dataset_json(name) if run_dir is not None else None
-        if info is not None and info.exists() and not force:
-            recorded = read_json(info).get("store_id")
-            if recorded not in (None, store.store_id):
-                raise InputError(f"{info.parent} holds folds of another write of data set {name!r} (store id "
-                                 f"{recorded}; {store.path} is now {store.store_id}): --force redoes them from "
-                                 "this store, or use another --run or --name")
+        for trait in traits or [None]:
+            plan.append(_plan_one(s, names[i] if names else None, trait, pheno, seen, run_dir, force))
     return plan
+
+
+def _plan_one(path, name, trait, pheno, seen: dict, run_dir, force) -> tuple:
+    store = open_store(path, trait=trait, pheno=pheno)
+    if name is not None and store.trait is not None:
+        name = f"{name}.{store.trait}"
+    name = dataset_name(store, name)
+    if name in seen:
+        raise InputError(f"{seen[name]} and {store.path} would both be data set {name!r} in the run; give "
+                         f"each store a name, once per store in order: --name {name}_1 --name {name}_2")
+    seen[name] = store.path
+    info = RunDir(run_dir).dataset_json(name) if run_dir is not None else None
+    if info is not None and info.exists() and not force:
+        recorded = read_json(info).get("store_id")
+        if recorded not in (None, store.store_id):
+            what = "another write of the store or other values of the trait" if store.trait else \
+                "another write of the store"
+            raise InputError(f"{info.parent} holds folds of data set {name!r} from {what} (store id "
+                             f"{recorded}; {store.path} is now {store.store_id}): --force redoes them from "
+                             "this store, or use another --run or --name")
+    return store, name
 
 
 @dataclass(frozen=True)
@@ -217,6 +231,7 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
         cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run), "--threads", str(per_fold),
                "--name", name]
         cmd += (["--config", str(config_path)] if kind == "train" else ["--solver", solver])
+        cmd += ["--pheno", store.trait_source, "--trait", store.trait] if store.trait else []
         cmd += ["--force"] if force else []
         if kind == "train" and not force and run.is_complete(name, i):
             return TaskResult(kind, name, i, log_path, None, 0.0)

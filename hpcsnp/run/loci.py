@@ -116,7 +116,9 @@ def linked(a: pd.DataFrame, b: pd.DataFrame, r2_of) -> np.ndarray:
     """For each locus of ``a``: whether a locus of ``b`` is the same locus: they share a SNP,
     or their lead SNPs are in LD (``r2_of(snp, snp)`` >= R2_MIN)."""
     out = np.zeros(len(a), dtype=bool)
-    b_snps = [set(s.split(";")) for s in b["snps"]] if len(b) else []
+    if not len(b):  # e.g. a GWAS without a SNP below GWAS_TOP_P: its loci table has no columns
+        return out
+    b_snps = [set(s.split(";")) for s in b["snps"]]
     for i, r in enumerate(a.itertuples()):
         mine = set(r.snps.split(";"))
         out[i] = any(mine & other or r2_of(r.lead_snp, lead) >= R2_MIN

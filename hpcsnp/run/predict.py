@@ -48,7 +48,6 @@ from hpcsnp.resources import cap_threads, configure_tensorflow
 from hpcsnp.run.ensemble import ensemble_folds
 from hpcsnp.run.reduce import baseline_rows, check_complete
 from hpcsnp.rundir import METRICS_JSON, MODEL_KERAS, PREDICTIONS_CSV, DatasetRecord, FoldMetrics, RunDir, read_json
-from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +264,7 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
     check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store)], force=force)
     name = ds.dataset
     folds = _folds_to_use(run, ds, fold)
-    store = open_store(ds.store)
+    store = ds.open_store()
     if ds.store_id is not None and store.store_id != ds.store_id:
         raise InputError(f"{ds.store} was re-ingested after {run}/{name} was trained on it; "
                          "predict needs the store the run was trained on")
@@ -359,7 +358,7 @@ def _folds_to_use(run: RunDir, ds: DatasetRecord, fold: int | None) -> list[int]
     if not 1 <= fold <= ds.n_folds:
         raise InputError(f"--fold {fold}: {name} has folds 1..{ds.n_folds}")
     if not run.is_complete(name, fold):
-        raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds.store} "
+        raise InputError(f"{name} fold {fold} is not finished: finish it with hpcsnp train {ds.store_args} "
                          f"--fold {fold} --run {run}")
     return [fold]
 

@@ -175,6 +175,7 @@ def write_probe_store(store, rows: np.ndarray, out: Path):
     rows, for the probe."""
     from hpcsnp.store import SampleBlock, read_genotype_rows, write_store
 
+    rows = rows[store.fold[rows] > 0]  # a trait's lines without a value (fold 0) are in no fold
     fold = store.fold[rows]
     if len(np.unique(fold)) < store.n_folds:
         raise InputError(f"{store.path}: the probe's {len(rows)} lines miss a fold; the preflight needs every fold")

@@ -15,7 +15,6 @@ from hpcsnp.errors import InputError, StoreError
 from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
 from hpcsnp.rundir import DatasetRecord, RunDir
-from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +161,14 @@ def _read_gwas(path, ds: DatasetRecord) -> pd.DataFrame:
             raise ValueError(f"{len(table)} rows with columns {', '.join(map(str, table.columns[:4]))}...")
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise InputError(f"{path} cannot be read ({e}): the file is damaged; write it again with "
-                         f"hpcsnp gwas {ds.store} --run {path.parent.parent} --name {ds.dataset}") from None
+                         f"hpcsnp gwas {ds.store_args} --run {path.parent.parent} --name {ds.dataset}") from None
     return table
 
 
 def _open(ds: DatasetRecord):
 
     try:
-        return open_store(ds.store)
-    except StoreError as e:
+        return ds.open_store()
+    except (StoreError, InputError) as e:  # InputError: its trait's table cannot be read
         logger.warning(f"{ds.dataset}: top SNPs not grouped into loci: the store is needed for r^2 ({e})")
         return None

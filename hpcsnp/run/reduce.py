@@ -43,6 +43,7 @@ from hpcsnp.rundir import (
     shard_file,
 )
 from hpcsnp.store import peek_store_id
+from hpcsnp.traits import base_store_id
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,10 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     problems = []  # (dataset, fold, state, finished: whether redoing it needs --force)
     for ds in datasets:
         now = peek_store_id(ds.store)
-        if now is not None and ds.store_id not in (None, now):
+        if now is not None and base_store_id(ds.store_id) not in (None, now):
             raise InputError(f"{ds.store} was re-ingested after {run_dir}/{ds.dataset} was trained on it "
                              f"(store id {ds.store_id}, now {now}): redo the data set from the new store with "
-                             f"`hpcsnp cv {ds.store} --run {run_dir} --config {run.config_path} --force`, "
+                             f"`hpcsnp cv {ds.store_args} --run {run_dir} --config {run.config_path} --force`, "
                              "or use another --run")
         for i in range(1, ds.n_folds + 1):
             if not run.is_complete(ds.dataset, i):
@@ -116,7 +117,7 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     with_config = f" --config {config}" if config.exists() else ""
     lines = [f"{run_dir}: {len(problems)} fold(s) not finished or not usable:"]
     for ds, i, state, finished in problems:
-        lines.append(f"  {ds.dataset} fold {i} ({state}):  hpcsnp train {ds.store} --fold {i} "
+        lines.append(f"  {ds.dataset} fold {i} ({state}):  hpcsnp train {ds.store_args} --fold {i} "
                      f"--run {run_dir}" + (f" --name {ds.dataset}" if _needs_name(ds) else "")
                      + with_config + (" --force" if finished else ""))
     folds = sorted({i for _, i, _, _ in problems})
@@ -131,8 +132,7 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
 
 
 def _needs_name(ds) -> bool:
-    name = Path(ds.store).name
-    return (name[:-5] if name.endswith(".zarr") else name) != ds.dataset
+    return not ds.default_name
 
 
 def _fold_problem(metrics_path: Path, ds: DatasetRecord, wanted: dict | None) -> str | None:
@@ -208,7 +208,7 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
         base = baseline_rows(run.path, ds)
         if not base:
             logger.info(f"{name}: no baseline on these folds, so no linear yardstick and no ensemble (fit them: "
-                        f"hpcsnp baseline {ds.store} --run {run.path}" + (f" --dataset {name})" if _needs_name(ds)
+                        f"hpcsnp baseline {ds.store_args} --run {run.path}" + (f" --dataset {name})" if _needs_name(ds)
                                                                             else ")"))
         log_rows += base
         ens = ensemble_folds(run.path, ds, sorted({r["model"] for r in base}))
@@ -225,7 +225,8 @@ def reduce_run(run_dir, top: int = 20, *, plot: bool = True) -> dict:
             raise InputError(f"{run.variants_csv(name)} lists {len(var)} SNPs, dataset.json says "
                              f"{ds.n_variants}; rerun any fold of {name} to rewrite it")
         if count != ds.n_samples:
-            raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the store has {ds.n_samples}")
+            raise InputError(f"{run_dir}/{name}: shards cover {count} samples, the data set's folds "
+                             f"have {ds.n_samples}")
         frame = var.assign(dataset=name, saliency=sal)
         frame["rank"] = frame["saliency"].rank(ascending=False, method="first").astype(int)
         ranking = rank_dataset(run, ds, var, sal, top)
@@ -392,13 +393,13 @@ def baseline_rows(run_dir: Path, ds: DatasetRecord) -> list[dict]:
             continue
         if len(have) < len(paths):
             logger.warning(f"{ds.dataset}: baseline {enc} has {len(have)} of {len(paths)} folds; left out "
-                 f"(complete it: hpcsnp baseline {ds.store} --run {run_dir} --encoding {enc}"
+                 f"(complete it: hpcsnp baseline {ds.store_args} --run {run_dir} --encoding {enc}"
                  + (f" --name {ds.dataset})" if _needs_name(ds) else ")"))
             continue
         bad = [(p, why) for p in paths if (why := _fold_problem(p, ds, None))]
         if bad:
             logger.warning(f"{ds.dataset}: baseline {enc} left out: {bad[0][0].parent} is not usable ({bad[0][1]}); "
-                 f"redo it: hpcsnp baseline {ds.store} --run {run_dir} --encoding {enc} --force"
+                 f"redo it: hpcsnp baseline {ds.store_args} --run {run_dir} --encoding {enc} --force"
                  + (f" --name {ds.dataset}" if _needs_name(ds) else ""))
             continue
         for i, p in enumerate(paths, start=1):

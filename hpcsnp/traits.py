@@ -1,0 +1,113 @@
+"""One store, many traits: a trait column of a phenotype table put in place of the store's own
+phenotype, as GEMMA's ``-n`` and PLINK 2's ``--pheno-name`` choose a column.
+
+The genotypes are ingested once; ``--pheno TABLE --trait NAME`` on a verb that reads a
+store (cv, train, baseline, gwas) gives it another trait of the same lines.  The table's
+first column is the sample id (as at ingest); lines of the store the table lacks, or
+whose value is missing (``NA``, ``.``, empty), are *unphenotyped* for that trait: they
+belong to no fold (fold 0), so they are never trained on, validated on, tested on, fitted
+or tested in the GWAS; their genotypes stay in the store for the other traits.
+
+The trait's values are part of the data set's identity: its store id is the store's
+followed by the trait's name and a hash of its values, so a fold, cache or refit made
+from one version of the table is never taken for another's (every check that compares
+store ids compares this).  This module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from hpcsnp.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+TRAIT_SEPARATOR = "+"  # store id of a trait view: <store id>+<trait>@<hash of its values>
+
+
+def base_store_id(store_id: str | None) -> str | None:
+    """The store's own id in a trait view's id (the id itself otherwise).
+
+    >>> base_store_id("3f2a+yield@0c1d"), base_store_id("3f2a"), base_store_id(None)
+    ('3f2a', '3f2a', None)
+    """
+    return None if store_id is None else store_id.split(TRAIT_SEPARATOR, 1)[0]
+
+
+def trait_key(name: str, values: np.ndarray) -> str:
+    """A short hash of a trait's name and float32 values (NaN for a missing line), in the
+    store's row order.
+
+    >>> trait_key("h", np.array([1.0, np.nan])) == trait_key("h", np.array([1.0, np.nan], np.float32))
+    True
+    >>> trait_key("h", np.array([1.0, 2.0])) == trait_key("h", np.array([1.0, 2.5]))
+    False
+    """
+    h = hashlib.sha256(name.encode())
+    h.update(np.ascontiguousarray(np.asarray(values, dtype=np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def trait_values(store, pheno, trait: str | None) -> tuple[str, np.ndarray]:
+    """(trait name, float32 value per store line, NaN where the table has none) from the
+    phenotype table ``pheno``: its first column the sample id, ``trait`` one of its columns
+    (its second column when None)."""
+    from hpcsnp.io.pheno import _few, read_pheno
+
+    values, _ = read_pheno(pheno, trait)
+    ids = [str(s) for s in store.sample_id]
+    aligned = values.reindex(ids).to_numpy(dtype=np.float64)
+    found = int(np.isfinite(aligned).sum())
+    if found == 0:
+        have = values.dropna()
+        raise InputError(f"{pheno}: no line of {store.path} has a value of {values.name!r} (store ids: "
+                         f"{_few(ids)}; table ids with a value: {_few(list(have.index))}); the table's first "
+                         "column must hold the store's sample ids (`hpcsnp info STORE` lists them)")
+    y = aligned.astype(np.float32)
+    if not np.isfinite(y[np.isfinite(aligned)]).all():
+        raise InputError(f"{pheno}: {values.name!r} has a value beyond float32's range")
+    return str(values.name), y
+
+
+def select_trait(store, trait: str | None = None, pheno=None):
+    """``store`` with the trait in place of its phenotype (see the module's notes); the store
+    itself when neither is given.  ``trait`` without ``pheno`` names the store's own trait
+    (accepted, for a uniform command line), anything else is an error that says what to give."""
+    if pheno is None:
+        if trait is None:
+            return store
+        own = store.attrs.get("trait") or store.attrs.get("source", {}).get("pheno_column")
+        if trait == own:
+            return store
+        raise InputError(f"--trait {trait}: {store.path} holds one trait ({own or 'unnamed'}); give the table "
+                         f"that has {trait!r} with --pheno TABLE")
+    pheno = Path(pheno).resolve()
+    name, y = trait_values(store, pheno, trait)
+    missing = ~np.isfinite(y)
+    fold = store.fold.copy()
+    fold[missing] = 0
+    if missing.any():
+        logger.info(f"{store.name}.{name}: {int(missing.sum()):,} of {len(y):,} lines have no value; they are left "
+                    "out of every fold")
+    return dataclasses.replace(store, phenotype=y, fold=fold, trait=name, trait_source=str(pheno),
+                               trait_key=trait_key(name, y))
+
+
+def split_traits(values) -> list[str]:
+    """--traits a,b --trait c as one list, in order, each once.
+
+    >>> split_traits(["height,yield", "oil", "height"])
+    ['height', 'yield', 'oil']
+    """
+    out: list[str] = []
+    for v in values or ():
+        for t in str(v).split(","):
+            t = t.strip()
+            if t and t not in out:
+                out.append(t)
+    return out
