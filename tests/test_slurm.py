@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import fake_container_runtime, run_cli
@@ -187,6 +188,33 @@ def test_a_failed_baseline_never_leaves_the_reduce_pending(cluster, sim_store, t
     assert (run / "sim" / "fold_3" / "metrics.json").exists() and (run / "fold_pcc_summary.csv").exists()
     reduce_log = "".join(p.read_text() for p in (run / "logs").glob("reduce_*.log"))
     assert "no baseline on these folds" in reduce_log, reduce_log[-2000:]
+
+
+def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store, tmp_path):
+    """HPCSNP_PHENO + HPCSNP_TRAITS: every task trains (and fits the baselines of) each trait,
+    the preflight probes each, and the reduce reports both data sets; a line without a value
+    of a trait is tested in no fold of it."""
+    from hpcsnp.store import open_store
+
+    store = open_store(sim_store[0])
+    y = store.phenotype.astype(float)
+    other = -y + np.random.default_rng(0).normal(0, y.std(), len(y))
+    other[::7] = np.nan
+    pd.DataFrame({"id": store.sample_id, "a": y, "b": other}).to_csv(tmp_path / "traits.tsv", sep="\t", index=False,
+                                                                      na_rep="NA")
+    run = tmp_path / "run"
+    array_id, reduce_id = submit(run, sim_store[0], env_extra={"HPCSNP_PHENO": str(tmp_path / "traits.tsv"),
+                                                               "HPCSNP_TRAITS": "a,b"})
+    assert set(wait(array_id)) == {"COMPLETED"}
+    assert wait(reduce_id) == ["COMPLETED"]
+    plan = (run / "logs" / "preflight.txt").read_text()
+    assert "sim.a" in plan and "sim.b" in plan, plan
+    summary = pd.read_csv(run / "fold_pcc_summary.csv")
+    assert {("sim.a", "cnn"), ("sim.b", "cnn"), ("sim.b", "gblup_dosage")} <= set(zip(summary["dataset"],
+                                                                                     summary["model"]))
+    tested = pd.concat(pd.read_csv(run / "sim.b" / f"fold_{i}" / "predictions.csv", dtype={"sample_id": str})
+                       for i in (1, 2, 3))
+    assert sorted(tested["sample_id"]) == sorted(np.asarray(store.sample_id, dtype=str)[np.isfinite(other)])
 
 
 def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):
