@@ -148,13 +148,25 @@ class SectionedCommand(click.Command):
 
 
 def trait_options(fn):
-    """--pheno TABLE --trait NAME: another trait of the store's lines (hpcsnp/traits.py)."""
+    """--pheno TABLE --trait NAME: another trait of the store's lines; --covar TABLE
+    [--covar-name C]: fixed effects (hpcsnp/traits.py)."""
+    fn = covar_options(fn)
     fn = click.option("--trait", help="Trait column of --pheno [its second column]; a run's data set is then "
                                       "named <store>.<trait>.")(fn)
     return click.option("--pheno", type=click.Path(exists=True, dir_okay=False),
                         help="Phenotype table (first column the store's sample ids, a column per trait; tab or "
                              "comma separated) whose --trait replaces the store's phenotype; lines without a "
                              "value are left out of every fold.")(fn)
+
+
+def covar_options(fn):
+    fn = click.option("--covar-name", "covar_names", multiple=True, metavar="COLUMN",
+                      help="A column of --covar to use; repeat for several [every column].")(fn)
+    return click.option("--covar", type=click.Path(exists=True, dir_okay=False),
+                        help="Covariate table (first column the sample ids): fixed effects in the baselines, "
+                             "refits and GWAS (exact solver), and taken out of the CNN's target by least squares "
+                             "on the training lines. A non-numeric column is categorical (one effect per level). "
+                             "Lines without a value are left out of every fold.")(fn)
 
 
 run_option = click.option("--run", "run_opt", type=click.Path(file_okay=False), help="Run directory.")
@@ -171,6 +183,17 @@ def _run_and_rest(run_opt, positional: list) -> tuple[str, list]:
         raise click.UsageError("give the run directory: --run RUN")
     warn(f"the run as the first argument is the older form and will go: give it as --run {positional[0]}")
     return positional[0], positional[1:]
+
+
+def _out(out_opt, positional, default=None) -> str:
+    """Where a verb writes: -o PATH (every verb's way), else OUT as a positional argument
+    (simulate's and demo's older form), else ``default``."""
+    if out_opt is not None and positional is not None and out_opt != positional:
+        raise click.UsageError(f"give the output once: -o {out_opt} or {positional}, not both")
+    out = out_opt or positional or default
+    if out is None:
+        raise click.UsageError("give the output with -o PATH")
+    return out
 
 
 def config_options(fn):
@@ -431,7 +454,7 @@ def ingest(data, out, force, strict, drop_missing_phenotype, chunk_rows, bfile, 
 @threads_option
 @config_options
 @_handle_errors
-def train(store, fold, run_dir, name, force, pheno, trait, threads, config_path, **hyper):
+def train(store, fold, run_dir, name, force, pheno, trait, covar, covar_names, threads, config_path, **hyper):
     """Train, evaluate and explain one fold of one store.
 
     Writes RUN/<name>/fold_<i>/ (model.keras, predictions.csv, metrics.json,
@@ -451,7 +474,8 @@ def train(store, fold, run_dir, name, force, pheno, trait, threads, config_path,
     cfg = _build_config(config_path, **hyper) if _explicit(config_path, **hyper) else None
     from hpcsnp.cnn.train import train_fold
 
-    result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n, trait=trait, pheno=pheno)
+    result = train_fold(store, fold, run_dir, cfg, dataset=name, force=force, threads=n, trait=trait, pheno=pheno,
+                        covar=covar, covar_names=covar_names)
     m = result.metrics
     click.echo(f"{result.dataset}\tfold {fold}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}\tmae {m['mae']:.4g}"
                f"\t{result.path}")
@@ -476,7 +500,8 @@ def train(store, fold, run_dir, name, force, pheno, trait, threads, config_path,
 @scheduler_option
 @threads_option
 @_handle_errors
-def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, solver, scheduler, threads):
+def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, covar, covar_names, solver, scheduler,
+             threads):
     """Baselines on the same folds: GBLUP/rrBLUP with REML shrinkage, and RKHS.
 
     Fitted on the training and validation folds, evaluated on the test fold;
@@ -496,7 +521,7 @@ def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, solver,
     for i in folds or range(1, k + 1):
         with dask_context(scheduler, threads):
             fitted = baseline_fold(store, i, run_dir, encodings=encs, dataset=name, force=force, solver=solver,
-                                   trait=trait, pheno=pheno)
+                                   trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
         for m in fitted:
             click.echo(f"{m['dataset']}\tfold {i}\t{m['model']}\tpcc {m['pcc']:.4f}\tmse {m['mse']:.4g}"
                        f"\tmae {m['mae']:.4g}")
@@ -522,6 +547,7 @@ def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, solver,
                    "Lines without a value of a trait are left out of its folds.")
 @click.option("--traits", "--trait", "traits", multiple=True, metavar="A,B,...",
               help="Columns of --pheno to cross-validate, comma-separated or repeated [the second column].")
+@covar_options
 @click.option("--dry-run", is_flag=True,
               help="Train nothing: measure what each fold task needs (a short probe of every store with the run's "
                    "settings), print memory and time per task, and check them against --mem/--time or "
@@ -538,8 +564,8 @@ def baseline(store, run_dir, folds, encoding, name, force, pheno, trait, solver,
 @progress_option
 @config_options
 @_handle_errors
-def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, pheno, traits, dry_run, mem, time_limit,
-       sbatch_args, plan_out, progress, config_path, **hyper):
+def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, pheno, traits, covar, covar_names, dry_run,
+       mem, time_limit, sbatch_args, plan_out, progress, config_path, **hyper):
     """Cross-validate: every fold of every STORE in a fresh process, then reduce.
 
     Typical use: the imputed and the QA store of the same individuals.
@@ -560,7 +586,8 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, phen
     from hpcsnp.traits import split_traits
 
     traits = split_traits(traits) or ([None] if pheno else [])  # None: the table's second column
-    plan = plan_datasets(stores, names, run, force=force, traits=traits, pheno=pheno)
+    plan = plan_datasets(stores, names, run, force=force, traits=traits, pheno=pheno, covar=covar,
+                         covar_names=covar_names)
     if dry_run:
         return _dry_run(plan, run, cfg if explicit else None, threads, baseline, solver, mem, time_limit,
                         sbatch_args, plan_out)
@@ -568,11 +595,12 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, phen
         raise click.UsageError("--mem, --time and --sbatch-args describe a task for --dry-run")
     _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     if baseline:  # before hours of training: a baseline that cannot fit in memory is refused now
-        from hpcsnp.linear.baseline import check_memory
+        from hpcsnp.linear.baseline import check_covariates_exact, check_memory
         from hpcsnp.linear.scalable import choose_solver
 
         for store, name in plan:
             chosen, why = choose_solver(store, solver)
+            check_covariates_exact(store, chosen)
             if chosen == "exact":
                 check_memory(store)
             if solver == "auto" and chosen == "scalable":
@@ -712,7 +740,8 @@ def query(snps, run_opt):
 @threads_option
 @progress_option
 @_handle_errors
-def gwas(store, run_dir, name, out_dir, loco, pheno, trait, solver, scheduler, threads, progress):
+def gwas(store, run_dir, name, out_dir, loco, pheno, trait, covar, covar_names, solver, scheduler, threads,
+         progress):
     """Single-marker mixed-model GWAS (EMMAX/P3D) on every phenotyped line.
 
     REML variance components once (the kinship of the baseline), then one
@@ -740,7 +769,7 @@ def gwas(store, run_dir, name, out_dir, loco, pheno, trait, solver, scheduler, t
     from hpcsnp.linear.scalable import choose_solver
     from hpcsnp.resources import dask_context
 
-    s = open_store(store, trait=trait, pheno=pheno)
+    s = open_store(store, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     check_testable(s.phenotype[s.phenotyped], s.path)
     solver, why = choose_solver(s, solver)
     if solver == "scalable" and loco:
@@ -859,7 +888,9 @@ def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, expla
 
 
 @cli.command()
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out_arg", metavar="[OUT]", type=click.Path(dir_okay=False), required=False)
+@click.option("-o", "--out", type=click.Path(), help="Where to write: the TSV (with --formats a directory; with "
+                                                      "--plink the prefix of .bed/.bim/.fam). Also positional.")
 @click.option("--samples", type=click.IntRange(min=6), default=600, show_default=True)
 @click.option("--snps", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--causal", type=click.IntRange(min=1), default=5, show_default=True, help="Planted causal SNPs.")
@@ -877,12 +908,14 @@ def predict(run_dir, genotypes, run_opt, bfile, out, dataset, min_overlap, expla
               help="With --plink: founders crossed to one common parent, as in a NAM design.")
 @progress_option
 @_handle_errors
-def simulate(out, samples, snps, causal, folds, missing, heritability, seed, formats, plink, families, progress):
-    """Write a simulated data set with planted causal SNPs (OUT, plus OUT.causal.tsv).
+def simulate(out_arg, out, samples, snps, causal, folds, missing, heritability, seed, formats, plink, families,
+             progress):
+    """Write a simulated data set with planted causal SNPs (-o OUT, plus OUT.causal.tsv).
 
     Without options, a TSV of independent SNPs; --plink writes families of inbred lines with
     LD blocks as PLINK, for `hpcsnp ingest --bfile OUT --pheno OUT.pheno.tsv`.
     """
+    out = _out(out, out_arg)
     from hpcsnp.atomic import check_writable
     from hpcsnp.io.simulate import simulate as sim
 
@@ -933,13 +966,15 @@ def check_demo_dir(out: Path) -> None:
 
 
 @cli.command()
-@click.argument("out_dir", type=click.Path(file_okay=False), default="quickstart")
+@click.argument("out_arg", metavar="[OUT_DIR]", type=click.Path(file_okay=False), required=False)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+              help="The directory every output goes to [quickstart]. Also positional.")
 @click.option("--samples", type=click.IntRange(min=30), default=1000, show_default=True)
 @click.option("--snps", type=click.IntRange(min=10), default=500, show_default=True)
 @threads_option
 @progress_option
 @_handle_errors
-def demo(out_dir, samples, snps, threads, progress):
+def demo(out_arg, out_dir, samples, snps, threads, progress):
     """The whole job on simulated data, in about five minutes on two cores.
 
     Simulates OUT_DIR/sim.tsv.gz with 5 planted causal SNPs and 10 % missing
@@ -956,7 +991,7 @@ def demo(out_dir, samples, snps, threads, progress):
     from hpcsnp.run.report import query as do_query
     from hpcsnp.rundir import RunDir
 
-    out = Path(out_dir)
+    out = Path(_out(out_dir, out_arg, "quickstart"))
     check_demo_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     show = _progress_default() if progress is None else progress

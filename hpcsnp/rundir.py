@@ -105,17 +105,21 @@ class DatasetRecord:
     groups: bool = False  # the store has groups (RUN/<dataset>/groups.csv)
     trait: str | None = None  # a trait of a phenotype table in place of the store's phenotype (traits.py)
     pheno: str | None = None  # that table's absolute path
+    covar: str | None = None  # a covariate table's absolute path (its columns are fixed effects)
+    covar_names: list | None = None  # the columns of it used (None: every column)
 
     @classmethod
     def of_store(cls, dataset: str, store) -> "DatasetRecord":
         return cls(dataset, str(store.path.resolve()), store.store_id, store.n_folds, len(store.phenotyped),
                    store.n_variants, store.attrs.get("source", {}), store.groups is not None, store.trait,
-                   store.trait_source)
+                   store.trait_source, store.covariate_source, store.covariate_columns)
 
     @property
     def store_args(self) -> str:
         """The store as a command names it: STORE, then --pheno TABLE --trait NAME for a trait."""
-        return self.store + (f" --pheno {self.pheno} --trait {self.trait}" if self.trait else "")
+        names = "".join(f" --covar-name {n}" for n in self.covar_names or ())
+        return (self.store + (f" --pheno {self.pheno} --trait {self.trait}" if self.trait else "")
+                + (f" --covar {self.covar}{names}" if self.covar else ""))
 
     @property
     def default_name(self) -> bool:
@@ -128,7 +132,8 @@ class DatasetRecord:
         """The store this data set was trained on, with its trait when it has one."""
         from hpcsnp.store import open_store
 
-        return open_store(self.store, trait=self.trait, pheno=self.pheno)
+        return open_store(self.store, trait=self.trait, pheno=self.pheno, covar=self.covar,
+                          covar_names=self.covar_names or ())
 
     @classmethod
     def read(cls, path: Path) -> "DatasetRecord":

@@ -175,6 +175,13 @@ class Store:
     trait: str | None = None
     trait_source: str | None = None
     trait_key: str | None = None
+    # fixed effects of a covariate table (hpcsnp/traits.py): [lines, columns] (NaN: no value,
+    # those lines are in fold 0), the columns' names, the table's path and a hash of the values
+    covariates: np.ndarray | None = None
+    covariate_names: list | None = None
+    covariate_source: str | None = None
+    covariate_key: str | None = None
+    covariate_columns: list | None = None  # the table's columns asked for (None: all)
 
     @property
     def n_samples(self) -> int:
@@ -197,7 +204,8 @@ class Store:
         """Identity of this write of the store (see ``store_id_of``); with a trait of a
         phenotype table, that of the store followed by the trait and its values' hash."""
         sid = store_id_of(self.attrs)
-        return sid if self.trait_key is None else f"{sid}+{self.trait}@{self.trait_key}"
+        sid = sid if self.trait_key is None else f"{sid}+{self.trait}@{self.trait_key}"
+        return sid if self.covariate_key is None else f"{sid}+covariates@{self.covariate_key}"
 
     @property
     def phenotyped(self) -> np.ndarray:
@@ -260,15 +268,17 @@ def row_chunks(store: "Store"):
         yield lo, hi, read_genotype_rows(store, lo, hi)
 
 
-def open_store(path, *, trait: str | None = None, pheno=None) -> Store:
+def open_store(path, *, trait: str | None = None, pheno=None, covar=None, covar_names=()) -> Store:
     """The store at ``path``, checked; with ``pheno`` (a phenotype table) and ``trait`` (one of
-    its columns), that trait in place of the store's phenotype (hpcsnp/traits.py)."""
+    its columns), that trait in place of the store's phenotype; with ``covar`` (a covariate
+    table), its columns ``covar_names`` [all] as fixed effects (hpcsnp/traits.py)."""
     store = _open_store(path)
-    if trait is None and pheno is None:
+    if trait is None and pheno is None and covar is None:
         return store
-    from hpcsnp.traits import select_trait
+    from hpcsnp.traits import select_covariates, select_trait
 
-    return select_trait(store, trait, pheno)
+    store = select_trait(store, trait, pheno)
+    return store if covar is None else select_covariates(store, covar, covar_names or ())
 
 
 def _open_store(path) -> Store:

@@ -98,6 +98,83 @@ def select_trait(store, trait: str | None = None, pheno=None):
                                trait_key=trait_key(name, y))
 
 
+def covariate_matrix(store, path, names=()) -> tuple[np.ndarray, list[str]]:
+    """The covariates of the table at ``path`` (first column the sample id) for each store
+    line: [lines, columns] float64, NaN where the table has no value, and the columns'
+    names.  ``names``: the columns to use [every column but the first].  A column whose
+    values are all numbers is one covariate; any other is categorical: one 0/1 column per
+    level but its first (in sorted order), named ``column=level``."""
+    import pandas as pd
+
+    from hpcsnp.io.pheno import NA_VALUES, _few, read_table
+
+    table = read_table(path, "covariate table")
+    if table.shape[1] < 2:
+        raise InputError(f"{path}: a covariate table needs a sample-id column and at least one covariate column")
+    idcol = table.columns[0]
+    ids = table[idcol].str.strip()
+    if ids.duplicated().any():
+        raise InputError(f"{path}: sample id {ids[ids.duplicated()].iloc[0]!r} occurs twice")
+    names = list(names) or list(table.columns[1:])
+    missing = [c for c in names if c not in table.columns or c == idcol]
+    if missing:
+        raise InputError(f"{path}: no covariate column {missing[0]!r} (columns: {', '.join(table.columns[1:])})")
+    order = pd.Index(ids).get_indexer([str(s) for s in store.sample_id])
+    found = order >= 0
+    if not found.any():
+        raise InputError(f"{path}: no line of {store.path} is in the covariate table (store ids: "
+                         f"{_few([str(s) for s in store.sample_id])}; table ids: {_few(list(ids))})")
+    columns, labels = [], []
+    for name in names:
+        raw = table[name].str.strip()
+        known = ~raw.isin(NA_VALUES)
+        values = pd.to_numeric(raw.where(known), errors="coerce")
+        if (values.notna() == known).all():  # numeric
+            col = np.full(store.n_samples, np.nan)
+            col[found] = values.to_numpy(float)[order[found]]
+            columns.append(col)
+            labels.append(name)
+            continue
+        levels = sorted(raw[known].unique())
+        if len(levels) > max(50, len(raw) // 4):
+            raise InputError(f"{path}: column {name!r} has {len(levels)} distinct non-numeric values; a "
+                             "categorical covariate (trial, year, environment) has a few levels")
+        per_line = np.full(store.n_samples, None, dtype=object)
+        per_line[found] = raw.where(known, None).to_numpy(dtype=object)[order[found]]
+        for level in levels[1:]:
+            col = np.where(per_line == level, 1.0, 0.0)
+            col[pd.isna(per_line)] = np.nan
+            columns.append(col)
+            labels.append(f"{name}={level}")
+    return np.column_stack(columns) if columns else np.zeros((store.n_samples, 0)), labels
+
+
+def select_covariates(store, path, names=()):
+    """``store`` with the covariates of the table at ``path`` (covariate_matrix): fixed
+    effects in every model and the GWAS; a line without a value of every covariate is in no
+    fold.  The covariates are part of the data set's identity."""
+    C, labels = covariate_matrix(store, path, names)
+    path = Path(path).resolve()
+    if not labels:
+        raise InputError(f"{path}: the chosen columns give no covariate (a categorical column with one level)")
+    gone = ~np.isfinite(C).all(axis=1) & (store.fold > 0)
+    fold = store.fold.copy()
+    fold[gone] = 0
+    if gone.any():
+        logger.info(f"{store.name}: {int(gone.sum()):,} phenotyped lines lack a covariate value; they are left out of "
+                    "every fold")
+    h = hashlib.sha256(json_dumps(labels).encode())
+    h.update(np.ascontiguousarray(C).tobytes())
+    return dataclasses.replace(store, fold=fold, covariates=C, covariate_names=labels, covariate_source=str(path),
+                               covariate_key=h.hexdigest()[:16], covariate_columns=list(names) or None)
+
+
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
 def split_traits(values) -> list[str]:
     """--traits a,b --trait c as one list, in order, each once.
 

@@ -40,6 +40,8 @@
 #                      its trait replaces each store's phenotype (as `hpcsnp cv --pheno`)
 #   HPCSNP_TRAITS      with HPCSNP_PHENO: the traits to train, comma-separated [its second column];
 #                      each is a data set <store>.<trait> of the run
+#   HPCSNP_COVAR       a covariate table (first column the sample ids): its columns are fixed effects
+#                      of every model and the GWAS (as `hpcsnp cv --covar`)
 #   HPCSNP_BASELINE    1 (default): also fit the linear baseline (GBLUP) on the same fold; 0: skip
 #   HPCSNP_SOLVER      the baseline's solver: auto (default: exact where its n x n matrices fit in
 #                      the task's --mem, else scalable), exact or scalable
@@ -78,7 +80,7 @@ for dir in "${HPCSNP_SLURM_DIR:-}" \
   fi
 done
 command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not found (set HPCSNP_SLURM_DIR)" >&2; exit 2; }
-hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
+hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"} ${HPCSNP_COVAR:+"$HPCSNP_COVAR"}
 
 echo "== hpcsnp-cv task $task of job $job on $(hostname) at $(date -Is); restart ${SLURM_RESTART_COUNT:-0}; cpus ${SLURM_CPUS_PER_TASK:-?}"
 
@@ -114,6 +116,7 @@ for store in "$@"; do
     what=("$store")
     [ -z "${HPCSNP_PHENO:-}" ] || what+=(--pheno "$HPCSNP_PHENO")
     [ -z "$trait" ] || what+=(--trait "$trait")
+    [ -z "${HPCSNP_COVAR:-}" ] || what+=(--covar "$HPCSNP_COVAR")
     if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
       run_step "${hpcsnp[@]}" baseline "${what[@]}" --fold "$task" --run "$run_dir" || \
         echo "== baseline of ${what[*]} fold $task failed (exit $?): training goes on, the reduce reports the run without it"

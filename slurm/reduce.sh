@@ -43,8 +43,9 @@ for dir in "${HPCSNP_SLURM_DIR:-}" \
   fi
 done
 command -v hpcsnp_command >/dev/null || { echo "hpcsnp: slurm/hpcsnp-run.sh not found (set HPCSNP_SLURM_DIR)" >&2; exit 2; }
-# reduce reads the run and checks each data set's store: bind the stores' directories too
-mapfile -t stores < <(sed -n 's/^ *"store": "\(.*\)",$/\1/p' "$run_dir"/*/dataset.json 2>/dev/null)
+# reduce reads the run and checks each data set's store (and its trait and covariate tables):
+# bind their directories too
+mapfile -t stores < <(sed -n 's/^ *"\(store\|pheno\|covar\)": "\(.*\)",\{0,1\}$/\2/p' "$run_dir"/*/dataset.json 2>/dev/null)
 hpcsnp_command "$run_dir" "${stores[@]}"
 
 echo "== hpcsnp-reduce job ${SLURM_JOB_ID:-local} on $(hostname) at $(date -Is)"

@@ -25,7 +25,7 @@ run_dir="$1"; shift
 
 # shellcheck source=slurm/hpcsnp-run.sh
 . "$here/hpcsnp-run.sh"
-hpcsnp_command "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
+hpcsnp_command "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"} ${HPCSNP_COVAR:+"$HPCSNP_COVAR"}
 export HPCSNP_SLURM_DIR="$here"  # where the jobs find hpcsnp-run.sh (sbatch runs spooled copies)
 
 k=""
@@ -40,11 +40,12 @@ done
 mkdir -p "$run_dir/logs"
 sized=""
 if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
-  hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"}
+  hpcsnp_command "$run_dir" "$@" ${HPCSNP_PHENO:+"$HPCSNP_PHENO"} ${HPCSNP_COVAR:+"$HPCSNP_COVAR"}
   no_baseline=""; [ "${HPCSNP_BASELINE:-1}" != 0 ] || no_baseline="--no-baseline"
   traits=()
   [ -z "${HPCSNP_PHENO:-}" ] || traits+=(--pheno "$HPCSNP_PHENO")
   [ -z "${HPCSNP_PHENO:-}" ] || [ -z "${HPCSNP_TRAITS:-}" ] || traits+=(--traits "$HPCSNP_TRAITS")
+  [ -z "${HPCSNP_COVAR:-}" ] || traits+=(--covar "$HPCSNP_COVAR")
   # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
   # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them).
   # The plan comes back on stdout (a container need not be able to write the run directory),

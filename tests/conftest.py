@@ -19,6 +19,8 @@ FAST_TIER = {
     "test_preflight.py": {"test_dry_run_refuses_a_task_over_its_memory_before_any_training"},
     "test_figures.py": set(),
     "test_traits.py": {"test_cv_of_two_traits_then_reduce_and_predict"},
+    "test_covariates.py": {"test_a_covariate_equal_to_the_test_fold_phenotypes_cannot_leak_into_its_test_pcc",
+                           "test_covariates_through_cv_and_predict"},
     "test_baseline.py": {"test_baseline_fold_and_reduce_report_it_beside_the_cnn"},
     "test_cli.py": {"test_demo_runs_the_whole_job_and_ranks_the_planted_snps", "test_end_to_end_finds_planted_snps",
                     "test_train_one_fold_and_reduce_refusal_through_cli"},

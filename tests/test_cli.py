@@ -211,3 +211,17 @@ def test_info_describes_a_store(sim_store):
     assert run_cli("info", "--folds", sim_store[0]).stdout.strip() == "3"
     missing = run_cli("info", sim_store[0].parent / "nothing.zarr", check=False)
     assert missing.returncode == 2 and "no such store" in missing.stderr
+
+
+def test_every_verb_that_writes_outside_a_run_takes_o(tmp_path):
+    """-o names what the verb writes (simulate's TSV here); the older positional OUT still
+    works, both at once are refused, and so is neither."""
+    run_cli("simulate", "-o", tmp_path / "a.tsv", "--samples", 30, "--snps", 10)
+    run_cli("simulate", tmp_path / "b.tsv", "--samples", 30, "--snps", 10)
+    assert (tmp_path / "a.tsv").read_text() == (tmp_path / "b.tsv").read_text()
+    both = run_cli("simulate", tmp_path / "c.tsv", "-o", tmp_path / "d.tsv", check=False)
+    assert both.returncode == 2 and "not both" in both.stderr and not (tmp_path / "c.tsv").exists()
+    neither = run_cli("simulate", "--samples", 30, check=False)
+    assert neither.returncode == 2 and "-o PATH" in neither.stderr
+    for verb in ("ingest", "gwas", "predict", "simulate", "demo"):
+        assert "-o, --out" in run_cli(verb, "--help").stdout, verb

@@ -111,11 +111,14 @@ def test_the_data_set_record_round_trips_and_reads_older_records(tmp_path):
     path.write_text(rec.to_json())
     assert DatasetRecord.read(path) == rec
     assert list(json.loads(path.read_text())) == ["dataset", "store", "store_id", "n_folds", "n_samples",
-                                                  "n_variants", "store_source", "groups", "trait", "pheno"]
+                                                  "n_variants", "store_source", "groups", "trait", "pheno", "covar",
+                                                  "covar_names"]
     traited = DatasetRecord("s.yield", "/x/s.zarr", "abc+yield@12", 5, 90, 40, trait="yield", pheno="/x/t.tsv")
     path.write_text(traited.to_json())
     assert DatasetRecord.read(path) == traited
     assert traited.store_args == "/x/s.zarr --pheno /x/t.tsv --trait yield" and rec.store_args == "/x/s.zarr"
+    covaried = DatasetRecord("s", "/x/s.zarr", "abc+covariates@34", 5, 90, 40, covar="/x/c.tsv", covar_names=["env"])
+    assert covaried.store_args == "/x/s.zarr --covar /x/c.tsv --covar-name env" and covaried.default_name
     assert traited.default_name and not DatasetRecord("other", "/x/s.zarr", None, 5, 90, 40, trait="y").default_name
     older = {"dataset": "d", "store": "/x/s.zarr", "n_folds": 5, "n_samples": 100, "n_variants": 40,
              "written_by": "a later version"}  # no store id yet, a key this version does not know

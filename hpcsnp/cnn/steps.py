@@ -76,7 +76,8 @@ class CompiledSteps:
         for g, _, r in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
             preds.append(self.predict_step(g).numpy())
             rows.append(np.asarray(r))
-        return self.scale.back(np.concatenate(preds)), np.concatenate(rows)
+        rows = np.concatenate(rows)
+        return self.scale.back(np.concatenate(preds), rows), rows
 
     def attributions(self, src) -> AttributionSums:
         """Per gradient attribution method of the settings: the per-SNP sum over ``src``'s

@@ -73,12 +73,12 @@ class FoldResult:
 
 def train_fold(store_path, fold: int, run_dir, cfg: Config | None = None, *, dataset: str | None = None,
                force: bool = False, threads: int | None = None, trait: str | None = None,
-               pheno=None) -> FoldResult:
+               pheno=None, covar=None, covar_names=()) -> FoldResult:
     """Train test fold ``fold`` of a store into ``run_dir``.  ``cfg`` None: the run's settings
     (RUN/config.json), else the defaults, which then become the run's; a ``cfg`` that differs
     from the run's settings is refused.  ``trait``/``pheno``: a trait of a phenotype table
-    in place of the store's phenotype (hpcsnp/traits.py)."""
-    store = open_store(store_path, trait=trait, pheno=pheno)
+    in place of the store's phenotype; ``covar``/``covar_names``: covariates (hpcsnp/traits.py)."""
+    store = open_store(store_path, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)
@@ -201,15 +201,15 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
 
     fold = split.test_fold
     where.mkdir(parents=True, exist_ok=True)
-    scale = TargetScale.fit(store.phenotype, split.train, cfg, say)
+    scale = TargetScale.fit(store.phenotype, split.train, cfg, say, store.covariates)
     done = where / MEMBER_FILE
     if done.exists() and (where / MODEL_KERAS).exists():
         with np.load(done, allow_pickle=False) as z:
             state = json.loads(str(z["state"]))
             check_resumable(state, cfg, store, where)
             attr = {k.removeprefix("attr_"): z[k] for k in z.files if k.startswith("attr_")}
-            if "scale" in z.files:
-                scale = TargetScale(*map(float, z["scale"]))
+            if "scale" in z.files:  # its predictions are saved: mean and sd are for metrics.json
+                scale = TargetScale(*map(float, z["scale"][:2]), coef=tuple(map(float, z["scale"][2:])))
             return Member(where, cfg.seed, scale, state, json.loads(str(z["fit"])), z["test_pred"], z["test_rows"],
                           z["val_pred"], z["val_rows"], attr, int(z["sal_n"]), float(z["predict_seconds"]),
                           json.loads(str(z["attr_seconds"])))
@@ -257,7 +257,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
     with _signals_blocked():
         _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=test_pred, test_rows=test_rows,
                       val_pred=val_pred, val_rows=val_rows, sal_n=sal_n, predict_seconds=predict_seconds,
-                      attr_seconds=json.dumps(attr_seconds), scale=np.array([scale.mean, scale.sd]),
+                      attr_seconds=json.dumps(attr_seconds), scale=np.array([scale.mean, scale.sd, *scale.coef]),
                       **{f"attr_{k}": v for k, v in attr.items()})
         if cfg.refit:
             shutil.rmtree(where / REFIT_DIR, ignore_errors=True)
@@ -290,7 +290,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> 
     # the learning rate of epoch e: the starting one, then as the plateau rule left it after epoch e - 1
     lrs = [cfg.learning_rate] + [h["lr"] for h in state["history"]][:epochs - 1]
     rows = refit_rows(split)
-    scale = TargetScale.fit(store.phenotype, rows, cfg, say)
+    scale = TargetScale.fit(store.phenotype, rows, cfg, say, store.covariates)
     keras.utils.set_random_seed(cfg.seed * 1009 + split.test_fold)
     sources = FoldSources.build(store, split, scale, cfg, refit=True)
     steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, training_fill(sources.train, cfg))
@@ -358,28 +358,50 @@ class FoldLog:
 @dataclass(frozen=True)
 class TargetScale:
     """The target the network fits: the phenotype standardised with the training folds'
-    mean and sd (in float64: float32 sums of squares overflow from |y| ~ 1e19), or raw."""
+    mean and sd (in float64: float32 sums of squares overflow from |y| ~ 1e19), or raw.
+    With covariates, their effects are fitted by least squares on the training lines alone
+    and taken out first (``effects``: per store line, 0 at the training lines' mean
+    covariates), and added back to each line's prediction: no test line's phenotype or
+    covariates inform the fit."""
 
     mean: float
     sd: float
+    effects: np.ndarray | None = None
+    coef: tuple = ()  # the covariates' effects, per column (for metrics.json)
 
     @classmethod
-    def fit(cls, y, train_rows, cfg, say) -> "TargetScale":
+    def fit(cls, y, train_rows, cfg, say, covariates=None) -> "TargetScale":
+        effects, coef = None, ()
+        if covariates is not None:
+            from hpcsnp.linear.baseline import fixed_design
+
+            C = np.asarray(covariates, np.float64)
+            centre = C[train_rows].mean(axis=0)
+            b = np.linalg.lstsq(fixed_design(C[train_rows], centre), y[train_rows].astype(np.float64), rcond=None)[0]
+            effects, coef = (C - centre) @ b[1:], tuple(map(float, b[1:]))
+            y = y.astype(np.float64) - effects
         if cfg.standardize:
             y64 = y[train_rows].astype(np.float64)
             sd = float(y64.std())
-            return cls(float(y64.mean()), sd if sd > 0 else 1.0)
+            return cls(float(y64.mean()), sd if sd > 0 else 1.0, effects, coef)
         bound = 1.0 / np.sqrt(cfg.alpha)
         if np.abs(y[train_rows]).max() >= bound:
-            say.warning(f"|phenotype| reaches {np.abs(y).max():.3g}, beyond the ISRU bound {bound:.3g}; "
+            say.warning(f"|phenotype| reaches {np.abs(y[train_rows]).max():.3g}, beyond the ISRU bound {bound:.3g}; "
                         "predictions will saturate (drop --no-standardize)")
-        return cls(0.0, 1.0)
+        return cls(0.0, 1.0, effects, coef)
 
     def forward(self, y) -> np.ndarray:
-        return ((np.asarray(y, dtype=np.float64) - self.mean) / self.sd).astype(np.float32)
+        """The target of every store line (``y``: the store's phenotype)."""
+        y = np.asarray(y, dtype=np.float64)
+        if self.effects is not None:
+            y = y - self.effects
+        return ((y - self.mean) / self.sd).astype(np.float32)
 
-    def back(self, z) -> np.ndarray:
-        return z * self.sd + self.mean
+    def back(self, z, rows=None) -> np.ndarray:
+        """Phenotype units: of the store lines ``rows`` with their covariates' effects, or (no
+        rows) at the training lines' mean covariates."""
+        out = z * self.sd + self.mean
+        return out if self.effects is None or rows is None else out + self.effects[rows]
 
 
 def everyone(store, cfg) -> RowSource:
@@ -490,6 +512,8 @@ def fold_record(dataset: str, split, store, cfg, first: Member, n_threads: int, 
                          **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS")}},
         "target_mean": scale.mean, "target_sd": scale.sd, "seed": cfg.seed,
+        **({"covariates": store.covariate_names, "covariate_effects": list(scale.coef)}
+           if store.covariates is not None else {}),
         "store": str(store.path.resolve()), "store_id": store.store_id,
         "store_sha256": store.attrs.get("source", {}).get("sha256"),
         "config": cfg.to_dict(), "history": state["history"], **provenance(),

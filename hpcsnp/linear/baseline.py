@@ -186,7 +186,7 @@ class REMLSpectrum:
     is mean(y) and the GBLUP coefficients (K + d I)^-1 yc = H Q (T + d I)^-1 |yc| e1 also
     come from it (``solve``): no Cholesky factorisation."""
 
-    def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False):
+    def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None):
         from scipy.linalg import eigh_tridiagonal, lapack
         from scipy.linalg.blas import dsyr2
 
@@ -198,11 +198,19 @@ class REMLSpectrum:
         r = K.mean(axis=0)
         scale = float(np.abs(np.diagonal(K)).max(initial=0.0)) or 1.0
         self.centred = bool(np.abs(r).max() <= 1e-10 * scale)  # then S K S = K
-        A = K if overwrite and self.centred else K.astype(np.float64, copy=True)
+        Q = covariate_basis(covariates)
+        self.fixed = Q.shape[1]  # covariates besides the intercept (then solve() is not offered)
+        A = K if overwrite and self.centred and not self.fixed else K.astype(np.float64, copy=True)
         if not self.centred:  # S A S: A minus its row and column means plus the grand mean
             A -= r[None, :]
             A -= r[:, None]
             A += r.mean()
+        if self.fixed:  # M A M and M yc, M = I - Q Q' projecting out the (centred) covariates
+            AQ = A @ Q
+            W = AQ - 0.5 * Q @ (Q.T @ AQ)
+            A -= W @ Q.T
+            A -= Q @ W.T
+            yc -= Q @ (Q.T @ yc)
         c = 1.0 + float(np.trace(A))  # > every eigenvalue of the positive semi-definite S K S
         A += c / n
         norm = float(np.linalg.norm(yc))
@@ -223,9 +231,10 @@ class REMLSpectrum:
             raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
         self.d, self.e = d, e
         self._h = (v, beta, s * norm)
-        self._q = (refl, tau) if self.centred else None
+        self._q = (refl, tau) if self.centred and not self.fixed else None
         lam = eigh_tridiagonal(d, e, eigvals_only=True)
-        self.xi = np.maximum(np.delete(lam, np.argmax(lam)), 0.0)  # c belongs to the intercept
+        # c belongs to the intercept; the covariates' directions are the fixed smallest, at 0
+        self.xi = np.maximum(np.sort(np.delete(lam, np.argmax(lam)))[self.fixed:], 0.0)
 
     def _tridiagonal_solve(self, delta: float, b: np.ndarray) -> np.ndarray:
         from scipy.linalg import lapack
@@ -242,7 +251,7 @@ class REMLSpectrum:
 
     def loglik(self, log_delta: float) -> float:
         """REML log-likelihood of delta (EMMA eq. 7), up to a constant."""
-        d, n_q = np.exp(log_delta), self.n - 1
+        d, n_q = np.exp(log_delta), self.n - 1 - self.fixed
         return 0.5 * (n_q * np.log(n_q / (2 * np.pi)) - n_q
                       - n_q * np.log(self.quadratic(d)) - np.sum(np.log(self.xi + d)))
 
@@ -316,10 +325,15 @@ class ValidatedPrediction(NamedTuple):
     info: dict
 
 
-def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False) -> KernelPrediction:
+def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False, covariates=None,
+                         covariates_new=None) -> KernelPrediction:
     """GBLUP from kernels: K [fit, fit] and K_new [new, fit]; as gblup_fit_predict.
     ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML and
-    K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation."""
+    K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation.
+    ``covariates`` [fit, c] and ``covariates_new`` [new, c]: fixed effects besides the
+    intercept (REML projects them out; b by GLS; mu is the intercept at their mean)."""
+    if covariates is not None:
+        return _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, covariates, covariates_new)
     inner_K = None
     if inner is not None:  # taken before K may be overwritten
         fit, held = inner
@@ -340,18 +354,64 @@ def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=Fals
     return KernelPrediction(pred, float(delta), mu, inner_pred)
 
 
+def _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, C, C_new) -> KernelPrediction:
+    """gblup_kernel_predict with covariates: the inner fit has its own GLS b, with the same delta."""
+    C, C_new = np.asarray(C, np.float64), np.asarray(C_new, np.float64)
+    if delta is None:
+        delta = REMLSpectrum(K, y_fit, covariates=C).maximise()[0]  # K is copied, not overwritten
+    inner_pred = None
+    if inner is not None:
+        fit, held = inner
+        alpha, b = gls_solve(K[np.ix_(fit, fit)], y_fit[fit], delta, fixed_design(C[fit]), overwrite=True)
+        inner_pred = fixed_design(C[held], C[fit].mean(axis=0)) @ b + K[np.ix_(held, fit)] @ alpha
+    alpha, b = gls_solve(K, y_fit, delta, fixed_design(C), overwrite=overwrite)
+    pred = fixed_design(C_new, C.mean(axis=0)) @ b + K_new @ alpha
+    return KernelPrediction(pred, float(delta), float(b[0]), inner_pred)
+
+
+
 def gblup_solve(K, y, delta, overwrite=False):
-    """alpha = (K + delta I)^-1 (y - mu 1) with mu the GLS intercept; returns (alpha, mu).
-    One Cholesky factorisation for both right-hand sides; alpha is linear in them."""
+    """alpha = (K + delta I)^-1 (y - mu 1) with mu the GLS intercept; returns (alpha, mu)."""
+    alpha, b = gls_solve(K, y, delta, np.ones((len(y), 1)), overwrite)
+    return alpha, float(b[0])
+
+
+def gls_solve(K, y, delta, X, overwrite=False):
+    """The mixed model y = X b + g + e, Var = sg2 (K + delta I): b by GLS and alpha = (K +
+    delta I)^-1 (y - X b), so the BLUP of new lines is X_new b + K_new alpha; returns (alpha,
+    b).  One Cholesky factorisation for every right-hand side; alpha is linear in them."""
     from scipy.linalg import cho_factor, cho_solve
 
     n = len(y)
     H = K if overwrite else K.copy()
     H[np.diag_indices(n)] += delta
-    Hi1, Hiy = cho_solve(cho_factor(H, lower=True, overwrite_a=True, check_finite=False),
-                         np.column_stack([np.ones(n), y]), check_finite=False).T
-    mu = float(Hiy.sum() / Hi1.sum())
-    return Hiy - mu * Hi1, mu
+    sol = cho_solve(cho_factor(H, lower=True, overwrite_a=True, check_finite=False),
+                    np.column_stack([X, y]), check_finite=False)
+    HiX, Hiy = sol[:, :-1], sol[:, -1]
+    b = np.linalg.lstsq(X.T @ HiX, X.T @ Hiy, rcond=None)[0]
+    return Hiy - HiX @ b, b
+
+
+def covariate_basis(covariates) -> np.ndarray:
+    """An orthonormal basis [n, k] of the centred covariates' columns (k their rank; [n, 0]
+    without covariates): what REML projects out besides the intercept.
+
+    >>> covariate_basis(np.array([[1.0, 2.0], [2.0, 4.0], [4.0, 8.0]])).shape  # one direction
+    (3, 1)
+    """
+    if covariates is None or not np.shape(covariates)[1]:
+        return np.zeros((0 if covariates is None else len(covariates), 0))
+    C = np.asarray(covariates, np.float64)
+    C = C - C.mean(axis=0)
+    U, s, _ = np.linalg.svd(C, full_matrices=False)
+    return U[:, s > 1e-9 * max(s.max(initial=0.0), 1e-300) * max(C.shape)]
+
+
+def fixed_design(covariates, centre=None) -> np.ndarray:
+    """[1, covariates - centre]: the fixed effects' design (centre: the fitting lines' means,
+    so that b[0] is the intercept at the mean covariates)."""
+    C = np.asarray(covariates, np.float64)
+    return np.column_stack([np.ones(len(C)), C - (C.mean(axis=0) if centre is None else centre)])
 
 
 def squared_distances(G: np.ndarray) -> np.ndarray:
@@ -391,18 +451,19 @@ class RKHSFits:
 
 
 def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=RKHS_DISTANCES,
-                thetas=RKHS_THETAS, fits: RKHSFits | None = None) -> ValidatedPrediction:
+                thetas=RKHS_THETAS, fits: RKHSFits | None = None, covariates=None) -> ValidatedPrediction:
     """RKHS with the distance (dosage or one-hot codes, whose missing category keeps missing
     calls apart instead of filling them with a mean) and the bandwidth chosen together by the
     validation fold's MSE; ``load_gram(encoding)`` gives that encoding's Gram matrix (each is
     overwritten, and loaded again for the refit).  As rkhs_fit_predict otherwise; info also
     has ``distance`` and the validation MSE of every (distance, theta) tried.  ``fits``: fits
-    of the same fold to reuse and add to (RKHSFits)."""
+    of the same fold to reuse and add to (RKHSFits).  ``covariates`` [store rows, c]: fixed
+    effects besides the intercept."""
     fits = fits or RKHSFits()
     best, by_distance = None, {}
     for d in distances:
         choice = _rkhs_select(squared_distances(load_gram(d)), y, fit_rows, inner, thetas,
-                              {t: v for (e, t), v in fits.val.items() if e == d})
+                              {t: v for (e, t), v in fits.val.items() if e == d}, covariates)
         fits.val.update({(d, t): v for t, v in choice.pop("fits").items()})
         by_distance[d] = choice["val_mse_by_theta"]
         if best is None or choice["val_mse"] < best[1]["val_mse"]:
@@ -410,7 +471,7 @@ def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=
     d, choice = best
     key = (d, choice["theta"])
     if key not in fits.refit:
-        fits.refit[key] = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice)
+        fits.refit[key] = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice, covariates)
     pred, _, info = fits.refit[key]
     return ValidatedPrediction(pred, choice["val_pred"], {
         "kernel": "gaussian", "distance": d,
@@ -447,7 +508,14 @@ def grid_descent(n: int, f, start: int) -> int:
     return best
 
 
-def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None) -> dict:
+def rows_of(covariates, fit, new) -> dict:
+    """gblup_kernel_predict's covariate arguments for ``fit`` and ``new`` store rows ({}: none)."""
+    if covariates is None:
+        return {}
+    return {"covariates": covariates[fit], "covariates_new": covariates[new]}
+
+
+def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> dict:
     """theta by the validation MSE of fits on the training folds alone; D2: squared distances.
     The grid is walked downhill from its middle (grid_descent), not fitted whole: 3-4 of its
     6 REML fits, and the narrow kernel (rkhs_local) reuses the narrowest width's fit when the
@@ -468,7 +536,7 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None) -> dict:
         if theta not in fits:
             K = np.exp(D2[np.ix_(train, train)] * (-theta / scale))
             K_val = np.exp(D2[np.ix_(val, train)] * (-theta / scale))
-            p = gblup_kernel_predict(K, y[train], K_val, overwrite=True).pred
+            p = gblup_kernel_predict(K, y[train], K_val, overwrite=True, **rows_of(covariates, train, val)).pred
             fits[theta] = (float(np.mean((p - y[val]) ** 2)), p)
         return fits[theta][0]
 
@@ -478,30 +546,33 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None) -> dict:
             "val_mse_by_theta": {str(k): v for k, v in tried.items()}, "fits": fits}
 
 
-def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict) -> ValidatedPrediction:
+def _rkhs_refit(D2, y, fit_rows, test_rows, choice: dict, covariates=None) -> ValidatedPrediction:
     """The chosen theta refitted on training + validation (REML again); test predictions."""
     fit_rows = np.asarray(fit_rows)
     theta, scale = choice["theta"], choice["scale"]
     K = np.exp(D2[np.ix_(fit_rows, fit_rows)] * (-theta / scale))
     K_test = np.exp(D2[np.ix_(test_rows, fit_rows)] * (-theta / scale))
     del D2
-    pred, delta, mu, _ = gblup_kernel_predict(K, y[fit_rows], K_test, overwrite=True)
+    pred, delta, mu, _ = gblup_kernel_predict(K, y[fit_rows], K_test, overwrite=True,
+                                              **rows_of(covariates, fit_rows, test_rows))
     return ValidatedPrediction(pred, choice["val_pred"], {
         "kernel": "gaussian", "theta": theta, "distance_scale": scale, "val_mse_by_theta": choice["val_mse_by_theta"],
         "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu})
 
 
 def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=None,
-                  force=False, solver: str = "auto", trait: str | None = None, pheno=None) -> list[dict]:
+                  force=False, solver: str = "auto", trait: str | None = None, pheno=None, covar=None,
+                  covar_names=()) -> list[dict]:
     """Fit the baseline(s) for one test fold; writes RUN/<dataset>/baseline_<enc>/fold_<i>/.
     ``solver``: exact (n x n kernels), scalable (linear/scalable.py: GBLUP by conjugate
     gradients over the genotypes; the RKHS kernels are skipped, said in the log) or auto (exact
-    where its memory fits).  ``trait``/``pheno``: a trait of a phenotype table (hpcsnp/traits.py)."""
+    where its memory fits).  ``trait``/``pheno``: a trait of a phenotype table; ``covar``/
+    ``covar_names``: covariates, fixed effects (hpcsnp/traits.py)."""
     import pandas as pd
 
     from hpcsnp.linear.scalable import choose_solver, scalable_fold
 
-    store = open_store(store_path, trait=trait, pheno=pheno)
+    store = open_store(store_path, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     dataset = dataset_name(store, dataset)
     split = fold_split(store.fold, store.n_folds, fold)
     check_fold_usable(store, split)
@@ -516,6 +587,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
         if all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
             return [read_json(p) for p in done.values()]
     solver, why = choose_solver(store, solver)
+    check_covariates_exact(store, solver)
     if solver == "exact":
         check_memory(store)
     else:
@@ -548,7 +620,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                 return G
 
             pred, val_pred, info = rkhs_choose(load_gram, y, fit_rows, inner, split.test, thetas=KERNEL_KINDS[enc],
-                                               fits=rkhs_fits)
+                                               fits=rkhs_fits, covariates=store.covariates)
         elif solver == "scalable":
             gram_s = 0.0
             pred, val_pred, info = scalable_fold(store, enc, y, fit_rows, inner, split.test)
@@ -556,7 +628,8 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
             G, width, gram_s = cached_gram(store, enc, run.baseline_cache(dataset, enc))
             K, K_test = centred_kernels(G, width, fit_rows, split.test)
             del G
-            pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True)
+            pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True,
+                                                             **rows_of(store.covariates, fit_rows, split.test))
             del K
             info = {"encoding": enc, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu, "solver": "exact"}
         m = regression_metrics(y[split.test], pred)
@@ -567,6 +640,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                   "store_id": store.store_id, "seconds": time.perf_counter() - t0,
                   "gram_seconds": gram_s,
                   "n_fit": len(fit_rows), "n_test": len(split.test), "fit_on": "training+validation folds",
+                  **({"covariates": store.covariate_names} if store.covariates is not None else {}),
                   **provenance()})
         partial = final.with_name(final.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
@@ -582,6 +656,13 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                     f"{extra}  {m['seconds']:.1f}s")
         out.append(m)
     return out
+
+
+def check_covariates_exact(store, solver: str) -> None:
+    """Covariates are fixed effects of the exact path only, for now: refuse the scalable one."""
+    if store.covariates is not None and solver == "scalable":
+        raise InputError(f"{store.name}: covariates are fitted by the exact solver only for now; the scalable one "
+                         "(chosen for this store's size, or asked for) would leave them out")
 
 
 class CachedGram(NamedTuple):

@@ -49,7 +49,15 @@ from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import InputError
 from hpcsnp.figures import genome_x, place_labels, pyplot, save_figure
 from hpcsnp.genotypes import mean_dosage
-from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, check_memory, gram_matrix, read_rows
+from hpcsnp.linear.baseline import (
+    REMLSpectrum,
+    centred_kernels,
+    check_covariates_exact,
+    check_memory,
+    fixed_design,
+    gram_matrix,
+    read_rows,
+)
 from hpcsnp.rundir import GWAS_TSV, LEGACY_GWAS_CSV
 
 logger = logging.getLogger(__name__)
@@ -65,10 +73,11 @@ class GwasResult:
 
 
 def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float | None,
-              block: int = 1024, overwrite: bool = False) -> pd.DataFrame:
+              block: int = 1024, overwrite: bool = False, covariates=None) -> pd.DataFrame:
     """Per SNP (columns of int8 codes ``g`` [n, p], -1 missing): n called, MAF, beta, se, t, p
-    of y = mu + x beta + e with Var(e) proportional to K + delta I (``K`` None: I, plain
-    least squares).  ``overwrite``: K may be overwritten (saves an n x n copy)."""
+    of y = mu + C b + x beta + e with Var(e) proportional to K + delta I (``K`` None: I, plain
+    least squares; ``covariates`` C [n, c], None: none; n - 2 - c degrees of freedom).
+    ``overwrite``: K may be overwritten (saves an n x n copy)."""
     from scipy import stats
     from scipy.linalg import cho_factor, solve_triangular
 
@@ -84,9 +93,12 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
     def whiten(a):
         return a if L is None else solve_triangular(L, a, lower=True, check_finite=False)
 
-    one, ys = whiten(np.ones(n)), whiten(y)
-    a = one @ one
-    ry = ys - one * (one @ ys) / a
+    F = np.ones((n, 1)) if covariates is None else fixed_design(covariates)
+    Fq, R = np.linalg.qr(whiten(F))  # the whitened fixed effects' columns, orthonormal
+    Fq = Fq[:, np.abs(R.diagonal()) > 1e-9 * np.abs(R.diagonal()).max()]  # less any collinear one
+    df = n - Fq.shape[1] - 1
+    ys = whiten(y)
+    ry = ys - Fq @ (Fq.T @ ys)
     yy = ry @ ry
     out = {k: np.empty(p) for k in ("a1_freq", "n", "maf", "beta", "se", "t", "p")}
     for j in range(0, p, block):
@@ -96,12 +108,12 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
         mean = np.where(called, gb, 0).sum(axis=0) / np.maximum(n_called, 1)
         x = np.where(called, gb, mean).astype(np.float64)
         xs = whiten(x)
-        rx = xs - np.outer(one, (one @ xs) / a)
+        rx = xs - Fq @ (Fq.T @ xs)
         sxx = (rx * rx).sum(axis=0)
         sxy = rx.T @ ry
         with np.errstate(divide="ignore", invalid="ignore"):
             beta = sxy / sxx
-            s2 = (yy - beta * sxy) / (n - 2)
+            s2 = (yy - beta * sxy) / df
             se = np.sqrt(s2 / sxx)
             t = beta / se
         sl = slice(j, j + gb.shape[1])
@@ -109,7 +121,7 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
         out["a1_freq"][sl] = np.where(n_called > 0, freq, np.nan)
         out["n"][sl], out["maf"][sl] = n_called, np.minimum(freq, 1 - freq)
         out["beta"][sl], out["se"][sl], out["t"][sl] = beta, se, t
-        out["p"][sl] = 2 * stats.t.sf(np.abs(t), n - 2)
+        out["p"][sl] = 2 * stats.t.sf(np.abs(t), df)
     frame = pd.DataFrame(out)
     frame["n"] = frame["n"].astype(int)
     return frame
@@ -208,6 +220,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         logger.warning(f"--loco: {unnamed:,} SNPs carry no chromosome; they are left out together, as one more "
                        "chromosome")
     solver, _ = choose_solver(store, solver)
+    check_covariates_exact(store, solver)
     if solver == "scalable":
         if loco:
             raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")
@@ -233,9 +246,10 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
     if not loco:
         del G  # LOCO derives each chromosome's kinship from it
-    delta, _ = REMLSpectrum(K, y).maximise()
+    C = None if store.covariates is None else store.covariates[rows]
+    delta, _ = REMLSpectrum(K, y, covariates=C).maximise()
     if not loco:
-        frame = associate(g, y, K, delta, block=block, overwrite=True)
+        frame = associate(g, y, K, delta, block=block, overwrite=True, covariates=C)
         if progress:
             progress(g.shape[1])
     else:
@@ -247,14 +261,17 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
             np.subtract(G, G_c, out=G_c)  # the other chromosomes' Gram matrix
             K_c, _ = centred_kernels(G_c, width - width_c, everyone, everyone[:0])
             del G_c
-            parts.append(associate(g[:, cols], y, K_c, delta, block=block, overwrite=True).set_index(cols))
+            parts.append(associate(g[:, cols], y, K_c, delta, block=block, overwrite=True,
+                                   covariates=C).set_index(cols))
             del K_c
             if progress:
                 progress(len(cols))
         del G
         frame = pd.concat(parts).sort_index().reset_index(drop=True)
     kinship = ("leave-one-chromosome-out dosage kinship" if loco else "dosage kinship")
-    method = f"EMMAX/P3D, {kinship}, REML once on the whole genome, t-test per SNP (n - 2 df)"
+    c = 0 if C is None else C.shape[1]
+    fixed = f", fixed effects: intercept and {c} covariate column(s)" if c else ""
+    method = f"EMMAX/P3D, {kinship}{fixed}, REML once on the whole genome, t-test per SNP (n - {2 + c} df)"
     return _finish(store, len(rows), frame, delta, loco, loco_note, len(groups), method, t0, {"solver": "exact"})
 
 
@@ -276,6 +293,8 @@ def _finish(store, n, frame, delta, loco, loco_note, chromosomes, method, t0, ex
                **({"loco_ignored": loco_note} if loco_note else {}),
                "chromosomes": chromosomes, "method": method, **extra,
                **({"trait": store.trait, "pheno": store.trait_source} if store.trait else {}),
+               **({"covariates": store.covariate_names, "covar": store.covariate_source}
+                  if store.covariates is not None else {}),
                "seconds": time.perf_counter() - t0}
     return GwasResult(frame, summary)
 

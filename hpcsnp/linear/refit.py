@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcsnp.atomic import atomic_write_text
+from hpcsnp.errors import InputError
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import (
     KERNEL_KINDS,
@@ -21,7 +22,9 @@ from hpcsnp.linear.baseline import (
     cached_gram,
     centred_kernels,
     check_memory,
+    fixed_design,
     gblup_solve,
+    gls_solve,
     read_rows,
     squared_distances,
     uncentred,
@@ -57,15 +60,9 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     fitting rows it reproduces that fold's baseline predictions (tested)."""
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
-    y = store.phenotype.astype(np.float64)[fit_rows]
     K, _ = centred_kernels(G, width, fit_rows, fit_rows[:0])
-    spectrum = REMLSpectrum(K, y, overwrite=True)
-    delta, _ = spectrum.maximise()
-    if spectrum.centred:  # always, up to rounding: the kernel is centred by its own rows
-        alpha, mu = spectrum.solve(delta), spectrum.mean
-    else:  # then REMLSpectrum left K as it was
-        alpha, mu = gblup_solve(K, y, delta, overwrite=True)
-    del K, spectrum
+    alpha, mu, delta = fit_kernel(store, K, fit_rows)
+    del K
     # missing dosages are filled with the SNP's mean over every sample of the store, as the
     # baseline's Gram matrix does (no phenotype involved)
     fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
@@ -80,6 +77,23 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     means = col_sum / len(fit_rows)
     beta = (beta - means * alpha.sum()) / width  # Z' alpha with Z = X - means (alpha sums to ~0)
     return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
+
+
+def fit_kernel(store, K: np.ndarray, fit_rows) -> tuple[np.ndarray, float, float]:
+    """(alpha, mu, delta) of the GBLUP of ``fit_rows`` on kernel K [fit, fit] (overwritten):
+    delta by REML, with the store's covariates as fixed effects where it has them (mu is
+    then the intercept at their mean over the fitted lines)."""
+    y = store.phenotype.astype(np.float64)[fit_rows]
+    if store.covariates is not None:
+        C = store.covariates[fit_rows]
+        delta, _ = REMLSpectrum(K, y, covariates=C).maximise()
+        alpha, b = gls_solve(K, y, delta, fixed_design(C), overwrite=True)
+        return alpha, float(b[0]), float(delta)
+    spectrum = REMLSpectrum(K, y, overwrite=True)
+    delta, _ = spectrum.maximise()
+    if spectrum.centred:  # a kernel centred by its own rows: the solve reuses REML's work
+        return spectrum.solve(delta), spectrum.mean, float(delta)
+    return (*gblup_solve(K, y, delta, overwrite=True), float(delta))  # REMLSpectrum left K as it was
 
 
 class PredictionErrorVariance:
@@ -99,6 +113,9 @@ class PredictionErrorVariance:
     def __init__(self, store, fit: MarkerEffects, G: np.ndarray, width: int):
         from scipy.linalg import eigh
 
+        if store.covariates is not None:
+            raise InputError("--pev with covariates is not computed yet (the PEV would also carry the fixed "
+                             "effects' uncertainty); run predict without --pev")
         self.store, self.fit, self.width = store, fit, width
         self.rows = rows = store.phenotyped  # the fitted lines
         K, _ = centred_kernels(G, width, rows, rows[:0])
@@ -177,9 +194,7 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     scale = float(np.median(D2[np.triu_indices(len(fit_rows), 1)])) or 1.0
     K = np.exp(D2 * (-theta / scale))
     del D2
-    y = store.phenotype.astype(np.float64)[fit_rows]
-    delta, _ = REMLSpectrum(K, y).maximise()
-    alpha, mu = gblup_solve(K, y, delta, overwrite=True)
+    alpha, mu, delta = fit_kernel(store, K, fit_rows)
     fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
     if X is None:
         X = kernel_design(read_rows(store, fit_rows), distance, fill)
@@ -210,6 +225,10 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     cache = run.baseline_cache(ds.dataset, kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
     scalable = kind not in KERNEL_KINDS and choose_solver(store, solver)[0] == "scalable"
+    if scalable:
+        from hpcsnp.linear.baseline import check_covariates_exact
+
+        check_covariates_exact(store, "scalable")
     key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind,
            **({"solver": "scalable"} if scalable else {})}
     try:

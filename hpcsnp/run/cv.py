@@ -79,13 +79,15 @@ def _mem_available_gb() -> float | None:
     return None
 
 
-def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), pheno=None) -> list[tuple]:
+def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), pheno=None, covar=None,
+                  covar_names=()) -> list[tuple]:
     """(open store, data-set name) per store, and per trait of ``traits`` (columns of the
     phenotype table ``pheno``: hpcsnp/traits.py), checked before hours of training: every
     store opens, every trait has values, names are plain and distinct, and a data set
     already in the run comes from the same write of its store and the same trait values
     (unless ``force``, which redoes it).  A trait's data set is named <store>.<trait>, or
-    <name>.<trait> with --name."""
+    <name>.<trait> with --name.  ``covar``: a covariate table, its ``covar_names`` [all] the
+    fixed effects of every data set."""
 
     if names and len(names) != len(stores):
         raise InputError(f"--name was given {len(names)} time(s) for {len(stores)} store(s): give one name per "
@@ -95,12 +97,13 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), phe
     plan, seen = [], {}
     for i, s in enumerate(stores):
         for trait in traits or [None]:
-            plan.append(_plan_one(s, names[i] if names else None, trait, pheno, seen, run_dir, force))
+            plan.append(_plan_one(s, names[i] if names else None, trait, pheno, covar, covar_names, seen, run_dir,
+                                  force))
     return plan
 
 
-def _plan_one(path, name, trait, pheno, seen: dict, run_dir, force) -> tuple:
-    store = open_store(path, trait=trait, pheno=pheno)
+def _plan_one(path, name, trait, pheno, covar, covar_names, seen: dict, run_dir, force) -> tuple:
+    store = open_store(path, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     if name is not None and store.trait is not None:
         name = f"{name}.{store.trait}"
     name = dataset_name(store, name)
@@ -112,8 +115,8 @@ def _plan_one(path, name, trait, pheno, seen: dict, run_dir, force) -> tuple:
     if info is not None and info.exists() and not force:
         recorded = read_json(info).get("store_id")
         if recorded not in (None, store.store_id):
-            what = "another write of the store or other values of the trait" if store.trait else \
-                "another write of the store"
+            what = "another write of the store" + (", other values of the trait" if store.trait else "") + \
+                (", other covariates" if store.covariates is not None else "")
             raise InputError(f"{info.parent} holds folds of data set {name!r} from {what} (store id "
                              f"{recorded}; {store.path} is now {store.store_id}): --force redoes them from "
                              "this store, or use another --run or --name")
@@ -232,6 +235,8 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
                "--name", name]
         cmd += (["--config", str(config_path)] if kind == "train" else ["--solver", solver])
         cmd += ["--pheno", store.trait_source, "--trait", store.trait] if store.trait else []
+        cmd += ["--covar", store.covariate_source] if store.covariates is not None else []
+        cmd += [a for c in store.covariate_columns or () for a in ("--covar-name", c)]
         cmd += ["--force"] if force else []
         if kind == "train" and not force and run.is_complete(name, i):
             return TaskResult(kind, name, i, log_path, None, 0.0)
