@@ -191,9 +191,9 @@ def test_a_failed_baseline_never_leaves_the_reduce_pending(cluster, sim_store, t
 
 
 def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store, tmp_path):
-    """HPCSNP_PHENO + HPCSNP_TRAITS: every task trains (and fits the baselines of) each trait,
-    the preflight probes each, and the reduce reports both data sets; a line without a value
-    of a trait is tested in no fold of it."""
+    """HPCSNP_PHENO + HPCSNP_TRAITS (+ HPCSNP_COVAR): every task trains (and fits the baselines
+    of) each trait with the covariates, the preflight probes each, and the reduce reports both
+    data sets; a line without a value of a trait is tested in no fold of it."""
     from hpcsnp.store import open_store
 
     store = open_store(sim_store[0])
@@ -202,9 +202,12 @@ def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store
     other[::7] = np.nan
     pd.DataFrame({"id": store.sample_id, "a": y, "b": other}).to_csv(tmp_path / "traits.tsv", sep="\t", index=False,
                                                                       na_rep="NA")
+    pd.DataFrame({"id": store.sample_id, "trial": np.where(np.arange(len(y)) % 2, "T1", "T2")}).to_csv(
+        tmp_path / "covar.tsv", sep="\t", index=False)
     run = tmp_path / "run"
     array_id, reduce_id = submit(run, sim_store[0], env_extra={"HPCSNP_PHENO": str(tmp_path / "traits.tsv"),
-                                                               "HPCSNP_TRAITS": "a,b"})
+                                                               "HPCSNP_TRAITS": "a,b",
+                                                               "HPCSNP_COVAR": str(tmp_path / "covar.tsv")})
     assert set(wait(array_id)) == {"COMPLETED"}
     assert wait(reduce_id) == ["COMPLETED"]
     plan = (run / "logs" / "preflight.txt").read_text()
@@ -215,6 +218,10 @@ def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store
     tested = pd.concat(pd.read_csv(run / "sim.b" / f"fold_{i}" / "predictions.csv", dtype={"sample_id": str})
                        for i in (1, 2, 3))
     assert sorted(tested["sample_id"]) == sorted(np.asarray(store.sample_id, dtype=str)[np.isfinite(other)])
+    for ds in ("sim.a", "sim.b"):
+        assert json.loads((run / ds / "fold_2" / "metrics.json").read_text())["covariates"] == ["trial=T2"]
+        assert json.loads((run / ds / "baseline_dosage" / "fold_2" / "metrics.json").read_text())["covariates"] \
+            == ["trial=T2"]
 
 
 def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):
