@@ -164,6 +164,7 @@ def test_covariates_through_cv_and_predict(env_data, tmp_path):
     assert summary.loc["gblup_dosage", "pcc_mean"] > 0.8  # the environment's effect is predicted
     record = (run / "sim.yenv" / "dataset.json").read_text()
     assert str(env_data / "covar.tsv") in record and '"env"' in record
+    assert f"env of {env_data / 'covar.tsv'}" in (run / "report.html").read_text()
     raw = pd.read_csv(env_data / "sim.tsv", sep="\t").drop(columns=["fold", "phenotype"]).head(6)
     raw.insert(0, "id", [f"new{i}" for i in range(6)])
     raw.to_csv(tmp_path / "new.tsv", sep="\t", index=False)

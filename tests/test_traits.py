@@ -143,6 +143,7 @@ def test_cv_of_two_traits_then_reduce_and_predict(two_traits, tmp_path):
     tested = pd.concat(pd.read_csv(run / "sim.yield" / f"fold_{i}" / "predictions.csv", dtype={"sample_id": str})
                        for i in (1, 2, 3))
     assert sorted(tested["sample_id"]) == sorted(ids[keep])
+    assert f"yield ({d / 'traits.tsv'})" in (run / "report.html").read_text()  # the report names the trait
     raw = pd.read_csv(d / "sim.tsv", sep="\t").drop(columns=["fold", "phenotype"]).head(8)
     raw.insert(0, "id", [f"new{i}" for i in range(8)])
     raw.to_csv(tmp_path / "new.tsv", sep="\t", index=False)

@@ -116,7 +116,10 @@ def _loci(run: RunDir, most: int) -> str:
 
 def _datasets_table(datasets) -> str:
     rows = [{"dataset": d.dataset, "store": d.store, "lines": d.n_samples, "SNPs": d.n_variants,
-             "folds": d.n_folds, "families": "yes" if d.groups else "no"} for d in datasets]
+             "folds": d.n_folds, "families": "yes" if d.groups else "no",
+             "trait": f"{d.trait} ({d.pheno})" if d.trait else "the store's",
+             "covariates": (f"{', '.join(d.covar_names) if d.covar_names else 'all columns'} of {d.covar}"
+                            if d.covar else "none")} for d in datasets]
     return _frame(pd.DataFrame(rows)) if rows else ""
 
 
