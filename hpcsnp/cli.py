@@ -161,7 +161,8 @@ def trait_options(fn):
 
 def covar_options(fn):
     fn = click.option("--covar-name", "covar_names", multiple=True, metavar="COLUMN",
-                      help="A column of --covar to use; repeat for several [every column].")(fn)
+                      help="A column of --covar to use; repeat for several [every column]. COLUMN:cat reads "
+                           "a numeric column (family or trial numbers) as categories.")(fn)
     return click.option("--covar", type=click.Path(exists=True, dir_okay=False),
                         help="Covariate table (first column the sample ids): fixed effects in the baselines, "
                              "refits and GWAS (exact solver), and taken out of the CNN's target by least squares "
@@ -595,12 +596,11 @@ def cv(stores, run_dir, top, force, baseline, solver, threads, jobs, names, phen
         raise click.UsageError("--mem, --time and --sbatch-args describe a task for --dry-run")
     _on_sigterm("; every fold process was stopped with it and a rerun resumes each from its checkpoint")
     if baseline:  # before hours of training: a baseline that cannot fit in memory is refused now
-        from hpcsnp.linear.baseline import check_covariates_exact, check_memory
+        from hpcsnp.linear.baseline import check_memory
         from hpcsnp.linear.scalable import choose_solver
 
         for store, name in plan:
             chosen, why = choose_solver(store, solver)
-            check_covariates_exact(store, chosen)
             if chosen == "exact":
                 check_memory(store)
             if solver == "auto" and chosen == "scalable":

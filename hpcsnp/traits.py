@@ -102,8 +102,9 @@ def covariate_matrix(store, path, names=()) -> tuple[np.ndarray, list[str]]:
     """The covariates of the table at ``path`` (first column the sample id) for each store
     line: [lines, columns] float64, NaN where the table has no value, and the columns'
     names.  ``names``: the columns to use [every column but the first].  A column whose
-    values are all numbers is one covariate; any other is categorical: one 0/1 column per
-    level but its first (in sorted order), named ``column=level``."""
+    values are all numbers is one covariate; any other, or one named ``COLUMN:cat`` (family
+    or trial numbers), is categorical: one 0/1 column per level but its first (in sorted
+    order), named ``column=level``."""
     import pandas as pd
 
     from hpcsnp.io.pheno import NA_VALUES, _few, read_table
@@ -115,7 +116,9 @@ def covariate_matrix(store, path, names=()) -> tuple[np.ndarray, list[str]]:
     ids = table[idcol].str.strip()
     if ids.duplicated().any():
         raise InputError(f"{path}: sample id {ids[ids.duplicated()].iloc[0]!r} occurs twice")
-    names = list(names) or list(table.columns[1:])
+    wanted = [str(n).rpartition(":") if str(n).endswith(":cat") else ("", "", str(n)) for n in names or ()]
+    categorical = {col for col, sep, _ in wanted if sep}
+    names = [col if sep else name for col, sep, name in wanted] or list(table.columns[1:])
     missing = [c for c in names if c not in table.columns or c == idcol]
     if missing:
         raise InputError(f"{path}: no covariate column {missing[0]!r} (columns: {', '.join(table.columns[1:])})")
@@ -129,7 +132,7 @@ def covariate_matrix(store, path, names=()) -> tuple[np.ndarray, list[str]]:
         raw = table[name].str.strip()
         known = ~raw.isin(NA_VALUES)
         values = pd.to_numeric(raw.where(known), errors="coerce")
-        if (values.notna() == known).all():  # numeric
+        if name not in categorical and (values.notna() == known).all():  # numeric
             col = np.full(store.n_samples, np.nan)
             col[found] = values.to_numpy(float)[order[found]]
             columns.append(col)

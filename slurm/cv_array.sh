@@ -42,6 +42,8 @@
 #                      each is a data set <store>.<trait> of the run
 #   HPCSNP_COVAR       a covariate table (first column the sample ids): its columns are fixed effects
 #                      of every model and the GWAS (as `hpcsnp cv --covar`)
+#   HPCSNP_COVAR_NAMES with HPCSNP_COVAR: its columns to use, comma-separated (COLUMN:cat for
+#                      categories given as numbers) [every column]
 #   HPCSNP_BASELINE    1 (default): also fit the linear baseline (GBLUP) on the same fold; 0: skip
 #   HPCSNP_SOLVER      the baseline's solver: auto (default: exact where its n x n matrices fit in
 #                      the task's --mem, else scalable), exact or scalable
@@ -117,6 +119,7 @@ for store in "$@"; do
     [ -z "${HPCSNP_PHENO:-}" ] || what+=(--pheno "$HPCSNP_PHENO")
     [ -z "$trait" ] || what+=(--trait "$trait")
     [ -z "${HPCSNP_COVAR:-}" ] || what+=(--covar "$HPCSNP_COVAR")
+    [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES//,/ }; do what+=(--covar-name "$c"); done
     if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
       run_step "${hpcsnp[@]}" baseline "${what[@]}" --fold "$task" --run "$run_dir" || \
         echo "== baseline of ${what[*]} fold $task failed (exit $?): training goes on, the reduce reports the run without it"

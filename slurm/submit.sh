@@ -46,6 +46,7 @@ if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
   [ -z "${HPCSNP_PHENO:-}" ] || traits+=(--pheno "$HPCSNP_PHENO")
   [ -z "${HPCSNP_PHENO:-}" ] || [ -z "${HPCSNP_TRAITS:-}" ] || traits+=(--traits "$HPCSNP_TRAITS")
   [ -z "${HPCSNP_COVAR:-}" ] || traits+=(--covar "$HPCSNP_COVAR")
+  [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES//,/ }; do traits+=(--covar-name "$c"); done
   # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
   # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them).
   # The plan comes back on stdout (a container need not be able to write the run directory),

@@ -587,7 +587,6 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
         if all(p.exists() for p in done.values()):  # nothing to fit: do not read the genotypes
             return [read_json(p) for p in done.values()]
     solver, why = choose_solver(store, solver)
-    check_covariates_exact(store, solver)
     if solver == "exact":
         check_memory(store)
     else:
@@ -656,13 +655,6 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
                     f"{extra}  {m['seconds']:.1f}s")
         out.append(m)
     return out
-
-
-def check_covariates_exact(store, solver: str) -> None:
-    """Covariates are fixed effects of the exact path only, for now: refuse the scalable one."""
-    if store.covariates is not None and solver == "scalable":
-        raise InputError(f"{store.name}: covariates are fitted by the exact solver only for now; the scalable one "
-                         "(chosen for this store's size, or asked for) would leave them out")
 
 
 class CachedGram(NamedTuple):

@@ -52,7 +52,6 @@ from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import (
     REMLSpectrum,
     centred_kernels,
-    check_covariates_exact,
     check_memory,
     fixed_design,
     gram_matrix,
@@ -220,7 +219,6 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         logger.warning(f"--loco: {unnamed:,} SNPs carry no chromosome; they are left out together, as one more "
                        "chromosome")
     solver, _ = choose_solver(store, solver)
-    check_covariates_exact(store, solver)
     if solver == "scalable":
         if loco:
             raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcsnp.atomic import atomic_write_text
-from hpcsnp.errors import InputError
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import (
     KERNEL_KINDS,
@@ -99,34 +98,36 @@ def fit_kernel(store, K: np.ndarray, fit_rows) -> tuple[np.ndarray, float, float
 class PredictionErrorVariance:
     """rrBLUP's prediction error variance and reliability of a GBLUP refit's predictions of new
     lines (exact path).  With K = Z Z' / w the fitted lines' kernel (Z their centred design of
-    width w), delta = se2 / sg2 from REML and sg2 = yc' (K + delta I)^-1 yc / (n - 1), a new line
+    width w), delta = se2 / sg2 from REML and sg2 = r' (K + delta I)^-1 r / (n - f) (r: y less its
+    GLS fixed effects, the mean and any covariates, f of them), a new line
     with centred design z has k = Z z / w and k0 = z' z / w, and
 
         PEV = sg2 (k0 - k' (K + delta I)^-1 k) = se2 z' (Z'Z + w delta I)^-1 z,
         reliability = 1 - PEV / (sg2 k0),
 
     the squared correlation between its predicted and its true genetic value, given the
-    variance components and the mean.  (K + delta I)^-1 comes from one eigendecomposition of
+    variance components and the fixed effects.  (K + delta I)^-1 comes from one eigendecomposition of
     K (n^3, once per predict); k from a pass over the fitted lines' genotypes per block of new
     lines."""
 
     def __init__(self, store, fit: MarkerEffects, G: np.ndarray, width: int):
         from scipy.linalg import eigh
 
-        if store.covariates is not None:
-            raise InputError("--pev with covariates is not computed yet (the PEV would also carry the fixed "
-                             "effects' uncertainty); run predict without --pev")
         self.store, self.fit, self.width = store, fit, width
         self.rows = rows = store.phenotyped  # the fitted lines
         K, _ = centred_kernels(G, width, rows, rows[:0])
         s, U = eigh(K, overwrite_a=True)
         del K
         scale = 1.0 / np.sqrt(np.maximum(s, 0.0) + fit.delta)
-        y = store.phenotype.astype(np.float64)[rows]
-        yc = y - y.mean()
-        self.sg2 = float(np.sum((U.T @ yc * scale) ** 2) / (len(rows) - 1))
-        U *= scale  # U diag((s + delta)^-1/2)
+        U *= scale  # U diag((s + delta)^-1/2): W W' = (K + delta I)^-1
         self.W = U
+        # sg2 = r' (K + delta I)^-1 r / (n - f) with r the GLS residual of the fixed effects (the
+        # intercept, whose GLS estimate is the mean for a centred K, and any covariates)
+        y = store.phenotype.astype(np.float64)[rows]
+        F = np.ones((len(rows), 1)) if store.covariates is None else fixed_design(store.covariates[rows])
+        WF, Wy = U.T @ F, U.T @ y
+        r = Wy - WF @ np.linalg.lstsq(WF, Wy, rcond=None)[0]
+        self.sg2 = float(r @ r / (len(rows) - F.shape[1]))
 
     def __call__(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(PEV, reliability) of new lines with int8 codes ``g`` [m, p]."""
@@ -225,10 +226,6 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     cache = run.baseline_cache(ds.dataset, kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
     scalable = kind not in KERNEL_KINDS and choose_solver(store, solver)[0] == "scalable"
-    if scalable:
-        from hpcsnp.linear.baseline import check_covariates_exact
-
-        check_covariates_exact(store, "scalable")
     key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind,
            **({"solver": "scalable"} if scalable else {})}
     try:

@@ -28,6 +28,12 @@ how it is computed:
   eigenvalue) and scaled to ``CALIBRATION_SNPS`` random SNPs solved exactly (a single
   factor alone, GRAMMAR-gamma / BOLT-LMM-inf's statistic, ranks SNPs poorly in families).
   The residual variance is then taken per SNP as in the exact test.
+- **Covariates** (fixed effects besides the intercept) are projected out of each system,
+  as the exact path's REML and GLS do: with Q_k an orthonormal basis of the centred
+  covariates over system k's lines, the solve is (Z'MZ + delta w I) beta = Z'M yc with
+  M = I - Q_k Q_k', and Z'MZ u = Z'Z u - (Z'Q_k)(Z'Q_k)' u needs only Z'Q_k, from one more
+  right-hand side of the first pass.  Their effects b are then least squares of y - Z beta
+  on the covariates (Frisch-Waugh-Lovell: the joint estimate).
 
 Memory: a block of decoded rows (``BLOCK_BYTES``), a few vectors of length p per system and
 of length n, the eigenvectors ([rank, p] and [n, rank]), and the REML sample's kernel
@@ -46,7 +52,15 @@ from typing import NamedTuple
 import numpy as np
 
 from hpcsnp.errors import InputError
-from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, gram_matrix, memory_needed, read_rows, uncentred
+from hpcsnp.linear.baseline import (
+    REMLSpectrum,
+    centred_kernels,
+    covariate_basis,
+    gram_matrix,
+    memory_needed,
+    read_rows,
+    uncentred,
+)
 from hpcsnp.resources import memory_limit_bytes
 
 logger = logging.getLogger(__name__)
@@ -228,6 +242,31 @@ def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, 
     return x, maxiter
 
 
+def system_bases(covariates, masks: np.ndarray) -> list[np.ndarray]:
+    """Per system (column of ``masks``): an orthonormal basis [n, c] of the covariates centred
+    over its lines, zero on the other lines."""
+    out = []
+    for k in range(masks.shape[1]):
+        on = masks[:, k] > 0
+        basis = covariate_basis(np.asarray(covariates, np.float64)[on])
+        Q = np.zeros((len(on), basis.shape[1]))
+        Q[on] = basis
+        out.append(Q)
+    return out
+
+
+def covariate_effects(covariates, residual: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """[n, k]: each system's covariate effects (least squares of ``residual`` [n, k], y less its
+    genetic part, on the covariates centred over its lines) at every line."""
+    C = np.asarray(covariates, np.float64)
+    out = np.empty((len(C), masks.shape[1]))
+    for k in range(masks.shape[1]):
+        on = masks[:, k] > 0
+        centred = C - C[on].mean(axis=0)
+        out[:, k] = centred @ np.linalg.lstsq(centred[on], residual[on, k], rcond=None)[0]
+    return out
+
+
 class RidgeFit(NamedTuple):
     """Marker effects of each system (beta [width, k]), the column means each is centred by,
     the intercepts, and the conjugate-gradient iterations it took."""
@@ -241,7 +280,7 @@ class RidgeFit(NamedTuple):
 
 
 def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
-          what: str = "GBLUP", deflate: TopEigen | None = None) -> RidgeFit:
+          what: str = "GBLUP", deflate: TopEigen | None = None, covariates=None) -> RidgeFit:
     """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
     (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
     GLS intercept: Z_k is centred by its own lines).  ``y``: [n], or [n, k] with one phenotype
@@ -251,21 +290,32 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     directions (eigenvalues scaled by the system's share of lines) and the mean of the other
     eigenvalues elsewhere, which takes the few large eigenvalues of a structured population
     out of the conjugate gradients' way (SoyNAM-like 20,000 x 10,000: 164 -> 46 iterations);
-    without it, A's diagonal (Jacobi)."""
+    without it, A's diagonal (Jacobi).  ``covariates`` [n, c]: fixed effects projected out of
+    every system (see the module's notes); ``extra_rhs`` must then already be Z'M-projected."""
     masks = np.asarray(masks, np.float64)
     n_k = masks.sum(axis=0)
     Y = y[:, None] if y.ndim == 1 else y  # one phenotype for every system, or one each
     mu = np.where(masks > 0, Y, 0.0).sum(axis=0) / n_k
     yc = (Y - mu) * masks
+    bases = system_bases(covariates, masks) if covariates is not None else None
+    if bases is not None:
+        yc = np.column_stack([yc[:, k] - Q @ (Q.T @ yc[:, k]) for k, Q in enumerate(bases)])
+        # Z'Q_k = X'Q_k (Q_k's columns sum to zero): one more pass, with every system's basis
+        XQ = design.rmat(np.hstack(bases), np.zeros(design.width))
+        ZQ = np.split(XQ, np.cumsum([Q.shape[1] for Q in bases])[:-1], axis=1)
     sums, squares, rhs = design.stats(masks, yc)
     means = sums / n_k
     diag = squares - n_k * means ** 2 + delta * design.width
+    if bases is not None:
+        diag -= np.column_stack([(z * z).sum(axis=1) for z in ZQ])
     if extra_rhs is not None:
         j = extra_rhs.shape[1]
         rhs = np.hstack([rhs, extra_rhs])
         masks = np.hstack([masks, np.repeat(masks[:, :1], j, axis=1)])
         means = np.hstack([means, np.repeat(means[:, :1], j, axis=1)])
         diag = np.hstack([diag, np.repeat(diag[:, :1], j, axis=1)])
+        if bases is not None:
+            ZQ = ZQ + [ZQ[0]] * j
     lam = delta * design.width
     if deflate is None:
         diag = np.maximum(diag, lam)
@@ -283,8 +333,12 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
         def precondition(R):
             VR = V @ R
             return V.T @ (VR / (sigma + lam)) + (R - V.T @ VR) / (rest + lam)
-    beta, iterations = conjugate_gradient(lambda U: design.normal(U, masks, means) + lam * U, rhs, precondition,
-                                          tol=tol, what=what)
+    def apply(U):
+        out = design.normal(U, masks, means) + lam * U
+        if bases is not None:  # Z'MZ = Z'Z - (Z'Q)(Z'Q)'
+            out -= np.column_stack([z @ (z.T @ U[:, k]) for k, z in enumerate(ZQ)])
+        return out
+    beta, iterations = conjugate_gradient(apply, rhs, precondition, tol=tol, what=what)
     return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0))
 
 
@@ -297,14 +351,15 @@ def reml_sample(fit_rows: np.ndarray, lines: int = REML_LINES) -> np.ndarray:
 
 
 def reml_delta_sample(store, encoding: str, fill: np.ndarray, fit_rows: np.ndarray, y: np.ndarray,
-                      lines: int = REML_LINES) -> tuple[float, int]:
+                      lines: int = REML_LINES, covariates=None) -> tuple[float, int]:
     """REML delta on the kernel of (a sample of) the fitting lines; (delta, lines used)."""
     rows = reml_sample(fit_rows, lines)
     G, width = gram_matrix(read_rows(store, rows), encoding, fill=fill if encoding == "dosage" else None)
     everyone = np.arange(len(rows))
     K, _ = centred_kernels(G, width, everyone, everyone[:0])
     del G
-    delta, _ = REMLSpectrum(K, y[rows], overwrite=True).maximise()
+    delta, _ = REMLSpectrum(K, y[rows], overwrite=True,
+                            covariates=None if covariates is None else covariates[rows]).maximise()
     return float(delta), len(rows)
 
 
@@ -321,20 +376,20 @@ class Delta(NamedTuple):
 
 
 def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows, deflate=None,
-                   reml_lines: int = REML_LINES) -> Delta:
+                   reml_lines: int = REML_LINES, covariates=None) -> Delta:
     """delta by exact REML where the fitting lines are at most ``reml_lines``; else REML on a
     sample of them, refined by Monte Carlo REML on all of them (mc_reml)."""
     t0 = time.perf_counter()
     fit_rows = np.asarray(fit_rows)
-    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines)
+    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines, covariates)
     evaluations = 0
     if used < len(fit_rows):
-        delta, evaluations = mc_reml(design, y, fit_rows, delta, deflate)
+        delta, evaluations = mc_reml(design, y, fit_rows, delta, deflate, covariates=covariates)
     return Delta(delta, used, evaluations, time.perf_counter() - t0)
 
 
 def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None, samples: int = MC_SAMPLES,
-            step: float = 0.01, most: int = 8) -> tuple[float, int]:
+            step: float = 0.01, most: int = 8, covariates=None) -> tuple[float, int]:
     """The REML estimate of delta on every fitting line by BOLT-REML's Monte Carlo score (Loh et
     al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
     residuals) equals its mean over phenotypes simulated from the model with that delta.
@@ -355,7 +410,7 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     def score(log_delta: float) -> float:
         d = float(np.exp(log_delta))
         fit = ridge(design, np.hstack([y[:, None], genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
-                    tol=MC_TOL, what="Monte Carlo REML")
+                    tol=MC_TOL, what="Monte Carlo REML", covariates=covariates)
         b2 = (fit.beta ** 2).sum(axis=0)
         e2 = fit.yy - (fit.rhs * fit.beta).sum(axis=0) - d * w * b2  # |yc - Z beta|^2, from the normal equations
         ratio = b2 / e2
@@ -439,12 +494,18 @@ class Prepared(NamedTuple):
 
 def prepare(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES) -> Prepared:
     """The design (dosage filled with the store's SNP means), its preconditioner and delta for
-    the fitting lines."""
+    the fitting lines (with the store's covariates, where it has them, as fixed effects)."""
     design = Design(store, encoding, np.zeros(store.n_variants))
     if encoding == "dosage":
         design.fill = design_fill(store, design)
     deflate = preconditioner(design)
-    return Prepared(design, deflate, variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines))
+    return Prepared(design, deflate, variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines,
+                                                    known_covariates(store)))
+
+
+def known_covariates(store):
+    """The store's covariates with 0 where a line has none (those lines are in no system)."""
+    return None if store.covariates is None else np.where(np.isfinite(store.covariates), store.covariates, 0.0)
 
 
 def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_rows,
@@ -458,8 +519,11 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     masks = np.zeros((store.n_samples, 2))
     masks[fit_rows, 0] = 1.0
     masks[fit_rows[inner[0]], 1] = 1.0
-    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate)
+    C = known_covariates(store)
+    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate, covariates=C)
     pred = fit.mu + design.apply(fit.beta, fit.means)
+    if C is not None:
+        pred += covariate_effects(C, y[:, None] - pred, masks)
     info = {"encoding": encoding, "delta": delta.delta, "h2_reml": 1.0 / (1.0 + delta.delta), "mu": float(fit.mu[0]),
             "solver": "scalable", **delta.record(), "cg_iterations": fit.iterations, "passes": design.passes}
     return ScalablePrediction(pred[test_rows, 0], pred[fit_rows[inner[1]], 1], info)
@@ -471,7 +535,8 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
     design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
-    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding} refit", deflate=deflate)
+    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding} refit", deflate=deflate,
+                covariates=known_covariates(store))
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
 
@@ -489,6 +554,10 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     mask = np.ones((n, 1))
     sums, squares, _ = design.stats(mask, np.zeros((n, 1)))
     zz = squares[:, 0] - sums[:, 0] ** 2 / n  # x_c' x_c per SNP
+    C = known_covariates(store)
+    Q = system_bases(C, mask)[0] if C is not None else np.zeros((n, 0))
+    XQ = design.rmat(Q, np.zeros(w)) if Q.shape[1] else np.zeros((w, 0))
+    zz = zz - (XQ * XQ).sum(axis=1)  # x' M x: after the covariates too
     candidates = np.flatnonzero(zz > 1e-9 * max(zz.max(initial=0), 1e-300))
     if not len(candidates):
         raise InputError(f"{store.path}: every SNP is monomorphic; nothing to test")
@@ -496,14 +565,15 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
                                                            replace=False))
     E = np.zeros((p, len(pick)))
     E[pick, np.arange(len(pick))] = 1.0
-    ZtZ_pick = design.normal(E, np.ones((n, len(pick))), np.repeat(sums / n, len(pick), axis=1))
+    ZtZ_pick = design.normal(E, np.ones((n, len(pick))), np.repeat(sums / n, len(pick), axis=1)) - XQ @ (XQ.T @ E)
     rank = min(rank, (n - 2) // 2, w // 2)
     top = top_eigen(design, sums[:, 0] / n, rank) if rank > 0 else None
-    estimate = variance_ratio(design, store, "dosage", y, np.arange(n), top, reml_lines)
+    estimate = variance_ratio(design, store, "dosage", y, np.arange(n), top, reml_lines, C)
     delta = estimate.delta
-    fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top)
+    fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C)
     beta_y = fit.beta[:, 0]
     yc = y - fit.mu[0]
+    yc -= Q @ (Q.T @ yc)
     # P y = (yc - Z beta) / delta, so y' P y = (yc'yc - (Z'yc)' beta) / delta and x_j' P y = w beta_j
     yy = float(yc @ yc - fit.rhs[:, 0] @ beta_y) / delta
     sxy = w * beta_y
@@ -522,12 +592,12 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     sxx = gamma * approx
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = sxy / sxx
-        s2 = (yy - beta * sxy) / (n - 2)
+        s2 = (yy - beta * sxy) / (n - 2 - Q.shape[1])
         se = np.sqrt(s2 / sxx)
         t = beta / se
     freq = np.divide(total, 2 * called, out=np.full(p, np.nan), where=called > 0)
     columns = {"a1_freq": freq, "n": called.astype(int), "maf": np.minimum(freq, 1 - freq),
-               "beta": beta, "se": se, "t": t, "p": 2 * stats.t.sf(np.abs(t), n - 2)}
+               "beta": beta, "se": se, "t": t, "p": 2 * stats.t.sf(np.abs(t), n - 2 - Q.shape[1])}
     info = {"delta": delta, **estimate.record(), "gamma": gamma, "rank": rank,
             "gamma_cv": float(ratios.std(ddof=1) / gamma) if len(ratios) > 1 else None,
             "calibration_snps": len(pick), "cg_iterations": fit.iterations, "passes": design.passes}
