@@ -11,6 +11,8 @@ environment (IL 2013) height of height_liu_qa, which 22 of the lines lack.  Then
    the SNP's mean over the store's lines (5,059 against 5,037), so it may differ slightly.
 2. ``gwas`` of the BLUP height with the family as a categorical covariate (39 fixed
    effects) against without: lambda, h2, the hits, and the correlation of -log10 p.
+3. ``baseline`` (GBLUP, both encodings) of the BLUP height with the family as a covariate
+   against without, every fold: what the family means add to the genomic prediction.
 
 usage:
   python bench/bench_traits.py --work DIR [--data ../shared/data/soynam] [--folds 1-10]
@@ -92,7 +94,8 @@ def main():
                          "n_fit": (a_["n_fit"], b_["n_fit"])})
     result["folds"] = rows
     result["view_seconds"] = view_s
-    for label, extra in (("plain", []), ("family", ["--covar", family])):
+    family_args = ["--covar", family, "--covar-name", "family:cat"]
+    for label, extra in (("plain", []), ("family", family_args)):
         out = work / f"gwas_{label}"
         r = timed(hpcsnp("gwas", work / "height_qa.zarr", "-o", out, "--threads", a.threads, "--no-progress",
                          *extra), work / f"gwas_{label}.log")
@@ -106,11 +109,25 @@ def main():
     p1 = pd.read_csv(work / "gwas_family" / "gwas.tsv", sep="\t")["P"]
     result["gwas"]["spearman_logp"] = float(pd.Series(-np.log10(p0)).corr(pd.Series(-np.log10(p1)),
                                                                           method="spearman"))
+    for label, extra in (("blup", []), ("blup_family", family_args)):
+        timed(hpcsnp("baseline", work / "height_qa.zarr", "--run", work / label, *common, *extra),
+              work / f"{label}.log")
+    fam = []
+    for enc in ("dosage", "onehot"):
+        for i in folds:
+            pcc = [json.loads((work / label / "height_qa" / f"baseline_{enc}" / f"fold_{i}" /
+                               "metrics.json").read_text())["pcc"] for label in ("blup", "blup_family")]
+            fam.append({"encoding": enc, "fold": int(i), "plain_pcc": pcc[0], "family_pcc": pcc[1],
+                        "diff": pcc[1] - pcc[0]})
+    result["family_baseline"] = fam
     (work / "traits.json").write_text(json.dumps(result, indent=2) + "\n")
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     print(frame.groupby("encoding")[["view_pcc", "alone_pcc", "diff"]].agg(["mean", lambda s: s.abs().max()]))
     print(json.dumps(result["gwas"], indent=2))
+    fam = pd.DataFrame(fam)
+    print(fam.groupby("encoding")[["plain_pcc", "family_pcc", "diff"]].agg(["mean", "std"]))
+    print(fam.groupby("encoding")["diff"].apply(lambda d: f"{(d > 0).sum()}/{len(d)} folds ahead"))
 
 
 if __name__ == "__main__":

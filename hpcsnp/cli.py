@@ -165,7 +165,7 @@ def covar_options(fn):
                            "a numeric column (family or trial numbers) as categories.")(fn)
     return click.option("--covar", type=click.Path(exists=True, dir_okay=False),
                         help="Covariate table (first column the sample ids): fixed effects in the baselines, "
-                             "refits and GWAS (exact solver), and taken out of the CNN's target by least squares "
+                             "refits and GWAS (either solver), and taken out of the CNN's target by least squares "
                              "on the training lines. A non-numeric column is categorical (one effect per level). "
                              "Lines without a value are left out of every fold.")(fn)
 

@@ -117,16 +117,22 @@ class DatasetRecord:
     @property
     def store_args(self) -> str:
         """The store as a command names it: STORE, then --pheno TABLE --trait NAME for a trait."""
-        names = "".join(f" --covar-name {n}" for n in self.covar_names or ())
-        return (self.store + (f" --pheno {self.pheno} --trait {self.trait}" if self.trait else "")
-                + (f" --covar {self.covar}{names}" if self.covar else ""))
+        from shlex import quote
+
+        names = "".join(f" --covar-name {quote(n)}" for n in self.covar_names or ())
+        return (quote(self.store) + (f" --pheno {quote(self.pheno)} --trait {quote(self.trait)}" if self.trait else "")
+                + (f" --covar {quote(self.covar)}{names}" if self.covar else ""))
 
     @property
     def default_name(self) -> bool:
         """Whether the data set has the name its store (and trait) give it without --name."""
         name = Path(self.store).name
         name = name[:-5] if name.endswith(".zarr") else name
-        return (name if self.trait is None else f"{name}.{self.trait}") == self.dataset
+        if self.trait is not None:
+            from hpcsnp.traits import trait_label
+
+            name = f"{name}.{trait_label(self.trait)}"
+        return name == self.dataset
 
     def open_store(self):
         """The store this data set was trained on, with its trait when it has one."""

@@ -218,7 +218,11 @@ class Store:
         ``.<trait>`` for a trait of a phenotype table."""
         name = self.path.name
         name = name[:-5] if name.endswith(".zarr") else name
-        return name if self.trait is None else f"{name}.{self.trait}"
+        if self.trait is None:
+            return name
+        from hpcsnp.traits import trait_label
+
+        return f"{name}.{trait_label(self.trait)}"
 
     def variants_frame(self):
         import pandas as pd

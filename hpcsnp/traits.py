@@ -178,6 +178,18 @@ def json_dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def trait_label(trait: str) -> str:
+    """The trait's part of a data-set name: its name with anything but letters, digits, '.',
+    '_' and '-' replaced by '_'.
+
+    >>> trait_label("yield"), trait_label("plant height (cm)")
+    ('yield', 'plant_height__cm_')
+    """
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", trait)
+
+
 def split_traits(values) -> list[str]:
     """--traits a,b --trait c as one list, in order, each once.
 

@@ -110,7 +110,15 @@ run_step() {
 
 # the traits of HPCSNP_PHENO to train ("" : the table's second column); none without a table
 traits=("")
-if [ -n "${HPCSNP_PHENO:-}" ] && [ -n "${HPCSNP_TRAITS:-}" ]; then IFS=, read -r -a traits <<<"$HPCSNP_TRAITS"; fi
+if [ -n "${HPCSNP_PHENO:-}" ] && [ -n "${HPCSNP_TRAITS:-}" ]; then
+  traits=()
+  IFS=, read -r -a fields <<<"$HPCSNP_TRAITS"
+  for t in "${fields[@]}"; do  # as `cv --traits`: spaces around a name and empty fields dropped
+    t="${t#"${t%%[![:space:]]*}"}"; t="${t%"${t##*[![:space:]]}"}"
+    [ -z "$t" ] || traits+=("$t")
+  done
+  [ "${#traits[@]}" -gt 0 ] || traits=("")
+fi
 
 status=0
 for store in "$@"; do
@@ -119,7 +127,7 @@ for store in "$@"; do
     [ -z "${HPCSNP_PHENO:-}" ] || what+=(--pheno "$HPCSNP_PHENO")
     [ -z "$trait" ] || what+=(--trait "$trait")
     [ -z "${HPCSNP_COVAR:-}" ] || what+=(--covar "$HPCSNP_COVAR")
-    [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES//,/ }; do what+=(--covar-name "$c"); done
+    [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES:+${HPCSNP_COVAR_NAMES//,/ }}; do what+=(--covar-name "$c"); done
     if [ "${HPCSNP_BASELINE:-1}" != 0 ] && [ "$requeued" = 0 ]; then
       run_step "${hpcsnp[@]}" baseline "${what[@]}" --fold "$task" --run "$run_dir" || \
         echo "== baseline of ${what[*]} fold $task failed (exit $?): training goes on, the reduce reports the run without it"

@@ -46,14 +46,14 @@ if [ "${HPCSNP_PREFLIGHT:-1}" != 0 ]; then
   [ -z "${HPCSNP_PHENO:-}" ] || traits+=(--pheno "$HPCSNP_PHENO")
   [ -z "${HPCSNP_PHENO:-}" ] || [ -z "${HPCSNP_TRAITS:-}" ] || traits+=(--traits "$HPCSNP_TRAITS")
   [ -z "${HPCSNP_COVAR:-}" ] || traits+=(--covar "$HPCSNP_COVAR")
-  [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES//,/ }; do traits+=(--covar-name "$c"); done
+  [ -z "${HPCSNP_COVAR:-}" ] || for c in ${HPCSNP_COVAR_NAMES:+${HPCSNP_COVAR_NAMES//,/ }}; do traits+=(--covar-name "$c"); done
   # cv_array.sh's own --cpus-per-task unless HPCSNP_SBATCH_ARGS sets it; word splitting of
   # HPCSNP_TRAIN_ARGS is intended (the run's settings, as the tasks will train with them).
   # The plan comes back on stdout (a container need not be able to write the run directory),
   # followed by its decisions as shell assignments (preflight_sbatch=..., preflight_baseline=...).
   ok=1
   # shellcheck disable=SC2086
-  plan="$("${hpcsnp[@]}" cv "$@" "${traits[@]}" --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
+  plan="$("${hpcsnp[@]}" cv "$@" ${traits[@]+"${traits[@]}"} --run "$run_dir" --dry-run $no_baseline --solver "${HPCSNP_SOLVER:-auto}" \
        --sbatch-args "--cpus-per-task=2 ${HPCSNP_SBATCH_ARGS:-}" --plan-out - ${HPCSNP_TRAIN_ARGS:-})" || ok=0
   grep -v '^preflight_' <<<"$plan" | tee "$run_dir/logs/preflight.txt"
   if [ "$ok" = 0 ]; then

@@ -78,7 +78,9 @@ def test_the_association_test_with_covariates_is_least_squares_with_them():
     g = rng.integers(0, 3, size=(n, 4)).astype(np.int8)
     C = rng.normal(size=(n, 2))
     y = C @ [1.0, -2.0] + 0.5 * g[:, 0] + rng.normal(size=n)
-    frame = associate(g, y, None, None, covariates=C)
+    # a constant column first (e.g. a level no tested line has) adds nothing, and must not
+    # keep the next column from being projected out
+    frame = associate(g, y, None, None, covariates=np.column_stack([np.zeros(n), C]))
     for j in range(4):
         X = np.column_stack([np.ones(n), C, g[:, j]])
         coef, res, *_ = np.linalg.lstsq(X, y, rcond=None)

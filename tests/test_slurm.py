@@ -202,13 +202,12 @@ def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store
     other[::7] = np.nan
     pd.DataFrame({"id": store.sample_id, "a": y, "b": other}).to_csv(tmp_path / "traits.tsv", sep="\t", index=False,
                                                                       na_rep="NA")
-    pd.DataFrame({"id": store.sample_id, "trial": np.arange(len(y)) % 2 + 1, "x": np.arange(len(y))}).to_csv(
-        tmp_path / "covar.tsv", sep="\t", index=False)  # trial numbers, read as categories
+    pd.DataFrame({"id": store.sample_id, "trial": np.where(np.arange(len(y)) % 2, "T1", "T2")}).to_csv(
+        tmp_path / "covar.tsv", sep="\t", index=False)
     run = tmp_path / "run"
     array_id, reduce_id = submit(run, sim_store[0], env_extra={"HPCSNP_PHENO": str(tmp_path / "traits.tsv"),
-                                                               "HPCSNP_TRAITS": "a,b",
-                                                               "HPCSNP_COVAR": str(tmp_path / "covar.tsv"),
-                                                               "HPCSNP_COVAR_NAMES": "trial:cat"})
+                                                               "HPCSNP_TRAITS": " a, b,",  # as --traits reads it
+                                                               "HPCSNP_COVAR": str(tmp_path / "covar.tsv")})
     assert set(wait(array_id)) == {"COMPLETED"}
     assert wait(reduce_id) == ["COMPLETED"]
     plan = (run / "logs" / "preflight.txt").read_text()
@@ -220,9 +219,9 @@ def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store
                        for i in (1, 2, 3))
     assert sorted(tested["sample_id"]) == sorted(np.asarray(store.sample_id, dtype=str)[np.isfinite(other)])
     for ds in ("sim.a", "sim.b"):
-        assert json.loads((run / ds / "fold_2" / "metrics.json").read_text())["covariates"] == ["trial=2"]
+        assert json.loads((run / ds / "fold_2" / "metrics.json").read_text())["covariates"] == ["trial=T2"]
         assert json.loads((run / ds / "baseline_dosage" / "fold_2" / "metrics.json").read_text())["covariates"] \
-            == ["trial=2"]
+            == ["trial=T2"]
 
 
 def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):

@@ -2,6 +2,8 @@
 the store's phenotype, its unphenotyped lines in no fold, and the same results as a store
 ingested with the phenotyped lines alone."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,6 +68,9 @@ def test_a_trait_replaces_the_phenotype_by_sample_id_and_its_missing_lines_are_i
     height = open_store(d / "sim.zarr", pheno=d / "traits.tsv")
     assert height.trait == "height" and height.store_id != view.store_id
     assert (height.fold == 0).sum() == 10
+    table.rename(columns={"yield": "grain yield (t/ha)"}).to_csv(d / "spaced.tsv", sep="\t")
+    spaced = open_store(d / "sim.zarr", trait="grain yield (t/ha)", pheno=d / "spaced.tsv")
+    assert spaced.name == "sim.grain_yield__t_ha_" and np.array_equal(spaced.fold, view.fold)
 
 
 def test_changed_trait_values_are_another_identity(two_traits, tmp_path):
@@ -144,6 +149,9 @@ def test_cv_of_two_traits_then_reduce_and_predict(two_traits, tmp_path):
                        for i in (1, 2, 3))
     assert sorted(tested["sample_id"]) == sorted(ids[keep])
     assert f"yield ({d / 'traits.tsv'})" in (run / "report.html").read_text()  # the report names the trait
+    refused = run_cli("predict", "--run", run, tmp_path / "new.tsv", "-o", d / "traits.tsv", "--dataset", "sim.yield",
+                      check=False)
+    assert refused.returncode == 2 and "is an input" in refused.stderr  # never over a table the run reads
     raw = pd.read_csv(d / "sim.tsv", sep="\t").drop(columns=["fold", "phenotype"]).head(8)
     raw.insert(0, "id", [f"new{i}" for i in range(8)])
     raw.to_csv(tmp_path / "new.tsv", sep="\t", index=False)
@@ -155,6 +163,10 @@ def test_cv_of_two_traits_then_reduce_and_predict(two_traits, tmp_path):
     proc = run_cli("cv", d / "sim.zarr", "--run", run, "--pheno", tmp_path / "changed.tsv", "--traits", "yield",
                    *settings, check=False)
     assert proc.returncode != 0 and "other values of the trait" in proc.stderr
+    shutil.rmtree(run / "sim.yield" / "fold_2")
+    partial = run_cli("reduce", "--run", run, check=False)
+    assert partial.returncode != 0 and f"HPCSNP_PHENO={d / 'traits.tsv'} HPCSNP_TRAITS=yield" in partial.stderr
+    assert "hpcsnp train" in partial.stderr and "--pheno" in partial.stderr
 
 
 def test_the_refit_and_its_pev_of_a_trait_equal_those_of_a_store_of_its_phenotyped_lines(two_traits):

@@ -53,6 +53,7 @@ from hpcsnp.linear.baseline import (
     REMLSpectrum,
     centred_kernels,
     check_memory,
+    covariate_basis,
     fixed_design,
     gram_matrix,
     read_rows,
@@ -93,8 +94,8 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
         return a if L is None else solve_triangular(L, a, lower=True, check_finite=False)
 
     F = np.ones((n, 1)) if covariates is None else fixed_design(covariates)
-    Fq, R = np.linalg.qr(whiten(F))  # the whitened fixed effects' columns, orthonormal
-    Fq = Fq[:, np.abs(R.diagonal()) > 1e-9 * np.abs(R.diagonal()).max()]  # less any collinear one
+    Fq, s, _ = np.linalg.svd(whiten(F), full_matrices=False)  # the whitened fixed effects' column space:
+    Fq = Fq[:, s > 1e-9 * s.max() * max(F.shape)]  # an orthonormal basis of it (constant or collinear columns add none)
     df = n - Fq.shape[1] - 1
     ys = whiten(y)
     ry = ys - Fq @ (Fq.T @ ys)
@@ -267,8 +268,8 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         del G
         frame = pd.concat(parts).sort_index().reset_index(drop=True)
     kinship = ("leave-one-chromosome-out dosage kinship" if loco else "dosage kinship")
-    c = 0 if C is None else C.shape[1]
-    fixed = f", fixed effects: intercept and {c} covariate column(s)" if c else ""
+    c = 0 if C is None else covariate_basis(C).shape[1]  # their rank: the degrees of freedom they take
+    fixed = f", fixed effects: intercept and {c} covariate column(s)" if C is not None else ""
     method = f"EMMAX/P3D, {kinship}{fixed}, REML once on the whole genome, t-test per SNP (n - {2 + c} df)"
     return _finish(store, len(rows), frame, delta, loco, loco_note, len(groups), method, t0, {"solver": "exact"})
 

@@ -127,7 +127,7 @@ class PredictionErrorVariance:
         F = np.ones((len(rows), 1)) if store.covariates is None else fixed_design(store.covariates[rows])
         WF, Wy = U.T @ F, U.T @ y
         r = Wy - WF @ np.linalg.lstsq(WF, Wy, rcond=None)[0]
-        self.sg2 = float(r @ r / (len(rows) - F.shape[1]))
+        self.sg2 = float(r @ r / (len(rows) - np.linalg.matrix_rank(F)))
 
     def __call__(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(PEV, reliability) of new lines with int8 codes ``g`` [m, p]."""

@@ -105,7 +105,9 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), phe
 def _plan_one(path, name, trait, pheno, covar, covar_names, seen: dict, run_dir, force) -> tuple:
     store = open_store(path, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     if name is not None and store.trait is not None:
-        name = f"{name}.{store.trait}"
+        from hpcsnp.traits import trait_label
+
+        name = f"{name}.{trait_label(store.trait)}"
     name = dataset_name(store, name)
     if name in seen:
         raise InputError(f"{seen[name]} and {store.path} would both be data set {name!r} in the run; give "

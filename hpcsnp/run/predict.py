@@ -261,10 +261,15 @@ def predict_run(run_dir, genotypes=None, *, out, bfile=None, dataset=None, min_o
         raise InputError(f"--rank-by {rank_by!r}: one of {', '.join(RANK_BY)}")
     ds = choose_dataset(run, dataset)
     outputs = [out, report_path_for(out), *([explain_path_for(out)] if explain else [])]
-    check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store)], force=force)
+    tables = [Path(p) for p in (ds.pheno, ds.covar) if p]  # a trait's and the covariates' tables
+    check_outputs(outputs, run, [*input_paths(genotypes, bfile), Path(ds.store), *tables], force=force)
     name = ds.dataset
     folds = _folds_to_use(run, ds, fold)
     store = ds.open_store()
+    if ds.covar:
+        logger.warning(f"{name}: new lines are predicted at the covariates' mean over the phenotyped lines (their own "
+                       "covariates are not read); the interval was calibrated on lines predicted with their own, so "
+                       "it is too narrow by as much as the covariates explain")
     if ds.store_id is not None and store.store_id != ds.store_id:
         raise InputError(f"{ds.store} was re-ingested after {run}/{name} was trained on it; "
                          "predict needs the store the run was trained on")

@@ -271,11 +271,12 @@ def probe_exact_baseline(probe_store: Path, store, cpus: int, work: Path) -> flo
         return _run_probe(_hpcsnp("baseline", path, "--run", work / f"{what}-run", *opts), work, what)[0]
 
     full = seconds(probe_store, "baseline-probe")
-    if probe.n_samples >= store.n_samples:
+    fitted = len(store.phenotyped)  # the probe holds phenotyped lines only
+    if probe.n_samples >= fitted:
         return full
     half = write_probe_store(probe, np.arange(0, probe.n_samples, 2), work / "half.zarr")
     grows = max(full - seconds(half.path, "baseline-half"), 0.0) / (1 - 0.5 ** 3)  # b m^3 at the probe's m
-    return max(full - grows, 0.0) + grows * (store.n_samples / probe.n_samples) ** 3
+    return max(full - grows, 0.0) + grows * (fitted / probe.n_samples) ** 3
 
 
 def probe_pass_seconds(probe_store: Path, store, encoding: str, threads: int) -> float:
@@ -532,7 +533,8 @@ def _store_plan(store, name, cfg, cnn: CnnProbe, run_dir) -> StorePlan:
     attribution_s = models * cnn.attribution_line_s * store.n_samples
     cnn_s = (models * (epochs * epoch_s + min(best, epochs) * refit_steps * cnn.step_s + n_test * cnn.predict_line_s)
              + attribution_s + cnn.startup_s)
-    cached = store.n_samples * store.n_variants if should_cache(cfg, store.n_samples, store.n_variants) else 0
+    lines = len(store.phenotyped)  # a fold caches the lines of its sets
+    cached = lines * store.n_variants if should_cache(cfg, lines, store.n_variants) else 0
     return StorePlan(name, store.n_samples, store.n_variants, store.n_folds, n_train, n_val, n_test, models, steps,
                      epochs, source, epoch_s, cnn_s, (cnn.rss_base + cached) * CNN_MEM_MARGIN, attribution_s,
                      cnn.startup_s)

@@ -15,6 +15,7 @@ from hpcsnp.errors import InputError, StoreError
 from hpcsnp.linear.gwas import gwas_table_path, read_gwas_table
 from hpcsnp.run.loci import clump, compare, genotype_columns, linked, loci_table, r2_matrix, stability
 from hpcsnp.rundir import DatasetRecord, RunDir
+from hpcsnp.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _read_gwas(path, ds: DatasetRecord) -> pd.DataFrame:
 def _open(ds: DatasetRecord):
 
     try:
-        return ds.open_store()
-    except (StoreError, InputError) as e:  # InputError: its trait's table cannot be read
+        return open_store(ds.store)  # the genotypes (for r^2) only: no trait or covariate table needed
+    except StoreError as e:
         logger.warning(f"{ds.dataset}: top SNPs not grouped into loci: the store is needed for r^2 ({e})")
         return None

@@ -124,8 +124,18 @@ def check_complete(run_dir, datasets: list[dict]) -> None:
     extra = " ".join(([f"--config {config}"] if config.exists() else [])
                      + (["--force"] if any(f for *_, f in problems) else []))
     stores = sorted({ds.store for ds, *_ in problems})
-    if not any(_needs_name(ds) for ds, *_ in problems):  # cv_array.sh names data sets after their stores
+    tables = {(ds.pheno, ds.covar, tuple(ds.covar_names or ())) for ds, *_ in problems}
+    # cv_array.sh names data sets after their stores (and traits), with one trait and covariate table
+    if not any(_needs_name(ds) for ds, *_ in problems) and len(tables) == 1:
+        from shlex import quote
+
+        pheno, covar, names = tables.pop()
         env = f'HPCSNP_TRAIN_ARGS="{extra}" ' if extra else ""
+        if pheno:
+            traits = sorted({ds.trait for ds, *_ in problems})
+            env += f"HPCSNP_PHENO={quote(pheno)} HPCSNP_TRAITS={quote(','.join(traits))} "
+        if covar:
+            env += f"HPCSNP_COVAR={quote(covar)} " + (f"HPCSNP_COVAR_NAMES={quote(','.join(names))} " if names else "")
         lines.append(f"  or on SLURM:  {env}sbatch --array={','.join(map(str, folds))} slurm/cv_array.sh "
                      f"{run_dir} " + " ".join(stores))
     raise IncompleteRunError("\n".join(lines), missing=[(ds.dataset, i) for ds, i, *_ in problems])
