@@ -21,6 +21,29 @@ def run_cli(*args, check=True, env=None, cwd=None):
     return proc
 
 
+def scalable_design(store, encoding):
+    """The scalable solver's design of a store (dosage: missing calls filled with the SNP means)."""
+    import numpy as np
+
+    from hpcsnp.linear import scalable
+
+    design = scalable.Design(store, encoding, np.zeros(store.n_variants))
+    if encoding == "dosage":
+        design.fill = scalable.design_fill(store, design)
+    return design
+
+
+def fold_masks(n, fit, inner):
+    """The scalable solver's masks [n, 2] of a fold's fit (``fit`` rows) and its inner fit
+    (``fit[inner[0]]``)."""
+    import numpy as np
+
+    masks = np.zeros((n, 2))
+    masks[fit, 0] = 1
+    masks[fit[inner[0]], 1] = 1
+    return masks
+
+
 def write_tsv(path: Path, text: str, gz=False):
     import gzip
 

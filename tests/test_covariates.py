@@ -4,7 +4,7 @@ taken out of the CNN's target on the training lines alone."""
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, run_cli
+from helpers import FAST, fold_masks, run_cli, scalable_design
 from scipy import stats
 
 from hpcsnp.errors import InputError
@@ -227,12 +227,8 @@ def test_the_scalable_solve_with_covariates_equals_the_exact_one(env_data, encod
     K, K_test = centred_kernels(G, width, fit, split.test)
     exact = gblup_kernel_predict(K, y[fit], K_test, delta=0.6, inner=inner, covariates=C[fit],
                                  covariates_new=C[split.test])
-    design = scalable.Design(store, encoding, np.zeros(store.n_variants))
-    if encoding == "dosage":
-        design.fill = scalable.design_fill(store, design)
-    masks = np.zeros((store.n_samples, 2))
-    masks[fit, 0] = 1
-    masks[fit[inner[0]], 1] = 1
+    design = scalable_design(store, encoding)
+    masks = fold_masks(store.n_samples, fit, inner)
     r = scalable.ridge(design, y, masks, 0.6, tol=1e-12, covariates=C)
     pred = r.mu + design.apply(r.beta, r.means)
     pred += scalable.covariate_effects(C, y[:, None] - pred, masks)

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import family_store, run_cli
+from helpers import family_store, fold_masks, run_cli, scalable_design
 from scipy.stats import spearmanr
 
 from hpcsnp.folds import fold_split
@@ -43,12 +43,8 @@ def test_the_scalable_solve_equals_the_exact_one_for_a_fixed_variance_ratio(make
     K, K_test = centred_kernels(G, width, fit, split.test)
     exact = gblup_kernel_predict(K, y[fit], K_test, delta=0.7, inner=inner)
 
-    design = scalable.Design(store, encoding, np.zeros(store.n_variants))
-    if encoding == "dosage":
-        design.fill = scalable.design_fill(store, design)
-    masks = np.zeros((store.n_samples, 2))
-    masks[fit, 0] = 1
-    masks[fit[inner[0]], 1] = 1
+    design = scalable_design(store, encoding)
+    masks = fold_masks(store.n_samples, fit, inner)
     top = scalable.preconditioner(design, rank=40) if deflate else None
     assert (top is not None) == deflate
     ridge = scalable.ridge(design, y, masks, 0.7, tol=1e-12, deflate=top)
