@@ -111,9 +111,10 @@ solver_option = click.option(
          "exact where it fits in the memory granted, and says which it chose. Also HPCSNP_SOLVER.")
 scheduler_option = click.option(
     "--scheduler", default="threads", show_default=True,
-    help="Dask scheduler of the blocked work (the scalable solver, reduce): threads, processes, synchronous, or "
-         "the address of a distributed scheduler (tcp://HOST:PORT, e.g. one started by dask-jobqueue) or its "
-         "scheduler file (.json).")
+    help="Dask scheduler of the blocked work (the scalable solver, reduce): threads, processes, synchronous, "
+         "slurm:N (N worker jobs submitted to SLURM for this command, sized by HPCSNP_DASK_CORES/MEM/TIME; "
+         "dask-jobqueue), or the address of a distributed scheduler (tcp://HOST:PORT) or its scheduler file "
+         "(.json).")
 
 DEFAULTS = Config()
 

@@ -313,10 +313,17 @@ def peak_rss_mb() -> float | None:
 @contextlib.contextmanager
 def dask_context(scheduler: str = "threads", threads: int | None = None):
     """Run Dask graphs (the reduction's, the scalable linear models') on local threads (default),
-    processes, synchronously, or on a distributed scheduler given by address (a dask-jobqueue
-    SLURMCluster's, say)."""
+    processes, synchronously, on a distributed scheduler given by address (a dask-jobqueue
+    SLURMCluster's, say), or on worker jobs it submits to SLURM (``slurm:N``, hpcsnp/jobqueue.py)."""
     import dask
 
+    from hpcsnp.jobqueue import parse_slurm_scheduler, slurm_client
+
+    jobs = parse_slurm_scheduler(scheduler)
+    if jobs is not None:  # worker jobs on SLURM, started and ended here (dask-jobqueue)
+        with slurm_client(jobs) as client:
+            yield client
+        return
     if "://" in scheduler or scheduler.endswith(".json"):
         try:
             from distributed import Client
@@ -331,7 +338,8 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
             yield client
         return
     if scheduler not in ("threads", "processes", "synchronous"):
-        raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous or an address")
+        raise InputError(f"unknown Dask scheduler {scheduler!r}: threads, processes, synchronous, slurm:N or an "
+                         "address")
 
     with dask.config.set(scheduler=scheduler, num_workers=granted_cpus(threads)):
         yield None

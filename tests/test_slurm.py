@@ -224,6 +224,25 @@ def test_the_array_trains_each_trait_of_a_table_as_a_data_set(cluster, sim_store
             == ["trial=T2"]
 
 
+def test_dask_workers_as_slurm_jobs_give_what_local_threads_give(cluster, sim_store, tmp_path):
+    """--scheduler slurm:2: a scalable baseline fold whose passes run on two Dask workers, each a
+    SLURM job (dask-jobqueue), writes the same predictions, to the bit, as on local threads; the
+    worker jobs leave logs and are gone when the command ends."""
+    env = {"HPCSNP_DASK_CORES": "1", "HPCSNP_DASK_MEM": "1GB", "HPCSNP_DASK_LOGS": str(tmp_path / "logs")}
+    fold = ["baseline", sim_store[0], "--fold", 1, "--encoding", "dosage", "--solver", "scalable"]
+    run_cli(*fold, "--run", tmp_path / "threads")
+    proc = run_cli(*fold, "--run", tmp_path / "slurm", "--scheduler", "slurm:2", env=env)
+    jobs = re.search(r"Dask: 2 worker job\(s\) on SLURM \((\d+), (\d+)\)", proc.stderr)
+    assert jobs, proc.stderr[-2000:]
+    for job in jobs.groups():
+        assert (tmp_path / "logs" / f"hpcsnp-dask-{job}.err").exists()
+    left = subprocess.run(["squeue", "-h", "-n", "hpcsnp-dask", "-t", "PENDING,RUNNING"], capture_output=True,
+                          text=True).stdout
+    assert not any(job in left for job in jobs.groups()), left
+    name = "baseline_dosage/fold_1/predictions.csv"
+    assert (tmp_path / "slurm" / "sim" / name).read_bytes() == (tmp_path / "threads" / "sim" / name).read_bytes()
+
+
 def test_reduce_after_partial_array_names_the_sbatch_line(cluster, sim_store, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "HPCSNP_TRAIN_ARGS": " ".join(TRAIN)}
