@@ -289,7 +289,7 @@ def test_a_re_ingested_store_is_not_mixed_with_folds_of_the_old_one(tmp_path):
     with pytest.raises(InputError, match="was re-ingested after"):
         reduce_run(run, plot=False)
     cv = run_cli("cv", store, "--run", run, "--epochs", "2", "--batch-size", "32", check=False)
-    assert cv.returncode == 2 and "another write of data set 's'" in cv.stderr
+    assert cv.returncode == 2 and "of data set 's' from another write of the store" in cv.stderr
     # a baseline would bind the trained data set to the new write: refused, unless --force says it is meant
     proc = run_cli("baseline", store, "--fold", 1, "--run", run, check=False)
     assert proc.returncode == 2 and "finished fold(s)" in proc.stderr and "--force to redo" in proc.stderr
