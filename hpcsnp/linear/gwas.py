@@ -223,11 +223,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     if solver == "scalable":
         if loco:
             raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")
-        if len(rows) < store.n_samples:
-            raise InputError(f"{store.name}: {store.n_samples - len(rows):,} lines have no value of this trait; the "
-                             "scalable GWAS tests every line of the store: ingest the phenotyped lines as a store "
-                             "of their own (--drop-unmatched), or use --solver exact where it fits")
-        columns, info = scalable_association(store, y)
+        columns, info = scalable_association(store, store.phenotype.astype(np.float64))
         if progress:
             progress(store.n_variants)
         frame = pd.DataFrame(columns)

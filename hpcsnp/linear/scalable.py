@@ -118,8 +118,10 @@ def _block_apply(g, U, shift, encoding, fill):
     return uncentred(g, encoding, fill) @ U - shift
 
 
-def _block_calls(g):
+def _block_calls(g, m=None):
     called = g >= 0
+    if m is not None:  # only the lines of the mask
+        called &= m[:, None] > 0
     return np.stack([called.sum(axis=0), np.where(called, g, 0).sum(axis=0, dtype=np.int64)])
 
 
@@ -173,11 +175,14 @@ class Design:
                  for b, (lo, hi) in zip(self.blocks, self.bounds)]
         return self._compute(_tree_sum(parts))
 
-    def calls(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per SNP: the number of called lines and the sum of their codes (one pass)."""
+    def calls(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per SNP: the number of called lines (of ``mask`` [n], where given) and the sum of
+        their codes (one pass)."""
         from dask import delayed
 
-        out = self._compute(_tree_sum([delayed(_block_calls)(b) for b in self.blocks]))
+        parts = [delayed(_block_calls)(b, None if mask is None else mask[lo:hi])
+                 for b, (lo, hi) in zip(self.blocks, self.bounds)]
+        out = self._compute(_tree_sum(parts))
         return out[0], out[1]
 
     def stats(self, masks: np.ndarray, rhs: np.ndarray):
@@ -442,17 +447,19 @@ class TopEigen(NamedTuple):
         return np.sqrt(self.values * self.vectors.shape[1])[:, None] * self.vectors
 
 
-def top_eigen(design: Design, means: np.ndarray, rank: int, power: int = 2) -> TopEigen:
+def top_eigen(design: Design, means: np.ndarray, rank: int, power: int = 2, mask=None) -> TopEigen:
     """Randomized subspace iteration (Halko, Martinsson & Tropp 2011) for the ``rank`` leading
     eigenpairs of K = Z Z' / w, with 10 % oversampling and ``power`` iterations: 2 + 2 power
-    passes over the genotypes with rank-wide blocks."""
+    passes over the genotypes with rank-wide blocks.  ``mask`` [n, 1]: K of its lines only."""
     k = rank + max(10, rank // 10)
     rng = np.random.default_rng(REML_SEED)
     wide = np.repeat(means[:, None], k, axis=1)
-    Q, _ = np.linalg.qr(design.apply(rng.standard_normal((design.width, k)), wide))
+    keep = 1.0 if mask is None else mask
+
+    Q, _ = np.linalg.qr(design.apply(rng.standard_normal((design.width, k)), wide) * keep)
     for _ in range(power):
         W, _ = np.linalg.qr(design.rmat(Q, means))
-        Q, _ = np.linalg.qr(design.apply(W, wide))
+        Q, _ = np.linalg.qr(design.apply(W, wide) * keep)
     B = design.rmat(Q, means).T  # Q' Z [k, width]
     _, S, Vt = np.linalg.svd(B, full_matrices=False)
     return TopEigen(S[:rank] ** 2 / design.width, Vt[:rank])
@@ -542,20 +549,25 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
 
 def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATION_SNPS,
                          reml_lines: int = REML_LINES, rank: int = GWAS_RANK) -> tuple[dict, dict]:
-    """EMMAX/P3D's per-SNP test on every line, on the scalable path (see the module's notes).
-    Returns the per-SNP columns (as gwas.associate's) and what the summary records."""
+    """EMMAX/P3D's per-SNP test on every phenotyped line (``store.phenotyped``; ``y`` [lines of
+    the store]), on the scalable path (see the module's notes).  Returns the per-SNP columns (as
+    gwas.associate's) and what the summary records."""
     from scipy import stats
 
-    n, p = store.n_samples, store.n_variants
+    p = store.n_variants
+    rows = store.phenotyped
+    n = len(rows)  # the tested lines
+    mask = np.zeros((store.n_samples, 1))
+    mask[rows] = 1.0
+    y = known(np.where(mask[:, 0] > 0, y, np.nan))
     design = Design(store, "dosage", np.zeros(p))
     w = design.width
-    called, total = design.calls()
+    called, total = design.calls(mask[:, 0])
     design.fill = np.divide(total, called, out=np.zeros(p), where=called > 0)
-    mask = np.ones((n, 1))
-    sums, squares, _ = design.stats(mask, np.zeros((n, 1)))
+    sums, squares, _ = design.stats(mask, np.zeros((store.n_samples, 1)))
     zz = squares[:, 0] - sums[:, 0] ** 2 / n  # x_c' x_c per SNP
     C = known_covariates(store)
-    Q = system_bases(C, mask)[0] if C is not None else np.zeros((n, 0))
+    Q = system_bases(C, mask)[0] if C is not None else np.zeros((store.n_samples, 0))
     XQ = design.rmat(Q, np.zeros(w)) if Q.shape[1] else np.zeros((w, 0))
     zz = zz - (XQ * XQ).sum(axis=1)  # x' M x: after the covariates too
     candidates = np.flatnonzero(zz > 1e-9 * max(zz.max(initial=0), 1e-300))
@@ -565,14 +577,15 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
                                                            replace=False))
     E = np.zeros((p, len(pick)))
     E[pick, np.arange(len(pick))] = 1.0
-    ZtZ_pick = design.normal(E, np.ones((n, len(pick))), np.repeat(sums / n, len(pick), axis=1)) - XQ @ (XQ.T @ E)
+    ZtZ_pick = (design.normal(E, np.repeat(mask, len(pick), axis=1), np.repeat(sums / n, len(pick), axis=1))
+                - XQ @ (XQ.T @ E))
     rank = min(rank, (n - 2) // 2, w // 2)
-    top = top_eigen(design, sums[:, 0] / n, rank) if rank > 0 else None
-    estimate = variance_ratio(design, store, "dosage", y, np.arange(n), top, reml_lines, C)
+    top = top_eigen(design, sums[:, 0] / n, rank, mask=mask if n < store.n_samples else None) if rank > 0 else None
+    estimate = variance_ratio(design, store, "dosage", y, rows, top, reml_lines, C)
     delta = estimate.delta
     fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C)
     beta_y = fit.beta[:, 0]
-    yc = y - fit.mu[0]
+    yc = (y - fit.mu[0]) * mask[:, 0]
     yc -= Q @ (Q.T @ yc)
     # P y = (yc - Z beta) / delta, so y' P y = (yc'yc - (Z'yc)' beta) / delta and x_j' P y = w beta_j
     yy = float(yc @ yc - fit.rhs[:, 0] @ beta_y) / delta
