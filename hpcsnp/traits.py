@@ -166,16 +166,10 @@ def select_covariates(store, path, names=()):
     if gone.any():
         logger.info(f"{store.name}: {int(gone.sum()):,} phenotyped lines lack a covariate value; they are left out of "
                     "every fold")
-    h = hashlib.sha256(json_dumps(labels).encode())
+    h = hashlib.sha256("\n".join(labels).encode())
     h.update(np.ascontiguousarray(C).tobytes())
     return dataclasses.replace(store, fold=fold, covariates=C, covariate_names=labels, covariate_source=str(path),
                                covariate_key=h.hexdigest()[:16], covariate_columns=list(names) or None)
-
-
-def json_dumps(obj) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True)
 
 
 def trait_label(trait: str) -> str:
