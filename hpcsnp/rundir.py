@@ -117,22 +117,18 @@ class DatasetRecord:
     @property
     def store_args(self) -> str:
         """The store as a command names it: STORE, then --pheno TABLE --trait NAME for a trait."""
-        from shlex import quote
+        from shlex import join
 
-        names = "".join(f" --covar-name {quote(n)}" for n in self.covar_names or ())
-        return (quote(self.store) + (f" --pheno {quote(self.pheno)} --trait {quote(self.trait)}" if self.trait else "")
-                + (f" --covar {quote(self.covar)}{names}" if self.covar else ""))
+        from hpcsnp.traits import view_options
+
+        return join([self.store, *view_options(self.trait, self.pheno, self.covar, self.covar_names)])
 
     @property
     def default_name(self) -> bool:
         """Whether the data set has the name its store (and trait) give it without --name."""
-        name = Path(self.store).name
-        name = name[:-5] if name.endswith(".zarr") else name
-        if self.trait is not None:
-            from hpcsnp.traits import trait_label
+        from hpcsnp.traits import default_dataset_name
 
-            name = f"{name}.{trait_label(self.trait)}"
-        return name == self.dataset
+        return default_dataset_name(self.store, self.trait) == self.dataset
 
     def open_store(self):
         """The store this data set was trained on, with its trait when it has one."""

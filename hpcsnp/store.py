@@ -216,13 +216,9 @@ class Store:
     def name(self) -> str:
         """Default data-set name in a run: the store's file name without .zarr, then
         ``.<trait>`` for a trait of a phenotype table."""
-        name = self.path.name
-        name = name[:-5] if name.endswith(".zarr") else name
-        if self.trait is None:
-            return name
-        from hpcsnp.traits import trait_label
+        from hpcsnp.traits import default_dataset_name
 
-        return f"{name}.{trait_label(self.trait)}"
+        return default_dataset_name(self.path, self.trait)
 
     def variants_frame(self):
         import pandas as pd

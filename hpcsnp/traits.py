@@ -184,6 +184,30 @@ def trait_label(trait: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", trait)
 
 
+def default_dataset_name(store_path, trait: str | None = None) -> str:
+    """A data set's name without --name: the store's file name without .zarr, then
+    ``.<trait>`` (trait_label) for a trait of a phenotype table.
+
+    >>> default_dataset_name("/x/soy.zarr"), default_dataset_name("soy.zarr", "plant height")
+    ('soy', 'soy.plant_height')
+    """
+    name = Path(store_path).name
+    name = name[:-5] if name.endswith(".zarr") else name
+    return name if trait is None else f"{name}.{trait_label(trait)}"
+
+
+def view_options(trait=None, pheno=None, covar=None, covar_names=()) -> list[str]:
+    """The command-line options that open a store as this view (trait, covariates).
+
+    >>> view_options("yield", "/t.tsv", "/c.tsv", ["env"])
+    ['--pheno', '/t.tsv', '--trait', 'yield', '--covar', '/c.tsv', '--covar-name', 'env']
+    """
+    out = ["--pheno", str(pheno), "--trait", trait] if trait else []
+    if covar:
+        out += ["--covar", str(covar), *[a for c in covar_names or () for a in ("--covar-name", c)]]
+    return out
+
+
 def split_traits(values) -> list[str]:
     """--traits a,b --trait c as one list, in order, each once.
 

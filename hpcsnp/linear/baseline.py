@@ -402,9 +402,18 @@ def covariate_basis(covariates) -> np.ndarray:
     if covariates is None or not np.shape(covariates)[1]:
         return np.zeros((0 if covariates is None else len(covariates), 0))
     C = np.asarray(covariates, np.float64)
-    C = C - C.mean(axis=0)
-    U, s, _ = np.linalg.svd(C, full_matrices=False)
-    return U[:, s > 1e-9 * max(s.max(initial=0.0), 1e-300) * max(C.shape)]
+    return orthonormal_columns(C - C.mean(axis=0))
+
+
+def orthonormal_columns(A: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of A's column space (its rank columns; constant-zero or collinear
+    columns add none).
+
+    >>> orthonormal_columns(np.array([[1.0, 0.0, 2.0], [1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])).shape
+    (3, 1)
+    """
+    U, s, _ = np.linalg.svd(A, full_matrices=False)
+    return U[:, s > 1e-9 * max(s.max(initial=0.0), 1e-300) * max(A.shape)]
 
 
 def fixed_design(covariates, centre=None) -> np.ndarray:

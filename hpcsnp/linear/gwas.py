@@ -56,6 +56,7 @@ from hpcsnp.linear.baseline import (
     covariate_basis,
     fixed_design,
     gram_matrix,
+    orthonormal_columns,
     read_rows,
 )
 from hpcsnp.rundir import GWAS_TSV, LEGACY_GWAS_CSV
@@ -94,8 +95,7 @@ def associate(g: np.ndarray, y: np.ndarray, K: np.ndarray | None, delta: float |
         return a if L is None else solve_triangular(L, a, lower=True, check_finite=False)
 
     F = np.ones((n, 1)) if covariates is None else fixed_design(covariates)
-    Fq, s, _ = np.linalg.svd(whiten(F), full_matrices=False)  # the whitened fixed effects' column space:
-    Fq = Fq[:, s > 1e-9 * s.max() * max(F.shape)]  # an orthonormal basis of it (constant or collinear columns add none)
+    Fq = orthonormal_columns(whiten(F))  # the whitened fixed effects' column space
     df = n - Fq.shape[1] - 1
     ys = whiten(y)
     ry = ys - Fq @ (Fq.T @ ys)

@@ -30,6 +30,7 @@ from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.resources import granted_cpus
 from hpcsnp.rundir import METRICS_JSON, RunDir, dataset_name, read_json
 from hpcsnp.store import open_store
+from hpcsnp.traits import trait_label, view_options
 
 logger = logging.getLogger(__name__)
 FOLD_PROCESS_GB = 1.2  # peak RSS of one fold process on SoyNAM-sized data, with headroom
@@ -105,8 +106,6 @@ def plan_datasets(stores, names=(), run_dir=None, *, force=False, traits=(), phe
 def _plan_one(path, name, trait, pheno, covar, covar_names, seen: dict, run_dir, force) -> tuple:
     store = open_store(path, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     if name is not None and store.trait is not None:
-        from hpcsnp.traits import trait_label
-
         name = f"{name}.{trait_label(store.trait)}"
     name = dataset_name(store, name)
     if name in seen:
@@ -236,9 +235,7 @@ def run_cv(plan, run_dir, *, config_path: Path, threads=None, jobs=None, force=F
         cmd = [kind, str(store.path), "--fold", str(i), "--run", str(run), "--threads", str(per_fold),
                "--name", name]
         cmd += (["--config", str(config_path)] if kind == "train" else ["--solver", solver])
-        cmd += ["--pheno", store.trait_source, "--trait", store.trait] if store.trait else []
-        cmd += ["--covar", store.covariate_source] if store.covariates is not None else []
-        cmd += [a for c in store.covariate_columns or () for a in ("--covar-name", c)]
+        cmd += view_options(store.trait, store.trait_source, store.covariate_source, store.covariate_columns)
         cmd += ["--force"] if force else []
         if kind == "train" and not force and run.is_complete(name, i):
             return TaskResult(kind, name, i, log_path, None, 0.0)
