@@ -256,7 +256,8 @@ def check_ensemble(run, store):
 def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_validation_fold():
     """Direct computation on small data: distances of the filled dosage design, the kernel,
     REML delta, the mixed-model solve; theta is the validation-MSE minimiser and the
-    validation predictions come from a fit on the training rows alone."""
+    validation predictions come from a fit on the training rows alone, whose REML delta the
+    refit on training + validation keeps."""
     from hpcsnp.linear.baseline import RKHS_THETAS, gram_matrix, reml_delta, rkhs_fit_predict, uncentred
 
     rng = np.random.default_rng(3)
@@ -272,9 +273,12 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
     scale = np.median(D2[np.ix_(fit, fit)][np.triu_indices(70, 1)])
     assert info["distance_scale"] == pytest.approx(scale)
 
-    def direct(rows, new, theta):
+    def reml(rows, theta):
+        return reml_delta(np.exp(-theta * D2[np.ix_(rows, rows)] / scale), y[rows])[0]
+
+    def direct(rows, new, theta, delta=None):
         K = np.exp(-theta * D2[np.ix_(rows, rows)] / scale)
-        delta, _ = reml_delta(K, y[rows])
+        delta = reml(rows, theta) if delta is None else delta
         H = K + delta * np.eye(len(rows))
         one = np.ones(len(rows))
         mu = one @ np.linalg.solve(H, y[rows]) / (one @ np.linalg.solve(H, one))
@@ -288,7 +292,9 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
     np.testing.assert_allclose([info["val_mse_by_theta"][str(t)] for t in tried], [val_mse[t] for t in tried],
                                rtol=1e-6)
     np.testing.assert_allclose(val_pred, direct(fit[inner[0]], fit[inner[1]], theta), rtol=1e-6)
-    np.testing.assert_allclose(pred, direct(fit, test, theta), rtol=1e-6)
+    delta = reml(fit[inner[0]], theta)
+    assert info["delta"] == pytest.approx(delta, rel=1e-6) and abs(reml(fit, theta) / delta - 1) > 1e-3
+    np.testing.assert_allclose(pred, direct(fit, test, theta, delta), rtol=1e-6)
 
 
 def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
