@@ -26,6 +26,7 @@ from hpcsnp.config import (
     MIN_FOLDS,
     MISSING_DOSAGES,
     PUBLICATION,
+    REFIT_STARTS,
     Config,
 )
 from hpcsnp.errors import HpcsnpError
@@ -123,7 +124,8 @@ DEFAULTS = Config()
 HELP_SECTIONS = {
     "Settings as a whole": ("config_path", "publication"),
     "Training": ("max_epochs", "batch_size", "learning_rate", "patience", "patience_steps", "lr_decay_patience",
-                 "lr_decay_steps", "dropout", "mask_rate", "refit", "n_models", "seed", "standardize"),
+                 "lr_decay_steps", "dropout", "mask_rate", "refit", "refit_start", "refit_epochs", "n_models", "seed",
+                 "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
     "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb", "steps_per_epoch", "cache",
@@ -223,10 +225,16 @@ def config_options(fn):
         click.option("--lr-decay-steps", type=click.IntRange(min=0),
                      help=f"Raise --lr-decay-patience to cover this many optimiser steps [{DEFAULTS.lr_decay_steps}]."),
         click.option("--refit/--no-refit", default=None,
-                     help="After early stopping, train the model afresh on the training + validation folds (the "
-                          "lines GBLUP fits on) for the epochs the validation fold chose, replaying their "
-                          "learning rates; about doubles the training time [on]. --no-refit keeps the "
-                          "early-stopped model, as the publication did."),
+                     help="After early stopping, go on training the model on the training + validation folds "
+                          "(the lines GBLUP fits on) [on]. --no-refit keeps the early-stopped model, as the "
+                          "publication did."),
+        click.option("--refit-start", type=click.Choice(REFIT_STARTS),
+                     help=f"warm: the refit starts from the early-stopped weights and trains --refit-epochs "
+                          f"epochs at a third of the best epoch's learning rate; fresh: it starts from the "
+                          f"initialisation and replays every epoch the validation fold chose at the learning "
+                          f"rates they had (as long again as the early-stopped training) [{DEFAULTS.refit_start}]."),
+        click.option("--refit-epochs", type=click.IntRange(min=1),
+                     help=f"Epochs of a warm refit [{DEFAULTS.refit_epochs}]."),
         click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),

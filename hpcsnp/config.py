@@ -22,7 +22,7 @@ ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # settings recorded under an older name: the old key -> the field
 RENAMED = {"seeds": "n_models"}
 RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "n_models": 1, "dosage_scale": 1.0,
-                   "missing_dosage": "zero"}
+                   "missing_dosage": "zero", "refit_start": "fresh"}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
                "refit": False, "genotype_basis": "onehot", "n_models": 1, "l2_dense": 0.0}
 # n_models = 0 (auto): a fold trains as many models as make up this many training lines, at most
@@ -31,6 +31,7 @@ PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "
 AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.cnn.model.BASES
 MISSING_DOSAGES = ("mean", "zero")
+REFIT_STARTS = ("warm", "fresh")
 
 
 # Attribution methods a fold can compute (--attribution); a signed one's shard holds signed sums
@@ -99,6 +100,14 @@ class Config:
     # Deep Learning, algorithm 7.2): the model then learns from the lines GBLUP fits on.  The
     # validation predictions (the ensemble's weights) stay those of the early-stopped model.
     refit: bool = True
+    # how the refit starts: "warm" = from the early-stopped weights, ``refit_epochs`` epochs over
+    # training + validation at ``refit_lr_factor`` x the learning rate of the best epoch, Adam's
+    # moments started afresh (a fine-tuning: the same test PCC on SoyNAM as "fresh" for a fraction
+    # of its epochs; bench/RESULTS.md, "A warm refit"); "fresh" = from the initialisation,
+    # replaying every early-stopped epoch with its learning rate (algorithm 7.2 above)
+    refit_start: str = "warm"
+    refit_epochs: int = 2
+    refit_lr_factor: float = 1 / 3
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
     # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged; 0 = as
@@ -163,6 +172,12 @@ class Config:
             problems.append(f"l2_dense must be >= 0, got {self.l2_dense}")
         if self.adam_epsilon <= 0:
             problems.append(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
+        if self.refit_start not in REFIT_STARTS:
+            problems.append(f"refit_start must be one of {', '.join(REFIT_STARTS)}, got {self.refit_start!r}")
+        if self.refit_epochs < 1:
+            problems.append(f"refit_epochs must be >= 1, got {self.refit_epochs}")
+        if not 0.0 < self.refit_lr_factor <= 1.0:
+            problems.append(f"refit_lr_factor must be in (0, 1], got {self.refit_lr_factor}")
         if self.bf16_step not in (True, False, "auto"):
             problems.append(f"bf16_step must be true, false or \"auto\", got {self.bf16_step!r}")
         if self.cache not in ("auto", "always", "never"):

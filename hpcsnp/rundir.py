@@ -55,6 +55,7 @@ LEGACY_LAST_CHECKPOINT = "last.npz"
 BEST_CHECKPOINT = "best.npz"  # the model's variables at its best validation epoch
 MEMBER_FILE = "member.npz"  # a finished model's predictions, kept until the fold is complete
 STOPPED_FILE = "early_stopped.npz"  # the early-stopped model's record and validation predictions, until refitted
+STOPPED_WEIGHTS = "early_stopped_weights.npz"  # the early-stopped model's weights, until refitted
 REFIT_DIR = "refit"  # the refit's checkpoints
 CONFIG_JSON = "config.json"
 # settings that change how fast a fold runs, not what it computes

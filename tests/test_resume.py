@@ -106,9 +106,10 @@ def test_sigterm_says_what_happens_and_a_rerun_resumes(sim_store, tmp_path):
 
 
 def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation_chose(sim_store, tmp_path):
-    """--refit: the early-stopped model gives the validation predictions (the same as without
-    the refit); the kept model is trained afresh on training + validation for its best epoch
-    count, each epoch at the learning rate it had then, with those lines' target scale."""
+    """--refit --refit-start fresh: the early-stopped model gives the validation predictions
+    (the same as without the refit); the kept model is trained afresh on training + validation
+    for its best epoch count, each epoch at the learning rate it had then, with those lines'
+    target scale."""
     import keras
 
     from hpcsnp.cnn.data import one_hot
@@ -120,7 +121,7 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     # settings under which this fold's best epoch comes before its last (the one-hot channels:
     # in the additive basis it still improves at epoch 12), so the refit's epoch count is tested
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
-                 lr_decay_steps=0, genotype_basis="onehot", n_models=1)
+                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="fresh")
     kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
     r = train_fold(sim_store[0], 1, tmp_path / "refit", cfg)
     m, k = r.metrics, kept.metrics
@@ -144,13 +145,48 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     assert not [p.name for p in r.path.iterdir() if p.name in ("refit", "early_stopped.npz", "member.npz")]
 
 
+def test_a_warm_refit_goes_on_from_the_early_stopped_weights(sim_store, tmp_path):
+    """--refit-start warm (the default): the early-stopped model, trained on for --refit-epochs
+    epochs over training + validation at a third of its best epoch's learning rate, with the
+    early-stopped model's target scale.  With a vanishing learning rate it predicts what the
+    early-stopped model does: it starts from those weights, not from an initialisation."""
+    from hpcsnp.cnn.train import train_fold
+    from hpcsnp.config import Config
+    from hpcsnp.folds import fold_split
+    from hpcsnp.store import open_store
+
+    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
+                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_epochs=3)
+    assert Config().refit_start == "warm"
+    kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
+    r = train_fold(sim_store[0], 1, tmp_path / "warm", cfg)
+    m, k = r.metrics, kept.metrics
+    assert m["history"] == k["history"] and m["best_epoch"] < m["epochs"]
+    refit = m["refit"]
+    assert refit["start"] == "warm" and refit["epochs"] == 3 and refit["n_train"] == m["n_train"] + m["n_val"]
+    lr_best = ([cfg.learning_rate] + [h["lr"] for h in m["history"]])[m["best_epoch"] - 1]
+    assert [h["lr"] for h in refit["history"]] == pytest.approx([lr_best / 3] * 3)
+    store = open_store(sim_store[0])
+    split = fold_split(store.fold, 3, 1)
+    assert m["target_mean"] == pytest.approx(store.phenotype[split.train].mean())  # the early-stopped model's scale
+    assert (r.path / "val_predictions.csv").read_bytes() == (kept.path / "val_predictions.csv").read_bytes()
+
+    def test_pred(path):
+        return np.loadtxt(path / "predictions.csv", delimiter=",", skiprows=1, usecols=3)
+
+    assert np.max(np.abs(test_pred(r.path) - test_pred(kept.path))) > 1e-3 * np.std(store.phenotype)
+    still = train_fold(sim_store[0], 1, tmp_path / "still", cfg.replace(refit_lr_factor=1e-9))
+    np.testing.assert_allclose(test_pred(still.path), test_pred(kept.path), rtol=0, atol=1e-5 * np.std(store.phenotype))
+    assert not [p.name for p in r.path.iterdir() if p.name.startswith("early_stopped")]
+
+
 def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path):
     """Killed mid-refit, a rerun neither retrains the early-stopped model nor restarts the
     refit, and gives the uninterrupted run's result bit for bit."""
     store, _ = sim_store
     # settings whose best epoch is late enough for a kill at epoch 2 to land mid-refit (with the
     # default output L2 and dosage scale this fold's best epoch is 2)
-    args = [a for a in ARGS] + ["--l2-dense", "0", "--dosage-scale", "1"]
+    args = [a for a in ARGS] + ["--l2-dense", "0", "--dosage-scale", "1", "--refit-epochs", "6"]
     args[args.index("--epochs") + 1] = "12"
     run_cli("train", store, *args, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "refit" / "state.json"

@@ -33,6 +33,8 @@ from hpcsnp.cnn.checkpoint import (
     _savez_atomic,
     _signals_blocked,
     check_resumable,
+    load_variables,
+    save_variables,
 )
 from hpcsnp.cnn.data import RowSource, should_cache
 from hpcsnp.cnn.loop import fit_epochs, train_epoch
@@ -50,6 +52,7 @@ from hpcsnp.rundir import (
     REFIT_DIR,
     SEED_PREDICTIONS_CSV,
     STOPPED_FILE,
+    STOPPED_WEIGHTS,
     VAL_PREDICTIONS_CSV,
     RunDir,
     check_same_store,
@@ -236,7 +239,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
             ckpt.restore_best()
         val_pred, val_rows = steps.predict(sources.val)  # of a model that never trained on the validation fold
         if cfg.refit:
-            with _signals_blocked():
+            with _signals_blocked():  # the early-stopped weights first: a warm refit starts from them
+                save_variables(where / STOPPED_WEIGHTS, steps.model.variables)
                 _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=val_pred,
                               val_rows=val_rows)
                 ckpt.clear()
@@ -262,6 +266,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         if cfg.refit:
             shutil.rmtree(where / REFIT_DIR, ignore_errors=True)
             stopped.unlink(missing_ok=True)
+            (where / STOPPED_WEIGHTS).unlink(missing_ok=True)
         else:
             ckpt.clear()
     return member
@@ -278,40 +283,53 @@ class Refitted(NamedTuple):
 
 def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> Refitted:
 
-    """Train afresh (same initialisation) on the training + validation folds for the epochs
-    the early-stopped model was kept at, each with the learning rate it had then; the
-    target scaled with those lines' mean and sd.  Checkpointed every epoch in REFIT_DIR.
+    """Train on the training + validation folds, checkpointed every epoch in REFIT_DIR.
+    ``cfg.refit_start`` "warm": from the early-stopped weights (saved in STOPPED_WEIGHTS) with
+    Adam's moments at zero, ``cfg.refit_epochs`` epochs at ``cfg.refit_lr_factor`` x the
+    learning rate of the best epoch, the target scaled as the early-stopped model's was;
+    "fresh": from the same initialisation, for the epochs the early-stopped model was kept at,
+    each with the learning rate it had then, the target scaled with those lines' mean and sd.
     """
     import keras
 
     from hpcsnp.cnn.steps import CompiledSteps
 
-    epochs = state["best_epoch"] if cfg.restore_best and state["best_epoch"] else state["epoch"]
+    kept = state["best_epoch"] if cfg.restore_best and state["best_epoch"] else state["epoch"]
     # the learning rate of epoch e: the starting one, then as the plateau rule left it after epoch e - 1
-    lrs = [cfg.learning_rate] + [h["lr"] for h in state["history"]][:epochs - 1]
+    lrs = [cfg.learning_rate] + [h["lr"] for h in state["history"]][:kept - 1]
+    warm = cfg.refit_start == "warm"
+    if warm:
+        epochs, lrs = cfg.refit_epochs, [cfg.refit_lr_factor * lrs[-1]] * cfg.refit_epochs
+    else:
+        epochs = kept
     rows = refit_rows(split)
-    scale = TargetScale.fit(store.phenotype, rows, cfg, say, store.covariates)
+    scale = TargetScale.fit(store.phenotype, split.train if warm else rows, cfg, say, store.covariates)
     keras.utils.set_random_seed(cfg.seed * 1009 + split.test_fold)
     sources = FoldSources.build(store, split, scale, cfg, refit=True)
-    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, training_fill(sources.train, cfg))
+    # warm: the training fill (a model weight) comes with the early-stopped weights
+    steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say,
+                                None if warm else training_fill(sources.train, cfg))
+    if warm:
+        load_variables(where / STOPPED_WEIGHTS, steps.model.variables)
     (where / REFIT_DIR).mkdir(exist_ok=True)
     ckpt = Checkpointer(where / REFIT_DIR, steps.run_variables, steps.model.variables)
     rstate = ckpt.resume({**new_state(cfg, store), "epochs": epochs}, cfg, store, steps.optimizer)
     say(f"refit on training + validation ({len(rows)} samples) for {epochs} epochs"
+        + (f" from the early-stopped weights (epoch {kept})" if warm else "")
         + (f", resuming after epoch {rstate['epoch']}" if rstate["epoch"] else ""))
     while rstate["epoch"] < epochs:
         t0 = time.perf_counter()
         epoch = rstate["epoch"] + 1
         rstate["lr"] = lrs[epoch - 1]
         steps.optimizer.learning_rate.assign(rstate["lr"])
-        losses = train_epoch(steps, sources.train, rstate, cfg, epoch, n_threads)
+        losses = train_epoch(steps, sources.train, rstate, cfg, (kept if warm else 0) + epoch, n_threads)
         rstate["epoch"] = epoch
         rstate["train_seconds"] += time.perf_counter() - t0
         rstate["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "lr": rstate["lr"]})
         ckpt.save_epoch(rstate, epoch)
         say(f"refit epoch {epoch:4d}/{epochs}  loss {np.mean(losses):.4f}  lr {rstate['lr']:.3g}  "
             f"{time.perf_counter() - t0:.1f}s  rss {rss_mb('VmRSS'):.0f} MB")
-    record = {"n_train": len(rows), "epochs": epochs, "seconds": rstate["train_seconds"],
+    record = {"n_train": len(rows), "start": cfg.refit_start, "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
     return Refitted(steps, sources, scale, record)
 
