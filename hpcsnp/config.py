@@ -100,12 +100,13 @@ class Config:
     # Deep Learning, algorithm 7.2): the model then learns from the lines GBLUP fits on.  The
     # validation predictions (the ensemble's weights) stay those of the early-stopped model.
     refit: bool = True
-    # how the refit starts: "warm" = from the early-stopped weights, ``refit_epochs`` epochs over
-    # training + validation at ``refit_lr_factor`` x the learning rate of the best epoch, Adam's
-    # moments started afresh (a fine-tuning: the same test PCC on SoyNAM as "fresh" for a fraction
-    # of its epochs; bench/RESULTS.md, "A warm refit"); "fresh" = from the initialisation,
-    # replaying every early-stopped epoch with its learning rate (algorithm 7.2 above)
-    refit_start: str = "warm"
+    # how the refit starts: "fresh" = from the initialisation, replaying every early-stopped epoch
+    # with its learning rate (algorithm 7.2 above); "warm" = from the early-stopped weights,
+    # ``refit_epochs`` epochs over training + validation at ``refit_lr_factor`` x the learning
+    # rate of the best epoch, Adam's moments started afresh: a quarter less time for the whole
+    # CV on SoyNAM, at 0.0026 lower CNN PCC and less stable saliency (bench/RESULTS.md, "A warm
+    # refit"), so not the default
+    refit_start: str = "fresh"
     refit_epochs: int = 2
     refit_lr_factor: float = 1 / 3
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled

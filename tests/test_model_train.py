@@ -51,7 +51,8 @@ def test_publication_settings_and_overrides():
     assert (old.refit, old.genotype_basis, old.n_models, old.dosage_scale, old.missing_dosage) == (
         False, "onehot", 1, 1.0, "zero")
     # a refit recorded before --refit-start existed was the fresh one
-    assert Config.from_dict({"refit": True}).refit_start == "fresh" and Config().refit_start == "warm"
+    assert Config.from_dict({"refit": True, "refit_start": "warm"}).refit_start == "warm"
+    assert Config.from_dict({"refit": True}).refit_start == "fresh" == Config().refit_start
     now = Config.from_dict(Config().to_dict())
     assert (now.refit, now.genotype_basis, now.n_models, now.dosage_scale, now.missing_dosage) == (
         True, "additive", 0, 4.0, "mean")

@@ -146,7 +146,7 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
 
 
 def test_a_warm_refit_goes_on_from_the_early_stopped_weights(sim_store, tmp_path):
-    """--refit-start warm (the default): the early-stopped model, trained on for --refit-epochs
+    """--refit-start warm: the early-stopped model, trained on for --refit-epochs
     epochs over training + validation at a third of its best epoch's learning rate, with the
     early-stopped model's target scale.  With a vanishing learning rate it predicts what the
     early-stopped model does: it starts from those weights, not from an initialisation."""
@@ -156,8 +156,7 @@ def test_a_warm_refit_goes_on_from_the_early_stopped_weights(sim_store, tmp_path
     from hpcsnp.store import open_store
 
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
-                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_epochs=3)
-    assert Config().refit_start == "warm"
+                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="warm", refit_epochs=3)
     kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
     r = train_fold(sim_store[0], 1, tmp_path / "warm", cfg)
     m, k = r.metrics, kept.metrics
@@ -180,13 +179,14 @@ def test_a_warm_refit_goes_on_from_the_early_stopped_weights(sim_store, tmp_path
     assert not [p.name for p in r.path.iterdir() if p.name.startswith("early_stopped")]
 
 
-def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path):
+@pytest.mark.parametrize("start", ["fresh", "warm"])
+def test_a_fold_killed_during_its_refit_resumes_the_refit(sim_store, tmp_path, start):
     """Killed mid-refit, a rerun neither retrains the early-stopped model nor restarts the
-    refit, and gives the uninterrupted run's result bit for bit."""
+    refit, and gives the uninterrupted run's result bit for bit; either refit."""
     store, _ = sim_store
     # settings whose best epoch is late enough for a kill at epoch 2 to land mid-refit (with the
     # default output L2 and dosage scale this fold's best epoch is 2)
-    args = [a for a in ARGS] + ["--l2-dense", "0", "--dosage-scale", "1", "--refit-epochs", "6"]
+    args = [a for a in ARGS] + ["--l2-dense", "0", "--dosage-scale", "1", "--refit-start", start, "--refit-epochs", "6"]
     args[args.index("--epochs") + 1] = "12"
     run_cli("train", store, *args, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "refit" / "state.json"

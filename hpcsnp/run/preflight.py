@@ -12,7 +12,8 @@ Those costs are scaled to the store's size:
 
 - an epoch: the store's optimiser steps at the probe's time per step, plus the validation
   fold's predictions;
-- a fold: the models it trains x (epochs until early stopping + the refit's epochs) + the
+- a fold: the models it trains x (epochs until early stopping + the refit's epochs: --refit-epochs for the
+  warm refit, the best epoch's count for the fresh one) + the
   attributions (linear in the lines) + the process's start-up;
 - the epochs: those of the run's finished folds where there are any, else
   ``ASSUMED_BEST_EPOCHS`` + the early-stopping patience (SoyNAM's folds stopped after 9-37
@@ -529,9 +530,10 @@ def _store_plan(store, name, cfg, cnn: CnnProbe, run_dir) -> StorePlan:
             epochs, source = cfg.max_epochs, f"--epochs {cfg.max_epochs}"
     epoch_s = steps * cnn.step_s + n_val * cnn.predict_line_s
     refit_steps = -(-(n_train + n_val) // cfg.batch_size) if cfg.refit else 0
+    refit_epochs = cfg.refit_epochs if cfg.refit_start == "warm" else min(best, epochs)
     models = cfg.models_per_fold(n_train)
     attribution_s = models * cnn.attribution_line_s * store.n_samples
-    cnn_s = (models * (epochs * epoch_s + min(best, epochs) * refit_steps * cnn.step_s + n_test * cnn.predict_line_s)
+    cnn_s = (models * (epochs * epoch_s + refit_epochs * refit_steps * cnn.step_s + n_test * cnn.predict_line_s)
              + attribution_s + cnn.startup_s)
     lines = len(store.phenotyped)  # a fold caches the lines of its sets
     cached = lines * store.n_variants if should_cache(cfg, lines, store.n_variants) else 0
