@@ -16,6 +16,11 @@ usage:
   python bench/bench_scale.py steps --samples 100000 --snps 50000 --work DIR [--steps-per-epoch 20]
            [--only simulate,ingest,gwas,baseline,refit,epoch] [--threads 2]
   python bench/bench_scale.py accuracy STORE [STORE ...] [--encodings dosage,onehot] [--folds 1,2]
+  python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5]
+
+``loco``: the GWAS's inflation without structure, exact and scalable, with and without LOCO,
+on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
+SNPs, null under LOCO), and the scalable LOCO test's Spearman with the exact one.
 
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
@@ -186,6 +191,57 @@ def accuracy(a):
         print(line)
 
 
+def loco(a):
+    """The GWAS's calibration without structure, with and without LOCO, on both solvers: a trait
+    whose causal loci (the simulator's truth table, ``--causal``) are those on odd-numbered
+    chromosomes (h2 ``--h2``), so the SNPs of the even-numbered ones are null once their own
+    chromosome is left out of the kinship; lambda over those null SNPs and over all, and the
+    scalable test's Spearman with the exact one."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from hpcsnp.linear.baseline import read_rows
+    from hpcsnp.linear.gwas import genomic_inflation, gwas_store
+    from hpcsnp.resources import cap_threads, dask_context
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    store = open_store(a.store)
+    chrom = np.array([int(str(c).lstrip("Chr").lstrip("0") or 0) for c in store.contig])
+    truth = pd.read_csv(a.causal, sep="\t")
+    col = {v: j for j, v in enumerate(store.variant_id)}
+    keep = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and chrom[col[s]] % 2 == 1]
+    cols = np.array([j for j, _ in keep])
+    g = read_rows(store, np.arange(store.n_samples))[:, cols].astype(np.float64)  # codes, -1 = missing
+    g = np.where(g < 0, np.nanmean(np.where(g < 0, np.nan, g), axis=0), g)
+    gv = (g - g.mean(axis=0)) @ np.array([e for _, e in keep])
+    rng = np.random.default_rng(7)
+    y = gv / gv.std() * np.sqrt(a.h2) + rng.normal(0, np.sqrt(1 - a.h2), len(gv))
+    table = Path(a.work) / "odd_chromosomes.tsv"
+    pd.DataFrame({"id": store.sample_id, "odd": y}).to_csv(table, sep="\t", index=False)
+    trait = open_store(a.store, pheno=table, trait="odd")
+    null = chrom % 2 == 0
+    out, logp = {"store": store.name, "causal_loci": len(keep), "null_snps": int(null.sum()), "h2": a.h2}, {}
+    for solver in ("exact", "scalable"):
+        for loco_on in (False, True):
+            t0 = time.perf_counter()
+            with dask_context("threads", a.threads):
+                r = gwas_store(trait, solver=solver, loco=loco_on)
+            key = f"{solver}{'_loco' if loco_on else ''}"
+            pv = r.table["p"].to_numpy()
+            logp[key] = -np.log10(pv)
+            out[key] = {"seconds": round(time.perf_counter() - t0, 1), "lambda_all": round(genomic_inflation(pv), 4),
+                        "lambda_null": round(genomic_inflation(pv[null]), 4)}
+            print(json.dumps({key: out[key]}), flush=True)
+    for k in ("", "_loco"):
+        e, f = logp["exact" + k], logp["scalable" + k]
+        ok = np.isfinite(e) & np.isfinite(f)
+        out["spearman" + (k or "_whole")] = round(float(spearmanr(e[ok], f[ok])[0]), 5)
+    print(json.dumps(out), flush=True)
+    (Path(a.work) / "loco.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -206,8 +262,14 @@ def main():
                    help="also take delta by REML on this many lines (0: no)")
     c.add_argument("--gwas", action="store_true")
     c.add_argument("--out")
+    c = sub.add_parser("loco")
+    c.add_argument("store")
+    c.add_argument("--causal", required=True, help="the simulator's truth table (snp, effect)")
+    c.add_argument("--h2", type=float, default=0.5)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--work", required=True)
     a = p.parse_args()
-    steps(a) if a.mode == "steps" else accuracy(a)
+    {"steps": steps, "accuracy": accuracy, "loco": loco}[a.mode](a)
 
 
 if __name__ == "__main__":

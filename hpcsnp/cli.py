@@ -783,9 +783,6 @@ def gwas(store, run_dir, name, out_dir, loco, pheno, trait, covar, covar_names, 
     s = open_store(store, trait=trait, pheno=pheno, covar=covar, covar_names=covar_names)
     check_testable(s.phenotype[s.phenotyped], s.path)
     solver, why = choose_solver(s, solver)
-    if solver == "scalable" and loco:
-        raise click.UsageError("--loco needs --solver exact for now (the scalable solver tests against the "
-                               "whole-genome kinship)")
     gram = None
     if run_dir:
         from hpcsnp.linear.baseline import cached_gram

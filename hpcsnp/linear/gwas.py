@@ -203,7 +203,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
     used and gwas.json records why under ``loco_ignored``.  ``progress``:
     called with the number of SNPs tested after each chromosome.  ``solver``: exact (n x n
     kinship), scalable (linear/scalable.py: the same test with x' P x calibrated, memory of
-    (n + p) x a block; no LOCO) or auto (exact where it fits)."""
+    (n + p) x a block; LOCO as one more system per chromosome) or auto (exact where it fits)."""
     from hpcsnp.linear.scalable import choose_solver, scalable_association
 
     t0 = time.perf_counter()
@@ -221,17 +221,17 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
                        "chromosome")
     solver, _ = choose_solver(store, solver)
     if solver == "scalable":
-        if loco:
-            raise InputError("LOCO needs the exact solver (the scalable one tests against the whole-genome kinship)")
-        columns, info = scalable_association(store, store.phenotype.astype(np.float64))
+        columns, info = scalable_association(store, store.phenotype.astype(np.float64),
+                                             groups=groups if loco else None)
         if progress:
             progress(store.n_variants)
         frame = pd.DataFrame(columns)
         delta = info.pop("delta")
-        method = (f"EMMAX/P3D's t-test, scalable: dosage kinship, REML on {info['reml_lines']:,} lines, "
+        kinship = "leave-one-chromosome-out dosage kinship" if loco else "dosage kinship"
+        method = (f"EMMAX/P3D's t-test, scalable: {kinship}, REML on {info['reml_lines']:,} lines, "
                   f"P y by conjugate gradients, x'Px from K's {info['rank']} leading eigenpairs calibrated on "
                   f"{info['calibration_snps']} SNPs solved exactly")
-        return _finish(store, len(rows), frame, delta, False, None, len(groups), method, t0,
+        return _finish(store, len(rows), frame, delta, loco, loco_note, len(groups), method, t0,
                        {"solver": "scalable", **info})
     check_memory(store)
     g = read_rows(store, rows)

@@ -285,7 +285,8 @@ class RidgeFit(NamedTuple):
 
 
 def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
-          what: str = "GBLUP", deflate: TopEigen | None = None, covariates=None) -> RidgeFit:
+          what: str = "GBLUP", deflate: TopEigen | None = None, covariates=None, snp_masks=None,
+          extra_of=None) -> RidgeFit:
     """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
     (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
     GLS intercept: Z_k is centred by its own lines).  ``y``: [n], or [n, k] with one phenotype
@@ -296,7 +297,12 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     eigenvalues elsewhere, which takes the few large eigenvalues of a structured population
     out of the conjugate gradients' way (SoyNAM-like 20,000 x 10,000: 164 -> 46 iterations);
     without it, A's diagonal (Jacobi).  ``covariates`` [n, c]: fixed effects projected out of
-    every system (see the module's notes); ``extra_rhs`` must then already be Z'M-projected."""
+    every system (see the module's notes); ``extra_rhs`` must then already be Z'M-projected.
+    ``snp_masks`` [width, k]: the design columns of each system (1 = in it; LOCO leaves out a
+    chromosome's): system k solves with Z_k S_k and K_k = Z_k S_k Z_k' / w_k, w_k its columns,
+    and its beta is 0 outside them.  ``extra_of`` [j]: the system each extra right-hand side
+    belongs to (its lines, centring, covariates and columns; default the first).  ``rhs`` is
+    returned as given, before the column masks (beta is 0 where they are)."""
     masks = np.asarray(masks, np.float64)
     n_k = masks.sum(axis=0)
     Y = y[:, None] if y.ndim == 1 else y  # one phenotype for every system, or one each
@@ -313,17 +319,21 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     diag = squares - n_k * means ** 2 + delta * design.width
     if bases is not None:
         diag -= np.column_stack([(z * z).sum(axis=1) for z in ZQ])
+    S = np.ones((design.width, masks.shape[1])) if snp_masks is None else np.asarray(snp_masks, np.float64)
     if extra_rhs is not None:
-        j = extra_rhs.shape[1]
+        of = np.zeros(extra_rhs.shape[1], int) if extra_of is None else np.asarray(extra_of, int)
         rhs = np.hstack([rhs, extra_rhs])
-        masks = np.hstack([masks, np.repeat(masks[:, :1], j, axis=1)])
-        means = np.hstack([means, np.repeat(means[:, :1], j, axis=1)])
-        diag = np.hstack([diag, np.repeat(diag[:, :1], j, axis=1)])
+        masks, means, diag, S = (np.hstack([a, a[:, of]]) for a in (masks, means, diag, S))
         if bases is not None:
-            ZQ = ZQ + [ZQ[0]] * j
-    lam = delta * design.width
+            ZQ = ZQ + [ZQ[k] for k in of]
+    lam = delta * S.sum(axis=0)  # delta w_k: K_k's width
+    masked = snp_masks is not None
+
+    def cols(U):  # each system's columns
+        return U * S if masked else U
+
     if deflate is None:
-        diag = np.maximum(diag, lam)
+        diag = np.where(S > 0, np.maximum(diag, lam), lam)
 
         def precondition(R):
             return R / diag
@@ -336,15 +346,21 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
                                                                     - len(sigma), 1), 0.0)
 
         def precondition(R):
-            VR = V @ R
-            return V.T @ (VR / (sigma + lam)) + (R - V.T @ VR) / (rest + lam)
+            VR = V @ cols(R)
+            return cols(V.T @ (VR / (sigma + lam)) + (cols(R) - V.T @ VR) / (rest + lam)) + (R - cols(R)) / lam
     def apply(U):
-        out = design.normal(U, masks, means) + lam * U
+        SU = cols(U)
+        out = cols(design.normal(SU, masks, means)) + lam * U
         if bases is not None:  # Z'MZ = Z'Z - (Z'Q)(Z'Q)'
-            out -= np.column_stack([z @ (z.T @ U[:, k]) for k, z in enumerate(ZQ)])
+            out -= cols(projected(ZQ, SU))
         return out
-    beta, iterations = conjugate_gradient(apply, rhs, precondition, tol=tol, what=what)
+    beta, iterations = conjugate_gradient(apply, cols(rhs), precondition, tol=tol, what=what)
     return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0))
+
+
+def projected(ZQ: list, U: np.ndarray) -> np.ndarray:
+    """(Z'Q_k)(Z'Q_k)' U_k for every column k: what projecting the covariates out takes from Z'Z U."""
+    return np.column_stack([z @ (z.T @ U[:, k]) for k, z in enumerate(ZQ)])
 
 
 def reml_sample(fit_rows: np.ndarray, lines: int = REML_LINES) -> np.ndarray:
@@ -547,11 +563,36 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
 
+def xpx_approx(zz: np.ndarray, top: TopEigen | None, n: int, delta: float, keep=None) -> np.ndarray:
+    """Every SNP's x' (K + delta I)^-1 x from K's leading eigenpairs (the rest of the spectrum at
+    its mean eigenvalue), before calibration; ``zz``: x'x per SNP (centred).  ``keep`` [width]:
+    for the kinship of those SNPs alone (LOCO), K_keep = Z S Z' / w_keep: its leading eigenpairs
+    taken within K's leading subspace (the eigenpairs of Sigma V S V' Sigma / w_keep there, a
+    rank x rank problem), the rest at the mean of what is left of its trace."""
+    w = len(zz)
+    width = w if keep is None else float(keep.sum())
+    trace = float(zz.sum() if keep is None else zz @ keep) / width
+    if top is None:
+        return zz / (trace / (n - 1) + delta)
+    loaded, values = top.loadings() ** 2, top.values
+    if keep is not None:
+        s = np.sqrt(top.values * w)
+        V = top.vectors * keep
+        values, W = np.linalg.eigh(s[:, None] * (V @ V.T) * s[None, :] / width)
+        loaded = (W.T @ top.loadings()) ** 2
+    rest = (trace - values.sum()) / max(n - 1 - len(values), 1)
+    return ((loaded / (values + delta)[:, None]).sum(axis=0)
+            + (zz - loaded.sum(axis=0)) / (max(rest, 0.0) + delta))
+
+
 def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATION_SNPS,
-                         reml_lines: int = REML_LINES, rank: int = GWAS_RANK) -> tuple[dict, dict]:
+                         reml_lines: int = REML_LINES, rank: int = GWAS_RANK, groups=None) -> tuple[dict, dict]:
     """EMMAX/P3D's per-SNP test on every phenotyped line (``store.phenotyped``; ``y`` [lines of
-    the store]), on the scalable path (see the module's notes).  Returns the per-SNP columns (as
-    gwas.associate's) and what the summary records."""
+    the store]), on the scalable path (see the module's notes).  ``groups``: the SNP columns of
+    each chromosome, for LOCO: each chromosome's SNPs are tested against the kinship of the
+    others (one more system per chromosome in every pass; x_j' P_-c y then needs one more pass,
+    and x' P x is calibrated on SNPs each solved against its own chromosome's system).  Returns
+    the per-SNP columns (as gwas.associate's) and what the summary records."""
     from scipy import stats
 
     p = store.n_variants
@@ -583,23 +624,40 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     top = top_eigen(design, sums[:, 0] / n, rank, mask=mask if n < store.n_samples else None) if rank > 0 else None
     estimate = variance_ratio(design, store, "dosage", y, rows, top, reml_lines, C)
     delta = estimate.delta
-    fit = ridge(design, y, mask, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C)
-    beta_y = fit.beta[:, 0]
+    loco = {}
+    if groups is not None:  # system c: every SNP but chromosome c's; the calibration SNPs their own's
+        chromosome = np.empty(p, int)
+        for c, cols in enumerate(groups):
+            chromosome[cols] = c
+        S = np.ones((p, len(groups)))
+        S[np.arange(p), chromosome] = 0.0
+        loco = {"snp_masks": S, "extra_of": chromosome[pick]}
+    systems = len(groups) if groups is not None else 1
+    fit = ridge(design, y, np.repeat(mask, systems, axis=1), delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top,
+                covariates=C, **loco)
+    B = fit.beta[:, :systems]
     yc = (y - fit.mu[0]) * mask[:, 0]
     yc -= Q @ (Q.T @ yc)
     # P y = (yc - Z beta) / delta, so y' P y = (yc'yc - (Z'yc)' beta) / delta and x_j' P y = w beta_j
-    yy = float(yc @ yc - fit.rhs[:, 0] @ beta_y) / delta
-    sxy = w * beta_y
-    b = fit.beta[:, 1:]
+    yy = (float(yc @ yc) - (fit.rhs[:, :systems] * B).sum(axis=0)) / delta
+    if groups is None:
+        sxy = w * B[:, 0]
+    else:  # x_j' P_-c y = (x_j' M yc - x_j' M Z_-c beta_c) / delta: one more pass
+        ZMZ = design.normal(B, np.repeat(mask, systems, axis=1), np.repeat(fit.means[:, :1], systems, axis=1))
+        if Q.shape[1]:
+            ZMZ -= XQ @ (XQ.T @ B)
+        sxy = (fit.rhs[:, 0] - ZMZ[np.arange(p), chromosome]) / delta
+        yy = yy[chromosome]
+    b = fit.beta[:, systems:]
     xPx = (zz[pick] - (ZtZ_pick * b).sum(axis=0)) / delta
     # x' P x = x' V^-1 x = sum_i (u_i' x)^2 / (lambda_i + delta) over K's eigenpairs: the leading
     # ones exactly, the rest at their mean eigenvalue; then scaled to the calibration SNPs' exact values
-    approx = zz / (float(zz.sum()) / w / (n - 1) + delta)
-    if top is not None:
-        loaded = top.loadings() ** 2
-        rest = (float(zz.sum()) / w - top.values.sum()) / max(n - 1 - rank, 1)
-        approx = ((loaded / (top.values + delta)[:, None]).sum(axis=0)
-                  + (zz - loaded.sum(axis=0)) / (max(rest, 0.0) + delta))
+    if groups is None:
+        approx = xpx_approx(zz, top, n, delta)
+    else:  # each chromosome's SNPs against the spectrum of the others' kinship
+        approx = np.empty(p)
+        for c, cols in enumerate(groups):
+            approx[cols] = xpx_approx(zz, top, n, delta, S[:, c])[cols]
     ratios = xPx / approx[pick]
     gamma = float(ratios.mean())
     sxx = gamma * approx
@@ -611,7 +669,7 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     freq = np.divide(total, 2 * called, out=np.full(p, np.nan), where=called > 0)
     columns = {"a1_freq": freq, "n": called.astype(int), "maf": np.minimum(freq, 1 - freq),
                "beta": beta, "se": se, "t": t, "p": 2 * stats.t.sf(np.abs(t), n - 2 - Q.shape[1])}
-    info = {"delta": delta, **estimate.record(), "gamma": gamma, "rank": rank,
+    info = {"delta": delta, **estimate.record(), "gamma": gamma, "rank": rank, "loco": groups is not None,
             "gamma_cv": float(ratios.std(ddof=1) / gamma) if len(ratios) > 1 else None,
             "calibration_snps": len(pick), "cg_iterations": fit.iterations, "passes": design.passes}
     return columns, info
