@@ -42,7 +42,8 @@ def vcf_run(tmp_path_factory):
 
 def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
     """The fold model alone on its test lines gives predictions.csv; the marker-effect GBLUP
-    and the RKHS fit on a fold's fitting rows give that fold's baseline predictions."""
+    and the RKHS fit on a fold's fitting rows (with the variance ratio the fold recorded) give
+    that fold's baseline predictions."""
     from hpcsnp.folds import fold_split
     from hpcsnp.linear.baseline import cached_gram
     from hpcsnp.linear.refit import kernel_fit, marker_effects
@@ -71,7 +72,7 @@ def test_a_folds_own_test_lines_reproduce_its_predictions(vcf_run):
             chosen = json.loads((rk / "metrics.json").read_text())
             dist = chosen["distance"]
             G, _, _ = cached_gram(store, dist, RunDir(d / "run").baseline_cache("train", dist))
-            fit_k = kernel_fit(store, G, fit, chosen["theta"], dist)
+            fit_k = kernel_fit(store, G, fit, chosen["theta"], dist, delta=chosen["delta"])
             np.testing.assert_allclose(fit_k.predict(store.genotypes[:][split.test]),
                                        pd.read_csv(rk / "predictions.csv")["prediction"], rtol=1e-7)
 

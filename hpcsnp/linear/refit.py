@@ -78,16 +78,19 @@ def marker_effects(store, encoding: str, G: np.ndarray, width: int, fit_rows: np
     return MarkerEffects(encoding, beta, means, fill, float(mu), float(delta))
 
 
-def fit_kernel(store, K: np.ndarray, fit_rows) -> tuple[np.ndarray, float, float]:
+def fit_kernel(store, K: np.ndarray, fit_rows, delta: float | None = None) -> tuple[np.ndarray, float, float]:
     """(alpha, mu, delta) of the GBLUP of ``fit_rows`` on kernel K [fit, fit] (overwritten):
-    delta by REML, with the store's covariates as fixed effects where it has them (mu is
-    then the intercept at their mean over the fitted lines)."""
+    delta by REML unless given, with the store's covariates as fixed effects where it has them
+    (mu is then the intercept at their mean over the fitted lines)."""
     y = store.phenotype.astype(np.float64)[fit_rows]
     if store.covariates is not None:
         C = store.covariates[fit_rows]
-        delta, _ = REMLSpectrum(K, y, covariates=C).maximise()
+        if delta is None:
+            delta, _ = REMLSpectrum(K, y, covariates=C).maximise()
         alpha, b = gls_solve(K, y, delta, fixed_design(C), overwrite=True)
         return alpha, float(b[0]), float(delta)
+    if delta is not None:
+        return (*gblup_solve(K, y, delta, overwrite=True), float(delta))
     spectrum = REMLSpectrum(K, y, overwrite=True)
     delta, _ = spectrum.maximise()
     if spectrum.centred:  # a kernel centred by its own rows: the solve reuses REML's work
@@ -183,11 +186,13 @@ def kernel_design(g: np.ndarray, distance: str, fill: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) if distance == "onehot" else x
 
 
-def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage", X=None) -> KernelFit:
-    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta) on the
-    ``distance`` encoding: on a fold's fitting rows and its chosen kernel it reproduces that
-    fold's predictions (tested).  ``G``: the store's Gram matrix of that encoding, overwritten;
-    ``X``: the fitting rows' design (kernel_design) when the caller already has it."""
+def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "dosage", X=None,
+               delta: float | None = None) -> KernelFit:
+    """The RKHS baseline fitted on ``fit_rows`` with bandwidth ``theta`` (REML delta, unless
+    ``delta`` is given) on the ``distance`` encoding: on a fold's fitting rows, its chosen
+    kernel and its recorded delta it reproduces that fold's predictions (tested).  ``G``: the
+    store's Gram matrix of that encoding, overwritten; ``X``: the fitting rows' design
+    (kernel_design) when the caller already has it."""
 
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
     D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
@@ -195,7 +200,7 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     scale = float(np.median(D2[np.triu_indices(len(fit_rows), 1)])) or 1.0
     K = np.exp(D2 * (-theta / scale))
     del D2
-    alpha, mu, delta = fit_kernel(store, K, fit_rows)
+    alpha, mu, delta = fit_kernel(store, K, fit_rows, delta)
     fill = mean_dosage((g for _, _, g in row_chunks(store)), store.n_variants)
     if X is None:
         X = kernel_design(read_rows(store, fit_rows), distance, fill)
