@@ -27,7 +27,10 @@ how it is computed:
   is computed from K's ``GWAS_RANK`` leading eigenpairs (the rest at their mean
   eigenvalue) and scaled to ``CALIBRATION_SNPS`` random SNPs solved exactly (a single
   factor alone, GRAMMAR-gamma / BOLT-LMM-inf's statistic, ranks SNPs poorly in families).
-  The residual variance is then taken per SNP as in the exact test.
+  The residual variance is then taken per SNP as in the exact test.  With LOCO every pass
+  carries one more system per chromosome (the other chromosomes' columns), x_j' P_-c y takes
+  one more pass, and x' P_-c x comes from K_-c's leading eigenpairs within K's leading
+  subspace (``xpx_approx``).
 - **Covariates** (fixed effects besides the intercept) are projected out of each system,
   as the exact path's REML and GLS do: with Q_k an orthonormal basis of the centred
   covariates over system k's lines, the solve is (Z'MZ + delta w I) beta = Z'M yc with
