@@ -240,7 +240,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
         val_pred, val_rows = steps.predict(sources.val)  # of a model that never trained on the validation fold
         if cfg.refit:
             with _signals_blocked():  # the early-stopped weights first: a warm refit starts from them
-                save_variables(where / STOPPED_WEIGHTS, steps.model.variables)
+                if cfg.refit_start == "warm":
+                    save_variables(where / STOPPED_WEIGHTS, steps.model.variables)
                 _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=val_pred,
                               val_rows=val_rows)
                 ckpt.clear()

@@ -566,26 +566,29 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
 
-def xpx_approx(zz: np.ndarray, top: TopEigen | None, n: int, delta: float, keep=None) -> np.ndarray:
-    """Every SNP's x' (K + delta I)^-1 x from K's leading eigenpairs (the rest of the spectrum at
-    its mean eigenvalue), before calibration; ``zz``: x'x per SNP (centred).  ``keep`` [width]:
-    for the kinship of those SNPs alone (LOCO), K_keep = Z S Z' / w_keep: its leading eigenpairs
+def xpx_approx(zz: np.ndarray, top: TopEigen | None, n: int, delta: float, keep=None, cols=None) -> np.ndarray:
+    """SNPs' x' (K + delta I)^-1 x from K's leading eigenpairs (the rest of the spectrum at its
+    mean eigenvalue), before calibration; ``zz``: x'x per SNP (centred).  ``keep`` [width]: for
+    the kinship of those SNPs alone (LOCO), K_keep = Z S Z' / w_keep: its leading eigenpairs
     taken within K's leading subspace (the eigenpairs of Sigma V S V' Sigma / w_keep there, a
-    rank x rank problem), the rest at the mean of what is left of its trace."""
+    rank x rank problem), the rest at the mean of what is left of its trace.  ``cols``: of
+    these SNPs only (default every one)."""
     w = len(zz)
     width = w if keep is None else float(keep.sum())
     trace = float(zz.sum() if keep is None else zz @ keep) / width
+    cols = slice(None) if cols is None else cols
     if top is None:
-        return zz / (trace / (n - 1) + delta)
-    loaded, values = top.loadings() ** 2, top.values
+        return zz[cols] / (trace / (n - 1) + delta)
+    loadings, values = top.loadings()[:, cols], top.values
     if keep is not None:
         s = np.sqrt(top.values * w)
-        V = top.vectors * keep
+        V = top.vectors[:, keep > 0]
         values, W = np.linalg.eigh(s[:, None] * (V @ V.T) * s[None, :] / width)
-        loaded = (W.T @ top.loadings()) ** 2
+        loadings = W.T @ loadings
+    loaded = loadings ** 2
     rest = (trace - values.sum()) / max(n - 1 - len(values), 1)
     return ((loaded / (values + delta)[:, None]).sum(axis=0)
-            + (zz - loaded.sum(axis=0)) / (max(rest, 0.0) + delta))
+            + (zz[cols] - loaded.sum(axis=0)) / (max(rest, 0.0) + delta))
 
 
 def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATION_SNPS,
@@ -660,7 +663,7 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     else:  # each chromosome's SNPs against the spectrum of the others' kinship
         approx = np.empty(p)
         for c, cols in enumerate(groups):
-            approx[cols] = xpx_approx(zz, top, n, delta, S[:, c])[cols]
+            approx[cols] = xpx_approx(zz, top, n, delta, S[:, c], cols)
     ratios = xPx / approx[pick]
     gamma = float(ratios.mean())
     sxx = gamma * approx
