@@ -639,8 +639,8 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
         S[np.arange(p), chromosome] = 0.0
         loco = {"snp_masks": S, "extra_of": chromosome[pick]}
     systems = len(groups) if groups is not None else 1
-    fit = ridge(design, y, np.repeat(mask, systems, axis=1), delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top,
-                covariates=C, **loco)
+    masks = np.repeat(mask, systems, axis=1)
+    fit = ridge(design, y, masks, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C, **loco)
     B = fit.beta[:, :systems]
     yc = (y - fit.mu[0]) * mask[:, 0]
     yc -= Q @ (Q.T @ yc)
@@ -649,7 +649,7 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
     if groups is None:
         sxy = w * B[:, 0]
     else:  # x_j' P_-c y = (x_j' M yc - x_j' M Z_-c beta_c) / delta: one more pass
-        ZMZ = design.normal(B, np.repeat(mask, systems, axis=1), np.repeat(fit.means[:, :1], systems, axis=1))
+        ZMZ = design.normal(B, masks, fit.means[:, :systems])
         if Q.shape[1]:
             ZMZ -= XQ @ (XQ.T @ B)
         sxy = (fit.rhs[:, 0] - ZMZ[np.arange(p), chromosome]) / delta
