@@ -100,9 +100,9 @@ def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) -> n
     if encoding == "dosage":
         x = g.astype(np.float64)
         miss = g < 0
-        if miss.any():
+        if miss.any():  # in place: np.where would allocate and fault in another n x p float64
             fill = mean_dosage([g], g.shape[1]) if fill is None else fill
-            x = np.where(miss, fill, x)
+            np.copyto(x, np.broadcast_to(np.asarray(fill, np.float64), x.shape), where=miss)
         return x
     if encoding == "onehot":
 

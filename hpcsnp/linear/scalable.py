@@ -64,7 +64,7 @@ from hpcsnp.linear.baseline import (
     read_rows,
     uncentred,
 )
-from hpcsnp.resources import memory_limit_bytes
+from hpcsnp.resources import memory_limit_bytes, one_blas_thread_per_task
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ class Design:
         import dask
 
         self.passes += 1
-        return dask.compute(task)[0]
+        with one_blas_thread_per_task():
+            return dask.compute(task)[0]
 
     def _reduce(self, fn, per_block, *shared):
         from dask import delayed
@@ -220,22 +221,30 @@ def design_fill(store, design: Design | None = None) -> np.ndarray:
 
 
 def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, maxiter: int = CG_MAXITER,
-                       what: str = "system"):
+                       what: str = "system", start=None):
     """Solve A x = b for every column of b (A symmetric positive definite, given by
     ``apply``), preconditioned by ``precondition`` (an approximation of A^-1, applied to a
     block of columns); a column stops moving once its relative residual is below ``tol``.
-    Returns (x, iterations)."""
-    x = np.zeros_like(b)
-    r = b.copy()
+    ``start``: (x0, A x0), a first guess and its product (known to the caller without a pass).
+    Returns (x, iterations, residual b - A x)."""
+    t0 = last = time.perf_counter()
+    x = np.zeros_like(b) if start is None else start[0].copy()
+    r = b.copy() if start is None else b - start[1]
     z = precondition(r)
     p = z.copy()
     rz = (r * z).sum(axis=0)
     bnorm = np.linalg.norm(b, axis=0)
     bnorm[bnorm == 0] = 1.0
     for it in range(maxiter):
-        active = np.linalg.norm(r, axis=0) / bnorm > tol
+        relative = np.linalg.norm(r, axis=0) / bnorm
+        active = relative > tol
         if not active.any():
-            return x, it
+            logger.info(f"{what}: {it} conjugate-gradient iterations ({time.perf_counter() - t0:.0f} s)")
+            return x, it, r
+        if time.perf_counter() - last > 60:  # a line a minute on long solves (a pass takes ~15 s at 100,000 x 50,000)
+            last = time.perf_counter()
+            logger.info(f"{what}: iteration {it}, relative residual {relative.max():.1e} (wanted {tol:.0e}; "
+                        f"{(last - t0) / 60:.1f} min)")
         Ap = apply(p)
         alpha = np.where(active, rz / np.where(active, (p * Ap).sum(axis=0), 1.0), 0.0)
         x += alpha * p
@@ -247,7 +256,7 @@ def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, 
     worst = float((np.linalg.norm(r, axis=0) / bnorm).max())
     logger.warning(f"conjugate gradients for the {what} stopped after {maxiter} iterations at relative "
                    f"residual {worst:.2e} (wanted {tol:.0e})")
-    return x, maxiter
+    return x, maxiter, r
 
 
 def system_bases(covariates, masks: np.ndarray) -> list[np.ndarray]:
@@ -285,11 +294,13 @@ class RidgeFit(NamedTuple):
     iterations: int
     rhs: np.ndarray  # Z_k' (y - mu_k) and any extra right-hand sides
     yy: np.ndarray  # (y - mu_k)' (y - mu_k) over each system's lines
+    lam: np.ndarray  # delta w_k, each system's ridge
+    residual: np.ndarray  # the solve's last residual, A beta = rhs (column-masked) - residual
 
 
 def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
           what: str = "GBLUP", deflate: TopEigen | None = None, covariates=None, snp_masks=None,
-          extra_of=None) -> RidgeFit:
+          extra_of=None, start: RidgeFit | None = None) -> RidgeFit:
     """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
     (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
     GLS intercept: Z_k is centred by its own lines).  ``y``: [n], or [n, k] with one phenotype
@@ -305,7 +316,10 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     chromosome's): system k solves with Z_k S_k and K_k = Z_k S_k Z_k' / w_k, w_k its columns,
     and its beta is 0 outside them.  ``extra_of`` [j]: the system each extra right-hand side
     belongs to (its lines, centring, covariates and columns; default the first).  ``rhs`` is
-    returned as given, before the column masks (beta is 0 where they are)."""
+    returned as given, before the column masks (beta is 0 where they are).  ``start``: a fit of the
+    same systems at another delta (or right-hand sides), whose solution the conjugate gradients
+    start from: A at this delta applied to it is A's at that one plus the change of ridge, so
+    the warm start costs no pass (mc_reml's evaluations)."""
     masks = np.asarray(masks, np.float64)
     n_k = masks.sum(axis=0)
     Y = y[:, None] if y.ndim == 1 else y  # one phenotype for every system, or one each
@@ -357,8 +371,12 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
         if bases is not None:  # Z'MZ = Z'Z - (Z'Q)(Z'Q)'
             out -= cols(projected(ZQ, SU))
         return out
-    beta, iterations = conjugate_gradient(apply, cols(rhs), precondition, tol=tol, what=what)
-    return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0))
+    b = cols(rhs)
+    if start is not None:  # A x0 = (A_start x0) + (lam - lam_start) x0, A_start x0 = b_start - r_start
+        x0 = start.beta
+        start = (x0, cols(start.rhs) - start.residual + (lam - start.lam) * x0)
+    beta, iterations, residual = conjugate_gradient(apply, b, precondition, tol=tol, what=what, start=start)
+    return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0), lam, residual)
 
 
 def projected(ZQ: list, U: np.ndarray) -> np.ndarray:
@@ -418,8 +436,8 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
     residuals) equals its mean over phenotypes simulated from the model with that delta.
     Secant steps on log delta from ``delta0`` (REML on a sample of the lines) until a step is
-    below ``step``; each evaluation is one ridge solve with 1 + ``samples`` right-hand sides.
-    Returns (delta, evaluations)."""
+    below ``step``; each evaluation is one ridge solve with 1 + ``samples`` right-hand sides,
+    started from the previous evaluation's solution.  Returns (delta, evaluations)."""
     n, w = design.n, design.width
     rows = np.asarray(fit_rows)
     mask = np.zeros((n, 1))
@@ -431,10 +449,14 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     genetic = design.apply(rng.standard_normal((w, samples)) / np.sqrt(w), means) * mask
     noise = rng.standard_normal((n, samples)) * mask
 
+    last = None
+
     def score(log_delta: float) -> float:
+        nonlocal last
         d = float(np.exp(log_delta))
         fit = ridge(design, np.hstack([y[:, None], genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
-                    tol=MC_TOL, what="Monte Carlo REML", covariates=covariates)
+                    tol=MC_TOL, what=f"Monte Carlo REML at h2 {1 / (1 + d):.4f}", covariates=covariates, start=last)
+        last = fit
         b2 = (fit.beta ** 2).sum(axis=0)
         e2 = fit.yy - (fit.rhs * fit.beta).sum(axis=0) - d * w * b2  # |yc - Z beta|^2, from the normal equations
         ratio = b2 / e2
