@@ -73,6 +73,28 @@ def test_the_variance_ratio_is_reml_on_all_lines_where_they_fit_and_monte_carlo_
     assert abs(1 / (1 + refined.delta) - 1 / (1 + exact)) < 0.01
 
 
+def test_the_solve_after_monte_carlo_reml_starts_where_its_carried_systems_stopped(make_store):
+    """The fold's two GBLUP systems, solved beside Monte Carlo REML's phenotypes at each of its
+    evaluations (each started from the last), are at its final delta to its tolerance: the final
+    solve started there gives the cold solve's predictions, in fewer iterations."""
+    store = open_store(make_store(samples=1200, snps=300, causal=30, folds=5, seed=3)[0])
+    split, fit, inner = fold_rows(store)
+    y = store.phenotype.astype(np.float64)
+    design = scalable_design(store, "dosage")
+    masks = fold_masks(store.n_samples, fit, inner)
+    carry = scalable.Carry(np.repeat(y[:, None], 2, axis=1), masks)
+    est = scalable.variance_ratio(design, store, "dosage", y, fit, reml_lines=len(fit) // 3, carry=carry)
+    assert est.mc_evaluations >= 2 and est.start.beta.shape == (design.width, 2)
+    assert np.all(est.start.lam == est.delta * design.width)  # solved at the delta it returns
+    cold = scalable.ridge(design, y, masks, est.delta)
+    warm = scalable.ridge(design, y, masks, est.delta, start=est.start)
+    assert warm.iterations < cold.iterations
+    for fit_ in (cold, warm):
+        assert np.linalg.norm(fit_.residual, axis=0).max() <= scalable.CG_TOL * np.linalg.norm(fit_.rhs, axis=0).min()
+    pred = [f.mu + design.apply(f.beta, f.means) for f in (cold, warm)]
+    assert np.abs(pred[0] - pred[1]).max() < 1e-5 * y.std()
+
+
 def test_one_and_two_dask_workers_give_the_same_fold(sim_store):
     distributed = pytest.importorskip("distributed")
     store = open_store(sim_store[0])

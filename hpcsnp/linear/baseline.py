@@ -94,19 +94,19 @@ def check_memory(store, available: int | None = None) -> None:
                          "--no-baseline (hpcsnp cv) or a node with more memory")
 
 
-def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None) -> np.ndarray:
-    """int8 codes [n, p] -> the uncentred design (float64): dosage with missing calls
-    replaced by ``fill`` (default: the column means of ``g``), or the one-hot channels."""
+def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None, dtype=np.float64) -> np.ndarray:
+    """int8 codes [n, p] -> the uncentred design (float64, or ``dtype``): dosage with missing
+    calls replaced by ``fill`` (default: the column means of ``g``), or the one-hot channels."""
     if encoding == "dosage":
-        x = g.astype(np.float64)
+        x = g.astype(dtype)
         miss = g < 0
-        if miss.any():  # in place: np.where would allocate and fault in another n x p float64
+        if miss.any():  # in place: np.where would allocate and fault in another n x p block
             fill = mean_dosage([g], g.shape[1]) if fill is None else fill
-            np.copyto(x, np.broadcast_to(np.asarray(fill, np.float64), x.shape), where=miss)
+            np.copyto(x, np.broadcast_to(np.asarray(fill, dtype), x.shape), where=miss)
         return x
     if encoding == "onehot":
 
-        return ONE_HOT_TABLE[g.astype(np.int64) + 1].reshape(len(g), -1).astype(np.float64)
+        return ONE_HOT_TABLE[g.astype(np.int64) + 1].reshape(len(g), -1).astype(dtype)
     raise InputError(f"unknown encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
 
 

@@ -112,13 +112,13 @@ def _block_normal(g, masks, U, shift, means, encoding, fill):
     return x.T @ t - means * t.sum(axis=0)
 
 
-def _block_rmat(g, V, means, encoding, fill):
-    """This block's part of Z' V (Z = X - 1 means')."""
-    return uncentred(g, encoding, fill).T @ V - means * V.sum(axis=0)
+def _block_rmat(g, V, means, encoding, fill, dtype=np.float64):
+    """This block's part of Z' V (Z = X - 1 means'), the product in ``dtype``."""
+    return uncentred(g, encoding, fill, dtype).T @ V.astype(dtype, copy=False) - means * V.sum(axis=0)
 
 
-def _block_apply(g, U, shift, encoding, fill):
-    return uncentred(g, encoding, fill) @ U - shift
+def _block_apply(g, U, shift, encoding, fill, dtype=np.float64):
+    return uncentred(g, encoding, fill, dtype) @ U - shift
 
 
 def _block_calls(g, m=None):
@@ -171,11 +171,11 @@ class Design:
         with one_blas_thread_per_task():
             return dask.compute(task)[0]
 
-    def _reduce(self, fn, per_block, *shared):
+    def _reduce(self, fn, per_block, *shared, **options):
         from dask import delayed
 
         shared = [delayed(s) if isinstance(s, np.ndarray) else s for s in shared]
-        parts = [delayed(fn)(b, *per_block(lo, hi), *shared, self.encoding, self.fill)
+        parts = [delayed(fn)(b, *per_block(lo, hi), *shared, self.encoding, self.fill, **options)
                  for b, (lo, hi) in zip(self.blocks, self.bounds)]
         return self._compute(_tree_sum(parts))
 
@@ -199,17 +199,18 @@ class Design:
         shift = (means * U).sum(axis=0)
         return self._reduce(_block_normal, lambda lo, hi: (masks[lo:hi],), U, shift, means)
 
-    def rmat(self, V: np.ndarray, means: np.ndarray) -> np.ndarray:
-        """Z' V [width, k] for lines-by-columns V [n, k], Z = X - 1 means' (one pass)."""
-        return self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), means[:, None])
+    def rmat(self, V: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Z' V [width, k] for lines-by-columns V [n, k], Z = X - 1 means' (one pass; the
+        blocks' products in ``dtype``, summed in float64)."""
+        return self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), means[:, None], dtype=dtype)
 
-    def apply(self, U: np.ndarray, means: np.ndarray) -> np.ndarray:
-        """Z_k U_k for every line and column k [n, k] (one pass)."""
+    def apply(self, U: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Z_k U_k for every line and column k [n, k] (one pass; the products in ``dtype``)."""
         from dask import delayed
 
         shift = delayed((means * U).sum(axis=0))
-        Ud = delayed(U)
-        parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, self.fill) for b in self.blocks]
+        Ud = delayed(U.astype(dtype, copy=False))
+        parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, self.fill, dtype) for b in self.blocks]
         return np.concatenate(self._compute(parts))
 
 
@@ -405,6 +406,25 @@ def reml_delta_sample(store, encoding: str, fill: np.ndarray, fit_rows: np.ndarr
     return float(delta), len(rows)
 
 
+class Carry(NamedTuple):
+    """The systems of the solve that follows Monte Carlo REML, solved beside its phenotypes at
+    every evaluation so that the final solve starts from them at its delta (to MC_TOL) instead
+    of from zero: ``ridge``'s y [n, c] and masks [n, c] (the first: the data on the fitting
+    lines) and its extra right-hand sides (with the first system's lines), or None."""
+
+    y: np.ndarray
+    masks: np.ndarray
+    extra_rhs: np.ndarray | None = None
+
+
+def carried(fit: RidgeFit, systems: int, skipped: int) -> RidgeFit:
+    """The carried systems of a Monte Carlo REML solve (its first ``systems`` and the extra
+    right-hand sides after the ``skipped`` simulated ones), as ``ridge``'s ``start``."""
+    cols = np.r_[0:systems, systems + skipped:fit.beta.shape[1]]
+    return RidgeFit(fit.beta[:, cols], fit.means[:, cols], fit.mu[:systems], fit.iterations, fit.rhs[:, cols],
+                    fit.yy[:systems], fit.lam[cols], fit.residual[:, cols])
+
+
 class Delta(NamedTuple):
     """The variance ratio and how it was estimated."""
 
@@ -412,37 +432,52 @@ class Delta(NamedTuple):
     lines: int  # lines of the exact REML (all fitting lines, or a sample of them)
     mc_evaluations: int  # Monte Carlo REML evaluations on every fitting line after it (0: none)
     seconds: float
+    start: RidgeFit | None = None  # the carried systems at delta (Carry), where Monte Carlo REML ran
 
     def record(self) -> dict:
         return {"reml_lines": self.lines, "mc_reml_evaluations": self.mc_evaluations, "reml_seconds": self.seconds}
 
 
 def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows, deflate=None,
-                   reml_lines: int = REML_LINES, covariates=None) -> Delta:
+                   reml_lines: int = REML_LINES, covariates=None, carry: Carry | None = None) -> Delta:
     """delta by exact REML where the fitting lines are at most ``reml_lines``; else REML on a
-    sample of them, refined by Monte Carlo REML on all of them (mc_reml)."""
+    sample of them, refined by Monte Carlo REML on all of them (mc_reml, solving ``carry``'s
+    systems beside its own)."""
     t0 = time.perf_counter()
     fit_rows = np.asarray(fit_rows)
     delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines, covariates)
     evaluations = 0
+    logger.info(f"REML on {used:,} of the {len(fit_rows):,} fitting lines: h2 {1 / (1 + delta):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    start = None
     if used < len(fit_rows):
-        delta, evaluations = mc_reml(design, y, fit_rows, delta, deflate, covariates=covariates)
-    return Delta(delta, used, evaluations, time.perf_counter() - t0)
+        delta, evaluations, start = mc_reml(design, y, fit_rows, delta, deflate, covariates=covariates, carry=carry)
+        logger.info(f"Monte Carlo REML on every fitting line: h2 {1 / (1 + delta):.4f} after {evaluations} "
+                    f"evaluations ({time.perf_counter() - t0:.0f} s)")
+    return Delta(delta, used, evaluations, time.perf_counter() - t0, start)
 
 
 def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None, samples: int = MC_SAMPLES,
-            step: float = 0.01, most: int = 8, covariates=None) -> tuple[float, int]:
+            step: float = 0.01, most: int = 8, covariates=None, carry: Carry | None = None):
     """The REML estimate of delta on every fitting line by BOLT-REML's Monte Carlo score (Loh et
     al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
     residuals) equals its mean over phenotypes simulated from the model with that delta.
     Secant steps on log delta from ``delta0`` (REML on a sample of the lines) until a step is
     below ``step``; each evaluation is one ridge solve with 1 + ``samples`` right-hand sides,
-    started from the previous evaluation's solution.  Returns (delta, evaluations)."""
+    started from the previous evaluation's solution.  ``carry``: more systems solved at every
+    evaluation (the data must be its first).  Returns (delta, evaluations, the carried systems'
+    solution at delta as ``ridge``'s start, or None)."""
     n, w = design.n, design.width
     rows = np.asarray(fit_rows)
     mask = np.zeros((n, 1))
     mask[rows] = 1.0
-    masks = np.repeat(mask, 1 + samples, axis=1)
+    if carry is None:
+        carry = Carry(y[:, None], mask)
+        keep = False
+    else:
+        keep = True
+    c = carry.y.shape[1]  # the data (column 0), any other carried systems, then the simulated ones
+    masks = np.hstack([carry.masks, np.repeat(mask, samples, axis=1)])
     rng = np.random.default_rng(REML_SEED)
     sums, _, _ = design.stats(mask, np.zeros((n, 1)))
     means = np.repeat(sums / len(rows), samples, axis=1)
@@ -454,13 +489,15 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     def score(log_delta: float) -> float:
         nonlocal last
         d = float(np.exp(log_delta))
-        fit = ridge(design, np.hstack([y[:, None], genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
-                    tol=MC_TOL, what=f"Monte Carlo REML at h2 {1 / (1 + d):.4f}", covariates=covariates, start=last)
+        fit = ridge(design, np.hstack([carry.y, genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
+                    tol=MC_TOL, what=f"Monte Carlo REML at h2 {1 / (1 + d):.4f}", covariates=covariates, start=last,
+                    extra_rhs=carry.extra_rhs)
         last = fit
-        b2 = (fit.beta ** 2).sum(axis=0)
-        e2 = fit.yy - (fit.rhs * fit.beta).sum(axis=0) - d * w * b2  # |yc - Z beta|^2, from the normal equations
+        k = masks.shape[1]
+        b2 = (fit.beta[:, :k] ** 2).sum(axis=0)
+        e2 = fit.yy - (fit.rhs[:, :k] * fit.beta[:, :k]).sum(axis=0) - d * w * b2  # |yc - Z beta|^2
         ratio = b2 / e2
-        return float(np.log(ratio[1:].mean() / ratio[0]))
+        return float(np.log(ratio[c:].mean() / ratio[0]))
 
     x0, x1 = np.log(delta0), np.log(delta0) + 0.1
     f0, f1 = score(x0), score(x1)
@@ -473,7 +510,7 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
         evaluations += 1
         if abs(x1 - x0) < step:
             break
-    return float(np.exp(x1)), evaluations
+    return float(np.exp(x1)), evaluations, carried(last, c, samples) if keep else None
 
 
 class TopEigen(NamedTuple):
@@ -491,18 +528,23 @@ class TopEigen(NamedTuple):
 def top_eigen(design: Design, means: np.ndarray, rank: int, power: int = 2, mask=None) -> TopEigen:
     """Randomized subspace iteration (Halko, Martinsson & Tropp 2011) for the ``rank`` leading
     eigenpairs of K = Z Z' / w, with 10 % oversampling and ``power`` iterations: 2 + 2 power
-    passes over the genotypes with rank-wide blocks.  ``mask`` [n, 1]: K of its lines only."""
+    passes over the genotypes with rank-wide blocks, their products in float32 (twice as fast;
+    the eigenpairs only precondition the solves and approximate the GWAS's x' P x before its
+    calibration on SNPs solved in float64).  ``mask`` [n, 1]: K of its lines only."""
     k = rank + max(10, rank // 10)
+    t0 = time.perf_counter()
     rng = np.random.default_rng(REML_SEED)
     wide = np.repeat(means[:, None], k, axis=1)
     keep = 1.0 if mask is None else mask
 
-    Q, _ = np.linalg.qr(design.apply(rng.standard_normal((design.width, k)), wide) * keep)
+    f32 = np.float32
+    Q, _ = np.linalg.qr(design.apply(rng.standard_normal((design.width, k)), wide, f32) * keep)
     for _ in range(power):
-        W, _ = np.linalg.qr(design.rmat(Q, means))
-        Q, _ = np.linalg.qr(design.apply(W, wide) * keep)
-    B = design.rmat(Q, means).T  # Q' Z [k, width]
+        W, _ = np.linalg.qr(design.rmat(Q, means, f32))
+        Q, _ = np.linalg.qr(design.apply(W, wide, f32) * keep)
+    B = design.rmat(Q, means, f32).T  # Q' Z [k, width]
     _, S, Vt = np.linalg.svd(B, full_matrices=False)
+    logger.info(f"K's {rank} leading eigenpairs: {2 + 2 * power} passes ({time.perf_counter() - t0:.0f} s)")
     return TopEigen(S[:rank] ** 2 / design.width, Vt[:rank])
 
 
@@ -540,15 +582,17 @@ class Prepared(NamedTuple):
     delta: Delta
 
 
-def prepare(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES) -> Prepared:
+def prepare(store, encoding: str, y: np.ndarray, masks: np.ndarray, reml_lines: int = REML_LINES) -> Prepared:
     """The design (dosage filled with the store's SNP means), its preconditioner and delta for
-    the fitting lines (with the store's covariates, where it has them, as fixed effects)."""
+    the fitting lines (``masks``' first column; with the store's covariates, where it has them,
+    as fixed effects), with the GBLUP systems of ``masks`` carried through Monte Carlo REML."""
     design = Design(store, encoding, np.zeros(store.n_variants))
     if encoding == "dosage":
         design.fill = design_fill(store, design)
     deflate = preconditioner(design)
-    return Prepared(design, deflate, variance_ratio(design, store, encoding, y, fit_rows, deflate, reml_lines,
-                                                    known_covariates(store)))
+    carry = Carry(np.repeat(y[:, None], masks.shape[1], axis=1), masks)
+    return Prepared(design, deflate, variance_ratio(design, store, encoding, y, np.flatnonzero(masks[:, 0]), deflate,
+                                                    reml_lines, known_covariates(store), carry))
 
 
 def known_covariates(store):
@@ -563,12 +607,13 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     validation, the validation lines from a fit on training alone with the same delta."""
     fit_rows = np.asarray(fit_rows)
     y = known(y)
-    design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 2))
     masks[fit_rows, 0] = 1.0
     masks[fit_rows[inner[0]], 1] = 1.0
+    design, deflate, delta = prepare(store, encoding, y, masks, reml_lines)
     C = known_covariates(store)
-    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate, covariates=C)
+    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate, covariates=C,
+                start=delta.start)
     pred = fit.mu + design.apply(fit.beta, fit.means)
     if C is not None:
         pred += covariate_effects(C, y[:, None] - pred, masks)
@@ -580,11 +625,11 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
 def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES):
     """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit."""
     y = known(y)
-    design, deflate, delta = prepare(store, encoding, y, fit_rows, reml_lines)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
+    design, deflate, delta = prepare(store, encoding, y, masks, reml_lines)
     fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding} refit", deflate=deflate,
-                covariates=known_covariates(store))
+                covariates=known_covariates(store), start=delta.start)
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
 
@@ -650,7 +695,8 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
                 - XQ @ (XQ.T @ E))
     rank = min(rank, (n - 2) // 2, w // 2)
     top = top_eigen(design, sums[:, 0] / n, rank, mask=mask if n < store.n_samples else None) if rank > 0 else None
-    estimate = variance_ratio(design, store, "dosage", y, rows, top, reml_lines, C)
+    carry = Carry(y[:, None], mask, ZtZ_pick) if groups is None else None  # LOCO's systems start from zero
+    estimate = variance_ratio(design, store, "dosage", y, rows, top, reml_lines, C, carry)
     delta = estimate.delta
     loco = {}
     if groups is not None:  # system c: every SNP but chromosome c's; the calibration SNPs their own's
@@ -662,7 +708,8 @@ def scalable_association(store, y: np.ndarray, calibration_snps: int = CALIBRATI
         loco = {"snp_masks": S, "extra_of": chromosome[pick]}
     systems = len(groups) if groups is not None else 1
     masks = np.repeat(mask, systems, axis=1)
-    fit = ridge(design, y, masks, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C, **loco)
+    fit = ridge(design, y, masks, delta, extra_rhs=ZtZ_pick, what="GWAS", deflate=top, covariates=C, **loco,
+                start=estimate.start)
     B = fit.beta[:, :systems]
     yc = (y - fit.mu[0]) * mask[:, 0]
     yc -= Q @ (Q.T @ yc)
