@@ -5,14 +5,18 @@
 # Threads follow the container's CPU limit (--cpus), SLURM_CPUS_PER_TASK, or HPCSNP_THREADS.
 # BASE must provide python3.11 with venv: python:3.11-slim, or a Debian bookworm image
 # with python3-minimal and python3-venv (how it is tested where Docker Hub is unreachable).
+# GPU image (TensorFlow's CUDA libraries as wheels; the driver comes from the host):
+#   docker build --build-arg EXTRAS=gpu -t hpcsnp:gpu .
+#   docker run --rm --gpus all -v "$PWD":/data hpcsnp:gpu train imp.zarr --fold 1 --run runs/x
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
+ARG EXTRAS=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md /src/
 COPY hpcsnp /src/hpcsnp
-RUN /opt/venv/bin/pip install /src \
+RUN /opt/venv/bin/pip install "/src[${EXTRAS}]" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include
 

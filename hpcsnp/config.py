@@ -212,11 +212,12 @@ class Config:
         >>> Config(bf16_step=True, fuse_convolutions=False).bf16()
         False
         """
-        from hpcsnp.resources import native_bfloat16
+        from hpcsnp.resources import native_bfloat16, tensorflow_device
 
         if not self.fuse_convolutions or self.activation != "linear" or self.bf16_step is False:
             return False
-        return self.bf16_step is True or native_bfloat16()
+        # "auto" on a GPU: float32, the precision its results were checked in
+        return self.bf16_step is True or (native_bfloat16() and tensorflow_device() == "CPU")
 
     def attribution_methods(self) -> list[str]:
         """The attributions a fold computes: saliency first, then the others.

@@ -200,7 +200,38 @@ def configure_tensorflow(n: int) -> None:
     except RuntimeError:  # already initialised in this process (tests); keep what is set
         pass
     with native_stderr_captured(replay=debug):
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:  # take GPU memory as needed: several folds' processes may share a device
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialised
+                pass
         tf.constant(0)  # the runtime starts here, with its own round of start-up lines
+    _DEVICE[0] = _device_name(tf, gpus)
+    logging.getLogger(__name__).log(logging.INFO if gpus else logging.DEBUG, f"TensorFlow runs on {_DEVICE[0]}")
+
+
+_DEVICE = ["CPU"]  # where TensorFlow runs this process's models, once configure_tensorflow has run
+
+
+def _device_name(tf, gpus) -> str:
+    if not gpus:
+        return "CPU"
+    try:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "")
+    except (RuntimeError, ValueError):
+        name = ""
+    return f"GPU ({len(gpus)} visible{': ' + name if name else ''})"
+
+
+def tensorflow_device() -> str:
+    """"CPU", or "GPU (k visible: name)" when TensorFlow saw a GPU (the [gpu] install, a CUDA
+    driver): TensorFlow then places the models' operations on the first one by itself.
+
+    >>> tensorflow_device() in ("CPU",) or tensorflow_device().startswith("GPU")
+    True
+    """
+    return _DEVICE[0]
 
 
 class native_stderr_captured:

@@ -43,7 +43,7 @@ from hpcsnp.errors import FoldFailedError
 from hpcsnp.folds import check_fold_usable, fold_split
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.metrics import all_finite, regression_metrics
-from hpcsnp.resources import configure_tensorflow, granted_cpus, peak_rss_mb, provenance, rss_mb
+from hpcsnp.resources import configure_tensorflow, granted_cpus, peak_rss_mb, provenance, rss_mb, tensorflow_device
 from hpcsnp.rundir import (
     MEMBER_FILE,
     METRICS_JSON,
@@ -521,6 +521,7 @@ def fold_record(dataset: str, split, store, cfg, first: Member, n_threads: int, 
         "saliency_n": sal_n, "cached": should_cache(cfg, len(split.train) + len(split.val) + len(split.test),
                                                     store.n_variants),
         "threads": n_threads,
+        "device": tensorflow_device(),  # CPU, or the GPU TensorFlow placed the models on
         "bf16": cfg.bf16(),  # the training step computed in bfloat16 (bf16_step, "auto" resolved here)
         **_throughput(state, passes, store.n_variants, cfg),
         "train_cpu_utilisation": fit["cpu_utilisation"],
