@@ -222,12 +222,13 @@ def design_fill(store, design: Design | None = None) -> np.ndarray:
 
 
 def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, maxiter: int = CG_MAXITER,
-                       what: str = "system", start=None):
+                       what: str = "system", start=None, needed=None):
     """Solve A x = b for every column of b (A symmetric positive definite, given by
     ``apply``), preconditioned by ``precondition`` (an approximation of A^-1, applied to a
     block of columns); a column stops moving once its relative residual is below ``tol``.
     ``start``: (x0, A x0), a first guess and its product (known to the caller without a pass).
-    Returns (x, iterations, residual b - A x)."""
+    ``needed`` [k] bool: the columns whose convergence ends the solve (default all); the others
+    move with them until then.  Returns (x, iterations, residual b - A x)."""
     t0 = last = time.perf_counter()
     x = np.zeros_like(b) if start is None else start[0].copy()
     r = b.copy() if start is None else b - start[1]
@@ -239,12 +240,13 @@ def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, 
     for it in range(maxiter):
         relative = np.linalg.norm(r, axis=0) / bnorm
         active = relative > tol
-        if not active.any():
+        if not (active if needed is None else active & needed).any():
             logger.info(f"{what}: {it} conjugate-gradient iterations ({time.perf_counter() - t0:.0f} s)")
             return x, it, r
         if time.perf_counter() - last > 60:  # a line a minute on long solves (a pass takes ~15 s at 100,000 x 50,000)
             last = time.perf_counter()
-            logger.info(f"{what}: iteration {it}, relative residual {relative.max():.1e} (wanted {tol:.0e}; "
+            worst = (relative if needed is None else relative[needed]).max()
+            logger.info(f"{what}: iteration {it}, relative residual {worst:.1e} (wanted {tol:.0e}; "
                         f"{(last - t0) / 60:.1f} min)")
         Ap = apply(p)
         alpha = np.where(active, rz / np.where(active, (p * Ap).sum(axis=0), 1.0), 0.0)
@@ -301,7 +303,7 @@ class RidgeFit(NamedTuple):
 
 def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_rhs=None, tol: float = CG_TOL,
           what: str = "GBLUP", deflate: TopEigen | None = None, covariates=None, snp_masks=None,
-          extra_of=None, start: RidgeFit | None = None) -> RidgeFit:
+          extra_of=None, start: RidgeFit | None = None, needed=None) -> RidgeFit:
     """GBLUP of each system k (the lines where masks[:, k] is 1) as rrBLUP marker effects:
     (Z_k' Z_k + delta w I) beta_k = Z_k' (y - mean_k); mu_k = mean of y over its lines (the
     GLS intercept: Z_k is centred by its own lines).  ``y``: [n], or [n, k] with one phenotype
@@ -320,7 +322,7 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     returned as given, before the column masks (beta is 0 where they are).  ``start``: a fit of the
     same systems at another delta (or right-hand sides), whose solution the conjugate gradients
     start from: A at this delta applied to it is A's at that one plus the change of ridge, so
-    the warm start costs no pass (mc_reml's evaluations)."""
+    the warm start costs no pass (mc_reml's evaluations).  ``needed``: conjugate_gradient's."""
     masks = np.asarray(masks, np.float64)
     n_k = masks.sum(axis=0)
     Y = y[:, None] if y.ndim == 1 else y  # one phenotype for every system, or one each
@@ -376,7 +378,8 @@ def ridge(design: Design, y: np.ndarray, masks: np.ndarray, delta: float, extra_
     if start is not None:  # A x0 = (A_start x0) + (lam - lam_start) x0, A_start x0 = b_start - r_start
         x0 = start.beta
         start = (x0, cols(start.rhs) - start.residual + (lam - start.lam) * x0)
-    beta, iterations, residual = conjugate_gradient(apply, b, precondition, tol=tol, what=what, start=start)
+    beta, iterations, residual = conjugate_gradient(apply, b, precondition, tol=tol, what=what, start=start,
+                                                    needed=needed)
     return RidgeFit(beta, means, mu, iterations, rhs, (yc * yc).sum(axis=0), lam, residual)
 
 
@@ -407,10 +410,10 @@ def reml_delta_sample(store, encoding: str, fill: np.ndarray, fit_rows: np.ndarr
 
 
 class Carry(NamedTuple):
-    """The systems of the solve that follows Monte Carlo REML, solved beside its phenotypes at
-    every evaluation so that the final solve starts from them at its delta (to MC_TOL) instead
-    of from zero: ``ridge``'s y [n, c] and masks [n, c] (the first: the data on the fitting
-    lines) and its extra right-hand sides (with the first system's lines), or None."""
+    """The systems of the solve that follows Monte Carlo REML, moved by its iterations at every
+    evaluation (without waiting for them to converge) so that the final solve starts from them
+    at its delta instead of from zero: ``ridge``'s y [n, c] and masks [n, c] (the first: the
+    data on the fitting lines) and its extra right-hand sides (with the first system's lines)."""
 
     y: np.ndarray
     masks: np.ndarray
@@ -478,6 +481,8 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
         keep = True
     c = carry.y.shape[1]  # the data (column 0), any other carried systems, then the simulated ones
     masks = np.hstack([carry.masks, np.repeat(mask, samples, axis=1)])
+    needed = np.zeros(masks.shape[1] + (0 if carry.extra_rhs is None else carry.extra_rhs.shape[1]), bool)
+    needed[0] = needed[c:c + samples] = True  # what the score needs; the carried systems only ride along
     rng = np.random.default_rng(REML_SEED)
     sums, _, _ = design.stats(mask, np.zeros((n, 1)))
     means = np.repeat(sums / len(rows), samples, axis=1)
@@ -491,7 +496,7 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
         d = float(np.exp(log_delta))
         fit = ridge(design, np.hstack([carry.y, genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
                     tol=MC_TOL, what=f"Monte Carlo REML at h2 {1 / (1 + d):.4f}", covariates=covariates, start=last,
-                    extra_rhs=carry.extra_rhs)
+                    extra_rhs=carry.extra_rhs, needed=needed)
         last = fit
         k = masks.shape[1]
         b2 = (fit.beta[:, :k] ** 2).sum(axis=0)
