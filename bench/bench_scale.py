@@ -23,7 +23,8 @@ usage:
 on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
 SNPs, null under LOCO), and the scalable LOCO test's Spearman with the exact one.  The causal
 loci are the truth table's on those chromosomes, or with ``--polygenic N`` N SNPs drawn from
-them with normal effects (a trait closer to the infinitesimal model the test assumes).
+them with normal effects (a trait closer to the infinitesimal model the test assumes);
+``--null-chromosomes 10`` puts them on every chromosome but those.
 
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
@@ -214,11 +215,13 @@ def loco(a):
     chrom = np.array([int(str(c).lstrip("Chr").lstrip("0") or 0) for c in store.contig])
     truth = pd.read_csv(a.causal, sep="\t")
     col = {v: j for j, v in enumerate(store.variant_id)}
-    keep = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and chrom[col[s]] % 2 == 1]
-    if a.polygenic:  # N SNPs of the odd-numbered chromosomes, normal effects
+    given = [int(c) for c in a.null_chromosomes.split(",") if c]
+    null = np.isin(chrom, given) if given else chrom % 2 == 0
+    keep = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and not null[col[s]]]
+    if a.polygenic:  # N SNPs of the other chromosomes, normal effects
         draw = np.random.default_rng(11)
-        odd = np.flatnonzero(chrom % 2 == 1)
-        keep = [(j, e) for j, e in zip(np.sort(draw.choice(odd, a.polygenic, replace=False)),
+        carrying = np.flatnonzero(~null)
+        keep = [(j, e) for j, e in zip(np.sort(draw.choice(carrying, a.polygenic, replace=False)),
                                        draw.standard_normal(a.polygenic))]
     cols = np.array([j for j, _ in keep])
     g = read_rows(store, np.arange(store.n_samples))[:, cols].astype(np.float64)  # codes, -1 = missing
@@ -229,7 +232,6 @@ def loco(a):
     table = Path(a.work) / "odd_chromosomes.tsv"
     pd.DataFrame({"id": store.sample_id, "odd": y}).to_csv(table, sep="\t", index=False)
     trait = open_store(a.store, pheno=table, trait="odd")
-    null = chrom % 2 == 0
     out, logp = {"store": store.name, "causal_loci": len(keep), "null_snps": int(null.sum()), "h2": a.h2}, {}
     for solver in a.solvers.split(","):
         for loco_on in (False, True):
@@ -276,6 +278,7 @@ def main():
     c.add_argument("--h2", type=float, default=0.5)
     c.add_argument("--polygenic", type=int, default=0, help="N causal SNPs of the odd chromosomes (0: the truth's)")
     c.add_argument("--solvers", default="exact,scalable")
+    c.add_argument("--null-chromosomes", default="", help="chromosomes without causal loci (default: the even ones)")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--work", required=True)
     a = p.parse_args()
