@@ -221,6 +221,13 @@ def design_fill(store, design: Design | None = None) -> np.ndarray:
     return np.divide(total, called, out=np.zeros(len(called)), where=called > 0)
 
 
+def progress(t0: float, message: str) -> None:
+    """A stage's line with its seconds since ``t0``: shown where it took 10 s or more (at scale),
+    a debug line otherwise (a SoyNAM fold's solves take a second)."""
+    seconds = time.perf_counter() - t0
+    logger.log(logging.INFO if seconds >= 10 else logging.DEBUG, f"{message} ({seconds:.0f} s)")
+
+
 def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, maxiter: int = CG_MAXITER,
                        what: str = "system", start=None, needed=None):
     """Solve A x = b for every column of b (A symmetric positive definite, given by
@@ -241,7 +248,7 @@ def conjugate_gradient(apply, b: np.ndarray, precondition, tol: float = CG_TOL, 
         relative = np.linalg.norm(r, axis=0) / bnorm
         active = relative > tol
         if not (active if needed is None else active & needed).any():
-            logger.info(f"{what}: {it} conjugate-gradient iterations ({time.perf_counter() - t0:.0f} s)")
+            progress(t0, f"{what}: {it} conjugate-gradient iterations")
             return x, it, r
         if time.perf_counter() - last > 60:  # a line a minute on long solves (a pass takes ~15 s at 100,000 x 50,000)
             last = time.perf_counter()
@@ -450,13 +457,12 @@ def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows
     fit_rows = np.asarray(fit_rows)
     delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines, covariates)
     evaluations = 0
-    logger.info(f"REML on {used:,} of the {len(fit_rows):,} fitting lines: h2 {1 / (1 + delta):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+    progress(t0, f"REML on {used:,} of the {len(fit_rows):,} fitting lines: h2 {1 / (1 + delta):.4f}")
     start = None
     if used < len(fit_rows):
         delta, evaluations, start = mc_reml(design, y, fit_rows, delta, deflate, covariates=covariates, carry=carry)
-        logger.info(f"Monte Carlo REML on every fitting line: h2 {1 / (1 + delta):.4f} after {evaluations} "
-                    f"evaluations ({time.perf_counter() - t0:.0f} s)")
+        progress(t0, f"Monte Carlo REML on every fitting line: h2 {1 / (1 + delta):.4f} after {evaluations} "
+                     "evaluations")
     return Delta(delta, used, evaluations, time.perf_counter() - t0, start)
 
 
@@ -549,7 +555,7 @@ def top_eigen(design: Design, means: np.ndarray, rank: int, power: int = 2, mask
         Q, _ = np.linalg.qr(design.apply(W, wide, f32) * keep)
     B = design.rmat(Q, means, f32).T  # Q' Z [k, width]
     _, S, Vt = np.linalg.svd(B, full_matrices=False)
-    logger.info(f"K's {rank} leading eigenpairs: {2 + 2 * power} passes ({time.perf_counter() - t0:.0f} s)")
+    progress(t0, f"K's {rank} leading eigenpairs: {2 + 2 * power} passes")
     return TopEigen(S[:rank] ** 2 / design.width, Vt[:rank])
 
 
