@@ -480,11 +480,8 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     rows = np.asarray(fit_rows)
     mask = np.zeros((n, 1))
     mask[rows] = 1.0
-    if carry is None:
-        carry = Carry(y[:, None], mask)
-        keep = False
-    else:
-        keep = True
+    keep = carry is not None
+    carry = carry or Carry(y[:, None], mask)
     c = carry.y.shape[1]  # the data (column 0), any other carried systems, then the simulated ones
     masks = np.hstack([carry.masks, np.repeat(mask, samples, axis=1)])
     needed = np.zeros(masks.shape[1] + (0 if carry.extra_rhs is None else carry.extra_rhs.shape[1]), bool)
