@@ -3,7 +3,9 @@ linear path's accuracy where the exact one still fits.
 
 ``steps``: simulate PLINK (``hpcsnp simulate --plink``, NAM families with LD blocks), ingest it,
 ``gwas``, the linear baseline of one fold, the GBLUP refit on every line with the prediction of
-every line (the linear part of ``hpcsnp predict``, as new lines), and one CNN epoch of
+every line (the linear part of ``hpcsnp predict``, as new lines), the CNN part of ``predict``
+(a default 5-fold run's models, untrained, predicting ``--predict-lines`` lines in one compiled
+call as ``predict`` runs them, scaled to every line), and one CNN epoch of
 ``--steps-per-epoch`` steps.  Each step runs as its own process; wall time and peak RSS (from
 wait4's rusage) are recorded, with the solver each linear step chose (``--solver auto``
 decides by the memory this machine grants) and its conjugate-gradient iterations.
@@ -14,17 +16,20 @@ above REML_LINES lines also get delta from a sample of lines on the scalable pat
 
 usage:
   python bench/bench_scale.py steps --samples 100000 --snps 50000 --work DIR [--steps-per-epoch 20]
-           [--only simulate,ingest,gwas,baseline,refit,epoch] [--threads 2]
+           [--only simulate,ingest,gwas,baseline,refit,cnn_predict,epoch] [--threads 2]
   python bench/bench_scale.py accuracy STORE [STORE ...] [--encodings dosage,onehot] [--folds 1,2]
   python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5] [--polygenic N]
-           [--solvers exact,scalable]
+           [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
 
 ``loco``: the GWAS's inflation without structure, exact and scalable, with and without LOCO,
 on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
 SNPs, null under LOCO), and the scalable LOCO test's Spearman with the exact one.  The causal
 loci are the truth table's on those chromosomes, or with ``--polygenic N`` N SNPs drawn from
 them with normal effects (a trait closer to the infinitesimal model the test assumes);
-``--null-chromosomes 10`` puts them on every chromosome but those.
+``--null-chromosomes 10`` puts them on every chromosome but those.  The null SNPs lie in LD
+blocks, so one trait's lambda over them is noisy (a few hundred independent tests); ``--replicates
+R`` draws R traits (new causal SNPs with ``--polygenic``, new noise) and reports lambda's mean and
+sd over them, lambda of the pooled null statistics and their mean chi^2.
 
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
@@ -53,6 +58,43 @@ pred = np.concatenate([fit.predict(g) for _, _, g in row_chunks(store)])
 pcc = float(np.corrcoef(pred, store.phenotype)[0, 1])
 print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1, "lines": len(pred),
                   "h2": 1 / (1 + delta), "training_pcc": pcc}))
+"""
+
+CNN_PREDICT = """
+import json, sys, time
+import numpy as np
+from hpcsnp.config import Config
+from hpcsnp.resources import configure_tensorflow
+from hpcsnp.store import open_store, row_chunks
+configure_tensorflow(int(sys.argv[2]))
+import tensorflow as tf
+from hpcsnp.cnn.data import one_hot
+from hpcsnp.cnn.model import build_model
+from hpcsnp.cnn.steps import eval_batch_size
+store, folds = open_store(sys.argv[1]), int(sys.argv[3])
+cfg = Config()
+n_train = int(store.n_samples * (folds - 2) / folds)
+models = [build_model(store.n_variants, cfg.replace(seed=i), np.zeros(store.n_variants, np.float32))
+          for i in range(folds * cfg.models_per_fold(n_train))]
+batch = eval_batch_size(cfg, store.n_variants)
+@tf.function(input_signature=(tf.TensorSpec((None, store.n_variants), tf.int8),), autograph=False)
+def predict(g):  # as hpcsnp.run.predict.FoldModels: every model in one compiled call
+    x = one_hot(g)
+    return tf.stack([m(x, training=False)[:, 0] for m in models])
+limit = int(sys.argv[4]) if len(sys.argv) > 4 else store.n_samples
+predict(np.zeros((batch, store.n_variants), np.int8))  # traced before the clock starts
+t0 = time.perf_counter()
+lines = 0
+for _, _, g in row_chunks(store):
+    g = g[:limit - lines]
+    for s in range(0, len(g), batch):
+        predict(g[s:s + batch]).numpy()
+    lines += len(g)
+    if lines >= limit:
+        break
+seconds = time.perf_counter() - t0
+print(json.dumps({"cnn_models": len(models), "lines": lines, "batch": batch, "cnn_predict_seconds": seconds,
+                  "every_line_seconds": seconds * store.n_samples / lines}))
 """
 
 
@@ -86,6 +128,7 @@ def steps(a):
         "baseline": hpcsnp("baseline", store, "--run", run, "--fold", 1, "--encoding", "dosage", "--force",
                            "--solver", a.solver, *t),
         "refit": [sys.executable, "-c", REFIT, store, a.threads],
+        "cnn_predict": [sys.executable, "-c", CNN_PREDICT, store, a.threads, 5, a.predict_lines],
         "epoch": hpcsnp("train", store, "--fold", 1, "--run", work / "train", "--epochs", 1, "--models-per-fold", 1,
                         "--no-refit", "--steps-per-epoch", a.steps_per_epoch, "--force", *t),
     }
@@ -100,8 +143,8 @@ def steps(a):
         if name == "baseline" and r["rc"] == 0:
             m = json.loads((run / "scale" / "baseline_dosage" / "fold_1" / "metrics.json").read_text())
             r.update({k: m.get(k) for k in ("solver", "cg_iterations", "passes", "pcc", "h2_reml", "reml_lines")})
-        if name == "refit" and r["rc"] == 0:
-            r.update(json.loads((work / "refit.log").read_text().strip().splitlines()[-1]))
+        if name in ("refit", "cnn_predict") and r["rc"] == 0:
+            r.update(json.loads((work / f"{name}.log").read_text().strip().splitlines()[-1]))
         results[name] = r
         out_path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(r), flush=True)
@@ -203,10 +246,11 @@ def loco(a):
     scalable test's Spearman with the exact one."""
     import numpy as np
     import pandas as pd
+    from scipy import stats
     from scipy.stats import spearmanr
 
     from hpcsnp.linear.baseline import read_rows
-    from hpcsnp.linear.gwas import genomic_inflation, gwas_store
+    from hpcsnp.linear.gwas import CHI2_MEDIAN, genomic_inflation, gwas_store
     from hpcsnp.resources import cap_threads, dask_context
     from hpcsnp.store import open_store
 
@@ -217,38 +261,57 @@ def loco(a):
     col = {v: j for j, v in enumerate(store.variant_id)}
     given = [int(c) for c in a.null_chromosomes.split(",") if c]
     null = np.isin(chrom, given) if given else chrom % 2 == 0
-    keep = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and not null[col[s]]]
-    if a.polygenic:  # N SNPs of the other chromosomes, normal effects
-        draw = np.random.default_rng(11)
-        carrying = np.flatnonzero(~null)
-        keep = [(j, e) for j, e in zip(np.sort(draw.choice(carrying, a.polygenic, replace=False)),
-                                       draw.standard_normal(a.polygenic))]
-    cols = np.array([j for j, _ in keep])
-    g = read_rows(store, np.arange(store.n_samples))[:, cols].astype(np.float64)  # codes, -1 = missing
-    g = np.where(g < 0, np.nanmean(np.where(g < 0, np.nan, g), axis=0), g)
-    gv = (g - g.mean(axis=0)) @ np.array([e for _, e in keep])
-    rng = np.random.default_rng(7)
-    y = gv / gv.std() * np.sqrt(a.h2) + rng.normal(0, np.sqrt(1 - a.h2), len(gv))
-    table = Path(a.work) / "odd_chromosomes.tsv"
-    pd.DataFrame({"id": store.sample_id, "odd": y}).to_csv(table, sep="\t", index=False)
-    trait = open_store(a.store, pheno=table, trait="odd")
-    out, logp = {"store": store.name, "causal_loci": len(keep), "null_snps": int(null.sum()), "h2": a.h2}, {}
-    for solver in a.solvers.split(","):
-        for loco_on in (False, True):
-            t0 = time.perf_counter()
-            with dask_context("threads", a.threads):
-                r = gwas_store(trait, solver=solver, loco=loco_on)
-            key = f"{solver}{'_loco' if loco_on else ''}"
-            pv = r.table["p"].to_numpy()
-            logp[key] = -np.log10(pv)
-            out[key] = {"seconds": round(time.perf_counter() - t0, 1), "lambda_all": round(genomic_inflation(pv), 4),
-                        "lambda_null": round(genomic_inflation(pv[null]), 4)}
-            print(json.dumps({key: out[key]}), flush=True)
+    truth_loci = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and not null[col[s]]]
+    g_all = read_rows(store, np.arange(store.n_samples))  # codes, -1 = missing
+    out = {"store": store.name, "null_snps": int(null.sum()), "h2": a.h2, "replicates": a.replicates}
+    per, logp, null_chi2 = {}, {}, {}
+    for rep in range(a.replicates):
+        keep = truth_loci
+        if a.polygenic:  # N SNPs of the other chromosomes, normal effects, drawn anew for each replicate
+            draw = np.random.default_rng(11 + rep)
+            carrying = np.flatnonzero(~null)
+            keep = [(j, e) for j, e in zip(np.sort(draw.choice(carrying, a.polygenic, replace=False)),
+                                           draw.standard_normal(a.polygenic))]
+        out["causal_loci"] = len(keep)
+        g = g_all[:, [j for j, _ in keep]].astype(np.float64)
+        g = np.where(g < 0, np.nanmean(np.where(g < 0, np.nan, g), axis=0), g)
+        gv = (g - g.mean(axis=0)) @ np.array([e for _, e in keep])
+        rng = np.random.default_rng(7 + rep)
+        y = gv / gv.std() * np.sqrt(a.h2) + rng.normal(0, np.sqrt(1 - a.h2), len(gv))
+        table = Path(a.work) / "odd_chromosomes.tsv"
+        pd.DataFrame({"id": store.sample_id, "odd": y}).to_csv(table, sep="\t", index=False)
+        trait = open_store(a.store, pheno=table, trait="odd")
+        for solver in a.solvers.split(","):
+            for loco_on in [t == "loco" for t in a.tests.split(",")]:
+                t0 = time.perf_counter()
+                with dask_context("threads", a.threads):
+                    r = gwas_store(trait, solver=solver, loco=loco_on)
+                key = f"{solver}{'_loco' if loco_on else ''}"
+                pv = r.table["p"].to_numpy()
+                if rep == 0:
+                    logp[key] = -np.log10(pv)
+                chi2 = stats.chi2.isf(pv[null], 1)
+                null_chi2.setdefault(key, []).append(chi2)
+                row = {"replicate": rep, "seconds": round(time.perf_counter() - t0, 1),
+                       "lambda_all": round(genomic_inflation(pv), 4),
+                       "lambda_null": round(genomic_inflation(pv[null]), 4),
+                       "mean_chi2_null": round(float(np.nanmean(chi2)), 4)}
+                per.setdefault(key, []).append(row)
+                print(json.dumps({key: row}), flush=True)
+    for key, rows in per.items():
+        lam = np.array([r["lambda_null"] for r in rows])
+        pooled = np.concatenate(null_chi2[key])
+        out[key] = {"seconds": rows[0]["seconds"], "lambda_all": rows[0]["lambda_all"],
+                    "lambda_null": round(float(lam.mean()), 4),
+                    "lambda_null_sd": round(float(lam.std(ddof=1)), 4) if len(lam) > 1 else None,
+                    "lambda_null_pooled": round(float(np.nanmedian(pooled) / CHI2_MEDIAN), 4),
+                    "mean_chi2_null": round(float(np.nanmean(pooled)), 4), "replicates": rows}
     for k in ("", "_loco") if len(logp) == 4 else ():
         e, f = logp["exact" + k], logp["scalable" + k]
         ok = np.isfinite(e) & np.isfinite(f)
         out["spearman" + (k or "_whole")] = round(float(spearmanr(e[ok], f[ok])[0]), 5)
-    print(json.dumps(out), flush=True)
+    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "replicates"} if isinstance(v, dict) else v)
+                      for k, v in out.items()}), flush=True)
     (Path(a.work) / "loco.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
@@ -262,7 +325,9 @@ def main():
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--steps-per-epoch", type=int, default=20)
     s.add_argument("--solver", default="auto")
-    s.add_argument("--only", default="simulate,ingest,gwas,baseline,refit,epoch")
+    s.add_argument("--predict-lines", type=int, default=8192,
+                   help="cnn_predict: time this many lines and scale to every line (linear in lines)")
+    s.add_argument("--only", default="simulate,ingest,gwas,baseline,refit,cnn_predict,epoch")
     c = sub.add_parser("accuracy")
     c.add_argument("stores", nargs="+")
     c.add_argument("--encodings", default="dosage")
@@ -279,6 +344,9 @@ def main():
     c.add_argument("--polygenic", type=int, default=0, help="N causal SNPs of the odd chromosomes (0: the truth's)")
     c.add_argument("--solvers", default="exact,scalable")
     c.add_argument("--null-chromosomes", default="", help="chromosomes without causal loci (default: the even ones)")
+    c.add_argument("--tests", default="whole,loco", help="whole-genome kinship, LOCO or both")
+    c.add_argument("--replicates", type=int, default=1,
+                   help="traits drawn anew (causal SNPs with --polygenic, and noise): lambda's mean, sd and pooled")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--work", required=True)
     a = p.parse_args()
