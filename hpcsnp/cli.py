@@ -1031,10 +1031,14 @@ def demo(out_arg, out_dir, samples, snps, threads, progress):
 
 
 def main(argv=None):
+    import faulthandler
     import signal
 
     from hpcsnp.resources import die_with_parent
 
+    # a crash in a native library (BLAS, LAPACK, TensorFlow) writes the Python stack to stderr, the
+    # fold's log: which call died, where a bare "Segmentation fault" says nothing
+    faulthandler.enable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
     args = sys.argv[1:] if argv is None else list(argv)
     die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does

@@ -225,3 +225,19 @@ def test_every_verb_that_writes_outside_a_run_takes_o(tmp_path):
     assert neither.returncode == 2 and "-o PATH" in neither.stderr
     for verb in ("ingest", "gwas", "predict", "simulate", "demo"):
         assert "-o, --out" in run_cli(verb, "--help").stdout, verb
+
+
+def test_a_crash_in_a_native_library_names_its_call_in_the_log_and_in_cvs_summary(tmp_path):
+    """A segmentation fault (here forced with ctypes, as a BLAS bug would raise one) after main()
+    has run writes faulthandler's Python stack to stderr, and cv's failure_cause turns that log
+    into the crash and the innermost call instead of a line of extension-module names."""
+    from hpcsnp.run.cv import failure_cause
+
+    code = ("import ctypes\nfrom hpcsnp.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
+            "    pass\nctypes.string_at(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Fatal Python error: Segmentation fault" in proc.stderr, proc.stderr[-500:]
+    log = tmp_path / "fold.log"
+    log.write_text(proc.stdout + proc.stderr)
+    cause = failure_cause(log)
+    assert cause.startswith("Segmentation fault in a native library, at File") and "in string_at" in cause, cause

@@ -152,7 +152,8 @@ class CvOutcome:
 
 
 def failure_cause(log_path: Path) -> str:
-    """The error line a failed hpcsnp process wrote last to its log (else its last line)."""
+    """The error line a failed hpcsnp process wrote last to its log (else its last line); for a
+    crash in a native library, the crash and the innermost Python call (faulthandler's trace)."""
     try:
         lines = [ln.strip() for ln in Path(log_path).read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
@@ -160,6 +161,13 @@ def failure_cause(log_path: Path) -> str:
     for ln in reversed(lines):
         if ln.startswith("hpcsnp: "):
             return ln.removeprefix("hpcsnp: ")
+    crash = [i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error: ")]
+    if crash:
+        i = crash[-1]
+        current = next((j for j in range(i, len(lines)) if lines[j].startswith("Current thread")), i)
+        where = next((ln for ln in lines[current:] if ln.startswith("File ")), "")
+        return (f"{lines[i].removeprefix('Fatal Python error: ')} in a native library"
+                f"{', at ' + where if where else ''} (docs/usage.md, Troubleshooting)")
     return lines[-1] if lines else "no output"
 
 
