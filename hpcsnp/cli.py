@@ -1031,6 +1031,7 @@ def demo(out_arg, out_dir, samples, snps, threads, progress):
 
 
 def main(argv=None):
+    import contextlib
     import faulthandler
     import signal
 
@@ -1038,7 +1039,8 @@ def main(argv=None):
 
     # a crash in a native library (BLAS, LAPACK, TensorFlow) writes the Python stack to stderr, the
     # fold's log: which call died, where a bare "Segmentation fault" says nothing
-    faulthandler.enable()
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # a stderr without a file descriptor
+        faulthandler.enable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hpcsnp ... | head` ends quietly
     args = sys.argv[1:] if argv is None else list(argv)
     die_with_parent()  # a fold process of `hpcsnp cv` ends when cv does
