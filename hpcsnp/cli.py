@@ -25,6 +25,7 @@ from hpcsnp.config import (
     MAX_FOLDS,
     MIN_FOLDS,
     MISSING_DOSAGES,
+    MODEL_SCHEDULES,
     PUBLICATION,
     REFIT_STARTS,
     Config,
@@ -124,7 +125,8 @@ DEFAULTS = Config()
 HELP_SECTIONS = {
     "Settings as a whole": ("config_path", "publication"),
     "Training": ("max_epochs", "batch_size", "learning_rate", "patience", "patience_steps", "lr_decay_patience",
-                 "lr_decay_steps", "dropout", "mask_rate", "refit", "refit_start", "refit_epochs", "n_models", "seed",
+                 "lr_decay_steps", "dropout", "mask_rate", "refit", "refit_start", "refit_epochs", "model_schedule",
+                 "n_models", "seed",
                  "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
@@ -237,6 +239,12 @@ def config_options(fn):
                           f"between folds) [{DEFAULTS.refit_start}]."),
         click.option("--refit-epochs", type=click.IntRange(min=1),
                      help=f"Epochs of a warm refit [{DEFAULTS.refit_epochs}]."),
+        click.option("--model-schedule", type=click.Choice(MODEL_SCHEDULES),
+                     help=f"With two or more models per fold and the fresh refit: shared = only the first model "
+                          f"is early-stopped on the validation fold, the others train on training + validation "
+                          f"straight away for the epochs and learning rates it chose (a third less training on "
+                          f"SoyNAM); own = every model is early-stopped, then refitted "
+                          f"[{DEFAULTS.model_schedule}]."),
         click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),

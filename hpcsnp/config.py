@@ -22,7 +22,7 @@ ACTIVATIONS = ("linear", "relu", "elu", "gelu")  # Keras names
 # settings recorded under an older name: the old key -> the field
 RENAMED = {"seeds": "n_models"}
 RECORDED_BEFORE = {"refit": False, "genotype_basis": "onehot", "n_models": 1, "dosage_scale": 1.0,
-                   "missing_dosage": "zero", "refit_start": "fresh"}
+                   "missing_dosage": "zero", "refit_start": "fresh", "model_schedule": "own"}
 PUBLICATION = {"batch_size": 4, "learning_rate": 1e-3, "lr_decay_patience": 0, "patience": 10, "dropout": 0.75,
                "refit": False, "genotype_basis": "onehot", "n_models": 1, "l2_dense": 0.0}
 # n_models = 0 (auto): a fold trains as many models as make up this many training lines, at most
@@ -32,6 +32,7 @@ AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.cnn.model.BASES
 MISSING_DOSAGES = ("mean", "zero")
 REFIT_STARTS = ("warm", "fresh")
+MODEL_SCHEDULES = ("shared", "own")
 
 
 # Attribution methods a fold can compute (--attribution); a signed one's shard holds signed sums
@@ -109,6 +110,11 @@ class Config:
     refit_start: str = "fresh"
     refit_epochs: int = 2
     refit_lr_factor: float = 1 / 3
+    # a fold's later models (seed + 1, ...) with a fresh refit: "shared" = only the first model is
+    # early-stopped; the others train on training + validation straight away, for the epochs and
+    # with the learning rates its validation fold chose (their validation predictions are the
+    # first model's); "own" = each is early-stopped on the validation fold, then refitted
+    model_schedule: str = "shared"
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
     # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged; 0 = as
@@ -175,6 +181,9 @@ class Config:
             problems.append(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         if self.refit_start not in REFIT_STARTS:
             problems.append(f"refit_start must be one of {', '.join(REFIT_STARTS)}, got {self.refit_start!r}")
+        if self.model_schedule not in MODEL_SCHEDULES:
+            problems.append(f"model_schedule must be one of {', '.join(MODEL_SCHEDULES)}, "
+                            f"got {self.model_schedule!r}")
         if self.refit_epochs < 1:
             problems.append(f"refit_epochs must be >= 1, got {self.refit_epochs}")
         if not 0.0 < self.refit_lr_factor <= 1.0:
@@ -227,6 +236,16 @@ class Config:
         """
         given = [m.strip() for m in self.attribution.split(",") if m.strip()]
         return ["saliency", *dict.fromkeys(m for m in given if m != "saliency")]
+
+    def shares_schedule(self) -> bool:
+        """Whether a fold's later models skip early stopping and replay the first model's
+        schedule: ``model_schedule`` "shared" with a fresh refit (a warm refit starts from each
+        model's own early-stopped weights; without a refit each model is its early-stopped run).
+
+        >>> Config().shares_schedule(), Config(refit_start="warm").shares_schedule(), Config(refit=False).shares_schedule()
+        (True, False, False)
+        """
+        return self.model_schedule == "shared" and self.refit and self.refit_start == "fresh"
 
     def models_per_fold(self, n_train: int) -> int:
         """Models a fold trains: ``n_models``, or with n_models = 0 round(AUTO_SEED_LINES / training

@@ -485,14 +485,15 @@ def test_the_mean_fill_changes_nothing_where_no_call_is_missing(tmp_path):
 
 
 def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store, tmp_path):
-    """--seeds 2: two models per fold; predictions, validation predictions and the saliency
-    shard are their averages, and a seed-1 run of the first seed is the same model."""
+    """--models-per-fold 2 --model-schedule own: two models per fold, each early-stopped and
+    refitted as a one-model run of its seed would be; predictions, validation predictions and
+    the saliency shard are their averages."""
     import zarr
 
     from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
-    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2))
+    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2, model_schedule="own"))
     train_fold(store, 1, tmp_path / "one", FAST)
     train_fold(store, 1, tmp_path / "other", FAST.replace(seed=1))
     two, one, other = (tmp_path / d / "sim" / "fold_1" for d in ("two", "one", "other"))
@@ -512,6 +513,65 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
 
     got = predict_run(tmp_path / "two", store, out=tmp_path / "p.csv", fold=1).table.set_index("sample_id")
     np.testing.assert_allclose(got.loc[pred["sample_id"], "cnn_mean"], pred["prediction"], rtol=1e-5)
+
+
+def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path, caplog):
+    """--model-schedule shared (the default): the second model is not early-stopped; its
+    refit replays the first model's epochs and learning rates from its own initialisation, and
+    the fold's validation predictions are the first model's alone."""
+    import logging
+
+    from hpcsnp.cnn.train import train_fold
+
+    store, _ = sim_store
+    # a schedule whose learning rate changes before the best epoch, so replaying it is tested
+    cfg = FAST.replace(max_epochs=8, patience=8, lr_decay_patience=1, lr_decay_steps=0, learning_rate=0.02,
+                       genotype_basis="onehot")
+    with caplog.at_level(logging.INFO):
+        two = train_fold(store, 1, tmp_path / "two", cfg.replace(n_models=2)).metrics
+    one = train_fold(store, 1, tmp_path / "one", cfg)
+    first, second = two["seed_runs"]
+    assert "schedule_of" not in first and second["schedule_of"] == 0
+    assert second["epochs"] == 0 and second["refit_epochs"] == first["refit_epochs"] == two["best_epoch"]
+    seed1 = [r.getMessage() for r in caplog.records if "seed 1" in r.getMessage()]
+    assert seed1 and not [m for m in seed1 if "val MAE" in m]  # no early-stopped epoch of its own
+    assert any("the schedule seed 0's validation fold chose" in m for m in seed1)
+    lrs = [cfg.learning_rate] + [h["lr"] for h in two["history"]]
+    assert len(set(lrs[:two["best_epoch"]])) > 1, "the replayed schedule must change for this to test it"
+    assert [h["lr"] for h in two["refit"]["history"]] == lrs[:two["best_epoch"]]
+    replayed = [m.split(" lr ")[1].split()[0] for m in seed1 if "refit epoch" in m]
+    assert replayed == [f"{lr:.3g}" for lr in lrs[:two["best_epoch"]]]  # the second model's refit, epoch by epoch
+    fold = tmp_path / "two" / "sim" / "fold_1"
+    assert (fold / "val_predictions.csv").read_bytes() == (one.path / "val_predictions.csv").read_bytes()
+    per_seed = pd.read_csv(fold / "seed_predictions.csv")
+    np.testing.assert_allclose(per_seed["seed_0"], pd.read_csv(one.path / "predictions.csv")["prediction"],
+                               rtol=1e-6)
+    assert not np.allclose(per_seed["seed_1"], per_seed["seed_0"], rtol=1e-3)  # its own initialisation
+
+
+def test_a_fold_interrupted_before_its_second_model_resumes_to_the_same_result(sim_store, tmp_path, monkeypatch):
+    """With a shared schedule, a fold that dies after its first model reads that model back
+    (its schedule included) and trains the second as an uninterrupted fold does."""
+    from hpcsnp.cnn import train as train_mod
+
+    store, _ = sim_store
+    cfg = FAST.replace(n_models=2)
+    whole = train_mod.train_fold(store, 1, tmp_path / "whole", cfg)
+    real_refit = train_mod._refit
+
+    def dies_at_the_second_model(store_, split, where, cfg_, *args, **kwargs):
+        if cfg_.seed == 1:
+            raise KeyboardInterrupt("killed")
+        return real_refit(store_, split, where, cfg_, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_refit", dies_at_the_second_model)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_fold(store, 1, tmp_path / "killed", cfg)
+    assert (tmp_path / "killed" / "sim" / "fold_1.partial" / "member.npz").exists()
+    monkeypatch.setattr(train_mod, "_refit", real_refit)
+    resumed = train_mod.train_fold(store, 1, tmp_path / "killed", cfg)
+    for name in ("predictions.csv", "val_predictions.csv", "seed_predictions.csv"):
+        assert (whole.path / name).read_bytes() == (resumed.path / name).read_bytes()
 
 
 def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_store, tmp_path):

@@ -122,9 +122,11 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         where = partial if k == 0 else partial / f"seed_{k}"
         member_cfg = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
         members.append(_train_member(store, split, where, member_cfg, n_threads,
-                                     say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}")))
+                                     say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
+                                     lead=members[0] if k and cfg.shares_schedule() else None))
     test_pred = np.mean([m.test_pred for m in members], axis=0)
     test_rows, val_rows = members[0].test_rows, members[0].val_rows
+    early_stopped = [m for m in members if len(m.val_rows)]  # the models with validation predictions
     metrics = regression_metrics(store.phenotype[test_rows], test_pred)
     if not all_finite(metrics):
         why = "the predictions are constant" if np.ptp(test_pred) == 0 else "the predictions are not finite"
@@ -134,7 +136,8 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     out = FoldOutputs(partial, store, split, dataset)
     out.predictions(PREDICTIONS_CSV, test_rows, test_pred, fold)
     # of the kept weights: what `reduce` weighs the ensemble on
-    out.predictions(VAL_PREDICTIONS_CSV, val_rows, np.mean([m.val_pred for m in members], axis=0), split.val_fold)
+    out.predictions(VAL_PREDICTIONS_CSV, val_rows, np.mean([m.val_pred for m in early_stopped], axis=0),
+                    split.val_fold)
     sal_n = members[0].sal_n
     for method in cfg.attribution_methods():
         out.attribution_shard(method, np.mean([m.attr[method] for m in members], axis=0), sal_n, cfg)
@@ -157,7 +160,10 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
                                  "seconds": training_seconds(m.state),
                                  # of which the refit (its epochs): what a profile of the fold splits
                                  "refit_seconds": (m.state.get("refit") or {}).get("seconds", 0.0),
-                                 "refit_epochs": (m.state.get("refit") or {}).get("epochs", 0)} for m in members]
+                                 "refit_epochs": (m.state.get("refit") or {}).get("epochs", 0),
+                                 # a later model of a shared schedule: not early-stopped, the lead's epochs
+                                 **({"schedule_of": m.state["schedule_of"]} if "schedule_of" in m.state else {})}
+                                for m in members]
     out.metrics(metrics)
     for m in members:
         (m.dir / MEMBER_FILE).unlink(missing_ok=True)
@@ -190,14 +196,16 @@ class Member:
     attr_seconds: dict  # method -> seconds
 
 
-def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member:
+def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Member | None = None) -> Member:
 
     """Fit one model of the fold in ``where`` (checkpointed there): early-stopped on the
     validation fold, whose predictions it makes, then (cfg.refit) refitted on training +
     validation; predict the test fold with the final model, compute its saliency, save
-    model.keras.  A model finished before an interruption of the fold (its MEMBER_FILE is
-    there) is read back, not trained again; an interrupted refit resumes without the
-    early-stopped training being redone."""
+    model.keras.  ``lead``: the fold's first model, whose schedule (epochs kept, learning
+    rates) this one's refit replays instead of early-stopping itself (cfg.shares_schedule()):
+    it then has no validation predictions.  A model finished before an interruption of the
+    fold (its MEMBER_FILE is there) is read back, not trained again; an interrupted refit
+    resumes without the early-stopped training being redone."""
     import keras
 
     from hpcsnp.cnn.steps import CompiledSteps  # TensorFlow: after the checks and thread caps
@@ -217,7 +225,10 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
                           z["val_pred"], z["val_rows"], attr, int(z["sal_n"]), float(z["predict_seconds"]),
                           json.loads(str(z["attr_seconds"])))
     stopped = where / STOPPED_FILE
-    if cfg.refit and stopped.exists():
+    if lead is not None:
+        state = {**new_state(cfg, store), "schedule_of": lead.seed}
+        fit, val_pred, val_rows = {}, np.empty(0, np.float32), np.empty(0, np.int64)
+    elif cfg.refit and stopped.exists():
         with np.load(stopped, allow_pickle=False) as z:
             state, fit = json.loads(str(z["state"])), json.loads(str(z["fit"]))
             check_resumable(state, cfg, store, where)
@@ -246,7 +257,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say) -> Member
                               val_rows=val_rows)
                 ckpt.clear()
     if cfg.refit:
-        steps, sources, scale, state["refit"] = _refit(store, split, where, cfg, state, n_threads, say)
+        steps, sources, scale, state["refit"] = _refit(store, split, where, cfg, lead.state if lead else state,
+                                                       n_threads, say)
     t_pred = time.perf_counter()
     test_pred, test_rows = steps.predict(sources.test)
     predict_seconds = time.perf_counter() - t_pred
@@ -284,7 +296,8 @@ class Refitted(NamedTuple):
 
 def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> Refitted:
 
-    """Train on the training + validation folds, checkpointed every epoch in REFIT_DIR.
+    """Train on the training + validation folds, checkpointed every epoch in REFIT_DIR;
+    ``state``: the early-stopped run whose schedule it follows (this model's, or the lead's).
     ``cfg.refit_start`` "warm": from the early-stopped weights (saved in STOPPED_WEIGHTS) with
     Adam's moments at zero, ``cfg.refit_epochs`` epochs at ``cfg.refit_lr_factor`` x the
     learning rate of the best epoch, the target scaled as the early-stopped model's was;
@@ -317,6 +330,8 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> 
     rstate = ckpt.resume({**new_state(cfg, store), "epochs": epochs}, cfg, store, steps.optimizer)
     say(f"refit on training + validation ({len(rows)} samples) for {epochs} epochs"
         + (f" from the early-stopped weights (epoch {kept})" if warm else "")
+        + (f", the schedule seed {state['config']['seed']}'s validation fold chose"
+           if state["config"]["seed"] != cfg.seed else "")
         + (f", resuming after epoch {rstate['epoch']}" if rstate["epoch"] else ""))
     while rstate["epoch"] < epochs:
         t0 = time.perf_counter()

@@ -533,7 +533,9 @@ def _store_plan(store, name, cfg, cnn: CnnProbe, run_dir) -> StorePlan:
     refit_epochs = cfg.refit_epochs if cfg.refit_start == "warm" else min(best, epochs)
     models = cfg.models_per_fold(n_train)
     attribution_s = models * cnn.attribution_line_s * store.n_samples
-    cnn_s = (models * (epochs * epoch_s + refit_epochs * refit_steps * cnn.step_s + n_test * cnn.predict_line_s)
+    early_stopped = 1 if cfg.shares_schedule() else models  # the others replay the first one's epochs
+    cnn_s = (early_stopped * epochs * epoch_s
+             + models * (refit_epochs * refit_steps * cnn.step_s + n_test * cnn.predict_line_s)
              + attribution_s + cnn.startup_s)
     lines = len(store.phenotyped)  # a fold caches the lines of its sets
     cached = lines * store.n_variants if should_cache(cfg, lines, store.n_variants) else 0
