@@ -485,7 +485,7 @@ def test_the_mean_fill_changes_nothing_where_no_call_is_missing(tmp_path):
 
 
 def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store, tmp_path):
-    """--models-per-fold 2 --model-schedule own: two models per fold, each early-stopped and
+    """--models-per-fold 2 (--model-schedule own): two models per fold, each early-stopped and
     refitted as a one-model run of its seed would be; predictions, validation predictions and
     the saliency shard are their averages."""
     import zarr
@@ -493,7 +493,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
-    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2, model_schedule="own"))
+    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2))
     train_fold(store, 1, tmp_path / "one", FAST)
     train_fold(store, 1, tmp_path / "other", FAST.replace(seed=1))
     two, one, other = (tmp_path / d / "sim" / "fold_1" for d in ("two", "one", "other"))
@@ -516,7 +516,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
 
 
 def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path, caplog):
-    """--model-schedule shared (the default): the second model is not early-stopped; its
+    """--model-schedule shared: the second model is not early-stopped; its
     refit replays the first model's epochs and learning rates from its own initialisation, and
     the fold's validation predictions are the first model's alone."""
     import logging
@@ -526,7 +526,7 @@ def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path,
     store, _ = sim_store
     # a schedule whose learning rate changes before the best epoch, so replaying it is tested
     cfg = FAST.replace(max_epochs=8, patience=8, lr_decay_patience=1, lr_decay_steps=0, learning_rate=0.02,
-                       genotype_basis="onehot")
+                       genotype_basis="onehot", model_schedule="shared")
     with caplog.at_level(logging.INFO):
         two = train_fold(store, 1, tmp_path / "two", cfg.replace(n_models=2)).metrics
     one = train_fold(store, 1, tmp_path / "one", cfg)
@@ -555,7 +555,7 @@ def test_a_fold_interrupted_before_its_second_model_resumes_to_the_same_result(s
     from hpcsnp.cnn import train as train_mod
 
     store, _ = sim_store
-    cfg = FAST.replace(n_models=2)
+    cfg = FAST.replace(n_models=2, model_schedule="shared")
     whole = train_mod.train_fold(store, 1, tmp_path / "whole", cfg)
     real_refit = train_mod._refit
 
