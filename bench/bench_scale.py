@@ -20,6 +20,11 @@ usage:
   python bench/bench_scale.py accuracy STORE [STORE ...] [--encodings dosage,onehot] [--folds 1,2]
   python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5] [--polygenic N]
            [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
+  python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--threads 2]
+
+``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
+conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
+``--repeat`` (the store read from disk on every pass, as at scale).
 
 ``loco``: the GWAS's inflation without structure, exact and scalable, with and without LOCO,
 on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
@@ -50,10 +55,10 @@ cap_threads(int(sys.argv[2]))
 store = open_store(sys.argv[1])
 t0 = time.perf_counter()
 with dask_context("threads", int(sys.argv[2])):
-    beta, means, fill, mu, delta = scalable_effects(store, "dosage", store.phenotype.astype(np.float64),
+    beta, means, fill, mu, delta = scalable_effects(store, sys.argv[3], store.phenotype.astype(np.float64),
                                                     np.arange(store.n_samples))
 t1 = time.perf_counter()
-fit = MarkerEffects("dosage", beta, means, fill, mu, delta)
+fit = MarkerEffects(sys.argv[3], beta, means, fill, mu, delta)
 pred = np.concatenate([fit.predict(g) for _, _, g in row_chunks(store)])
 pcc = float(np.corrcoef(pred, store.phenotype)[0, 1])
 print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1, "lines": len(pred),
@@ -125,9 +130,9 @@ def steps(a):
         "ingest": hpcsnp("ingest", "--bfile", prefix, "--pheno", f"{prefix}.pheno.tsv", "-o", store, "--force",
                          "--no-progress"),
         "gwas": hpcsnp("gwas", store, "-o", work / "gwas", "--solver", a.solver, "--no-progress", *t),
-        "baseline": hpcsnp("baseline", store, "--run", run, "--fold", 1, "--encoding", "dosage", "--force",
+        "baseline": hpcsnp("baseline", store, "--run", run, "--fold", 1, "--encoding", a.encoding, "--force",
                            "--solver", a.solver, *t),
-        "refit": [sys.executable, "-c", REFIT, store, a.threads],
+        "refit": [sys.executable, "-c", REFIT, store, a.threads, a.encoding],
         "cnn_predict": [sys.executable, "-c", CNN_PREDICT, store, a.threads, 5, a.predict_lines],
         "epoch": hpcsnp("train", store, "--fold", 1, "--run", work / "train", "--epochs", 1, "--models-per-fold", 1,
                         "--no-refit", "--steps-per-epoch", a.steps_per_epoch, "--force", *t),
@@ -136,16 +141,17 @@ def steps(a):
         if name not in wanted:
             continue
         print(f"== {name}: {' '.join(map(str, cmd[2:] if cmd[1] == '-m' else cmd[:2]))}", flush=True)
-        r = timed(cmd, work / f"{name}.log")
+        key = f"{name}_{a.encoding}" if name in ("baseline", "refit") and a.encoding != "dosage" else name
+        r = timed(cmd, work / f"{key}.log")
         if name == "gwas" and r["rc"] == 0:
             g = json.loads((work / "gwas" / "gwas.json").read_text())
             r.update({k: g.get(k) for k in ("solver", "cg_iterations", "passes", "lambda_gc", "h2_reml", "rank")})
         if name == "baseline" and r["rc"] == 0:
-            m = json.loads((run / "scale" / "baseline_dosage" / "fold_1" / "metrics.json").read_text())
+            m = json.loads((run / "scale" / f"baseline_{a.encoding}" / "fold_1" / "metrics.json").read_text())
             r.update({k: m.get(k) for k in ("solver", "cg_iterations", "passes", "pcc", "h2_reml", "reml_lines")})
         if name in ("refit", "cnn_predict") and r["rc"] == 0:
-            r.update(json.loads((work / f"{name}.log").read_text().strip().splitlines()[-1]))
-        results[name] = r
+            r.update(json.loads((work / f"{key}.log").read_text().strip().splitlines()[-1]))
+        results[key] = r
         out_path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(r), flush=True)
         if r["rc"] != 0:
@@ -153,9 +159,9 @@ def steps(a):
             break
     print(f"\n{a.samples:,} lines x {a.snps:,} SNPs, {a.threads} threads\n")
     print("| step | wall | peak RSS | notes |\n|---|---|---|---|")
-    for name in plan:
-        r = results.get(name)
-        if r:
+    for name in results:
+        r = results[name]
+        if name != "size":
             notes = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("seconds", "peak_rss_gb", "rc", "log"))
             print(f"| {name} | {r['seconds'] / 60:.1f} min | {r['peak_rss_gb']:.2f} GB | {notes} |")
 
@@ -315,6 +321,32 @@ def loco(a):
     (Path(a.work) / "loco.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def passes(a):
+    import numpy as np
+
+    from hpcsnp.linear import scalable
+    from hpcsnp.resources import cap_threads, dask_context
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    store = open_store(a.store)
+    rng = np.random.default_rng(0)
+    print(f"{store.n_samples:,} lines x {store.n_variants:,} SNPs, {a.threads} threads, {scalable.__file__}\n")
+    print("| encoding | systems | pass |\n|---|---|---|")
+    for enc in a.encodings.split(","):
+        design = scalable.Design(store, enc, np.zeros(store.n_variants), persist=False)
+        for k in map(int, a.systems.split(",")):
+            U, masks = rng.standard_normal((design.width, k)), np.ones((store.n_samples, k))
+            means = np.full((design.width, k), 0.5)
+            best = np.inf
+            with dask_context("threads", a.threads):
+                for _ in range(a.repeat):
+                    t0 = time.perf_counter()
+                    design.normal(U, masks, means)
+                    best = min(best, time.perf_counter() - t0)
+            print(f"| {enc} | {k} | {best:.1f} s |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -328,6 +360,7 @@ def main():
     s.add_argument("--predict-lines", type=int, default=8192,
                    help="cnn_predict: time this many lines and scale to every line (linear in lines)")
     s.add_argument("--only", default="simulate,ingest,gwas,baseline,refit,cnn_predict,epoch")
+    s.add_argument("--encoding", default="dosage", help="the baseline's and the refit's (dosage or onehot)")
     c = sub.add_parser("accuracy")
     c.add_argument("stores", nargs="+")
     c.add_argument("--encodings", default="dosage")
@@ -349,8 +382,14 @@ def main():
                    help="traits drawn anew (causal SNPs with --polygenic, and noise): lambda's mean, sd and pooled")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--work", required=True)
+    c = sub.add_parser("passes")
+    c.add_argument("store")
+    c.add_argument("--encodings", default="dosage,onehot")
+    c.add_argument("--systems", default="2,17")
+    c.add_argument("--repeat", type=int, default=1)
+    c.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    {"steps": steps, "accuracy": accuracy, "loco": loco}[a.mode](a)
+    {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,25 @@ def test_the_scalable_solve_equals_the_exact_one_for_a_fixed_variance_ratio(make
     assert ridge.iterations > 1
 
 
+@pytest.mark.parametrize("het", [0.01, 0.3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_hot_products_from_the_dosage_and_sparse_indicators_equal_the_four_channels(het, dtype):
+    """X U and X' V of a one-hot block computed from d, h and m (sparse where rare: het 0.01,
+    dense at 0.3) equal the products with the decoded four channels."""
+    from hpcsnp.linear.baseline import uncentred
+
+    rng = np.random.default_rng(3)
+    g = rng.choice(np.array([-1, 0, 1, 2], np.int8), size=(64, 50), p=[0.02, (0.98 - het) / 2, het, (0.98 - het) / 2])
+    X = uncentred(g, "onehot")
+    U, V = rng.standard_normal((200, 3)), rng.standard_normal((64, 3))
+    rows = scalable._Rows(g, "onehot", None, dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    assert np.abs(rows.dot(U.astype(dtype)) - X @ U).max() < tol * np.abs(X @ U).max()
+    assert np.abs(rows.tdot(V.astype(dtype)) - X.T @ V).max() < tol * np.abs(X.T @ V).max()
+    assert np.abs(rows.tdot(V, squared=True) - (X * X).T @ V).max() < tol * np.abs(X.T @ V).max()
+    assert rows.d.dtype == dtype
+
+
 def test_the_variance_ratio_is_reml_on_all_lines_where_they_fit_and_monte_carlo_reml_above(make_store):
     """At most REML_LINES fitting lines: the very REML estimate of the exact path.  More: REML
     on a sample of them, refined by Monte Carlo REML on all of them, whose h2 is within 0.01

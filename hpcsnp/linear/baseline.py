@@ -98,11 +98,11 @@ def uncentred(g: np.ndarray, encoding: str, fill: np.ndarray | None = None, dtyp
     """int8 codes [n, p] -> the uncentred design (float64, or ``dtype``): dosage with missing
     calls replaced by ``fill`` (default: the column means of ``g``), or the one-hot channels."""
     if encoding == "dosage":
-        x = g.astype(dtype)
-        miss = g < 0
-        if miss.any():  # in place: np.where would allocate and fault in another n x p block
-            fill = mean_dosage([g], g.shape[1]) if fill is None else fill
-            np.copyto(x, np.broadcast_to(np.asarray(fill, dtype), x.shape), where=miss)
+        x = g.astype(dtype, order="C")  # so that ravel() is a view
+        miss = np.flatnonzero(g < 0)
+        if len(miss):  # in place, by index: np.where would fault in another n x p block, a masked copy scans it
+            fill = mean_dosage([g], g.shape[1]) if fill is None else np.asarray(fill, dtype)
+            x.ravel()[miss] = fill[miss % g.shape[1]]
         return x
     if encoding == "onehot":
 

@@ -99,26 +99,78 @@ def choose_solver(store, solver: str = "auto", available: int | None = None) -> 
 
 # ---------------------------------------------------------------- the design, by blocks of rows
 
+def _indicator(mask: np.ndarray, dtype):
+    """A boolean block as a sparse matrix of ones (CSR) where at most a tenth of it is set,
+    else as a dense array of ``dtype``."""
+    from scipy.sparse import csr_array
+
+    at = np.flatnonzero(mask)  # row-major, so the rows come sorted
+    if len(at) > mask.size // 10:
+        return mask.astype(dtype)
+    rows, cols = np.divmod(at, mask.shape[1])
+    indptr = np.searchsorted(rows, np.arange(mask.shape[0] + 1))
+    return csr_array((np.ones(len(at), dtype), cols, indptr), shape=mask.shape)
+
+
+class _Rows:
+    """A block of rows of the uncentred design X, decoded once for its products X U and X' V.
+
+    Dosage: the dense block.  One-hot: the four channels of SNP j (missing, Aa, AA, aa:
+    genotypes.ONE_HOT_TABLE) are m, h, 1 - m - (d + h) / 2 and (d - h) / 2, with d the dosage
+    (missing as 0) and h, m the heterozygote and missing indicators.  So a product with X is
+    one with d (p columns, not 4p), two with h and m, sparse where calls are mostly homozygous
+    and present (inbred lines: about 1 % of them), and a column sum: a fourth of the dense
+    work of the four channels, and no n x 4p block decoded."""
+
+    def __init__(self, g: np.ndarray, encoding: str, fill, dtype=np.float64):
+        self.onehot = encoding == "onehot"
+        if self.onehot:
+            self.d = g.astype(dtype)
+            np.maximum(self.d, 0, out=self.d)
+            self.h, self.m = _indicator(g == 1, dtype), _indicator(g < 0, dtype)
+        else:
+            self.x = uncentred(g, encoding, fill, dtype)
+
+    def dot(self, U: np.ndarray) -> np.ndarray:
+        """X U for U [width, k]."""
+        if not self.onehot:
+            return self.x @ U
+        u = U.reshape(-1, 4, U.shape[1])  # [p, channel, k]
+        um, uh, u0, u2 = (u[:, c] for c in range(4))
+        return u0.sum(axis=0) + self.d @ ((u2 - u0) / 2) + self.h @ (uh - (u0 + u2) / 2) + self.m @ (um - u0)
+
+    def tdot(self, V: np.ndarray, squared: bool = False) -> np.ndarray:
+        """X' V [width, k] for V [rows, k]; with ``squared`` (X * X)' V."""
+        if not self.onehot:
+            return (self.x * self.x if squared else self.x).T @ V
+        dv, hv, mv = self.d.T @ V, self.h.T @ V, self.m.T @ V  # one-hot channels are their own squares
+        out = np.empty((len(dv), 4, V.shape[1]), dv.dtype)
+        out[:, 0], out[:, 1] = mv, hv
+        out[:, 2] = V.sum(axis=0) - mv - (dv + hv) / 2
+        out[:, 3] = (dv - hv) / 2
+        return out.reshape(-1, V.shape[1])
+
+
 def _block_stats(g, masks, rhs, encoding, fill):
     """Per block: masked column sums and sums of squares of the design, and X' rhs."""
-    x = uncentred(g, encoding, fill)
-    return np.stack([x.T @ masks, (x * x).T @ masks, x.T @ rhs])
+    x = _Rows(g, encoding, fill)
+    return np.stack([x.tdot(masks), x.tdot(masks, squared=True), x.tdot(rhs)])
 
 
 def _block_normal(g, masks, U, shift, means, encoding, fill):
     """X_b' (m_b * (Z_b U)) - means * sum(...): this block's part of Z' M Z U, per column."""
-    x = uncentred(g, encoding, fill)
-    t = (x @ U - shift) * masks
-    return x.T @ t - means * t.sum(axis=0)
+    x = _Rows(g, encoding, fill)
+    t = (x.dot(U) - shift) * masks
+    return x.tdot(t) - means * t.sum(axis=0)
 
 
 def _block_rmat(g, V, means, encoding, fill, dtype=np.float64):
     """This block's part of Z' V (Z = X - 1 means'), the product in ``dtype``."""
-    return uncentred(g, encoding, fill, dtype).T @ V.astype(dtype, copy=False) - means * V.sum(axis=0)
+    return _Rows(g, encoding, fill, dtype).tdot(V.astype(dtype, copy=False)) - means * V.sum(axis=0)
 
 
 def _block_apply(g, U, shift, encoding, fill, dtype=np.float64):
-    return uncentred(g, encoding, fill, dtype) @ U - shift
+    return _Rows(g, encoding, fill, dtype).dot(U) - shift
 
 
 def _block_calls(g, m=None):
@@ -150,8 +202,8 @@ class Design:
         self.encoding, self.fill = encoding, np.asarray(fill, np.float64)
         self.n, p = store.n_samples, store.n_variants
         self.width = p * (4 if encoding == "onehot" else 1)
-        step = store.chunk_rows
-        rows = max(step, BLOCK_BYTES // (8 * self.width) // step * step)
+        step = store.chunk_rows  # a block decodes to p float64 columns in either encoding (_Rows)
+        rows = max(step, BLOCK_BYTES // (8 * p) // step * step)
         g = da.from_zarr(store.genotypes).rechunk((rows, p))
         if persist is None:  # hold the int8 codes when they take at most an eighth of the memory
             available = memory_limit_bytes()
