@@ -113,14 +113,16 @@ def _indicator(mask: np.ndarray, dtype):
 
 
 class _Rows:
-    """A block of rows of the uncentred design X, decoded once for its products X U and X' V.
+    """A block of rows of the uncentred design X, decoded once for its products.
 
     Dosage: the dense block.  One-hot: the four channels of SNP j (missing, Aa, AA, aa:
     genotypes.ONE_HOT_TABLE) are m, h, 1 - m - (d + h) / 2 and (d - h) / 2, with d the dosage
     (missing as 0) and h, m the heterozygote and missing indicators.  So a product with X is
     one with d (p columns, not 4p), two with h and m, sparse where calls are mostly homozygous
     and present (inbred lines: about 1 % of them), and a column sum: a fourth of the dense
-    work of the four channels, and no n x 4p block decoded."""
+    work of the four channels, and no n x 4p block decoded.  The products are *packed*: a
+    block multiplies ``pack(U)`` (the channels' combination, formed once a pass) and returns
+    [X'V packed; 1'V], which the pass sums over blocks and ``unpack`` turns into X'V once."""
 
     def __init__(self, g: np.ndarray, encoding: str, fill, dtype=np.float64):
         self.onehot = encoding == "onehot"
@@ -131,46 +133,64 @@ class _Rows:
         else:
             self.x = uncentred(g, encoding, fill, dtype)
 
-    def dot(self, U: np.ndarray) -> np.ndarray:
-        """X U for U [width, k]."""
+    @staticmethod
+    def pack(U: np.ndarray, encoding: str) -> np.ndarray:
+        """U [width, k] as the blocks multiply it (one-hot: [3p + 1, k], the coefficients of d, h,
+        m and the constant)."""
+        if encoding != "onehot":
+            return U
+        um, uh, u0, u2 = (U[c::4] for c in range(4))
+        return np.vstack([(u2 - u0) / 2, uh - (u0 + u2) / 2, um - u0, u0.sum(axis=0, keepdims=True)])
+
+    @staticmethod
+    def unpack(T: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+        """A sum of blocks' ``tdot`` -> (X'V [width, k], 1'V [k])."""
+        T, ones = T[:-1], T[-1]
+        if encoding != "onehot":
+            return T, ones
+        dv, hv, mv = np.split(T, 3)  # one-hot channels are their own squares, so X*X = X
+        out = np.empty((len(dv), 4, T.shape[1]), T.dtype)
+        out[:, 0], out[:, 1] = mv, hv
+        out[:, 2] = ones - mv - (dv + hv) / 2
+        out[:, 3] = (dv - hv) / 2
+        return out.reshape(-1, T.shape[1]), ones
+
+    def dot(self, P: np.ndarray) -> np.ndarray:
+        """X U for P = pack(U)."""
         if not self.onehot:
-            return self.x @ U
-        u = U.reshape(-1, 4, U.shape[1])  # [p, channel, k]
-        um, uh, u0, u2 = (u[:, c] for c in range(4))
-        return u0.sum(axis=0) + self.d @ ((u2 - u0) / 2) + self.h @ (uh - (u0 + u2) / 2) + self.m @ (um - u0)
+            return self.x @ P
+        p = self.d.shape[1]
+        return P[-1] + self.d @ P[:p] + self.h @ P[p:2 * p] + self.m @ P[2 * p:3 * p]
 
     def tdot(self, V: np.ndarray, squared: bool = False) -> np.ndarray:
-        """X' V [width, k] for V [rows, k]; with ``squared`` (X * X)' V."""
-        if not self.onehot:
-            return (self.x * self.x if squared else self.x).T @ V
-        dv, hv, mv = self.d.T @ V, self.h.T @ V, self.m.T @ V  # one-hot channels are their own squares
-        out = np.empty((len(dv), 4, V.shape[1]), dv.dtype)
-        out[:, 0], out[:, 1] = mv, hv
-        out[:, 2] = V.sum(axis=0) - mv - (dv + hv) / 2
-        out[:, 3] = (dv - hv) / 2
-        return out.reshape(-1, V.shape[1])
+        """X'V packed, then 1'V, for V [rows, k] (float64); with ``squared`` (X*X)'V's."""
+        if self.onehot:
+            parts = [self.d.T @ V, self.h.T @ V, self.m.T @ V]
+        else:
+            parts = [(self.x * self.x if squared else self.x).T @ V]
+        return np.vstack(parts + [V.sum(axis=0, keepdims=True)]).astype(np.float64, copy=False)
 
 
 def _block_stats(g, masks, rhs, encoding, fill):
-    """Per block: masked column sums and sums of squares of the design, and X' rhs."""
+    """Per block: masked column sums and sums of squares of the design, and X' rhs (packed)."""
     x = _Rows(g, encoding, fill)
     return np.stack([x.tdot(masks), x.tdot(masks, squared=True), x.tdot(rhs)])
 
 
-def _block_normal(g, masks, U, shift, means, encoding, fill):
-    """X_b' (m_b * (Z_b U)) - means * sum(...): this block's part of Z' M Z U, per column."""
+def _block_normal(g, masks, P, shift, encoding, fill):
+    """X_b' (m_b * (Z_b U)) packed: this block's part of Z' M Z U, per column, before the
+    means' term (P = pack(U))."""
     x = _Rows(g, encoding, fill)
-    t = (x.dot(U) - shift) * masks
-    return x.tdot(t) - means * t.sum(axis=0)
+    return x.tdot((x.dot(P) - shift) * masks)
 
 
-def _block_rmat(g, V, means, encoding, fill, dtype=np.float64):
-    """This block's part of Z' V (Z = X - 1 means'), the product in ``dtype``."""
-    return _Rows(g, encoding, fill, dtype).tdot(V.astype(dtype, copy=False)) - means * V.sum(axis=0)
+def _block_rmat(g, V, encoding, fill, dtype=np.float64):
+    """This block's part of X' V packed, the product in ``dtype``."""
+    return _Rows(g, encoding, fill, dtype).tdot(V.astype(dtype, copy=False))
 
 
-def _block_apply(g, U, shift, encoding, fill, dtype=np.float64):
-    return _Rows(g, encoding, fill, dtype).dot(U) - shift
+def _block_apply(g, P, shift, encoding, fill, dtype=np.float64):
+    return _Rows(g, encoding, fill, dtype).dot(P) - shift
 
 
 def _block_calls(g, m=None):
@@ -244,24 +264,27 @@ class Design:
     def stats(self, masks: np.ndarray, rhs: np.ndarray):
         """Masked column sums, sums of squares and X' rhs, each [width, k] (one pass)."""
         out = self._reduce(_block_stats, lambda lo, hi: (masks[lo:hi], rhs[lo:hi]))
-        return out[0], out[1], out[2]
+        return tuple(_Rows.unpack(o, self.encoding)[0] for o in out)
 
     def normal(self, U: np.ndarray, masks: np.ndarray, means: np.ndarray) -> np.ndarray:
         """Z_k' M_k Z_k U_k for every column k, Z_k = X - 1 means_k' (one pass)."""
         shift = (means * U).sum(axis=0)
-        return self._reduce(_block_normal, lambda lo, hi: (masks[lo:hi],), U, shift, means)
+        XT, ones = _Rows.unpack(self._reduce(_block_normal, lambda lo, hi: (masks[lo:hi],),
+                                             _Rows.pack(U, self.encoding), shift), self.encoding)
+        return XT - means * ones
 
     def rmat(self, V: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
         """Z' V [width, k] for lines-by-columns V [n, k], Z = X - 1 means' (one pass; the
         blocks' products in ``dtype``, summed in float64)."""
-        return self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), means[:, None], dtype=dtype)
+        XT, ones = _Rows.unpack(self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), dtype=dtype), self.encoding)
+        return XT - means[:, None] * ones
 
     def apply(self, U: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
         """Z_k U_k for every line and column k [n, k] (one pass; the products in ``dtype``)."""
         from dask import delayed
 
         shift = delayed((means * U).sum(axis=0))
-        Ud = delayed(U.astype(dtype, copy=False))
+        Ud = delayed(_Rows.pack(U, self.encoding).astype(dtype, copy=False))
         parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, self.fill, dtype) for b in self.blocks]
         return np.concatenate(self._compute(parts))
 
