@@ -20,11 +20,12 @@ usage:
   python bench/bench_scale.py accuracy STORE [STORE ...] [--encodings dosage,onehot] [--folds 1,2]
   python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5] [--polygenic N]
            [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
-  python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--threads 2]
+  python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--wide 220] [--threads 2]
 
 ``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
 conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
-``--repeat`` (the store read from disk on every pass, as at scale).
+``--repeat`` (the store read from disk on every pass, as at scale); ``--wide K`` also the
+eigenpairs' float32 passes with K columns (Z U, then Z' V).
 
 ``loco``: the GWAS's inflation without structure, exact and scalable, with and without LOCO,
 on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
@@ -335,7 +336,7 @@ def passes(a):
     print("| encoding | systems | pass |\n|---|---|---|")
     for enc in a.encodings.split(","):
         design = scalable.Design(store, enc, np.zeros(store.n_variants), persist=False)
-        for k in map(int, a.systems.split(",")):
+        for k in map(int, filter(None, a.systems.split(","))):
             U, masks = rng.standard_normal((design.width, k)), np.ones((store.n_samples, k))
             means = np.full((design.width, k), 0.5)
             best = np.inf
@@ -345,6 +346,16 @@ def passes(a):
                     design.normal(U, masks, means)
                     best = min(best, time.perf_counter() - t0)
             print(f"| {enc} | {k} | {best:.1f} s |", flush=True)
+        if a.wide:  # the eigenpairs' passes: Z U and Z' V with that many columns, in float32
+            U, means = rng.standard_normal((design.width, a.wide)), np.full(design.width, 0.5)
+            with dask_context("threads", a.threads):
+                t0 = time.perf_counter()
+                V = design.apply(U, np.repeat(means[:, None], a.wide, axis=1), np.float32)
+                t1 = time.perf_counter()
+                design.rmat(V, means, np.float32)
+                t2 = time.perf_counter()
+            print(f"| {enc} | {a.wide}, float32: Z U | {t1 - t0:.1f} s |\n| {enc} | {a.wide}, float32: Z' V | "
+                  f"{t2 - t1:.1f} s |", flush=True)
 
 
 def main():
@@ -387,6 +398,7 @@ def main():
     c.add_argument("--encodings", default="dosage,onehot")
     c.add_argument("--systems", default="2,17")
     c.add_argument("--repeat", type=int, default=1)
+    c.add_argument("--wide", type=int, default=0, help="also time the eigenpairs' float32 passes with this many columns")
     c.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes}[a.mode](a)

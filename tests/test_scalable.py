@@ -73,7 +73,9 @@ def test_one_hot_products_from_the_dosage_and_sparse_indicators_equal_the_four_c
 
     assert close(rows.dot(scalable._Rows.pack(U, "onehot").astype(dtype)), X @ U)
     for squared, want in ((False, X.T @ V), (True, (X * X).T @ V)):
-        XV, ones = scalable._Rows.unpack(rows.tdot(V.astype(dtype), squared), "onehot")
+        out = np.zeros((scalable._Rows.packed(50, "onehot"), 3))
+        rows.tdot_into(out, V.astype(dtype), squared)
+        XV, ones = scalable._Rows.unpack(out, "onehot")
         assert close(XV, want) and close(ones, V.sum(axis=0))
     assert rows.d.dtype == dtype
 

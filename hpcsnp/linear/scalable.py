@@ -79,6 +79,7 @@ GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed fr
 CG_TOL = 1e-7  # relative residual |A x - b| / |b| at which conjugate gradients stop
 CG_MAXITER = 3000
 BLOCK_BYTES = 64 << 20  # decoded float64 rows per block of a pass
+GROUPS = 64  # a pass's blocks are summed in this many accumulators, then pairwise: the same on any number of workers
 
 
 def choose_solver(store, solver: str = "auto", available: int | None = None) -> tuple[str, str]:
@@ -121,8 +122,8 @@ class _Rows:
     one with d (p columns, not 4p), two with h and m, sparse where calls are mostly homozygous
     and present (inbred lines: about 1 % of them), and a column sum: a fourth of the dense
     work of the four channels, and no n x 4p block decoded.  The products are *packed*: a
-    block multiplies ``pack(U)`` (the channels' combination, formed once a pass) and returns
-    [X'V packed; 1'V], which the pass sums over blocks and ``unpack`` turns into X'V once."""
+    block multiplies ``pack(U)`` (the channels' combination, formed once a pass) and adds
+    [X'V packed; 1'V] to its group's sum, which ``unpack`` turns into X'V once a pass."""
 
     def __init__(self, g: np.ndarray, encoding: str, fill, dtype=np.float64):
         self.onehot = encoding == "onehot"
@@ -144,7 +145,7 @@ class _Rows:
 
     @staticmethod
     def unpack(T: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
-        """A sum of blocks' ``tdot`` -> (X'V [width, k], 1'V [k])."""
+        """A sum of blocks' ``tdot_into`` -> (X'V [width, k], 1'V [k])."""
         T, ones = T[:-1], T[-1]
         if encoding != "onehot":
             return T, ones
@@ -162,35 +163,54 @@ class _Rows:
         p = self.d.shape[1]
         return P[-1] + self.d @ P[:p] + self.h @ P[p:2 * p] + self.m @ P[2 * p:3 * p]
 
-    def tdot(self, V: np.ndarray, squared: bool = False) -> np.ndarray:
-        """X'V packed, then 1'V, for V [rows, k] (float64); with ``squared`` (X*X)'V's."""
+    def tdot_into(self, out: np.ndarray, V: np.ndarray, squared: bool = False) -> None:
+        """Add X'V packed, then 1'V, to ``out`` [packed width + 1, k] for V [rows, k]; with
+        ``squared`` (X*X)'V's."""
         if self.onehot:
-            parts = [self.d.T @ V, self.h.T @ V, self.m.T @ V]
+            p = self.d.shape[1]
+            out[:p] += self.d.T @ V
+            out[p:2 * p] += self.h.T @ V
+            out[2 * p:3 * p] += self.m.T @ V
         else:
-            parts = [(self.x * self.x if squared else self.x).T @ V]
-        return np.vstack(parts + [V.sum(axis=0, keepdims=True)]).astype(np.float64, copy=False)
+            out[:-1] += (self.x * self.x if squared else self.x).T @ V
+        out[-1] += V.sum(axis=0)
+
+    @staticmethod
+    def packed(p: int, encoding: str) -> int:
+        """Rows of ``tdot_into``'s output for p SNPs."""
+        return (3 * p if encoding == "onehot" else p) + 1
 
 
-def _block_stats(g, masks, rhs, encoding, fill):
-    """Per block: masked column sums and sums of squares of the design, and X' rhs (packed)."""
+def _block_stats(out, g, masks, rhs, encoding, fill):
+    """Add a block's masked column sums and sums of squares of the design, and X' rhs (packed)."""
     x = _Rows(g, encoding, fill)
-    return np.stack([x.tdot(masks), x.tdot(masks, squared=True), x.tdot(rhs)])
+    x.tdot_into(out[0], masks)
+    x.tdot_into(out[1], masks, squared=True)
+    x.tdot_into(out[2], rhs)
 
 
-def _block_normal(g, masks, P, shift, encoding, fill):
-    """X_b' (m_b * (Z_b U)) packed: this block's part of Z' M Z U, per column, before the
+def _block_normal(out, g, masks, P, shift, encoding, fill):
+    """Add X_b' (m_b * (Z_b U)) packed: a block's part of Z' M Z U, per column, before the
     means' term (P = pack(U))."""
     x = _Rows(g, encoding, fill)
-    return x.tdot((x.dot(P) - shift) * masks)
+    x.tdot_into(out, (x.dot(P) - shift) * masks)
 
 
-def _block_rmat(g, V, encoding, fill, dtype=np.float64):
-    """This block's part of X' V packed, the product in ``dtype``."""
-    return _Rows(g, encoding, fill, dtype).tdot(V.astype(dtype, copy=False))
+def _block_rmat(out, g, V, encoding, fill, dtype=np.float64):
+    """Add a block's part of X' V packed, the product in ``dtype``."""
+    _Rows(g, encoding, fill, dtype).tdot_into(out, V.astype(dtype, copy=False))
 
 
 def _block_apply(g, P, shift, encoding, fill, dtype=np.float64):
     return _Rows(g, encoding, fill, dtype).dot(P) - shift
+
+
+def _group(fn, shape, blocks, args, *shared, encoding, fill, **options):
+    """One accumulator for a group of blocks: ``fn`` adds each block's part into it in place."""
+    out = np.zeros(shape)
+    for g, a in zip(blocks, args):
+        fn(out, g, *a, *shared, encoding, fill, **options)
+    return out
 
 
 def _block_calls(g, m=None):
@@ -221,7 +241,7 @@ class Design:
 
         self.encoding, self.fill = encoding, np.asarray(fill, np.float64)
         self.n, p = store.n_samples, store.n_variants
-        self.width = p * (4 if encoding == "onehot" else 1)
+        self.p, self.width = p, p * (4 if encoding == "onehot" else 1)
         step = store.chunk_rows  # a block decodes to p float64 columns in either encoding (_Rows)
         rows = max(step, BLOCK_BYTES // (8 * p) // step * step)
         g = da.from_zarr(store.genotypes).rechunk((rows, p))
@@ -243,12 +263,16 @@ class Design:
         with one_blas_thread_per_task():
             return dask.compute(task)[0]
 
-    def _reduce(self, fn, per_block, *shared, **options):
+    def _reduce(self, fn, shape, per_block, *shared, **options):
+        """The sum over blocks of ``fn``'s parts [shape]: GROUPS tasks, each adding its
+        consecutive blocks' parts into one accumulator in place (a part can be larger than its
+        block: p x 220 for the eigenpairs' products), then their pairwise sum."""
         from dask import delayed
 
         shared = [delayed(s) if isinstance(s, np.ndarray) else s for s in shared]
-        parts = [delayed(fn)(b, *per_block(lo, hi), *shared, self.encoding, self.fill, **options)
-                 for b, (lo, hi) in zip(self.blocks, self.bounds)]
+        parts = [delayed(_group)(fn, shape, [self.blocks[i] for i in idx], [per_block(*self.bounds[i]) for i in idx],
+                                 *shared, encoding=self.encoding, fill=self.fill, **options)
+                 for idx in np.array_split(np.arange(len(self.blocks)), min(GROUPS, len(self.blocks)))]
         return self._compute(_tree_sum(parts))
 
     def calls(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -263,20 +287,23 @@ class Design:
 
     def stats(self, masks: np.ndarray, rhs: np.ndarray):
         """Masked column sums, sums of squares and X' rhs, each [width, k] (one pass)."""
-        out = self._reduce(_block_stats, lambda lo, hi: (masks[lo:hi], rhs[lo:hi]))
+        out = self._reduce(_block_stats, (3, _Rows.packed(self.p, self.encoding), masks.shape[1]),
+                           lambda lo, hi: (masks[lo:hi], rhs[lo:hi]))
         return tuple(_Rows.unpack(o, self.encoding)[0] for o in out)
 
     def normal(self, U: np.ndarray, masks: np.ndarray, means: np.ndarray) -> np.ndarray:
         """Z_k' M_k Z_k U_k for every column k, Z_k = X - 1 means_k' (one pass)."""
         shift = (means * U).sum(axis=0)
-        XT, ones = _Rows.unpack(self._reduce(_block_normal, lambda lo, hi: (masks[lo:hi],),
-                                             _Rows.pack(U, self.encoding), shift), self.encoding)
+        XT, ones = _Rows.unpack(self._reduce(_block_normal, (_Rows.packed(self.p, self.encoding), U.shape[1]),
+                                             lambda lo, hi: (masks[lo:hi],), _Rows.pack(U, self.encoding), shift),
+                                self.encoding)
         return XT - means * ones
 
     def rmat(self, V: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
         """Z' V [width, k] for lines-by-columns V [n, k], Z = X - 1 means' (one pass; the
         blocks' products in ``dtype``, summed in float64)."""
-        XT, ones = _Rows.unpack(self._reduce(_block_rmat, lambda lo, hi: (V[lo:hi],), dtype=dtype), self.encoding)
+        XT, ones = _Rows.unpack(self._reduce(_block_rmat, (_Rows.packed(self.p, self.encoding), V.shape[1]),
+                                             lambda lo, hi: (V[lo:hi],), dtype=dtype), self.encoding)
         return XT - means[:, None] * ones
 
     def apply(self, U: np.ndarray, means: np.ndarray, dtype=np.float64) -> np.ndarray:
