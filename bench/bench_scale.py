@@ -398,7 +398,7 @@ def main():
     c.add_argument("--encodings", default="dosage,onehot")
     c.add_argument("--systems", default="2,17")
     c.add_argument("--repeat", type=int, default=1)
-    c.add_argument("--wide", type=int, default=0, help="also time the eigenpairs' float32 passes with this many columns")
+    c.add_argument("--wide", type=int, default=0, help="also time the eigenpairs' float32 passes, this wide")
     c.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes}[a.mode](a)
