@@ -8,9 +8,10 @@ how it is computed:
 - **The solve** uses conjugate gradients on the marker side, (Z'Z + delta w I) beta = Z' yc,
   the rrBLUP form of the same predictor (beta = Z' (K + delta I)^-1 yc / w; Henderson's
   identity).  Z is never formed: each iteration is one pass over the store's genotypes in
-  blocks of rows, decoding int8 codes to the design block by block, computing
-  X_b' (m_b * (X_b u - m'u)) and summing the blocks in a fixed tree (so the result does not
-  depend on how many workers ran it).  The passes are Dask graphs: local threads by
+  blocks of rows, decoding int8 codes to the design block by block (one-hot: from the dosage
+  and sparse heterozygote and missing indicators, ``_Rows``), computing
+  X_b' (m_b * (X_b u - m'u)) and adding the blocks into GROUPS accumulators, summed in a
+  fixed tree (so the result does not depend on how many workers ran it).  The passes are Dask graphs: local threads by
   default, a distributed scheduler when given one.  The preconditioner is A^-1 on K's
   leading eigenvectors (``preconditioner``: randomized subspace iteration) and a scalar
   elsewhere, which takes a structured population's few large eigenvalues out of the
