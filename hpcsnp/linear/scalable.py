@@ -11,11 +11,11 @@ how it is computed:
   blocks of rows, decoding int8 codes to the design block by block (one-hot: from the dosage
   and sparse heterozygote and missing indicators, ``_Rows``), computing
   X_b' (m_b * (X_b u - m'u)) and adding the blocks into GROUPS accumulators, summed in a
-  fixed tree (so the result does not depend on how many workers ran it).  The passes are Dask graphs: local threads by
-  default, a distributed scheduler when given one.  The preconditioner is A^-1 on K's
-  leading eigenvectors (``preconditioner``: randomized subspace iteration) and a scalar
-  elsewhere, which takes a structured population's few large eigenvalues out of the
-  iterations' way.  This is how BOLT-LMM (Loh et al. 2015) fits its infinitesimal model;
+  fixed tree (so the result does not depend on how many workers ran it).  The passes are
+  Dask graphs: local threads by default, a distributed scheduler when given one.  The
+  preconditioner is A^-1 on K's leading eigenvectors (``preconditioner``: randomized
+  subspace iteration) and a scalar elsewhere, which takes a structured population's few
+  large eigenvalues out of the iterations' way.  This is how BOLT-LMM (Loh et al. 2015) fits its infinitesimal model;
   several systems (a fold's fit and its inner fit, the GWAS's calibration SNPs, the Monte
   Carlo phenotypes) share each pass.
 - **delta** comes from exact REML (REMLSpectrum) on at most ``REML_LINES`` fitting lines:
@@ -186,7 +186,8 @@ def _block_stats(out, g, masks, rhs, encoding, fill):
     """Add a block's masked column sums and sums of squares of the design, and X' rhs (packed)."""
     x = _Rows(g, encoding, fill)
     x.tdot_into(out[0], masks)
-    x.tdot_into(out[1], masks, squared=True)
+    if not x.onehot:  # one-hot channels are their own squares: Design.stats reuses the sums
+        x.tdot_into(out[1], masks, squared=True)
     x.tdot_into(out[2], rhs)
 
 
@@ -290,7 +291,8 @@ class Design:
         """Masked column sums, sums of squares and X' rhs, each [width, k] (one pass)."""
         out = self._reduce(_block_stats, (3, _Rows.packed(self.p, self.encoding), masks.shape[1]),
                            lambda lo, hi: (masks[lo:hi], rhs[lo:hi]))
-        return tuple(_Rows.unpack(o, self.encoding)[0] for o in out)
+        sums, squares, rhs = (_Rows.unpack(o, self.encoding)[0] for o in out)
+        return sums, sums if self.encoding == "onehot" else squares, rhs
 
     def normal(self, U: np.ndarray, masks: np.ndarray, means: np.ndarray) -> np.ndarray:
         """Z_k' M_k Z_k U_k for every column k, Z_k = X - 1 means_k' (one pass)."""
