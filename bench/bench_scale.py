@@ -21,6 +21,7 @@ usage:
   python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5] [--polygenic N]
            [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
   python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--wide 220] [--threads 2]
+  python bench/bench_scale.py search STORE [--encodings dosage,onehot] [--reml-lines 2000,8000] [--folds 1]
 
 ``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
 conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
@@ -37,10 +38,16 @@ blocks, so one trait's lambda over them is noisy (a few hundred independent test
 R`` draws R traits (new causal SNPs with ``--polygenic``, new noise) and reports lambda's mean and
 sd over them, lambda of the pooled null statistics and their mean chi^2.
 
+``search``: the scalable GBLUP fold alone with REML on ``--reml-lines`` sampled fitting lines
+(fewer than the default 8,000 start Monte Carlo REML further from its root, as 8,000 of
+80,000 do at 100,000 lines): wall time, passes over the genotypes, Monte Carlo REML
+evaluations, the final solve's iterations, h2 and the test PCC.
+
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -358,6 +365,53 @@ def passes(a):
                   f"{t2 - t1:.1f} s |", flush=True)
 
 
+def search(a):
+    import numpy as np
+
+    from hpcsnp.folds import fold_split
+    from hpcsnp.linear import scalable
+    from hpcsnp.resources import cap_threads, dask_context
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.start_factor != 1:  # Monte Carlo REML started further from its root, as at 100,000 lines
+        sampled = scalable.reml_delta_sample
+
+        def scaled(*args, **kwargs):
+            delta, used = sampled(*args, **kwargs)
+            return delta * a.start_factor, used
+        scalable.reml_delta_sample = scaled
+    store = open_store(a.store)
+    y = store.phenotype.astype(np.float64)
+    print(f"{store.n_samples:,} lines x {store.n_variants:,} SNPs, {a.threads} threads, {scalable.__file__}")
+    rows = []
+    for enc in a.encodings.split(","):
+        for lines in map(int, a.reml_lines.split(",")):
+            for i in map(int, a.folds.split(",")):
+                split = fold_split(store.fold, store.n_folds, i)
+                fit = np.sort(np.concatenate([split.train, split.val]))
+                inner = (np.flatnonzero(~np.isin(fit, split.val)), np.flatnonzero(np.isin(fit, split.val)))
+                t0 = time.perf_counter()
+                with dask_context("threads", a.threads):
+                    sc = scalable.scalable_fold(store, enc, y, fit, inner, split.test, reml_lines=lines)
+                info = sc.info
+                row = {"encoding": enc, "reml_lines": lines, "start_factor": a.start_factor, "fold": i,
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "passes": info["passes"], "evaluations": info["mc_reml_evaluations"],
+                       "h2": round(info["h2_reml"], 5), "final_iterations": info["cg_iterations"],
+                       "pcc": round(float(np.corrcoef(sc.pred, y[split.test])[0, 1]), 6)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("\n| encoding | REML lines | fold | wall | passes | evaluations | final CG iterations | h2 | PCC |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['encoding']} | {r['reml_lines']:,} | {r['fold']} | {r['seconds']:.0f} s | {r['passes']} | "
+              f"{r['evaluations']} | {r['final_iterations']} | {r['h2']:.4f} | {r['pcc']:.5f} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -400,8 +454,18 @@ def main():
     c.add_argument("--repeat", type=int, default=1)
     c.add_argument("--wide", type=int, default=0, help="also time the eigenpairs' float32 passes, this wide")
     c.add_argument("--threads", type=int, default=2)
+    c = sub.add_parser("search")
+    c.add_argument("store")
+    c.add_argument("--encodings", default="dosage")
+    c.add_argument("--folds", default="1")
+    c.add_argument("--reml-lines", default="2000",
+                   help="REML on this many sampled fitting lines before Monte Carlo REML on all (comma-separated)")
+    c.add_argument("--start-factor", type=float, default=1.0,
+                   help="multiply the sample's REML delta by this before Monte Carlo REML (a start further away)")
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--out")
     a = p.parse_args()
-    {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes}[a.mode](a)
+    {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes, "search": search}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ SOLVERS = ("auto", "exact", "scalable")
 REML_LINES = 8000  # delta by exact REML on at most this many fitting lines (24 x 8,000^2 bytes = 1.5 GB)
 REML_SEED = 20150  # which lines, when there are more: fixed, so a rerun gives the same delta
 MC_SAMPLES = 16  # phenotypes simulated per Monte Carlo REML evaluation
-MC_TOL = 1e-4  # its solves' tolerance: the score's Monte Carlo noise is far above what a tighter one changes
+MC_TOL = 1e-4  # its solves' tolerance near the root (the score then within ~0.002, 0.005 in log delta)
+MC_TOL_LOOSE = 1e-3  # and far from it (mc_tolerance)
+MC_SLOPE = 0.4  # the score's usual slope in log delta (0.3-0.5 measured), for the first step's length
 CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
 PRECONDITIONER_RANK = 200  # leading eigenpairs of K that precondition the GBLUP solves
 GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
@@ -576,11 +578,14 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
     """The REML estimate of delta on every fitting line by BOLT-REML's Monte Carlo score (Loh et
     al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
     residuals) equals its mean over phenotypes simulated from the model with that delta.
-    Secant steps on log delta from ``delta0`` (REML on a sample of the lines) until a step is
-    below ``step``; each evaluation is one ridge solve with 1 + ``samples`` right-hand sides,
-    started from the previous evaluation's solution.  ``carry``: more systems solved at every
-    evaluation (the data must be its first).  Returns (delta, evaluations, the carried systems'
-    solution at delta as ``ridge``'s start, or None)."""
+    The root in log delta by ``secant_root`` from ``delta0`` (REML on a sample of the lines),
+    to within ``step``; its first step is as long as the score and ``MC_SLOPE`` say.  Each
+    evaluation is one ridge solve with 1 + ``samples`` right-hand sides, started from the
+    previous one's solution, to a tolerance that follows the step that led to it
+    (``mc_tolerance``): far from the root the score only has to say where to go next.
+    ``carry``: more systems solved at every evaluation (the data must be its first).  Returns
+    (delta, evaluations, the carried systems' solution at the last evaluation as ``ridge``'s
+    start, or None)."""
     n, w = design.n, design.width
     rows = np.asarray(fit_rows)
     mask = np.zeros((n, 1))
@@ -599,31 +604,74 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
 
     last = None
 
-    def score(log_delta: float) -> float:
+    def score(log_delta: float, moved: float | None) -> float:
         nonlocal last
         d = float(np.exp(log_delta))
+        what = f"Monte Carlo REML at h2 {1 / (1 + d):.4f}"
         fit = ridge(design, np.hstack([carry.y, genetic + np.sqrt(d) * noise]), masks, d, deflate=deflate,
-                    tol=MC_TOL, what=f"Monte Carlo REML at h2 {1 / (1 + d):.4f}", covariates=covariates, start=last,
+                    tol=mc_tolerance(moved), what=what, covariates=covariates, start=last,
                     extra_rhs=carry.extra_rhs, needed=needed)
         last = fit
         k = masks.shape[1]
         b2 = (fit.beta[:, :k] ** 2).sum(axis=0)
         e2 = fit.yy - (fit.rhs[:, :k] * fit.beta[:, :k]).sum(axis=0) - d * w * b2  # |yc - Z beta|^2
         ratio = b2 / e2
-        return float(np.log(ratio[c:].mean() / ratio[0]))
+        f = float(np.log(ratio[c:].mean() / ratio[0]))
+        logger.info(f"{what}: score {f:+.4f} (0 at the REML estimate)")
+        return f
 
-    x0, x1 = np.log(delta0), np.log(delta0) + 0.1
-    f0, f1 = score(x0), score(x1)
+    delta, evaluations = secant_root(score, float(np.log(delta0)), MC_SLOPE, step, most)
+    return float(np.exp(delta)), evaluations, carried(last, c, samples) if keep else None
+
+
+def secant_root(score, x0: float, slope: float, step: float = 0.01, most: int = 8) -> tuple[float, int]:
+    """The root of a decreasing function ``score(x, moved)`` (``moved``: the step that led to
+    x, None at x0) from x0: a first step towards it as long as |score(x0)| / ``slope`` says
+    (between 0.1 and 1), then secant steps of at most 2, bisecting the bracket the scores have
+    shown whenever a step would leave it, until the next step is below ``step`` or ``most``
+    evaluations are spent: that x is returned without its evaluation.  Returns (x, evaluations).
+
+    >>> x, evaluations = secant_root(lambda x, moved: 2.0 - x, 0.0, 0.5)
+    >>> round(x, 6), evaluations
+    (2.0, 3)
+    """
+    low, high = -np.inf, np.inf  # the root is above every x whose score is positive, below every negative one
+
+    def evaluate(x, moved):
+        nonlocal low, high
+        f = score(x, moved)
+        low, high = (max(low, x), high) if f > 0 else (low, min(high, x))
+        return f
+
+    f0 = evaluate(x0, None)
+    first = float(np.clip(abs(f0) / slope, 0.1, 1.0))
+    x1 = x0 + (first if f0 > 0 else -first)
+    f1 = evaluate(x1, first)
     evaluations = 2
-    while evaluations < most and f1 != f0:
-        x2 = x1 - f1 * (x1 - x0) / (f1 - f0)
-        x2 = float(np.clip(x2, x1 - 2.0, x1 + 2.0))
-        x0, f0, x1 = x1, f1, x2
-        f1 = score(x1)
+    while f1 != f0:
+        x2 = float(np.clip(x1 - f1 * (x1 - x0) / (f1 - f0), x1 - 2.0, x1 + 2.0))
+        if not low <= x2 <= high:  # a step out of the bracket: bisect it (or step 1 past its only end)
+            x2 = (low + high) / 2 if np.isfinite(low + high) else (low + 1.0 if np.isfinite(low) else high - 1.0)
+        if abs(x2 - x1) < step or evaluations == most:
+            return x2, evaluations
+        x0, f0, x1, f1 = x1, f1, x2, evaluate(x2, abs(x2 - x1))
         evaluations += 1
-        if abs(x1 - x0) < step:
-            break
-    return float(np.exp(x1)), evaluations, carried(last, c, samples) if keep else None
+    return x1, evaluations
+
+
+def mc_tolerance(moved: float | None) -> float:
+    """The relative residual a Monte Carlo REML evaluation is solved to, after a step of
+    ``moved`` in log delta (None: the first): 0.3 % of the step, between ``MC_TOL`` and
+    ``MC_TOL_LOOSE``.  A secant step needs the score's error small against the change of score
+    over the step it uses (about ``MC_SLOPE`` times the step); at ``MC_TOL_LOOSE`` it was at most
+    0.0035 (docs/design.md), so only the steps near the root need ``MC_TOL``.
+
+    >>> [f"{mc_tolerance(moved):.0e}" for moved in (None, 0.5, 0.1, 0.01)]
+    ['1e-03', '1e-03', '3e-04', '1e-04']
+    """
+    if moved is None:
+        return MC_TOL_LOOSE
+    return float(np.clip(moved * 3e-3, MC_TOL, MC_TOL_LOOSE))
 
 
 class TopEigen(NamedTuple):
