@@ -76,10 +76,12 @@ MC_SAMPLES = 16  # phenotypes simulated per Monte Carlo REML evaluation
 MC_TOL = 1e-4  # its solves' tolerance near the root (the score then within ~0.002, 0.005 in log delta)
 MC_TOL_LOOSE = 1e-3  # and far from it (mc_tolerance)
 MC_SLOPE = 0.4  # the score's usual slope in log delta (0.3-0.5 measured), for the first step's length
+MC_STEP = 0.05  # the search stops when its next step in log delta is shorter (PCC moves ~3e-4 per 0.05)
 CALIBRATION_SNPS = 16  # random SNPs whose x' P x is solved exactly to calibrate the GWAS statistic
 PRECONDITIONER_RANK = 200  # leading eigenpairs of K that precondition the GBLUP solves
 GWAS_RANK = 400  # leading eigenpairs of K that the GWAS's x' P x is computed from (the rest at their mean)
 CG_TOL = 1e-7  # relative residual |A x - b| / |b| at which conjugate gradients stop
+FIT_TOL = 1e-5  # and the GBLUP fits' (fold and refit): predictions within ~1e-4 of their spread of CG_TOL's
 CG_MAXITER = 3000
 BLOCK_BYTES = 64 << 20  # decoded float64 rows per block of a pass
 GROUPS = 64  # a pass's blocks are summed in this many accumulators, then pairwise: the same on any number of workers
@@ -574,7 +576,7 @@ def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows
 
 
 def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None, samples: int = MC_SAMPLES,
-            step: float = 0.01, most: int = 8, covariates=None, carry: Carry | None = None):
+            step: float = MC_STEP, most: int = 8, covariates=None, carry: Carry | None = None):
     """The REML estimate of delta on every fitting line by BOLT-REML's Monte Carlo score (Loh et
     al. 2015): at the REML delta, |beta^|^2 / |e^|^2 of the data (BLUP marker effects over BLUP
     residuals) equals its mean over phenotypes simulated from the model with that delta.
@@ -617,21 +619,22 @@ def mc_reml(design: Design, y: np.ndarray, fit_rows, delta0: float, deflate=None
         e2 = fit.yy - (fit.rhs[:, :k] * fit.beta[:, :k]).sum(axis=0) - d * w * b2  # |yc - Z beta|^2
         ratio = b2 / e2
         f = float(np.log(ratio[c:].mean() / ratio[0]))
-        logger.info(f"{what}: score {f:+.4f} (0 at the REML estimate)")
+        error = float(ratio[c:].std(ddof=1) / np.sqrt(samples) / ratio[c:].mean())
+        logger.info(f"{what}: score {f:+.4f} (0 at the REML estimate), Monte Carlo error {error:.4f}")
         return f
 
     delta, evaluations = secant_root(score, float(np.log(delta0)), MC_SLOPE, step, most)
     return float(np.exp(delta)), evaluations, carried(last, c, samples) if keep else None
 
 
-def secant_root(score, x0: float, slope: float, step: float = 0.01, most: int = 8) -> tuple[float, int]:
+def secant_root(score, x0: float, slope: float, step: float, most: int = 8) -> tuple[float, int]:
     """The root of a decreasing function ``score(x, moved)`` (``moved``: the step that led to
     x, None at x0) from x0: a first step towards it as long as |score(x0)| / ``slope`` says
     (between 0.1 and 1), then secant steps of at most 2, bisecting the bracket the scores have
     shown whenever a step would leave it, until the next step is below ``step`` or ``most``
     evaluations are spent: that x is returned without its evaluation.  Returns (x, evaluations).
 
-    >>> x, evaluations = secant_root(lambda x, moved: 2.0 - x, 0.0, 0.5)
+    >>> x, evaluations = secant_root(lambda x, moved: 2.0 - x, 0.0, 0.5, step=0.01)
     >>> round(x, 6), evaluations
     (2.0, 3)
     """
@@ -773,8 +776,8 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     masks[fit_rows[inner[0]], 1] = 1.0
     design, deflate, delta = prepare(store, encoding, y, masks, reml_lines)
     C = known_covariates(store)
-    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding}", deflate=deflate, covariates=C,
-                start=delta.start)
+    fit = ridge(design, y, masks, delta.delta, tol=FIT_TOL, what=f"GBLUP {encoding}", deflate=deflate,
+                covariates=C, start=delta.start)
     pred = fit.mu + design.apply(fit.beta, fit.means)
     if C is not None:
         pred += covariate_effects(C, y[:, None] - pred, masks)
@@ -789,7 +792,7 @@ def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: 
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
     design, deflate, delta = prepare(store, encoding, y, masks, reml_lines)
-    fit = ridge(design, y, masks, delta.delta, what=f"GBLUP {encoding} refit", deflate=deflate,
+    fit = ridge(design, y, masks, delta.delta, tol=FIT_TOL, what=f"GBLUP {encoding} refit", deflate=deflate,
                 covariates=known_covariates(store), start=delta.start)
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
 
