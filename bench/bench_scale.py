@@ -22,6 +22,8 @@ usage:
            [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
   python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--wide 220] [--threads 2]
   python bench/bench_scale.py search STORE [--encodings dosage,onehot] [--reml-lines 2000,8000] [--folds 1]
+  python bench/bench_scale.py tolerance STORE --encoding onehot --h2 0.981 [--tolerances 1e-3,...,1e-10]
+           [--offsets 0,0.02,0.05,...]
 
 ``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
 conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
@@ -42,6 +44,12 @@ sd over them, lambda of the pooled null statistics and their mean chi^2.
 (fewer than the default 8,000 start Monte Carlo REML further from its root, as 8,000 of
 80,000 do at 100,000 lines): wall time, passes over the genotypes, Monte Carlo REML
 evaluations, the final solve's iterations, h2 and the test PCC.
+
+``tolerance``: fold 1's GBLUP (test and validation systems) at a fixed ``--h2``, solved to each
+of ``--tolerances`` in turn (each solve continued from the last): iterations, test PCC and the
+largest change of a prediction against the last (tightest) solve, over the predictions' SD.
+With ``--offsets``: instead, solved to 1e-6 at deltas that many units of log delta from
+``--h2``'s, predictions against the first offset's (what a stopping step of the search moves).
 
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
@@ -412,6 +420,45 @@ def search(a):
         Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def tolerance(a):
+    import numpy as np
+
+    from hpcsnp.folds import fold_split
+    from hpcsnp.linear import scalable
+    from hpcsnp.resources import cap_threads, dask_context
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    store = open_store(a.store)
+    y = scalable.known(store.phenotype.astype(np.float64))
+    split = fold_split(store.fold, store.n_folds, 1)
+    fit = np.sort(np.concatenate([split.train, split.val]))
+    masks = np.zeros((store.n_samples, 2))
+    masks[fit, 0] = masks[split.train, 1] = 1
+    delta = (1 - a.h2) / a.h2
+    offsets = [float(o) for o in a.offsets.split(",")] if a.offsets else None
+    steps = [(delta * np.exp(o), 1e-6, f"log delta {o:+.3f}") for o in offsets] if offsets else \
+        [(delta, float(t), f"tolerance {float(t):.0e}") for t in a.tolerances.split(",")]
+    with dask_context("threads", a.threads):
+        design = scalable.Design(store, a.encoding, np.zeros(store.n_variants))
+        if a.encoding == "dosage":
+            design.fill = scalable.design_fill(store, design)
+        deflate = scalable.preconditioner(design)
+        last, iterations, got = None, 0, []
+        for d, tol, label in steps:
+            last = scalable.ridge(design, y, masks, d, deflate=deflate, tol=tol, start=last, what=label)
+            iterations += last.iterations
+            pred = last.mu + design.apply(last.beta, last.means)
+            got.append((label, 1 / (1 + d), iterations, pred[split.test, 0], pred[split.val, 1]))
+    ref = got[0] if offsets else got[-1]
+    print(f"\n{a.encoding}, fold 1, h2 {a.h2}\n\n| solve | h2 | CG iterations (cumulative) | test PCC | "
+          "max change of a prediction / SD (test, validation) |\n|---|---|---|---|---|")
+    for label, h2, its, test, val in got:
+        change = [np.abs(p - r).max() / r.std() for p, r in ((test, ref[3]), (val, ref[4]))]
+        print(f"| {label} | {h2:.4f} | {its} | {np.corrcoef(test, y[split.test])[0, 1]:.7f} | "
+              f"{change[0]:.2e}, {change[1]:.2e} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -464,8 +511,16 @@ def main():
                    help="multiply the sample's REML delta by this before Monte Carlo REML (a start further away)")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--out")
+    c = sub.add_parser("tolerance")
+    c.add_argument("store")
+    c.add_argument("--encoding", default="dosage")
+    c.add_argument("--h2", type=float, required=True, help="the delta to solve at, as h2 (the search's estimate)")
+    c.add_argument("--tolerances", default="1e-3,1e-4,1e-5,1e-6,1e-7,1e-10")
+    c.add_argument("--offsets", default="", help="log-delta offsets from --h2's (then solved to 1e-6)")
+    c.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes, "search": search}[a.mode](a)
+    {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes, "search": search,
+     "tolerance": tolerance}[a.mode](a)
 
 
 if __name__ == "__main__":
