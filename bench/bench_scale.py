@@ -3,9 +3,11 @@ linear path's accuracy where the exact one still fits.
 
 ``steps``: simulate PLINK (``hpcsnp simulate --plink``, NAM families with LD blocks), ingest it,
 ``gwas``, the linear baseline of one fold, the GBLUP refit on every line with the prediction of
-every line (the linear part of ``hpcsnp predict``, as new lines), the CNN part of ``predict``
-(a default 5-fold run's models, untrained, predicting ``--predict-lines`` lines in one compiled
-call as ``predict`` runs them, scaled to every line), and one CNN epoch of
+every line (the linear part of ``hpcsnp predict``, as new lines: ``refitted`` in the run the
+baseline step writes, so with the variance ratio of the folds there, as ``predict`` takes it),
+the CNN part of ``predict`` (a default 5-fold run's models, untrained, predicting
+``--predict-lines`` lines in one compiled call as ``predict`` runs them, scaled to every
+line), and one CNN epoch of
 ``--steps-per-epoch`` steps.  Each step runs as its own process; wall time and peak RSS (from
 wait4's rusage) are recorded, with the solver each linear step chose (``--solver auto``
 decides by the memory this machine grants) and its conjugate-gradient iterations.
@@ -63,22 +65,26 @@ from pathlib import Path
 REFIT = """
 import json, sys, time
 import numpy as np
-from hpcsnp.linear.refit import MarkerEffects
-from hpcsnp.linear.scalable import scalable_effects, Design
+from hpcsnp.linear.refit import refitted
 from hpcsnp.resources import cap_threads, dask_context
+from hpcsnp.rundir import RunDir, bound_to, dataset_name
 from hpcsnp.store import open_store, row_chunks
 cap_threads(int(sys.argv[2]))
-store = open_store(sys.argv[1])
+store, encoding, run = open_store(sys.argv[1]), sys.argv[3], RunDir(sys.argv[4])
+if not any(bound_to(d, store) for d in run.datasets()):
+    run.write_dataset_info(dataset_name(store, None), store)
+ds = next(d for d in run.datasets() if bound_to(d, store))
+for name in ("refit_all.npz", "refit_all.json"):  # predict's cache: refitted afresh
+    (run.baseline_cache(ds.dataset, encoding) / name).unlink(missing_ok=True)
 t0 = time.perf_counter()
 with dask_context("threads", int(sys.argv[2])):
-    beta, means, fill, mu, delta = scalable_effects(store, sys.argv[3], store.phenotype.astype(np.float64),
-                                                    np.arange(store.n_samples))
+    fit = refitted(run, ds, store, encoding)
 t1 = time.perf_counter()
-fit = MarkerEffects(sys.argv[3], beta, means, fill, mu, delta)
 pred = np.concatenate([fit.predict(g) for _, _, g in row_chunks(store)])
 pcc = float(np.corrcoef(pred, store.phenotype)[0, 1])
+record = json.loads((run.baseline_cache(ds.dataset, encoding) / "refit_all.json").read_text())
 print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1, "lines": len(pred),
-                  "h2": 1 / (1 + delta), "training_pcc": pcc}))
+                  "h2": 1 / (1 + fit.delta), "h2_from": record.get("h2_from"), "training_pcc": pcc}))
 """
 
 CNN_PREDICT = """
@@ -148,7 +154,7 @@ def steps(a):
         "gwas": hpcsnp("gwas", store, "-o", work / "gwas", "--solver", a.solver, "--no-progress", *t),
         "baseline": hpcsnp("baseline", store, "--run", run, "--fold", 1, "--encoding", a.encoding, "--force",
                            "--solver", a.solver, *t),
-        "refit": [sys.executable, "-c", REFIT, store, a.threads, a.encoding],
+        "refit": [sys.executable, "-c", REFIT, store, a.threads, a.encoding, run],
         "cnn_predict": [sys.executable, "-c", CNN_PREDICT, store, a.threads, 5, a.predict_lines],
         "epoch": hpcsnp("train", store, "--fold", 1, "--run", work / "train", "--epochs", 1, "--models-per-fold", 1,
                         "--no-refit", "--steps-per-epoch", a.steps_per_epoch, "--force", *t),

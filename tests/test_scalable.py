@@ -207,6 +207,70 @@ def test_auto_takes_the_scalable_path_when_the_exact_one_does_not_fit_and_says_w
     assert exact[0]["solver"] == "exact" and fitted[0]["pcc"] == pytest.approx(exact[0]["pcc"], abs=1e-4)
 
 
+def test_predicts_refit_at_scale_starts_its_search_from_its_folds_variance_ratio(sim_store, tmp_path, monkeypatch):
+    """Where REML on every line needs the Monte Carlo search, the scalable refit starts it from
+    the geometric mean of its folds' deltas instead of REML on a sample of the lines, says so in
+    its record, and fits GBLUP at the delta the search returns (to the exact ridge solution
+    there); with no fold left in the run it starts from the sample again."""
+    from hpcsnp.linear.baseline import uncentred
+    from hpcsnp.linear.refit import refitted
+    from hpcsnp.rundir import RunDir
+
+    for fold in (1, 2, 3):
+        baseline_fold(sim_store[0], fold, tmp_path / "run", solver="scalable", encodings=("dosage",))
+    run = RunDir(tmp_path / "run")
+    ds = run.datasets()[0]
+    store = ds.open_store()
+    deltas = [json.loads((run.baseline(ds.dataset, "dosage", i) / "metrics.json").read_text())["delta"]
+              for i in (1, 2, 3)]
+    assert np.ptp(np.log(deltas)) > 1e-3  # the folds differ: which of them is taken shows
+    starts = []
+
+    class Sampled(Exception):
+        pass
+
+    def sample(*args, **kwargs):
+        raise Sampled
+
+    def search(design, y, fit_rows, delta0, *args, **kwargs):  # as if it landed 10 % above its start
+        starts.append(delta0)
+        return delta0 * 1.1, 1, None
+
+    monkeypatch.setattr(scalable, "REML_LINES", len(store.phenotyped) - 1)
+    monkeypatch.setattr(scalable, "reml_delta_sample", sample)
+    monkeypatch.setattr(scalable, "mc_reml", search)
+    fit = refitted(run, ds, store, "dosage", solver="scalable")
+    assert starts == [pytest.approx(np.exp(np.mean(np.log(deltas))), rel=1e-12)]
+    assert fit.delta == pytest.approx(starts[0] * 1.1, rel=1e-12)
+    record = json.loads((run.baseline_cache(ds.dataset, "dosage") / "refit_all.json").read_text())
+    assert record["h2_from"].startswith("Monte Carlo REML from its 3 folds' REML, h2 ")
+    rows = store.phenotyped
+    codes, y = store.genotypes[:], store.phenotype.astype(np.float64)[rows]
+    Z = uncentred(codes[rows], "dosage", fit.fill) - fit.means
+    w = Z.shape[1]
+    beta = np.linalg.solve(Z.T @ Z + w * fit.delta * np.eye(w), Z.T @ (y - y.mean()))
+    np.testing.assert_allclose(fit.predict(codes[rows]), y.mean() + Z @ beta, atol=1e-4 * y.std())
+    for i in (1, 2, 3):
+        (run.baseline(ds.dataset, "dosage", i) / "metrics.json").unlink()
+    with pytest.raises(Sampled):
+        refitted(run, ds, store, "dosage", solver="scalable")
+
+
+def test_the_search_started_next_to_its_root_returns_the_first_step_unevaluated():
+    """A first step (|score| / slope) shorter than the stopping step is returned as it is, after
+    one evaluation: the same stopping rule as every later step's."""
+    seen = []
+
+    def score(x, moved):
+        seen.append(x)
+        return -0.5 * (x - 0.02)
+
+    x, evaluations = scalable.secant_root(score, 0.0, slope=0.4, step=0.05)
+    assert (x, evaluations, seen) == (pytest.approx(0.025), 1, [0.0])
+    x, evaluations = scalable.secant_root(score, 0.0, slope=0.4, step=0.01)  # 0.025 is no longer short
+    assert evaluations >= 2 and abs(x - 0.02) < 0.01
+
+
 def structured(tmp_path):
     """Families of lines and a polygenic trait with two larger loci (SNPs 100 and 900)."""
 

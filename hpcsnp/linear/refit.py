@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcsnp.atomic import atomic_write_text
+from hpcsnp.errors import InputError
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import (
     KERNEL_KINDS,
@@ -218,6 +219,23 @@ def _folds_kernel(run: RunDir, ds: DatasetRecord, kind: str) -> tuple[str, float
     return min(counts, key=lambda k: (-counts[k], k[0] != "dosage", k[1]))
 
 
+def folds_delta(run: RunDir, ds: DatasetRecord, store, kind: str) -> tuple[float, int] | None:
+    """The variance ratio a GBLUP's baseline folds estimated on this store, as the geometric
+    mean of theirs, and how many folds gave one; None where no fold has one.  Each is REML on
+    (n_folds - 1) / n_folds of the lines: close to REML on all of them, so where that needs the
+    Monte Carlo search (predict's refit on the scalable path), the search starts there."""
+    logs = []
+    for i in range(1, ds.n_folds + 1):
+        try:
+            m = FoldMetrics.read(run.baseline(ds.dataset, kind, i) / METRICS_JSON)
+        except (FileNotFoundError, InputError):
+            continue
+        delta = m.raw.get("delta")
+        if m.store_id == store.store_id and isinstance(delta, (int, float)) and delta > 0:
+            logs.append(np.log(delta))
+    return (float(np.exp(np.mean(logs))), len(logs)) if logs else None
+
+
 def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | None = None, solver: str = "auto"):
     """A baseline fitted on all phenotyped lines: GBLUP of one encoding as MarkerEffects,
     an RKHS (rkhs, rkhs_local) as a KernelFit with the distance and bandwidth its folds
@@ -225,14 +243,19 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     for another write of the store).  ``designs``: the phenotyped lines' kernel designs by
     distance, shared between the RKHS fits (filled here), so they are read and held once.
     ``solver``: a GBLUP is refitted on the scalable path (linear/scalable.py) where the exact
-    one does not fit (auto) or when asked; an RKHS always needs the exact path."""
-    from hpcsnp.linear.scalable import choose_solver, scalable_effects
+    one does not fit (auto) or when asked; an RKHS always needs the exact path.  There, where
+    REML on every line needs the Monte Carlo search (more lines than ``scalable.REML_LINES``),
+    the search starts from the folds' variance ratio (``folds_delta``) where the run has one,
+    instead of from REML on a sample of the lines."""
+    from hpcsnp.linear import scalable as sc
 
     cache = run.baseline_cache(ds.dataset, kind)
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
-    scalable = kind not in KERNEL_KINDS and choose_solver(store, solver)[0] == "scalable"
+    everyone = store.phenotyped  # every line, unless a trait of a table lacks some
+    scalable = kind not in KERNEL_KINDS and sc.choose_solver(store, solver)[0] == "scalable"
+    given = folds_delta(run, ds, store, kind) if scalable and len(everyone) > sc.REML_LINES else None
     key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind,
-           **({"solver": "scalable"} if scalable else {})}
+           **({"solver": "scalable"} if scalable else {}), **({"folds_delta": given[0]} if given else {})}
     try:
         if json.loads(meta.read_text()).get("key") == key:
             with np.load(data) as z:
@@ -251,9 +274,16 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
         logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
     t0 = time.perf_counter()
-    everyone = store.phenotyped  # every line, unless a trait of a table lacks some
+    source = "REML"
+    if scalable and len(everyone) > sc.REML_LINES:
+        source = "Monte Carlo REML from REML on a sample of the lines"
+        if given:
+            folds = f"{given[1]} folds'" if given[1] > 1 else "1 fold's"
+            source = f"Monte Carlo REML from its {folds} REML, h2 {1 / (1 + given[0]):.4f}"
+            logger.info(f"[{ds.dataset}] {model_label(kind)} refit on the scalable path: {source}")
     if scalable:
-        beta, means, fill, mu, delta = scalable_effects(store, kind, store.phenotype.astype(np.float64), everyone)
+        beta, means, fill, mu, delta = sc.scalable_effects(store, kind, store.phenotype.astype(np.float64), everyone,
+                                                           sc.REML_LINES, start=given[0] if given else None)
         fit = MarkerEffects(kind, beta, means, fill, mu, delta)
         arrays = {"beta": beta, "means": means}
     elif kind in KERNEL_KINDS:
@@ -275,9 +305,10 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     np.savez(tmp, **arrays, fill=fit.fill, mu=fit.mu, delta=fit.delta)
     os.replace(tmp, data)
     atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
-                                        "n_fit": len(everyone), "h2_reml": 1 / (1 + fit.delta)}, indent=2) + "\n")
+                                        "n_fit": len(everyone), "h2_reml": 1 / (1 + fit.delta),
+                                        "h2_from": source}, indent=2) + "\n")
     logger.info(f"[{ds.dataset}] {model_label(kind)} refitted on all {len(everyone):,} phenotyped lines "
-                f"(h2 {1 / (1 + fit.delta):.3f}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
+                f"(h2 {1 / (1 + fit.delta):.3f}, {source}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
     return fit
 
 

@@ -548,7 +548,7 @@ class Delta(NamedTuple):
     """The variance ratio and how it was estimated."""
 
     delta: float
-    lines: int  # lines of the exact REML (all fitting lines, or a sample of them)
+    lines: int  # lines of the exact REML (all fitting lines, or a sample of them; 0: none, started as given)
     mc_evaluations: int  # Monte Carlo REML evaluations on every fitting line after it (0: none)
     seconds: float
     start: RidgeFit | None = None  # the carried systems at delta (Carry), where Monte Carlo REML ran
@@ -558,20 +558,27 @@ class Delta(NamedTuple):
 
 
 def variance_ratio(design: Design, store, encoding: str, y: np.ndarray, fit_rows, deflate=None,
-                   reml_lines: int = REML_LINES, covariates=None, carry: Carry | None = None) -> Delta:
+                   reml_lines: int = REML_LINES, covariates=None, carry: Carry | None = None,
+                   start: float | None = None) -> Delta:
     """delta by exact REML where the fitting lines are at most ``reml_lines``; else REML on a
     sample of them, refined by Monte Carlo REML on all of them (mc_reml, solving ``carry``'s
-    systems beside its own)."""
+    systems beside its own).  ``start``: a delta to start Monte Carlo REML from instead of the
+    sample's (predict's refit: its folds'), where there are more fitting lines than
+    ``reml_lines``."""
     t0 = time.perf_counter()
     fit_rows = np.asarray(fit_rows)
-    delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines, covariates)
+    if start is not None and len(fit_rows) > reml_lines:
+        delta, used = float(start), 0
+        progress(t0, f"Monte Carlo REML starts from h2 {1 / (1 + delta):.4f}, as given")
+    else:
+        delta, used = reml_delta_sample(store, encoding, design.fill, fit_rows, y, reml_lines, covariates)
+        progress(t0, f"REML on {used:,} of the {len(fit_rows):,} fitting lines: h2 {1 / (1 + delta):.4f}")
     evaluations = 0
-    progress(t0, f"REML on {used:,} of the {len(fit_rows):,} fitting lines: h2 {1 / (1 + delta):.4f}")
     start = None
     if used < len(fit_rows):
         delta, evaluations, start = mc_reml(design, y, fit_rows, delta, deflate, covariates=covariates, carry=carry)
         progress(t0, f"Monte Carlo REML on every fitting line: h2 {1 / (1 + delta):.4f} after {evaluations} "
-                     "evaluations")
+                     f"evaluation{'s' * (evaluations != 1)}")
     return Delta(delta, used, evaluations, time.perf_counter() - t0, start)
 
 
@@ -632,11 +639,15 @@ def secant_root(score, x0: float, slope: float, step: float, most: int = 8) -> t
     x, None at x0) from x0: a first step towards it as long as |score(x0)| / ``slope`` says
     (between 0.1 and 1), then secant steps of at most 2, bisecting the bracket the scores have
     shown whenever a step would leave it, until the next step is below ``step`` or ``most``
-    evaluations are spent: that x is returned without its evaluation.  Returns (x, evaluations).
+    evaluations are spent: that x is returned without its evaluation (so also the first step,
+before it is clipped, where it is shorter than ``step``).  Returns (x, evaluations).
 
     >>> x, evaluations = secant_root(lambda x, moved: 2.0 - x, 0.0, 0.5, step=0.01)
     >>> round(x, 6), evaluations
     (2.0, 3)
+    >>> x, evaluations = secant_root(lambda x, moved: 0.5 * (0.02 - x), 0.0, 0.4, step=0.05)
+    >>> round(x, 6), evaluations  # 0.01 / 0.4: next to the root, the first step is returned
+    (0.025, 1)
     """
     low, high = -np.inf, np.inf  # the root is above every x whose score is positive, below every negative one
 
@@ -647,6 +658,8 @@ def secant_root(score, x0: float, slope: float, step: float, most: int = 8) -> t
         return f
 
     f0 = evaluate(x0, None)
+    if abs(f0) / slope < step:  # started next to the root: the step the usual slope says, unevaluated
+        return x0 + f0 / slope, 1
     first = float(np.clip(abs(f0) / slope, 0.1, 1.0))
     x1 = x0 + (first if f0 > 0 else -first)
     f1 = evaluate(x1, first)
@@ -746,17 +759,19 @@ class Prepared(NamedTuple):
     delta: Delta
 
 
-def prepare(store, encoding: str, y: np.ndarray, masks: np.ndarray, reml_lines: int = REML_LINES) -> Prepared:
+def prepare(store, encoding: str, y: np.ndarray, masks: np.ndarray, reml_lines: int = REML_LINES,
+            start: float | None = None) -> Prepared:
     """The design (dosage filled with the store's SNP means), its preconditioner and delta for
     the fitting lines (``masks``' first column; with the store's covariates, where it has them,
-    as fixed effects), with the GBLUP systems of ``masks`` carried through Monte Carlo REML."""
+    as fixed effects), with the GBLUP systems of ``masks`` carried through Monte Carlo REML
+    (started from ``start``, where given: ``variance_ratio``)."""
     design = Design(store, encoding, np.zeros(store.n_variants))
     if encoding == "dosage":
         design.fill = design_fill(store, design)
     deflate = preconditioner(design)
     carry = Carry(np.repeat(y[:, None], masks.shape[1], axis=1), masks)
     return Prepared(design, deflate, variance_ratio(design, store, encoding, y, np.flatnonzero(masks[:, 0]), deflate,
-                                                    reml_lines, known_covariates(store), carry))
+                                                    reml_lines, known_covariates(store), carry, start))
 
 
 def known_covariates(store):
@@ -786,12 +801,14 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
     return ScalablePrediction(pred[test_rows, 0], pred[fit_rows[inner[1]], 1], info)
 
 
-def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES):
-    """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit."""
+def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES,
+                     start: float | None = None):
+    """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit;
+    ``start``: where Monte Carlo REML starts (``variance_ratio``)."""
     y = known(y)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
-    design, deflate, delta = prepare(store, encoding, y, masks, reml_lines)
+    design, deflate, delta = prepare(store, encoding, y, masks, reml_lines, start)
     fit = ridge(design, y, masks, delta.delta, tol=FIT_TOL, what=f"GBLUP {encoding} refit", deflate=deflate,
                 covariates=known_covariates(store), start=delta.start)
     return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
