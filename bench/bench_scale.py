@@ -63,12 +63,13 @@ import time
 from pathlib import Path
 
 REFIT = """
-import json, sys, time
+import json, logging, sys, time
 import numpy as np
 from hpcsnp.linear.refit import refitted
 from hpcsnp.resources import cap_threads, dask_context
 from hpcsnp.rundir import RunDir, bound_to, dataset_name
 from hpcsnp.store import open_store, row_chunks
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the solver's stages, to the log
 cap_threads(int(sys.argv[2]))
 store, encoding, run = open_store(sys.argv[1]), sys.argv[3], RunDir(sys.argv[4])
 if not any(bound_to(d, store) for d in run.datasets()):
