@@ -85,7 +85,8 @@ pred = np.concatenate([fit.predict(g) for _, _, g in row_chunks(store)])
 pcc = float(np.corrcoef(pred, store.phenotype)[0, 1])
 record = json.loads((run.baseline_cache(ds.dataset, encoding) / "refit_all.json").read_text())
 print(json.dumps({"refit_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1, "lines": len(pred),
-                  "h2": 1 / (1 + fit.delta), "h2_from": record.get("h2_from"), "training_pcc": pcc}))
+                  "h2": 1 / (1 + fit.delta), "training_pcc": pcc,
+                  **{k: record.get(k) for k in ("h2_from", "mc_reml_evaluations", "cg_iterations", "passes")}}))
 """
 
 CNN_PREDICT = """

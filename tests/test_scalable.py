@@ -244,6 +244,7 @@ def test_predicts_refit_at_scale_starts_its_search_from_its_folds_variance_ratio
     assert fit.delta == pytest.approx(starts[0] * 1.1, rel=1e-12)
     record = json.loads((run.baseline_cache(ds.dataset, "dosage") / "refit_all.json").read_text())
     assert record["h2_from"].startswith("Monte Carlo REML from its 3 folds' REML, h2 ")
+    assert record["reml_lines"] == 0 and record["mc_reml_evaluations"] == 1 and record["passes"] > 0
     rows = store.phenotyped
     codes, y = store.genotypes[:], store.phenotype.astype(np.float64)[rows]
     Z = uncentred(codes[rows], "dosage", fit.fill) - fit.means

@@ -274,7 +274,7 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     except Exception as e:  # noqa: BLE001 - a damaged cache (truncated zip, bad JSON, missing key) is rebuilt
         logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
     t0 = time.perf_counter()
-    source = "REML"
+    source, solved = "REML", {}
     if scalable and len(everyone) > sc.REML_LINES:
         source = "Monte Carlo REML from REML on a sample of the lines"
         if given:
@@ -282,8 +282,9 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
             source = f"Monte Carlo REML from its {folds} REML, h2 {1 / (1 + given[0]):.4f}"
             logger.info(f"[{ds.dataset}] {model_label(kind)} refit on the scalable path: {source}")
     if scalable:
-        beta, means, fill, mu, delta = sc.scalable_effects(store, kind, store.phenotype.astype(np.float64), everyone,
-                                                           sc.REML_LINES, start=given[0] if given else None)
+        y = store.phenotype.astype(np.float64)
+        beta, means, fill, mu, delta, solved = sc.scalable_effects(store, kind, y, everyone, sc.REML_LINES,
+                                                                   start=given[0] if given else None)
         fit = MarkerEffects(kind, beta, means, fill, mu, delta)
         arrays = {"beta": beta, "means": means}
     elif kind in KERNEL_KINDS:
@@ -306,7 +307,7 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     os.replace(tmp, data)
     atomic_write_text(meta, json.dumps({"key": key, "seconds": time.perf_counter() - t0,
                                         "n_fit": len(everyone), "h2_reml": 1 / (1 + fit.delta),
-                                        "h2_from": source}, indent=2) + "\n")
+                                        "h2_from": source, **solved}, indent=2) + "\n")
     logger.info(f"[{ds.dataset}] {model_label(kind)} refitted on all {len(everyone):,} phenotyped lines "
                 f"(h2 {1 / (1 + fit.delta):.3f}, {source}) in {time.perf_counter() - t0:.1f}s; cached in {data}")
     return fit

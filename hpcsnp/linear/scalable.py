@@ -803,15 +803,17 @@ def scalable_fold(store, encoding: str, y: np.ndarray, fit_rows, inner, test_row
 
 def scalable_effects(store, encoding: str, y: np.ndarray, fit_rows, reml_lines: int = REML_LINES,
                      start: float | None = None):
-    """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta) for predict's refit;
-    ``start``: where Monte Carlo REML starts (``variance_ratio``)."""
+    """GBLUP of ``fit_rows`` as marker effects (beta, means, fill, mu, delta, info) for predict's
+    refit, info as a fold's (REML, iterations, passes); ``start``: where Monte Carlo REML starts
+    (``variance_ratio``)."""
     y = known(y)
     masks = np.zeros((store.n_samples, 1))
     masks[fit_rows, 0] = 1.0
     design, deflate, delta = prepare(store, encoding, y, masks, reml_lines, start)
     fit = ridge(design, y, masks, delta.delta, tol=FIT_TOL, what=f"GBLUP {encoding} refit", deflate=deflate,
                 covariates=known_covariates(store), start=delta.start)
-    return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta
+    info = {**delta.record(), "cg_iterations": fit.iterations, "passes": design.passes}
+    return fit.beta[:, 0], fit.means[:, 0], design.fill, float(fit.mu[0]), delta.delta, info
 
 
 def xpx_approx(zz: np.ndarray, top: TopEigen | None, n: int, delta: float, keep=None, cols=None) -> np.ndarray:
