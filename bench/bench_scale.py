@@ -26,6 +26,7 @@ usage:
   python bench/bench_scale.py search STORE [--encodings dosage,onehot] [--reml-lines 2000,8000] [--folds 1]
   python bench/bench_scale.py tolerance STORE --encoding onehot --h2 0.981 [--tolerances 1e-3,...,1e-10]
            [--offsets 0,0.02,0.05,...]
+  python bench/bench_scale.py folds-reml STORE [STORE ...] [--encodings dosage,onehot]
 
 ``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
 conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
@@ -52,6 +53,9 @@ of ``--tolerances`` in turn (each solve continued from the last): iterations, te
 largest change of a prediction against the last (tightest) solve, over the predictions' SD.
 With ``--offsets``: instead, solved to 1e-6 at deltas that many units of log delta from
 ``--h2``'s, predictions against the first offset's (what a stopping step of the search moves).
+
+``folds-reml``: exact REML's variance ratio on each fold's fitting lines against REML on every
+line (where ``predict``'s scalable refit starts its search: the folds' geometric mean).
 
 Writes DIR/scale.json (steps) and prints a Markdown table.
 """
@@ -266,6 +270,34 @@ def accuracy(a):
             ds = [r["sampled_minus_exact"] for r in sel]
             line += f"; REML on {a.sample_lines} lines: mean {np.mean(ds):+.4f}, worst {min(ds):+.4f}"
         print(line)
+
+
+def folds_reml(a):
+    """Exact REML's delta on each fold's fitting lines against REML on every phenotyped line:
+    how far the folds' estimate, where predict's refit starts its search, lies from the refit's."""
+    import numpy as np
+
+    from hpcsnp.folds import fold_split
+    from hpcsnp.linear.baseline import REMLSpectrum, centred_kernels, gram_matrix, read_rows
+    from hpcsnp.resources import cap_threads
+    from hpcsnp.store import open_store
+
+    cap_threads(a.threads)
+    print("| store | encoding | h2, every line | h2, folds' geometric mean | folds' mean minus every line, "
+          "log delta | each fold's, lowest and highest |\n|---|---|---|---|---|---|")
+    for path in a.stores:
+        store = open_store(path)
+        y = store.phenotype.astype(np.float64)
+        for enc in a.encodings.split(","):
+            G, width = gram_matrix(read_rows(store, np.arange(store.n_samples)), enc)
+            splits = [fold_split(store.fold, store.n_folds, i) for i in range(1, store.n_folds + 1)]
+            fits = [store.phenotyped] + [np.sort(np.concatenate([s.train, s.val])) for s in splits]
+            every, *folds = [float(np.log(REMLSpectrum(centred_kernels(G, width, rows, rows[:0])[0], y[rows],
+                                                       overwrite=True).maximise()[0])) for rows in fits]
+            folds = np.array(folds)
+            print(f"| {store.name} | {enc} | {1 / (1 + np.exp(every)):.4f} | {1 / (1 + np.exp(folds.mean())):.4f} | "
+                  f"{folds.mean() - every:+.3f} | {folds.min() - every:+.3f}, {folds.max() - every:+.3f} |", flush=True)
+            del G
 
 
 def loco(a):
@@ -490,6 +522,10 @@ def main():
                    help="also take delta by REML on this many lines (0: no)")
     c.add_argument("--gwas", action="store_true")
     c.add_argument("--out")
+    c = sub.add_parser("folds-reml")
+    c.add_argument("stores", nargs="+")
+    c.add_argument("--encodings", default="dosage,onehot")
+    c.add_argument("--threads", type=int, default=2)
     c = sub.add_parser("loco")
     c.add_argument("store")
     c.add_argument("--causal", required=True, help="the simulator's truth table (snp, effect)")
@@ -528,7 +564,7 @@ def main():
     c.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     {"steps": steps, "accuracy": accuracy, "loco": loco, "passes": passes, "search": search,
-     "tolerance": tolerance}[a.mode](a)
+     "tolerance": tolerance, "folds-reml": folds_reml}[a.mode](a)
 
 
 if __name__ == "__main__":

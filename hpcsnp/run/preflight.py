@@ -57,8 +57,9 @@ CNN_MEM_MARGIN = 1.1  # the probe trains one model without a refit: on SoyNAM it
 MEM_HEADROOM = 1.25  # --mem, when sized here: the estimate x this + 256 MB
 TIME_HEADROOM = 1.5  # --time, when sized here: the estimate x this, at least MIN_TIME_S
 MIN_TIME_S = 1800
-SCALABLE_PASSES = 200  # two-system passes' worth of time per GBLUP fold on the scalable path: at 100,000 x
-# 50,000 a fold took 155 passes (most with 19 systems), 2,587 s, 186 two-system passes (bench/RESULTS.md)
+SCALABLE_PASSES = 120  # two-system passes' worth of time per GBLUP fold on the scalable path: at 100,000 x
+# 50,000 the dosage and one-hot folds took 32.5 + 57.1 min, ~100 of the probe's two-system passes each
+# (bench/RESULTS.md)
 
 
 # ------------------------------------------------------------------ sbatch options
