@@ -253,7 +253,8 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
     data, meta = cache / "refit_all.npz", cache / "refit_all.json"
     everyone = store.phenotyped  # every line, unless a trait of a table lacks some
     scalable = kind not in KERNEL_KINDS and sc.choose_solver(store, solver)[0] == "scalable"
-    given = folds_delta(run, ds, store, kind) if scalable and len(everyone) > sc.REML_LINES else None
+    searched = scalable and len(everyone) > sc.REML_LINES  # delta by the Monte Carlo search
+    given = folds_delta(run, ds, store, kind) if searched else None
     key = {"refit_version": REFIT_VERSION, "store_id": store.store_id, "kind": kind,
            **({"solver": "scalable"} if scalable else {}), **({"folds_delta": given[0]} if given else {})}
     try:
@@ -275,7 +276,7 @@ def refitted(run: RunDir, ds: DatasetRecord, store, kind: str, designs: dict | N
         logger.warning(f"{data} cannot be read ({type(e).__name__}); refitting")
     t0 = time.perf_counter()
     source, solved = "REML", {}
-    if scalable and len(everyone) > sc.REML_LINES:
+    if searched:
         source = "Monte Carlo REML from REML on a sample of the lines"
         if given:
             folds = f"{given[1]} folds'" if given[1] > 1 else "1 fold's"

@@ -640,7 +640,7 @@ def secant_root(score, x0: float, slope: float, step: float, most: int = 8) -> t
     (between 0.1 and 1), then secant steps of at most 2, bisecting the bracket the scores have
     shown whenever a step would leave it, until the next step is below ``step`` or ``most``
     evaluations are spent: that x is returned without its evaluation (so also the first step,
-before it is clipped, where it is shorter than ``step``).  Returns (x, evaluations).
+    before it is clipped, where it is shorter than ``step``).  Returns (x, evaluations).
 
     >>> x, evaluations = secant_root(lambda x, moved: 2.0 - x, 0.0, 0.5, step=0.01)
     >>> round(x, 6), evaluations
