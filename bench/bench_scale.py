@@ -300,6 +300,31 @@ def folds_reml(a):
             del G
 
 
+def genetic_values(store, cols, effects):
+    """sum_j effects_j (x_j - mean_j) over the SNP columns ``cols``, missing calls at the column's
+    mean, read chunk by chunk (only those columns are kept: bounded memory at any size)."""
+    import numpy as np
+
+    from hpcsnp.store import read_genotype_rows
+
+    cols = np.asarray(cols)
+    sums, calls, parts = np.zeros(len(cols)), np.zeros(len(cols)), []
+    for lo in range(0, store.n_samples, store.chunk_rows):
+        g = read_genotype_rows(store, lo, min(lo + store.chunk_rows, store.n_samples))[:, cols]
+        sums += np.where(g < 0, 0, g).sum(axis=0)
+        calls += (g >= 0).sum(axis=0)
+        parts.append(g)
+    mean = sums / np.maximum(calls, 1)
+    gv = np.concatenate([np.where(g < 0, mean, g) @ effects for g in parts])
+    return gv - mean @ effects
+
+
+def peak_rss_gb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def loco(a):
     """The GWAS's calibration without structure, with and without LOCO, on both solvers: a trait
     whose causal loci (the simulator's truth table, ``--causal``) are those on odd-numbered
@@ -311,7 +336,6 @@ def loco(a):
     from scipy import stats
     from scipy.stats import spearmanr
 
-    from hpcsnp.linear.baseline import read_rows
     from hpcsnp.linear.gwas import CHI2_MEDIAN, genomic_inflation, gwas_store
     from hpcsnp.resources import cap_threads, dask_context
     from hpcsnp.store import open_store
@@ -324,7 +348,6 @@ def loco(a):
     given = [int(c) for c in a.null_chromosomes.split(",") if c]
     null = np.isin(chrom, given) if given else chrom % 2 == 0
     truth_loci = [(col[s], e) for s, e in zip(truth.snp, truth.effect) if s in col and not null[col[s]]]
-    g_all = read_rows(store, np.arange(store.n_samples))  # codes, -1 = missing
     out = {"store": store.name, "null_snps": int(null.sum()), "h2": a.h2, "replicates": a.replicates}
     per, logp, null_chi2 = {}, {}, {}
     for rep in range(a.replicates):
@@ -335,9 +358,7 @@ def loco(a):
             keep = [(j, e) for j, e in zip(np.sort(draw.choice(carrying, a.polygenic, replace=False)),
                                            draw.standard_normal(a.polygenic))]
         out["causal_loci"] = len(keep)
-        g = g_all[:, [j for j, _ in keep]].astype(np.float64)
-        g = np.where(g < 0, np.nanmean(np.where(g < 0, np.nan, g), axis=0), g)
-        gv = (g - g.mean(axis=0)) @ np.array([e for _, e in keep])
+        gv = genetic_values(store, [j for j, _ in keep], np.array([e for _, e in keep]))
         rng = np.random.default_rng(7 + rep)
         y = gv / gv.std() * np.sqrt(a.h2) + rng.normal(0, np.sqrt(1 - a.h2), len(gv))
         table = Path(a.work) / "odd_chromosomes.tsv"
@@ -355,6 +376,9 @@ def loco(a):
                 chi2 = stats.chi2.isf(pv[null], 1)
                 null_chi2.setdefault(key, []).append(chi2)
                 row = {"replicate": rep, "seconds": round(time.perf_counter() - t0, 1),
+                       "peak_rss_gb": round(peak_rss_gb(), 2),
+                       **{k: r.summary[k] for k in ("h2_reml", "reml_lines", "mc_reml_evaluations", "reml_seconds",
+                                                    "cg_iterations", "passes") if k in r.summary},
                        "lambda_all": round(genomic_inflation(pv), 4),
                        "lambda_null": round(genomic_inflation(pv[null]), 4),
                        "mean_chi2_null": round(float(np.nanmean(chi2)), 4)}
