@@ -23,6 +23,7 @@ usage:
   python bench/bench_scale.py loco STORE --causal TRUTH.tsv --work DIR [--h2 0.5] [--polygenic N]
            [--solvers exact,scalable] [--tests whole,loco] [--replicates R]
   python bench/bench_scale.py passes STORE [--encodings dosage,onehot] [--systems 2,17] [--wide 220] [--threads 2]
+           [--workers 2]
   python bench/bench_scale.py search STORE [--encodings dosage,onehot] [--reml-lines 2000,8000] [--folds 1]
   python bench/bench_scale.py tolerance STORE --encoding onehot --h2 0.981 [--tolerances 1e-3,...,1e-10]
            [--offsets 0,0.02,0.05,...]
@@ -31,7 +32,9 @@ usage:
 ``passes``: the time of one pass of the scalable solver over the genotypes (Z' M Z U, as each
 conjugate-gradient iteration runs it) per encoding and number of systems, each the best of
 ``--repeat`` (the store read from disk on every pass, as at scale); ``--wide K`` also the
-eigenpairs' float32 passes with K columns (Z U, then Z' V).
+eigenpairs' float32 passes with K columns (Z U, then Z' V); ``--workers N`` also each pass on a
+local distributed cluster of N one-thread worker processes, with its largest difference from the
+threads' result (relative to the result's largest entry).
 
 ``loco``: the GWAS's inflation without structure, exact and scalable, with and without LOCO,
 on a trait whose causal loci lie on the odd-numbered chromosomes (lambda over the even ones'
@@ -401,6 +404,21 @@ def loco(a):
     (Path(a.work) / "loco.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def timed_pass(design, U, masks, means, scheduler, a):
+    """The best of ``a.repeat`` passes Z' M Z U on that Dask scheduler, and the pass's result."""
+    import numpy as np
+
+    from hpcsnp.resources import dask_context
+
+    best = np.inf
+    with dask_context(scheduler, None if "://" in scheduler else a.threads):
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            out = design.normal(U, masks, means)
+            best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
 def passes(a):
     import numpy as np
 
@@ -412,19 +430,23 @@ def passes(a):
     store = open_store(a.store)
     rng = np.random.default_rng(0)
     print(f"{store.n_samples:,} lines x {store.n_variants:,} SNPs, {a.threads} threads, {scalable.__file__}\n")
-    print("| encoding | systems | pass |\n|---|---|---|")
+    extra = (f" on {a.workers} Dask workers | largest difference |", "---|---|") if a.workers else ("", "")
+    print(f"| encoding | systems | pass |{extra[0]}\n|---|---|---|{extra[1]}")
     for enc in a.encodings.split(","):
         design = scalable.Design(store, enc, np.zeros(store.n_variants), persist=False)
         for k in map(int, filter(None, a.systems.split(","))):
             U, masks = rng.standard_normal((design.width, k)), np.ones((store.n_samples, k))
             means = np.full((design.width, k), 0.5)
-            best = np.inf
-            with dask_context("threads", a.threads):
-                for _ in range(a.repeat):
-                    t0 = time.perf_counter()
-                    design.normal(U, masks, means)
-                    best = min(best, time.perf_counter() - t0)
-            print(f"| {enc} | {k} | {best:.1f} s |", flush=True)
+            (best, out), row = timed_pass(design, U, masks, means, "threads", a), f"| {enc} | {k} | "
+            if a.workers:  # the same pass on a local distributed cluster of that many one-thread workers
+                from distributed import LocalCluster
+
+                with LocalCluster(n_workers=a.workers, threads_per_worker=1, dashboard_address=None) as cluster:
+                    wbest, wout = timed_pass(design, U, masks, means, cluster.scheduler_address, a)
+                row += f"{best:.1f} s | {wbest:.1f} s | {np.abs(wout - out).max() / np.abs(out).max():.1e} |"
+            else:
+                row += f"{best:.1f} s |"
+            print(row, flush=True)
         if a.wide:  # the eigenpairs' passes: Z U and Z' V with that many columns, in float32
             U, means = rng.standard_normal((design.width, a.wide)), np.full(design.width, 0.5)
             with dask_context("threads", a.threads):
@@ -568,6 +590,8 @@ def main():
     c.add_argument("--systems", default="2,17")
     c.add_argument("--repeat", type=int, default=1)
     c.add_argument("--wide", type=int, default=0, help="also time the eigenpairs' float32 passes, this wide")
+    c.add_argument("--workers", type=int, default=0,
+                   help="also time each pass on a local Dask cluster of this many one-thread worker processes")
     c.add_argument("--threads", type=int, default=2)
     c = sub.add_parser("search")
     c.add_argument("store")

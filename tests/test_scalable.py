@@ -189,6 +189,29 @@ def test_one_and_two_dask_workers_give_the_same_fold(sim_store):
         assert other.info["delta"] == local.info["delta"]
 
 
+def test_distributed_workers_run_their_blas_on_one_thread_while_hpcsnp_uses_them(monkeypatch):
+    """A worker inherits the client's BLAS threads (the granted cores) and runs its tasks side by
+    side, so while hpcsnp's graphs run there its BLAS is on one thread, as the local threads'
+    is; the worker gets its own back when the client leaves."""
+    distributed = pytest.importorskip("distributed")
+
+    def blas_threads():
+        from threadpoolctl import threadpool_info
+
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # as cap_threads leaves it for 2 granted cores
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        before = list(client.run(blas_threads).values())
+        if before != [2]:
+            pytest.skip(f"the worker's BLAS runs on {before} thread(s) here, not 2: nothing to limit")
+        with dask_context(cluster.scheduler_address) as inside:
+            during = list(inside.run(blas_threads).values())
+        after = list(client.run(blas_threads).values())
+    assert (during, after) == ([1], [2])
+
+
 def test_auto_takes_the_scalable_path_when_the_exact_one_does_not_fit_and_says_why(sim_store, tmp_path, monkeypatch,
                                                                                     caplog):
     store = open_store(sim_store[0])

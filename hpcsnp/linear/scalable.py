@@ -276,8 +276,9 @@ class Design:
         from dask import delayed
 
         shared = [delayed(s) if isinstance(s, np.ndarray) else s for s in shared]
+        fill = delayed(self.fill)  # once in the graph, not once a task (a distributed graph is sent)
         parts = [delayed(_group)(fn, shape, [self.blocks[i] for i in idx], [per_block(*self.bounds[i]) for i in idx],
-                                 *shared, encoding=self.encoding, fill=self.fill, **options)
+                                 *shared, encoding=self.encoding, fill=fill, **options)
                  for idx in np.array_split(np.arange(len(self.blocks)), min(GROUPS, len(self.blocks)))]
         return self._compute(_tree_sum(parts))
 
@@ -319,7 +320,8 @@ class Design:
 
         shift = delayed((means * U).sum(axis=0))
         Ud = delayed(_Rows.pack(U, self.encoding).astype(dtype, copy=False))
-        parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, self.fill, dtype) for b in self.blocks]
+        fill = delayed(self.fill)
+        parts = [delayed(_block_apply)(b, Ud, shift, self.encoding, fill, dtype) for b in self.blocks]
         return np.concatenate(self._compute(parts))
 
 
