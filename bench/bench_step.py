@@ -5,13 +5,15 @@ by default.  Prints samples/s and achieved GFLOP/s for: the shipped step
 (fused.TrainingForward: conv1+conv2 fused, final dropouts merged); the unfused
 step (every Keras layer, FastDropout); that with Keras' own Dropout layers (the
 lever FastDropout replaced); the shipped step without dropout (the floor of the
-convolutions); jit_compile (XLA); and saliency.  GFLOP/s count the operations
+convolutions); jit_compile (XLA); with --bf16 the Keras layers under mixed_bfloat16,
+the shipped bfloat16 step and that step without dropout; and saliency.  GFLOP/s count the operations
 each variant runs (hpcsnp.cnn.model.flops_per_sample: train_step_fused for the fused
 ones); "equiv." is the published model's count per sample x samples/s.  `--pair` runs two copies
 at once with 1 thread each (what `hpcsnp cv` does on 2 cores) and reports their
-sum.
+sum.  `--filters 20` times the network with twice the filters: more work than two
+10-filter models trained in one step on the same batches, so a bound on that lever.
 
-usage: python bench/bench_step.py [--batch 64] [--threads 2] [--snps 4236] [--seconds 8] [--pair]
+usage: python bench/bench_step.py [--batch 64] [--threads 2] [--snps 4236] [--filters 10] [--seconds 8] [--pair]
 """
 import argparse
 import json
@@ -37,7 +39,7 @@ def measure(args) -> dict:
     from hpcsnp.cnn.data import one_hot
     from hpcsnp.config import Config
 
-    cfg = Config(batch_size=args.batch)
+    cfg = Config(batch_size=args.batch, filters=args.filters)
     fl = hm.flops_per_sample(args.snps, cfg)
     rng = np.random.default_rng(0)
     g = tf.constant(rng.integers(-1, 3, (args.batch, args.snps)).astype(np.int8))
@@ -83,14 +85,27 @@ def measure(args) -> dict:
     out = {}
     for variant, jit, fused in (("shipped", False, True), ("unfused", False, False),
                                 ("keras_dropout", False, False), ("no_dropout", False, True), ("xla", True, True),
-                                ("bf16", False, False), ("shipped_bf16", False, True)):
+                                ("bf16", False, False), ("shipped_bf16", False, True),
+                                ("no_dropout_bf16", False, True)):
         if (variant == "xla" and not args.xla) or ("bf16" in variant and not args.bf16):
             continue
-        m = build(variant if variant in ("keras_dropout", "no_dropout", "bf16") else "shipped")
-        out[variant] = rate(step_fn(m, jit, fused, bf16=variant == "shipped_bf16"), args.seconds)
+        m = build("no_dropout" if variant == "no_dropout_bf16" else
+                  variant if variant in ("keras_dropout", "no_dropout", "bf16") else "shipped")
+        out[variant] = rate(step_fn(m, jit, fused, bf16=variant in ("shipped_bf16", "no_dropout_bf16")), args.seconds)
     sal = make_gradient_saliency(build("shipped"))
     out["saliency"] = rate(lambda: sal(one_hot(g)), args.seconds)
-    return {"samples_per_s": out, "flops": {k: fl[k] for k in ("train_step", "train_step_fused", "saliency")}}
+    # one dropout mask of a convolution's output (a step draws two of that size), and its random words alone
+    drop = hm.FastDropout(cfg.dropout, seed=1)
+    y = tf.zeros([args.batch, args.snps, cfg.filters], tf.bfloat16)
+    drop.build(y.shape)
+    n_words = (args.batch * args.snps * cfg.filters + 3) // 4
+    seed = tf.constant([1, 0], tf.int64)
+    # each returns one element, so that the timing loop's sum adds no pass over the mask
+    ms = {"dropout_mask": args.batch / rate(tf.function(lambda: drop.keep_mask(y, cfg.dropout)[0, 0, 0]), 2.0) * 1e3,
+          "its_random_words": args.batch / rate(tf.function(lambda: tf.random.stateless_uniform(
+              [n_words], seed=seed, minval=None, maxval=None, dtype=tf.int32)[0]), 2.0) * 1e3}
+    return {"samples_per_s": out, "ms": ms,
+            "flops": {k: fl[k] for k in ("train_step", "train_step_fused", "saliency")}}
 
 
 def main():
@@ -98,6 +113,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--snps", type=int, default=4236)
+    ap.add_argument("--filters", type=int, default=10,
+                    help="filters per convolution [10, the default model]; 20 is a bound on two models in one step")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--xla", action="store_true", help="also time jit_compile=True (slow to compile here)")
     ap.add_argument("--bf16", action="store_true",
@@ -110,23 +127,29 @@ def main():
         return
     if a.pair:
         cmd = [sys.executable, __file__, "--json", "--threads", "1", "--batch", str(a.batch), "--snps", str(a.snps),
-               "--seconds", str(a.seconds)] + (["--xla"] if a.xla else []) + (["--bf16"] if a.bf16 else [])
+               "--filters", str(a.filters), "--seconds", str(a.seconds)] + (["--xla"] if a.xla else []) \
+            + (["--bf16"] if a.bf16 else [])
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         res = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
         sps = {k: sum(r["samples_per_s"][k] for r in res) for k in res[0]["samples_per_s"]}
-        res = {"samples_per_s": sps, "flops": res[0]["flops"]}
+        ms = {k: sum(r["ms"][k] for r in res) / 2 for k in res[0]["ms"]}  # each process's, averaged
+        res = {"samples_per_s": sps, "ms": ms, "flops": res[0]["flops"]}
         how = "2 processes x 1 thread, summed"
     else:
         res = measure(a)
         how = f"1 process x {a.threads} thread(s)"
     fl = res["flops"]
-    print(f"batch {a.batch}, {a.snps} SNPs, {how}; FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M "
+    print(f"batch {a.batch}, {a.snps} SNPs, {a.filters} filters, {how}; "
+          f"FLOPs/sample: training step {fl['train_step'] / 1e6:.1f} M "
           f"({fl['train_step_fused'] / 1e6:.1f} M fused), saliency {fl['saliency'] / 1e6:.1f} M")
     for k, v in res["samples_per_s"].items():
         per = fl["saliency"] if k == "saliency" else fl["train_step"] if k in ("unfused", "keras_dropout", "bf16") \
             else fl["train_step_fused"]
         equiv = "" if k == "saliency" else f"  ({v * fl['train_step'] / 1e9:6.1f} GFLOP/s equiv.)"
         print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s{equiv}")
+    print(f"  one dropout mask of a [{a.batch}, {a.snps}, {a.filters}] activation (a step draws two): "
+          f"{res['ms']['dropout_mask']:.2f} ms, of which its random words {res['ms']['its_random_words']:.2f} ms "
+          f"({1 if a.pair else a.threads} thread(s))")
 
 
 if __name__ == "__main__":
