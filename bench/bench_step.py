@@ -147,7 +147,7 @@ def main():
             else fl["train_step_fused"]
         equiv = "" if k == "saliency" else f"  ({v * fl['train_step'] / 1e9:6.1f} GFLOP/s equiv.)"
         print(f"  {k:14s} {v:8.0f} samples/s  {v * per / 1e9:6.1f} GFLOP/s{equiv}")
-    print(f"  one dropout mask of a [{a.batch}, {a.snps}, {a.filters}] activation (a step draws two): "
+    print(f"  one dropout mask of a bfloat16 [{a.batch}, {a.snps}, {a.filters}] activation (a step draws two): "
           f"{res['ms']['dropout_mask']:.2f} ms, of which its random words {res['ms']['its_random_words']:.2f} ms "
           f"({1 if a.pair else a.threads} thread(s))")
 
