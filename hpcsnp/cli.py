@@ -30,7 +30,7 @@ from hpcsnp.config import (
     REFIT_STARTS,
     Config,
 )
-from hpcsnp.errors import HpcsnpError
+from hpcsnp.errors import HpcsnpError, Terminated
 
 VERBOSE = {"level": 0}
 
@@ -40,7 +40,7 @@ def _handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except HpcsnpError as e:
+        except (HpcsnpError, Terminated) as e:
             if VERBOSE["level"]:
                 raise
             click.echo(f"hpcsnp: error: {e}", err=True)
@@ -322,8 +322,6 @@ def _explicit(config_path=None, publication=False, **overrides) -> bool:
 def _on_sigterm(what: str):
     """SIGTERM (scancel, preemption, a time limit) raises Terminated: exit 143 after saying ``what``."""
     import signal
-
-    from hpcsnp.errors import Terminated
 
     def handler(signum, frame):
         raise Terminated(f"terminated by signal {signum} {what}")

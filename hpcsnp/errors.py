@@ -51,7 +51,12 @@ class FoldFailedError(HpcsnpError):
     """One or more fold processes failed."""
 
 
-class Terminated(HpcsnpError):
-    """SIGTERM (preemption, scancel, the end of a time limit): exit 143 after saying so."""
+class Terminated(BaseException):
+    """SIGTERM (preemption, scancel, the end of a time limit): exit 143 after saying so.
+
+    A BaseException, as KeyboardInterrupt is: the signal's handler raises it wherever the
+    main thread is, and library code that catches Exception there must not turn it into
+    another error (TensorFlow re-raises anything raised while it binds a compiled
+    function's arguments as a TypeError)."""
 
     exit_code = 143

@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -92,17 +93,91 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
 def test_sigterm_says_what_happens_and_a_rerun_resumes(sim_store, tmp_path):
     store, _ = sim_store
     state = tmp_path / "sim" / "fold_1.partial" / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *ARGS, "--run", str(tmp_path)],
+    args = [*ARGS, "--epochs", "300", "--patience", "400"]  # the signal lands mid-training however late it comes
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsnp", "train", str(store), *args, "--run", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143
+    assert proc.returncode == 143, err
     assert "terminated by signal 15" in err and "resumes" in err and "Traceback" not in err
-    again = run_cli("train", store, *ARGS, "--run", tmp_path)
+    again = run_cli("train", store, *args, "--run", tmp_path)
     assert "resuming after epoch" in again.stderr
+
+
+def test_sigterm_while_tensorflow_binds_a_steps_arguments_still_exits_143(capsys):
+    """The handler raises where the main thread happens to be; TensorFlow re-raises any
+    Exception raised while it binds a compiled function's arguments as a TypeError, which
+    would make a preempted fold exit 1 with an internal error instead of 143."""
+    import tensorflow as tf
+
+    from hpcsnp.cli import _handle_errors, _on_sigterm
+
+    step = tf.function(lambda x: x + 1)
+    step(tf.constant(1.0))  # traced: a second call only binds its arguments and runs
+    fired = []
+
+    def signal_inside_binding(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "bind_with_defaults" and not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGTERM)
+
+    @_handle_errors
+    def command():
+        _on_sigterm("while a step's arguments were bound")
+        sys.setprofile(signal_inside_binding)
+        try:
+            step(tf.constant(2.0))
+        finally:
+            sys.setprofile(None)
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            command()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert fired, "the signal must arrive inside TensorFlow's binding for this to test it"
+    assert exited.value.code == 143
+    assert "terminated by signal 15 while a step's arguments were bound" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_written_whole_when_another_thread_takes_the_signal():
+    """A SIGTERM sent to the process goes to any thread that does not block it, one of
+    TensorFlow's; Python then runs the handler in the main thread at once.  signals_held
+    must still hold it until the block has finished."""
+    from hpcsnp.cnn.checkpoint import signals_held
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    inside, sent = threading.Event(), threading.Event()
+
+    def send():  # the thread the kernel chose: started before the block, so unaffected by its mask
+        inside.wait(10)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        sent.set()
+
+    other = threading.Thread(target=send)
+    other.start()
+    written = []
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stop):
+            with signals_held():
+                inside.set()
+                assert sent.wait(10)
+                for i in range(1000):  # bytecodes at which an unheld handler would have run
+                    written.append(i)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        other.join()
+    assert len(written) == 1000
 
 
 def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation_chose(sim_store, tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ class Checkpointer:
         load_variables(self.dir / BEST_CHECKPOINT, self.model_vars)
 
     def save_epoch(self, state: dict, epoch: int) -> None:
-        with _signals_blocked():
+        with signals_held():
             previous = state.get("checkpoint")
             state["checkpoint"] = LAST_CHECKPOINT.format(epoch=epoch)
             save_variables(self.dir / state["checkpoint"], self.run_vars)
@@ -101,13 +103,24 @@ def check_resumable(state: dict, cfg, store, partial: Path) -> None:
 
 
 @contextlib.contextmanager
-def _signals_blocked(signals=None):
-    """Hold SIGTERM/SIGINT (delivered on exit) while a checkpoint and its state are written."""
-    import signal
-
-    signals = signals or {signal.SIGTERM, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+def signals_held(signals=(signal.SIGTERM, signal.SIGINT)):
+    """Run the block whole: SIGTERM/SIGINT arriving inside it are noted, and raised again
+    once it ends, to the handlers that were in place.  (Blocking them with pthread_sigmask
+    does not hold them: it holds them off the main thread only, another thread, one of
+    TensorFlow's, takes the signal, and Python runs its handler in the main thread at once.)
+    Outside the main thread, which alone runs Python's signal handlers, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = {s: signal.getsignal(s) for s in signals}
+    held = {s: h for s, h in held.items() if h is not None}  # a handler set outside Python cannot be put back
+    for s in held:
+        signal.signal(s, lambda signum, frame: came.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in held.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)

@@ -31,10 +31,10 @@ from hpcsnp.atomic import atomic_replace_dir
 from hpcsnp.cnn.checkpoint import (
     Checkpointer,
     _savez_atomic,
-    _signals_blocked,
     check_resumable,
     load_variables,
     save_variables,
+    signals_held,
 )
 from hpcsnp.cnn.data import RowSource, should_cache
 from hpcsnp.cnn.loop import fit_epochs, train_epoch
@@ -250,7 +250,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
             ckpt.restore_best()
         val_pred, val_rows = steps.predict(sources.val)  # of a model that never trained on the validation fold
         if cfg.refit:
-            with _signals_blocked():  # the early-stopped weights first: a warm refit starts from them
+            with signals_held():  # the early-stopped weights first: a warm refit starts from them
                 if cfg.refit_start == "warm":
                     save_variables(where / STOPPED_WEIGHTS, steps.model.variables)
                 _savez_atomic(stopped, state=json.dumps(state), fit=json.dumps(fit), val_pred=val_pred,
@@ -271,7 +271,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
     steps.model.save(where / MODEL_KERAS)
     member = Member(where, cfg.seed, scale, state, fit, test_pred, test_rows, val_pred, val_rows, attr, sal_n,
                     predict_seconds, attr_seconds)
-    with _signals_blocked():
+    with signals_held():
         _savez_atomic(done, state=json.dumps(state), fit=json.dumps(fit), test_pred=test_pred, test_rows=test_rows,
                       val_pred=val_pred, val_rows=val_rows, sal_n=sal_n, predict_seconds=predict_seconds,
                       attr_seconds=json.dumps(attr_seconds), scale=np.array([scale.mean, scale.sd, *scale.coef]),
