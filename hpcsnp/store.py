@@ -528,8 +528,9 @@ class StoreWriter:
             self._wait()
         except Exception:  # noqa: BLE001 - we are already failing; the partial store goes anyway
             pass
-        self._pool.shutdown()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:  # a second SIGTERM (a BaseException) while waiting must not leave it either
+            self._pool.shutdown()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @dataclass
