@@ -73,14 +73,17 @@ def _finish(proc, t0, cmd, log):
 def machine_peak(flops_per_cycle: int) -> tuple[float, str]:
     """fp32 peak GFLOP/s of the cores this process may use: cores x clock x FLOP/cycle/core."""
     cores = len(os.sched_getaffinity(0))
-    mhz = None
+    info = {}
     for line in open("/proc/cpuinfo"):
-        if line.lower().startswith("cpu mhz"):
-            mhz = float(line.split(":")[1])
-            break
-    mhz = mhz or 2000.0
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip().lower(), value.strip())
+    mhz = float(info.get("cpu mhz") or 2000.0)
     peak = cores * mhz / 1e3 * flops_per_cycle
-    return peak, f"{cores} cores x {mhz / 1e3:.2f} GHz x {flops_per_cycle} fp32 FLOP/cycle"
+    # the CPU named: a virtual machine's host, and so its speed, can differ from one day to the next
+    flags = set(info.get("flags", "").split())
+    bf16 = "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bfloat16 arithmetic"
+    return peak, (f"{info.get('model name', 'unknown CPU')} ({bf16}): {cores} cores x {mhz / 1e3:.2f} GHz x "
+                  f"{flops_per_cycle} fp32 FLOP/cycle")
 
 
 def zscored_copy(src: Path, dst: Path) -> Path:

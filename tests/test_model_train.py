@@ -360,6 +360,74 @@ def test_bf16_step_computes_in_bfloat16_and_predicts_in_float32():
     np.testing.assert_array_equal(f16(x, training=False).numpy(), f32(x, training=False).numpy())
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+@pytest.mark.parametrize("basis,missing", [("additive", "mean"), ("additive", "zero"), ("onehot", "mean")])
+def test_training_forward_on_codes_is_its_one_hot_call_to_the_bit(basis, missing, bf16):
+    """The training step reads int8 codes through a table of the four codes' coordinates
+    (per SNP where missing calls read as the SNP's mean dosage): outputs and every gradient
+    are those of the one-hot call, bit for bit, with dropout on, in bfloat16 and float32."""
+    import keras
+    import tensorflow as tf
+
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.model import build_model
+    from hpcsnp.config import Config
+
+    cfg = Config(genotype_basis=basis, missing_dosage=missing, bf16_step=bf16)
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    m = build_model(300, cfg, missing_dosage=rng.uniform(-1, 1, 300).astype(np.float32))
+    for v in m.trainable_variables:
+        v.assign(tf.random.normal(v.shape, stddev=0.3, seed=5))
+    f = TrainingForward(m, cfg)
+    codes = tf.constant(rng.integers(-1, 3, (6, 300)).astype(np.int8))
+    t = tf.constant(np.linspace(-1, 1, 6), tf.float32)
+
+    def run(fn, training):
+        for layer in (f.drop1, f.drop2, f.drop3):
+            layer.counter.assign(0)  # the same dropout masks for both calls
+        with tf.GradientTape() as tape:
+            out = fn(training)
+            loss = tf.reduce_mean(tf.square(out[:, 0] - t)) + tf.add_n(m.losses)
+        return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, m.trainable_variables)]
+
+    for training in (True, False):
+        by_code = run(lambda tr: f.on_codes(codes, tr), training)
+        by_one_hot = run(lambda tr: f(one_hot(codes), training=tr), training)
+        for a, b in zip(by_code, by_one_hot):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_replacing_the_edges_has_the_gradient_of_its_formula(dtype):
+    """conv12's edges are replaced by an add of their differences; its hand-written gradient
+    (the interior's gradient zeroed in place at the edges) is TF's gradient of that formula."""
+    import tensorflow as tf
+
+    from hpcsnp.cnn.fused import _replace_edges
+
+    rng = np.random.default_rng(7)
+    interior = tf.constant(rng.standard_normal((3, 50, 4)), dtype)
+    edges = tf.constant(rng.standard_normal((3, 5, 4)), dtype)
+    pos = np.r_[0:2, 47:50]
+    idx = tf.constant(np.stack(np.broadcast_arrays(np.arange(3)[:, None], pos[None, :]), -1), tf.int32)
+    weight = tf.constant(rng.standard_normal((3, 50, 4)), dtype)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([interior, edges])
+            out = fn()
+            loss = tf.reduce_sum(tf.cast(out * weight, tf.float32))
+        return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, [interior, edges])]
+
+    mine = grads(lambda: _replace_edges(interior, edges, idx))
+    formula = grads(lambda: tf.tensor_scatter_nd_add(interior, idx, edges - tf.gather_nd(interior, idx)))
+    for a, b in zip(mine, formula):
+        np.testing.assert_array_equal(a, b)
+    assert not mine[1][:, pos].any() and mine[1][:, 2:47].all()
+
+
 def test_micro_batches_give_the_whole_batch_update():
     """Wide marker sets: a batch computed as accumulated micro-batches (5 + 5 + 5 + 1 rows)
     moves every parameter as the whole batch does (no dropout, so the functions are equal)."""
@@ -367,7 +435,7 @@ def test_micro_batches_give_the_whole_batch_update():
     import tensorflow as tf
 
     from hpcsnp.cnn.data import one_hot
-    from hpcsnp.cnn.fused import TrainingForward
+    from hpcsnp.cnn.fused import TrainingForward, on_codes
     from hpcsnp.cnn.model import build_model
     from hpcsnp.cnn.steps import _accumulating_step
     from hpcsnp.config import Config
@@ -400,7 +468,7 @@ def test_micro_batches_give_the_whole_batch_update():
         return step
 
     la, wa = after(whole)
-    lb, wb = after(lambda opt: _accumulating_step(m, f, opt, 5, one_hot))
+    lb, wb = after(lambda opt: _accumulating_step(m, on_codes(f), opt, 5, lambda g: g))
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for a, b in zip(wa, wb):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -593,18 +661,16 @@ def test_seeds_0_trains_as_many_models_as_the_folds_training_lines_call_for(sim_
 def test_missing_genotype_augmentation_masks_the_share_asked_reproducibly():
     import tensorflow as tf
 
-    from hpcsnp.cnn.steps import masked_one_hot
+    from hpcsnp.cnn.steps import masked_codes
     from hpcsnp.config import Config
 
     g = tf.constant(np.random.default_rng(0).integers(0, 3, (64, 500)).astype(np.int8))
     counter = tf.Variable(0, dtype=tf.int64)
-    encode = masked_one_hot(Config(mask_rate=0.3), counter)
+    encode = masked_codes(Config(mask_rate=0.3), counter)
     a, b = encode(g).numpy(), encode(g).numpy()
     np.testing.assert_array_equal(a, b)  # same step, same mask
-    missing = a[..., 0] == 1  # the missing channel
+    missing = a == -1
     assert abs(missing.mean() - 0.3) < 0.01
-    from hpcsnp.cnn.data import one_hot
-
-    np.testing.assert_array_equal(a[~missing], one_hot(g).numpy()[~missing])  # every other call as it was
+    np.testing.assert_array_equal(a[~missing], g.numpy()[~missing])  # every other call as it was
     counter.assign(1)
-    assert (encode(g).numpy()[..., 0] == 1).tolist() != missing.tolist()  # a fresh mask each step
+    assert (encode(g).numpy() == -1).tolist() != missing.tolist()  # a fresh mask each step

@@ -11,7 +11,7 @@ import numpy as np
 from hpcsnp.cnn.attribution import AttributionSums, fold_attributions, is_gradient
 from hpcsnp.cnn.attribution.marginal import MarginalAssociation
 from hpcsnp.cnn.data import one_hot
-from hpcsnp.cnn.fused import training_forward
+from hpcsnp.cnn.fused import on_codes, training_forward
 from hpcsnp.cnn.model import build_model
 
 if TYPE_CHECKING:
@@ -36,15 +36,16 @@ class CompiledSteps:
         optimizer = self.optimizer = keras.optimizers.Adam(cfg.learning_rate, epsilon=cfg.adam_epsilon)
         optimizer.build(model.trainable_variables)
         forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
-        encode = masked_one_hot(cfg, optimizer.iterations) if cfg.mask_rate else one_hot
+        train_forward = on_codes(forward)  # the same function of the int8 codes, fewer passes
+        encode = masked_codes(cfg, optimizer.iterations) if cfg.mask_rate else (lambda g: g)
 
         # The training step keeps its batch length in the graph: a graph for any length would
         # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
         @tf.function(reduce_retracing=True, autograph=False)
         def train_step(g, t):
-            x = encode(g)
+            codes = encode(g)
             with tf.GradientTape() as tape:
-                pred = forward(x, training=True)[:, 0]
+                pred = train_forward(codes, True)[:, 0]
                 mse = tf.reduce_mean(tf.square(pred - t))
                 loss = mse + tf.add_n(model.losses)
             grads = tape.gradient(loss, model.trainable_variables)
@@ -53,7 +54,7 @@ class CompiledSteps:
 
         micro = micro_batch_size(cfg, n_var)
         if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
-            train_step = _accumulating_step(model, forward, optimizer, micro, encode)
+            train_step = _accumulating_step(model, train_forward, optimizer, micro, encode)
             say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
                 f"(--step-activation-mb {cfg.step_activation_mb})")
         self.train_step = train_step
@@ -62,6 +63,7 @@ class CompiledSteps:
         # data-dependent control flow, and its conversion took ~2 s of each fold's first epoch
         @tf.function(input_signature=(tf.TensorSpec((None, n_var), tf.int8),), autograph=False)
         def predict_step(g):  # the same function as model(x), with the fused convolution when on
+            # (through the one-hot call: the table of on_codes took ~38 MB more at its batch size)
             return forward(one_hot(g), training=False)[:, 0]
         self.predict_step = predict_step
         # Resume state: every variable of the model (weights and the dropout layers' RNG
@@ -96,8 +98,8 @@ class CompiledSteps:
         return acc.result()
 
 
-def masked_one_hot(cfg, counter):
-    """One-hot encoding for training with missing-genotype augmentation: each call is set to
+def masked_codes(cfg, counter):
+    """Genotype codes for training with missing-genotype augmentation: each call is set to
     missing (-1) with probability cfg.mask_rate, a fresh mask every optimiser step (stateless
     draws keyed by the seed and the step counter, so a resumed fold draws what the
     uninterrupted one would have).  The model learns not to lean on any single call, and how
@@ -108,7 +110,7 @@ def masked_one_hot(cfg, counter):
     def encode(g):
         seed = tf.stack([tf.constant(cfg.seed * 7919 + 17, tf.int64), tf.cast(counter, tf.int64)])
         drop = tf.random.stateless_uniform(tf.shape(g), seed=seed) < cfg.mask_rate
-        return one_hot(tf.where(drop, tf.constant(-1, g.dtype), g))
+        return tf.where(drop, tf.constant(-1, g.dtype), g)
     return encode
 
 
@@ -123,7 +125,7 @@ def micro_batch_size(cfg, n_variants: int) -> int:
     return max(1, min(cfg.batch_size, cfg.step_activation_mb * 2**20 // per_sample))
 
 
-def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
+def _accumulating_step(model, forward, optimizer, micro: int, encode):
     """train_step(g, t) for a batch too wide to differentiate at once: the gradient of the
     batch's mean squared error is accumulated over micro-batches (each weighted by its
     share of rows), the L2 penalty's added once, and one optimiser update applied: the
@@ -137,7 +139,7 @@ def _accumulating_step(model, forward, optimizer, micro: int, one_hot):
     @tf.function(reduce_retracing=True, autograph=False)
     def accumulate(g, t, weight):
         with tf.GradientTape() as tape:
-            mse = tf.reduce_mean(tf.square(forward(one_hot(g), training=True)[:, 0] - t))
+            mse = tf.reduce_mean(tf.square(forward(encode(g), True)[:, 0] - t))
             scaled = weight * mse
         for a, grad in zip(acc, tape.gradient(scaled, params)):
             a.assign_add(grad)
