@@ -1,0 +1,82 @@
+"""The same folds trained by two source trees at once: the speed of a change that should keep
+every result, and the proof that it does.
+
+usage: python bench/bench_fold_pair.py OLD_TREE NEW_TREE --store S.zarr [--store T.zarr]
+           [--folds 1,2] --work DIR [-- hpcsnp train options]
+
+A tree is a directory holding the ``hpcsnp`` package, e.g. a worktree of an older commit
+(``git worktree add /tmp/old COMMIT``); each runs ``python -m hpcsnp train`` with this
+interpreter and PYTHONPATH=TREE.  Each round trains one (store, fold) with both trees at the
+same time, each process pinned to its own core with one thread (how ``hpcsnp cv`` runs
+folds on 2 cores), and the cores are swapped every round, so both trees meet the same
+machine.  Per fold it prints both trees' wall seconds and peak RSS (GNU time), the mean
+epoch seconds (metrics.json) and whether the fold's prediction files (test, validation, per
+model) are identical byte for byte.  Exits 1 when any fold's predictions differ.
+"""
+
+import argparse
+import filecmp
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_full_cv import _finish, _start  # noqa: E402
+
+PREDICTIONS = ("predictions.csv", "val_predictions.csv", "seed_predictions.csv")
+
+
+def train_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
+    env = {**os.environ, "PYTHONPATH": str(tree), "HPCSNP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, *extra], env
+
+
+def fold_record(run: Path, store: Path, fold: int) -> tuple[Path, dict]:
+    out = run / store.name.removesuffix(".zarr") / f"fold_{fold}"
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--store", type=Path, action="append", required=True)
+    ap.add_argument("--folds", default="1,2")
+    ap.add_argument("--work", type=Path, required=True)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # options for hpcsnp train (both trees)
+    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("needs two cores: both trees train at once, one core each")
+    for tree in (a.old, a.new):
+        if not (tree / "hpcsnp" / "__init__.py").is_file():
+            sys.exit(f"{tree}: no hpcsnp package there")
+    a.work.mkdir(parents=True, exist_ok=True)
+    runs = {"old": a.work / "run_old", "new": a.work / "run_new"}
+    rounds = [(s.resolve(), int(f)) for s in a.store for f in a.folds.split(",")]
+    differ = 0
+    print(f"{'store':14s} fold  {'old s':>7s} {'new s':>7s}  new/old  {'epoch s old/new':>15s}  "
+          f"{'RSS MB old/new':>14s}  predictions")
+    for i, (store, fold) in enumerate(rounds):
+        order = ("old", "new") if i % 2 == 0 else ("new", "old")
+        procs = {}
+        for cpu, which in zip(cpus, order):
+            cmd, env = train_command(a.old if which == "old" else a.new, store, fold, runs[which], extra)
+            procs[which] = (_start(cmd, env, cpu), time.perf_counter(), cmd)
+        res = {w: _finish(p, t0, cmd, a.work / f"log_{w}_{store.stem}_{fold}") for w, (p, t0, cmd) in procs.items()}
+        (old_dir, old_m), (new_dir, new_m) = (fold_record(runs[w], store, fold) for w in ("old", "new"))
+        same = all(filecmp.cmp(old_dir / f, new_dir / f, shallow=False)
+                   for f in PREDICTIONS if (old_dir / f).exists() or (new_dir / f).exists())
+        differ += not same
+        epoch = [sum(m["epoch_seconds"]) / len(m["epoch_seconds"]) for m in (old_m, new_m)]
+        print(f"{store.stem:14s} {fold:4d}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
+              f"{res['new'][0] / res['old'][0]:7.3f}  {epoch[0]:7.2f} / {epoch[1]:5.2f}  "
+              f"{res['old'][1]:6.0f} / {res['new'][1]:5.0f}  {'identical' if same else 'DIFFER'}", flush=True)
+    sys.exit(1 if differ else 0)
+
+
+if __name__ == "__main__":
+    main()
