@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +30,7 @@ PREDICTIONS = ("predictions.csv", "val_predictions.csv", "seed_predictions.csv")
 
 
 def train_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
-    env = {**os.environ, "PYTHONPATH": str(tree), "HPCSNP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "HPCSNP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, *extra], env
 
 
@@ -54,6 +55,7 @@ def main() -> None:
     for tree in (a.old, a.new):
         if not (tree / "hpcsnp" / "__init__.py").is_file():
             sys.exit(f"{tree}: no hpcsnp package there")
+    a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     runs = {"old": a.work / "run_old", "new": a.work / "run_new"}
     rounds = [(s.resolve(), int(f)) for s in a.store for f in a.folds.split(",")]
@@ -65,9 +67,17 @@ def main() -> None:
         procs = {}
         for cpu, which in zip(cpus, order):
             cmd, env = train_command(a.old if which == "old" else a.new, store, fold, runs[which], extra)
-            procs[which] = (_start(cmd, env, cpu), time.perf_counter(), cmd)
-        res = {w: _finish(p, t0, cmd, a.work / f"log_{w}_{store.stem}_{fold}") for w, (p, t0, cmd) in procs.items()}
+            # run from the work directory: `python -m` puts the working directory first on
+            # sys.path, and a tree there (this repository's root) would shadow PYTHONPATH
+            procs[which] = (_start(cmd, env, cpu, cwd=a.work), time.perf_counter(), cmd)
+        with ThreadPoolExecutor(len(procs)) as pool:  # each waited for at once: its own wall time
+            res = {w: pool.submit(_finish, p, t0, cmd, a.work / f"log_{w}_{store.stem}_{fold}")
+                   for w, (p, t0, cmd) in procs.items()}
+            res = {w: r.result() for w, r in res.items()}
         (old_dir, old_m), (new_dir, new_m) = (fold_record(runs[w], store, fold) for w in ("old", "new"))
+        for tree, m in ((a.old, old_m), (a.new, new_m)):  # each fold ran the code of its own tree
+            if not m["command"].startswith(str(tree.resolve() / "hpcsnp")):
+                sys.exit(f"a fold meant for {tree} ran {m['command'].split()[0]}")
         same = all(filecmp.cmp(old_dir / f, new_dir / f, shallow=False)
                    for f in PREDICTIONS if (old_dir / f).exists() or (new_dir / f).exists())
         differ += not same

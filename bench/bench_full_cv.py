@@ -46,10 +46,10 @@ TIMINGS = "timings.json"
 REF_LINE = re.compile(r"fold=(\d+) pcc=([-\d.na]+) epochs=(\d+) train_s=([\d.]+) saliency_s=([\d.]+)")
 
 
-def _start(cmd, env=None, cpu=None):
+def _start(cmd, env=None, cpu=None, cwd=None):
     """The command under GNU time (peak RSS on stderr's last line); ``cpu``: pinned to that core."""
     return subprocess.Popen(["/usr/bin/time", "-f", "%M", *map(str, cmd)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
 
 

@@ -14,6 +14,7 @@ sum.  `--filters 20` times the network with twice the filters: more work than tw
 10-filter models trained in one step on the same batches, so a bound on that lever.
 
 usage: python bench/bench_step.py [--batch 64] [--threads 2] [--snps 4236] [--filters 10] [--seconds 8] [--pair]
+       python bench/bench_step.py --profile 25 --threads 1 [--bf16]
 """
 import argparse
 import json
@@ -108,6 +109,70 @@ def measure(args) -> dict:
             "flops": {k: fl[k] for k in ("train_step", "train_step_fused", "saliency")}}
 
 
+def profile(args) -> None:
+    """TensorFlow's profiler on the shipped step (bfloat16 with --bf16): milliseconds per step of
+    each operation of the compiled graph, the largest first."""
+    import collections
+    import glob
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from hpcsnp.resources import configure_tensorflow
+
+    configure_tensorflow(args.threads)
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    import hpcsnp.cnn.fused as hf
+    import hpcsnp.cnn.model as hm
+    from hpcsnp.cnn.data import one_hot
+    from hpcsnp.config import Config
+
+    cfg = Config(batch_size=args.batch, filters=args.filters, bf16_step=args.bf16)
+    rng = np.random.default_rng(0)
+    g = tf.constant(rng.integers(-1, 3, (args.batch, args.snps)).astype(np.int8))
+    t = tf.constant(rng.standard_normal(args.batch).astype(np.float32))
+    model = hm.build_model(args.snps, cfg, missing_dosage=rng.uniform(-1, 1, args.snps).astype(np.float32))
+    opt = keras.optimizers.Adam(cfg.learning_rate)
+    opt.build(model.trainable_variables)
+    fused = hf.TrainingForward(model, cfg)
+    # (a tree from before the step read int8 codes: through its one-hot call)
+    forward = hf.on_codes(fused) if hasattr(hf, "on_codes") else lambda c, tr: fused(one_hot(c), training=tr)
+
+    @tf.function
+    def step(g, t):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(forward(g, True)[:, 0] - t)) + tf.add_n(model.losses)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    for _ in range(5):
+        float(step(g, t))
+    n = 20
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(n):
+            float(step(g, t))
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(open(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1], "rb").read())
+    ms = collections.Counter()
+    for plane in space.planes:
+        names = {k: m.name for k, m in plane.event_metadata.items()}
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):  # the executor's threads: one event per operation run
+                for ev in line.events:
+                    ms[names.get(ev.metadata_id, "?")] += ev.duration_ps / 1e9 / n
+    ms.pop("ExecutorState::Process", None)
+    print(f"the shipped step ({'bfloat16' if args.bf16 else 'float32'}), batch {args.batch}, {args.snps} SNPs, "
+          f"{args.threads} thread(s), under the profiler: {sum(ms.values()):.1f} ms of operations a step")
+    for name, v in ms.most_common(args.profile):
+        print(f"  {v:7.2f} ms  {name}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
@@ -120,8 +185,13 @@ def main():
     ap.add_argument("--bf16", action="store_true",
                     help="also time the unfused Keras layers under the mixed_bfloat16 policy")
     ap.add_argument("--pair", action="store_true", help="two 1-thread copies at once; print their sum")
+    ap.add_argument("--profile", type=int, metavar="N", default=0,
+                    help="instead: the N costliest operations of the shipped step, from TensorFlow's profiler")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.profile:
+        profile(a)
+        return
     if a.json:
         print(json.dumps(measure(a)))
         return
