@@ -31,7 +31,8 @@ PREDICTIONS = ("predictions.csv", "val_predictions.csv", "seed_predictions.csv")
 
 def train_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
     env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "HPCSNP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, *extra], env
+    # --force: a fold finished by an earlier round in the same work directory trains again
+    return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, "--force", *extra], env
 
 
 def fold_record(run: Path, store: Path, fold: int) -> tuple[Path, dict]:
@@ -78,8 +79,8 @@ def main() -> None:
         for tree, m in ((a.old, old_m), (a.new, new_m)):  # each fold ran the code of its own tree
             if not m["command"].startswith(str(tree.resolve() / "hpcsnp")):
                 sys.exit(f"a fold meant for {tree} ran {m['command'].split()[0]}")
-        same = all(filecmp.cmp(old_dir / f, new_dir / f, shallow=False)
-                   for f in PREDICTIONS if (old_dir / f).exists() or (new_dir / f).exists())
+        both = [(old_dir / f, new_dir / f) for f in PREDICTIONS if (old_dir / f).exists() or (new_dir / f).exists()]
+        same = all(o.exists() and n.exists() and filecmp.cmp(o, n, shallow=False) for o, n in both)
         differ += not same
         epoch = [sum(m["epoch_seconds"]) / len(m["epoch_seconds"]) for m in (old_m, new_m)]
         print(f"{store.stem:14s} {fold:4d}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
