@@ -228,24 +228,27 @@ def config_options(fn):
                      help=f"Raise --lr-decay-patience to cover this many optimiser steps [{DEFAULTS.lr_decay_steps}]."),
         click.option("--refit/--no-refit", default=None,
                      help="After early stopping, go on training the model on the training + validation folds "
-                          "(the lines GBLUP fits on) [on]. --no-refit keeps the early-stopped model, as the "
-                          "publication did."),
+                          "(the lines GBLUP fits on) [on: folds of one model, and every fold with --model-schedule "
+                          "own or shared]. --no-refit keeps the early-stopped model, as the publication did."),
         click.option("--refit-start", type=click.Choice(REFIT_STARTS),
                      help=f"fresh: the refit starts from the initialisation and replays every epoch the "
                           f"validation fold chose at the learning rates they had (as long again as the "
                           f"early-stopped training); warm: it starts from the early-stopped weights and trains "
-                          f"--refit-epochs epochs at a third of the best epoch's learning rate (on SoyNAM the "
-                          f"whole CV a quarter faster, the CNN's PCC 0.003 lower, its saliency less stable "
-                          f"between folds) [{DEFAULTS.refit_start}]."),
+                          f"--refit-epochs epochs at a third of the best epoch's learning rate (on SoyNAM with "
+                          f"--model-schedule own the whole CV a quarter faster, the CNN's PCC 0.003 lower, its "
+                          f"saliency less stable between folds) [{DEFAULTS.refit_start}]."),
         click.option("--refit-epochs", type=click.IntRange(min=1),
                      help=f"Epochs of a warm refit [{DEFAULTS.refit_epochs}]."),
         click.option("--model-schedule", type=click.Choice(MODEL_SCHEDULES),
-                     help=f"With two or more models per fold and the fresh refit: own = every model is "
-                          f"early-stopped on the validation fold, then refitted; shared = only the first one is, "
-                          f"the others train on training + validation straight away for the epochs and learning "
-                          f"rates it chose (on SoyNAM the CNN's time a third shorter, its PCC 0.004 lower on the "
-                          f"file with missing calls: one early stop that comes too soon cuts every model short) "
-                          f"[{DEFAULTS.model_schedule}]."),
+                     help=f"With two or more models per fold: rotate = each model early-stops on a validation "
+                          f"fold of its own (the first on the fold after the test fold, the next on the fold "
+                          f"after that, ...) and none is refitted: together they have learnt from every training "
+                          f"and validation line, in about half the CNN's time of own (on SoyNAM the CNN's PCC "
+                          f"0.002 lower, the headline's unchanged); own = every model is early-stopped on the "
+                          f"validation fold, then refitted (--refit); shared = only the first one is, the others "
+                          f"train on training + validation straight away for the epochs and learning rates it "
+                          f"chose (one early stop that comes too soon cuts every model short). A fold of one "
+                          f"model is refitted whatever the schedule [{DEFAULTS.model_schedule}]."),
         click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),

@@ -20,19 +20,22 @@ class FoldSplit:
     test: np.ndarray
 
 
-def validation_fold(test_fold: int, k: int) -> int:
-    """The fold after the test fold, 1 after K.
+def validation_fold(test_fold: int, k: int, shift: int = 0) -> int:
+    """The fold after the test fold, 1 after K; ``shift``: that many folds further on,
+    skipping the test fold (a fold's later models of ``model_schedule`` "rotate").
 
     >>> [validation_fold(i, 3) for i in (1, 2, 3)]
     [2, 3, 1]
+    >>> [validation_fold(1, 4, s) for s in range(4)]
+    [2, 3, 4, 2]
     """
-    return test_fold % k + 1
+    return (test_fold + shift % (k - 1)) % k + 1
 
 
-def fold_split(folds: np.ndarray, k: int, test_fold: int) -> FoldSplit:
+def fold_split(folds: np.ndarray, k: int, test_fold: int, shift: int = 0) -> FoldSplit:
     if not 1 <= test_fold <= k:
         raise InputError(f"fold {test_fold} is outside 1..{k} (this store has K={k} folds)")
-    v = validation_fold(test_fold, k)
+    v = validation_fold(test_fold, k, shift)
     test = np.flatnonzero(folds == test_fold)
     val = np.flatnonzero(folds == v)
     train = np.flatnonzero((folds > 0) & (folds != test_fold) & (folds != v))

@@ -561,7 +561,7 @@ def test_several_seeds_per_fold_average_their_predictions_and_saliency(sim_store
     from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
-    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2))
+    train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2, model_schedule="own"))
     train_fold(store, 1, tmp_path / "one", FAST)
     train_fold(store, 1, tmp_path / "other", FAST.replace(seed=1))
     two, one, other = (tmp_path / d / "sim" / "fold_1" for d in ("two", "one", "other"))
@@ -615,6 +615,38 @@ def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path,
     np.testing.assert_allclose(per_seed["seed_0"], pd.read_csv(one.path / "predictions.csv")["prediction"],
                                rtol=1e-6)
     assert not np.allclose(per_seed["seed_1"], per_seed["seed_0"], rtol=1e-3)  # its own initialisation
+
+
+def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, tmp_path, caplog):
+    """--model-schedule rotate: model k early-stops on the k-th fold after the fold's validation
+    fold (skipping the test fold) and, with two or more models, none is refitted; the fold's
+    validation predictions are those of the first model, the only one that never trained on
+    that fold.  A fold of one model refits it as the default schedule does."""
+    import logging
+
+    from hpcsnp.cnn.train import train_fold
+
+    store, _ = sim_store  # 3 folds: test fold 1, validation folds 2, 3, 2 for three models
+    cfg = FAST.replace(model_schedule="rotate")
+    assert Config().model_schedule == "rotate"  # the default
+    with caplog.at_level(logging.INFO):
+        three = train_fold(store, 1, tmp_path / "three", cfg.replace(n_models=3)).metrics
+    said = {s: [r.getMessage() for r in caplog.records if f"seed {s}]" in r.getMessage()] for s in range(3)}
+    assert [next(m for m in said[s] if "validation fold" in m).split("validation fold ")[1][0] for s in range(3)] \
+        == ["2", "3", "2"]
+    assert three["refit"] is None and [r["refit_epochs"] for r in three["seed_runs"]] == [0, 0, 0]
+    assert three["config"] == cfg.replace(n_models=3).to_dict()  # the run's settings, which reduce checks
+    two = train_fold(store, 1, tmp_path / "two", cfg.replace(n_models=2))  # the third model validates on fold 2 too
+    alone = train_fold(store, 1, tmp_path / "alone", FAST.replace(refit=False))
+    fold = two.path
+    assert (fold / "val_predictions.csv").read_bytes() == (alone.path / "val_predictions.csv").read_bytes()
+    per_seed = pd.read_csv(fold / "seed_predictions.csv")
+    np.testing.assert_allclose(per_seed["seed_0"], pd.read_csv(alone.path / "predictions.csv")["prediction"],
+                               rtol=1e-6)
+    one = train_fold(store, 1, tmp_path / "one", cfg.replace(n_models=1))
+    default = train_fold(store, 1, tmp_path / "default", FAST)
+    assert one.metrics["refit"] and (one.path / "predictions.csv").read_bytes() == \
+        (default.path / "predictions.csv").read_bytes()
 
 
 def test_a_fold_interrupted_before_its_second_model_resumes_to_the_same_result(sim_store, tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ skipped unless ``force``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -118,15 +117,20 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     t_start = time.perf_counter()
     members = []
     n_models = cfg.models_per_fold(len(split.train))
+    rotate = cfg.model_schedule == "rotate"
+    refit = cfg.refits(n_models)  # rotated models are not refitted; the fold records the run's settings
     for k in range(n_models):
         where = partial if k == 0 else partial / f"seed_{k}"
-        member_cfg = cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
-        members.append(_train_member(store, split, where, member_cfg, n_threads,
+        member_cfg = cfg.replace(refit=refit, seed=cfg.seed + k)
+        # "rotate": model k early-stops on the k-th fold after the fold's validation fold
+        member_split = fold_split(store.fold, store.n_folds, split.test_fold, shift=k) if rotate else split
+        members.append(_train_member(store, member_split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
                                      lead=members[0] if k and cfg.shares_schedule() else None))
     test_pred = np.mean([m.test_pred for m in members], axis=0)
     test_rows, val_rows = members[0].test_rows, members[0].val_rows
-    early_stopped = [m for m in members if len(m.val_rows)]  # the models with validation predictions
+    # the models with predictions of the fold's validation fold that never trained on it
+    early_stopped = [m for m in members if len(m.val_rows) and np.array_equal(m.val_rows, val_rows)]
     metrics = regression_metrics(store.phenotype[test_rows], test_pred)
     if not all_finite(metrics):
         why = "the predictions are constant" if np.ptp(test_pred) == 0 else "the predictions are not finite"
@@ -169,7 +173,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         (m.dir / MEMBER_FILE).unlink(missing_ok=True)
     atomic_replace_dir(partial, final)
     say(f"test PCC {metrics['pcc']:.4f}  MSE {metrics['mse']:.4g}  MAE {metrics['mae']:.4g}  {first.state['epoch']} "
-        f"epochs (best {first.state['best_epoch']}{', refitted' if cfg.refit else ''})  "
+        f"epochs (best {first.state['best_epoch']}{', refitted' if refit else ''})  "
         f"{metrics['seconds']:.0f}s train, "
         f"{metrics['saliency_seconds']:.1f}s saliency" + (f", {n_models} models" if n_models > 1 else ""))
     return FoldResult(dataset, fold, final, metrics)

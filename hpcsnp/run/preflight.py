@@ -530,9 +530,9 @@ def _store_plan(store, name, cfg, cnn: CnnProbe, run_dir) -> StorePlan:
         if cfg.max_epochs < epochs:
             epochs, source = cfg.max_epochs, f"--epochs {cfg.max_epochs}"
     epoch_s = steps * cnn.step_s + n_val * cnn.predict_line_s
-    refit_steps = -(-(n_train + n_val) // cfg.batch_size) if cfg.refit else 0
-    refit_epochs = cfg.refit_epochs if cfg.refit_start == "warm" else min(best, epochs)
     models = cfg.models_per_fold(n_train)
+    refit_steps = -(-(n_train + n_val) // cfg.batch_size) if cfg.refits(models) else 0
+    refit_epochs = cfg.refit_epochs if cfg.refit_start == "warm" else min(best, epochs)
     attribution_s = models * cnn.attribution_line_s * store.n_samples
     early_stopped = 1 if cfg.shares_schedule() else models  # the others replay the first one's epochs
     cnn_s = (early_stopped * epochs * epoch_s
