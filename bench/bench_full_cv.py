@@ -285,7 +285,9 @@ def analyse(work: Path, flops_per_cycle: int, cv_seconds: float | None = None) -
         cores = len(os.sched_getaffinity(0))
         ref_mean = float(np.mean([r["train"] + r["sal"] for r in ref["folds"].values()]))
         est = ref_mean * n_folds / cores
-        print(f"per fold: hpcsnp's CNN fold (its {any_m['models']} models, refits, predictions and attributions) "
+        refits = "their refits, " if any_m.get("refit") or any(r.get("refit_epochs") for r in
+                                                                any_m.get("seed_runs", [])) else ""
+        print(f"per fold: hpcsnp's CNN fold (its {any_m['models']} models, {refits}predictions and attributions) "
               f"{np.mean(ratios):.1f}x faster than the reference's fold (mean of {len(ratios)})")
         if cv_s:
             print(f"full CV of {n_folds} folds on {cores} cores: reference ~{est:.0f}s (its mean fold x {n_folds} / "
