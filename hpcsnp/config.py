@@ -32,7 +32,7 @@ AUTO_SEED_LINES, AUTO_SEEDS_MAX = 8192, 5
 GENOTYPE_BASES = ("additive", "onehot")  # hpcsnp.cnn.model.BASES
 MISSING_DOSAGES = ("mean", "zero")
 REFIT_STARTS = ("warm", "fresh")
-MODEL_SCHEDULES = ("shared", "own", "rotate")
+MODEL_SCHEDULES = ("auto", "rotate", "own", "shared")
 
 
 # Attribution methods a fold can compute (--attribution); a signed one's shard holds signed sums
@@ -119,10 +119,13 @@ class Config:
     # -0.004 PCC, one fold -0.029; bench/RESULTS.md, "One schedule for a fold's models"), so not
     # the default; "rotate" = model k early-stops on the k-th fold after the validation fold (the
     # test fold skipped) and, with two or more models, none is refitted: together they have
-    # learnt from every training and validation line (the fold's validation predictions are the
-    # first model's).  On SoyNAM the CNN's epochs roughly halve, its PCC 0.002 lower, the
-    # headline's unchanged (bench/RESULTS.md, "Models on validation folds of their own")
-    model_schedule: str = "rotate"
+    # learnt from every training and validation line (the fold's validation predictions are those
+    # of the models that never trained on it).  On SoyNAM (two models a fold) the CNN's epochs
+    # roughly halve, its PCC 0.002 lower, the headline's unchanged; on the 2,000-line polygenic
+    # simulation (five models on 1,200 training lines) its PCC fell 0.008 (bench/RESULTS.md,
+    # "Models on validation folds of their own").  "auto" = rotate for a fold of two models,
+    # "own" for any other count
+    model_schedule: str = "auto"
     standardize: bool = True  # train-fold mean/sd; predictions are un-scaled
     seed: int = 0
     # models per fold (seeds seed, seed+1, ...), their predictions and saliency averaged; 0 = as
@@ -258,16 +261,28 @@ class Config:
         """
         return self.model_schedule == "shared" and self.refit and self.refit_start == "fresh"
 
+    def rotates(self, n_models: int) -> bool:
+        """Whether a fold of ``n_models`` models gives each a validation fold of its own:
+        ``model_schedule`` "rotate" with two or more, or "auto" with two (SoyNAM's size, where
+        it halves the CNN's epochs for 0.002 PCC; smaller folds train three or more, need every
+        line they can learn from, and train fast).
+
+        >>> [Config().rotates(n) for n in (1, 2, 3)], [Config(model_schedule="rotate").rotates(n) for n in (1, 2, 3)]
+        ([False, True, False], [False, True, True])
+        """
+        return n_models > 1 and (self.model_schedule == "rotate" or self.model_schedule == "auto" and n_models == 2)
+
     def refits(self, n_models: int) -> bool:
         """Whether a fold of ``n_models`` models refits them on training + validation: ``refit``,
-        except where the models rotate their validation folds (``model_schedule`` "rotate")
-        and are two or more, which together have learnt from every training and validation line.
+        except where they rotate their validation folds (``rotates``): together they have learnt
+        from every training and validation line.
 
-        >>> rotate = Config()  # model_schedule "rotate"
-        >>> rotate.refits(1), rotate.refits(2), Config(model_schedule="own").refits(2), Config(refit=False).refits(1)
-        (True, False, True, False)
+        >>> Config().refits(1), Config().refits(2), Config().refits(3), Config(model_schedule="own").refits(2)
+        (True, False, True, True)
+        >>> Config(refit=False).refits(1)
+        False
         """
-        return self.refit and not (self.model_schedule == "rotate" and n_models > 1)
+        return self.refit and not self.rotates(n_models)
 
     def models_per_fold(self, n_train: int) -> int:
         """Models a fold trains: ``n_models``, or with n_models = 0 round(AUTO_SEED_LINES / training

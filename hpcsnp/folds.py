@@ -22,7 +22,7 @@ class FoldSplit:
 
 def validation_fold(test_fold: int, k: int, shift: int = 0) -> int:
     """The fold after the test fold, 1 after K; ``shift``: that many folds further on,
-    skipping the test fold (a fold's later models of ``model_schedule`` "rotate").
+    skipping the test fold (a fold's later models, where they rotate: Config.rotates).
 
     >>> [validation_fold(i, 3) for i in (1, 2, 3)]
     [2, 3, 1]

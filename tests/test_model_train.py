@@ -618,7 +618,7 @@ def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path,
 
 
 def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, tmp_path, caplog):
-    """--model-schedule rotate: model k early-stops on the k-th fold after the fold's validation
+    """--model-schedule rotate (auto: for two models): model k early-stops on the k-th fold after the fold's validation
     fold (skipping the test fold) and, with two or more models, none is refitted; the fold's
     validation predictions are those of the first model, the only one that never trained on
     that fold.  A fold of one model refits it as the default schedule does."""
@@ -628,7 +628,7 @@ def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, t
 
     store, _ = sim_store  # 3 folds: test fold 1, validation folds 2, 3, 2 for three models
     cfg = FAST.replace(model_schedule="rotate")
-    assert Config().model_schedule == "rotate"  # the default
+    assert Config().rotates(2) and not Config().rotates(3)  # the default ("auto") rotates two models only
     with caplog.at_level(logging.INFO):
         three = train_fold(store, 1, tmp_path / "three", cfg.replace(n_models=3)).metrics
     said = {s: [r.getMessage() for r in caplog.records if f"seed {s}]" in r.getMessage()] for s in range(3)}
@@ -636,7 +636,8 @@ def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, t
         == ["2", "3", "2"]
     assert three["refit"] is None and [r["refit_epochs"] for r in three["seed_runs"]] == [0, 0, 0]
     assert three["config"] == cfg.replace(n_models=3).to_dict()  # the run's settings, which reduce checks
-    two = train_fold(store, 1, tmp_path / "two", cfg.replace(n_models=2))  # the third model validates on fold 2 too
+    # two models: the default schedule rotates them (the third model above validates on fold 2 too)
+    two = train_fold(store, 1, tmp_path / "two", FAST.replace(n_models=2))
     alone = train_fold(store, 1, tmp_path / "alone", FAST.replace(refit=False))
     fold = two.path
     assert (fold / "val_predictions.csv").read_bytes() == (alone.path / "val_predictions.csv").read_bytes()

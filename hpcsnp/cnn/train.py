@@ -117,12 +117,12 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     t_start = time.perf_counter()
     members = []
     n_models = cfg.models_per_fold(len(split.train))
-    rotate = cfg.model_schedule == "rotate"
+    rotate = cfg.rotates(n_models)
     refit = cfg.refits(n_models)  # rotated models are not refitted; the fold records the run's settings
     for k in range(n_models):
         where = partial if k == 0 else partial / f"seed_{k}"
         member_cfg = cfg.replace(refit=refit, seed=cfg.seed + k)
-        # "rotate": model k early-stops on the k-th fold after the fold's validation fold
+        # rotated: model k early-stops on the k-th fold after the fold's validation fold
         member_split = fold_split(store.fold, store.n_folds, split.test_fold, shift=k) if rotate else split
         members.append(_train_member(store, member_split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
