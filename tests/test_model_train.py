@@ -618,10 +618,10 @@ def test_a_shared_schedule_early_stops_the_first_model_only(sim_store, tmp_path,
 
 
 def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, tmp_path, caplog):
-    """--model-schedule rotate (auto: for two models): model k early-stops on the k-th fold after the fold's validation
-    fold (skipping the test fold) and, with two or more models, none is refitted; the fold's
-    validation predictions are those of the first model, the only one that never trained on
-    that fold.  A fold of one model refits it as the default schedule does."""
+    """--model-schedule rotate (and auto, for two models): model k early-stops on the k-th
+    fold after the fold's validation fold (skipping the test fold) and none is refitted; the
+    fold's validation predictions are those of the models that never trained on that fold.
+    A fold of one model refits it as the default schedule does."""
     import logging
 
     from hpcsnp.cnn.train import train_fold
