@@ -2,7 +2,7 @@
 every result, and the proof that it does.
 
 usage: python bench/bench_fold_pair.py OLD_TREE NEW_TREE --store S.zarr [--store T.zarr]
-           [--folds 1,2] --work DIR [-- hpcsnp train options]
+           [--folds 1,2] [--baseline] --work DIR [-- hpcsnp train (or baseline) options]
 
 A tree is a directory holding the ``hpcsnp`` package, e.g. a worktree of an older commit
 (``git worktree add /tmp/old COMMIT``); each runs ``python -m hpcsnp train`` with this
@@ -12,6 +12,11 @@ folds on 2 cores), and the cores are swapped every round, so both trees meet the
 machine.  Per fold it prints both trees' wall seconds and peak RSS (GNU time), the mean
 epoch seconds (metrics.json) and whether the fold's prediction files (test, validation, per
 model) are identical byte for byte.  Exits 1 when any fold's predictions differ.
+
+``--baseline``: the fold's baselines instead (``hpcsnp baseline -i FOLD --encoding all``); per
+fold and model, both trees' seconds (metrics.json, the Gram matrix's first computation left
+out), test PCC and the largest difference between their test predictions.  The first round
+also computes each run directory's Gram matrices.
 """
 
 import argparse
@@ -35,6 +40,39 @@ def train_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str
     return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, "--force", *extra], env
 
 
+def baseline_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "HPCSNP_THREADS": "1"}
+    return [sys.executable, "-m", "hpcsnp", "baseline", store, "-i", fold, "--run", run, "--encoding", "all",
+            "--force", *extra], env
+
+
+def baseline_records(run: Path, store: Path, fold: int) -> dict:
+    """model -> (metrics.json, test predictions) of one baseline fold."""
+    import pandas as pd
+
+    out = {}
+    for d in sorted((run / store.name.removesuffix(".zarr")).glob(f"baseline_*/fold_{fold}")):
+        m = json.loads((d / "metrics.json").read_text())
+        out[m["model"]] = (m, pd.read_csv(d / "predictions.csv")["prediction"].to_numpy())
+    return out
+
+
+def compare_baselines(runs: dict, store: Path, fold: int) -> bool:
+    """Prints each model's seconds, PCC and largest prediction difference; True when all equal."""
+    import numpy as np
+
+    old, new = (baseline_records(runs[w], store, fold) for w in ("old", "new"))
+    same = old.keys() == new.keys()
+    for model in sorted(old.keys() & new.keys()):
+        (mo, po), (mn, pn) = old[model], new[model]
+        diff = float(np.max(np.abs(po - pn))) if len(po) == len(pn) else float("inf")
+        same &= diff == 0.0
+        so, sn = (m["seconds"] - m.get("gram_seconds", 0.0) for m in (mo, mn))
+        print(f"    {model:12s} {so:7.1f} {sn:7.1f}  {sn / so:7.3f}  PCC {mo['pcc']:.4f} -> {mn['pcc']:.4f}  "
+              f"largest prediction difference {diff:.2g}", flush=True)
+    return same
+
+
 def fold_record(run: Path, store: Path, fold: int) -> tuple[Path, dict]:
     out = run / store.name.removesuffix(".zarr") / f"fold_{fold}"
     return out, json.loads((out / "metrics.json").read_text())
@@ -47,6 +85,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, action="append", required=True)
     ap.add_argument("--folds", default="1,2")
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--baseline", action="store_true", help="the folds' baselines instead of their CNN")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # options for hpcsnp train (both trees)
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -67,7 +106,8 @@ def main() -> None:
         order = ("old", "new") if i % 2 == 0 else ("new", "old")
         procs = {}
         for cpu, which in zip(cpus, order):
-            cmd, env = train_command(a.old if which == "old" else a.new, store, fold, runs[which], extra)
+            command = baseline_command if a.baseline else train_command
+            cmd, env = command(a.old if which == "old" else a.new, store, fold, runs[which], extra)
             # run from the work directory: `python -m` puts the working directory first on
             # sys.path, and a tree there (this repository's root) would shadow PYTHONPATH
             procs[which] = (_start(cmd, env, cpu, cwd=a.work), time.perf_counter(), cmd)
@@ -75,6 +115,11 @@ def main() -> None:
             res = {w: pool.submit(_finish, p, t0, cmd, a.work / f"log_{w}_{store.stem}_{fold}")
                    for w, (p, t0, cmd) in procs.items()}
             res = {w: r.result() for w, r in res.items()}
+        if a.baseline:
+            print(f"{store.stem:14s} {fold:4d}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
+                  f"{res['new'][0] / res['old'][0]:7.3f}  {'':15s}  {res['old'][1]:6.0f} / {res['new'][1]:5.0f}")
+            differ += not compare_baselines(runs, store, fold)
+            continue
         (old_dir, old_m), (new_dir, new_m) = (fold_record(runs[w], store, fold) for w in ("old", "new"))
         for tree, m in ((a.old, old_m), (a.new, new_m)):  # each fold ran the code of its own tree
             if not m["command"].startswith(str(tree.resolve() / "hpcsnp")):

@@ -117,6 +117,38 @@ def test_reml_spectrum_matches_a_full_eigendecomposition(n, p, centre):
             spec.solve(1.0)
 
 
+@pytest.mark.parametrize("kernel", ["centred", "gaussian"])
+def test_reml_in_single_precision_agrees_with_double_and_leaves_the_kernel_alone(kernel):
+    """single=True (the RKHS fits'): eigenvalues and quadratic forms to float32 precision,
+    REML's delta to 1e-4 of itself; an overwritable centred kernel is not overwritten (its
+    solve is then a Cholesky one, as no float64 reflectors are kept) and the predictions are
+    the Cholesky solve's with that delta."""
+    rng = np.random.default_rng(11)
+    n, p = 300, 400
+    Z = rng.standard_normal((n, p))
+    Z -= Z.mean(axis=0)
+    if kernel == "centred":
+        K = Z @ Z.T / p
+    else:
+        d2 = (Z * Z).sum(1)
+        K = np.exp(-0.5 * (d2[:, None] + d2[None, :] - 2 * Z @ Z.T) / np.median(d2) / 2)
+    y = Z[:, :20].sum(1) / 3 + rng.standard_normal(n) + 5.0
+    double, single = REMLSpectrum(K, y), REMLSpectrum(K, y, single=True)
+    assert not single.solvable and double.solvable == (kernel == "centred")
+    scale = double.xi.max()
+    np.testing.assert_allclose(single.xi, double.xi, rtol=0, atol=1e-5 * scale)
+    assert not np.array_equal(single.xi, double.xi)  # the float32 path ran
+    for d in (0.1, 1.0):
+        assert single.quadratic(d) == pytest.approx(double.quadratic(d), rel=1e-4)
+    assert single.maximise()[0] == pytest.approx(double.maximise()[0], rel=1e-4)
+    K_new = K[:30] + 0.01
+    kept = K.copy()
+    pred, delta, mu, _ = gblup_kernel_predict(kept, y, K_new, overwrite=True, single=True)
+    ref, _, ref_mu, _ = gblup_kernel_predict(K, y, K_new, delta=delta)
+    np.testing.assert_allclose(pred, ref, rtol=1e-10)
+    assert delta == pytest.approx(double.maximise()[0], rel=1e-4)
+
+
 def test_reml_path_predictions_equal_the_cholesky_solve():
     """gblup_kernel_predict with REML's delta: the centred kernel's solve through the
     tridiagonalisation gives what a Cholesky solve with that delta gives."""
@@ -292,9 +324,9 @@ def test_rkhs_is_a_gaussian_kernel_regression_with_its_bandwidth_chosen_on_the_v
     np.testing.assert_allclose([info["val_mse_by_theta"][str(t)] for t in tried], [val_mse[t] for t in tried],
                                rtol=1e-6)
     np.testing.assert_allclose(val_pred, direct(fit[inner[0]], fit[inner[1]], theta), rtol=1e-6)
-    delta = reml(fit[inner[0]], theta)
-    assert info["delta"] == pytest.approx(delta, rel=1e-6) and abs(reml(fit, theta) / delta - 1) > 1e-3
-    np.testing.assert_allclose(pred, direct(fit, test, theta, delta), rtol=1e-6)
+    delta = reml(fit[inner[0]], theta)  # the RKHS fits' REML is in float32 (RKHS_SINGLE): delta to ~1e-5
+    assert info["delta"] == pytest.approx(delta, rel=1e-4) and abs(reml(fit, theta) / delta - 1) > 1e-3
+    np.testing.assert_allclose(pred, direct(fit, test, theta, info["delta"]), rtol=1e-6)
 
 
 def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():

@@ -64,6 +64,9 @@ RKHS_DISTANCES = ENCODINGS  # d: between dosages or between one-hot codes; chose
 # GBLUP); a narrow one only calls close relatives alike, which the ensemble can weigh beside it
 RKHS_LOCAL_THETAS = (2.0,)
 KERNEL_KINDS = dict(zip(KERNELS, (RKHS_THETAS, RKHS_LOCAL_THETAS)))
+# the RKHS fits' REML in float32: 3-4 of them per distance and fold, where they were most of the
+# baselines' time; GBLUP keeps float64 (its solve reuses the tridiagonalisation)
+RKHS_SINGLE = True
 GRAM_VERSION = 1
 GRAM_BLOCK = 1024  # SNPs per block when accumulating a Gram matrix
 
@@ -184,9 +187,14 @@ class REMLSpectrum:
     and the log-determinant comes from T's eigenvalues alone.  For a kernel whose rows
     sum to zero (centred by the fitting samples, as every fold's is) the GLS intercept
     is mean(y) and the GBLUP coefficients (K + d I)^-1 yc = H Q (T + d I)^-1 |yc| e1 also
-    come from it (``solve``): no Cholesky factorisation."""
+    come from it (``solve``): no Cholesky factorisation.
 
-    def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None):
+    ``single``: tridiagonalise in float32 (LAPACK ssytrd), about twice as fast as float64 at
+    n = 4,000; REML's delta then moves by about 1e-3 of itself at most (bench/RESULTS.md,
+    "RKHS REML in single precision").  The float32 reflectors are not kept: no ``solve``."""
+
+    def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None,
+                 single: bool = False):
         from scipy.linalg import eigh_tridiagonal, lapack
         from scipy.linalg.blas import dsyr2
 
@@ -200,7 +208,7 @@ class REMLSpectrum:
         self.centred = bool(np.abs(r).max() <= 1e-10 * scale)  # then S K S = K
         Q = covariate_basis(covariates)
         self.fixed = Q.shape[1]  # covariates besides the intercept (then solve() is not offered)
-        A = K if overwrite and self.centred and not self.fixed else K.astype(np.float64, copy=True)
+        A = K if overwrite and self.centred and not self.fixed and not single else K.astype(np.float64, copy=True)
         if not self.centred:  # S A S: A minus its row and column means plus the grand mean
             A -= r[None, :]
             A -= r[:, None]
@@ -225,14 +233,18 @@ class REMLSpectrum:
         q = beta * (w - 0.5 * beta * (v @ w) * v)
         A = A.T if A.flags.c_contiguous else np.asfortranarray(A)  # symmetric: its transpose, in Fortran order
         A = dsyr2(-1.0, v, q, a=A, lower=1, overwrite_a=1)  # H A H = A - v q' - q v' (lower triangle)
-        lwork = int(lapack.dsytrd_lwork(n, lower=1)[0])
-        refl, d, e, tau, info = lapack.dsytrd(A, lower=1, lwork=lwork, overwrite_a=1)
+        sytrd, sytrd_lwork = lapack.dsytrd, lapack.dsytrd_lwork
+        if single:
+            A = A.astype(np.float32, order="F")
+            sytrd, sytrd_lwork = lapack.ssytrd, lapack.ssytrd_lwork
+        lwork = int(sytrd_lwork(n, lower=1)[0])
+        refl, d, e, tau, info = sytrd(A, lower=1, lwork=lwork, overwrite_a=1)
         if info != 0:
-            raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
-        self.d, self.e = d, e
+            raise np.linalg.LinAlgError(f"sytrd failed (info {info})")
+        self.d, self.e = d.astype(np.float64), e.astype(np.float64)
         self._h = (v, beta, s * norm)
-        self._q = (refl, tau) if self.centred and not self.fixed else None
-        lam = eigh_tridiagonal(d, e, eigvals_only=True)
+        self._q = (refl, tau) if self.centred and not self.fixed and not single else None
+        lam = eigh_tridiagonal(self.d, self.e, eigvals_only=True)
         # c belongs to the intercept; the covariates' directions are the fixed smallest, at 0
         self.xi = np.maximum(np.sort(np.delete(lam, np.argmax(lam)))[self.fixed:], 0.0)
 
@@ -271,10 +283,15 @@ class REMLSpectrum:
         t = (a + b) / 2
         return float(np.exp(t)), float(self.loglik(t))
 
+    @property
+    def solvable(self) -> bool:
+        """Whether ``solve`` is offered (a kernel centred by its rows, in float64, no covariates)."""
+        return self._q is not None
+
     def solve(self, delta: float) -> np.ndarray:
         """(K + delta I)^-1 (y - mean(y)), for a kernel centred by its own rows (K 1 = 0)."""
         if self._q is None:
-            raise ValueError("solve() needs a kernel whose rows sum to zero")
+            raise ValueError("solve() needs a kernel whose rows sum to zero, tridiagonalised in float64")
         x = self._tridiagonal_solve(delta, np.eye(1, self.n)[0] * self._h[2])
         refl, tau = self._q
         for i in range(self.n - 2, -1, -1):  # Q x = H(1) ... H(n-1) x, v_i = (1, refl[i+2:, i])
@@ -326,39 +343,40 @@ class ValidatedPrediction(NamedTuple):
 
 
 def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False, covariates=None,
-                         covariates_new=None) -> KernelPrediction:
+                         covariates_new=None, single=False) -> KernelPrediction:
     """GBLUP from kernels: K [fit, fit] and K_new [new, fit]; as gblup_fit_predict.
     ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML and
     K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation.
     ``covariates`` [fit, c] and ``covariates_new`` [new, c]: fixed effects besides the
-    intercept (REML projects them out; b by GLS; mu is the intercept at their mean)."""
+    intercept (REML projects them out; b by GLS; mu is the intercept at their mean).
+    ``single``: REML's tridiagonalisation in float32 (REMLSpectrum); the solve stays float64."""
     if covariates is not None:
-        return _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, covariates, covariates_new)
+        return _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, covariates, covariates_new, single)
     inner_K = None
     if inner is not None:  # taken before K may be overwritten
         fit, held = inner
         inner_K = K[np.ix_(fit, fit)], K[np.ix_(held, fit)]
     spectrum = None
     if delta is None:
-        spectrum = REMLSpectrum(K, y_fit, overwrite=overwrite)
+        spectrum = REMLSpectrum(K, y_fit, overwrite=overwrite, single=single)
         delta, _ = spectrum.maximise()
     inner_pred = None
     if inner_K is not None:
         a_in, mu_in = gblup_solve(inner_K[0], y_fit[fit], delta, overwrite=True)
         inner_pred = mu_in + inner_K[1] @ a_in
-    if spectrum is not None and spectrum.centred:
+    if spectrum is not None and spectrum.solvable:
         alpha, mu = spectrum.solve(delta), spectrum.mean
-    else:  # REMLSpectrum overwrites K only when it is centred
+    else:  # REMLSpectrum overwrites K only when it is centred and in float64
         alpha, mu = gblup_solve(K, y_fit, delta, overwrite=overwrite)
     pred = mu + K_new @ alpha
     return KernelPrediction(pred, float(delta), mu, inner_pred)
 
 
-def _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, C, C_new) -> KernelPrediction:
+def _gblup_fixed(K, y_fit, K_new, delta, inner, overwrite, C, C_new, single=False) -> KernelPrediction:
     """gblup_kernel_predict with covariates: the inner fit has its own GLS b, with the same delta."""
     C, C_new = np.asarray(C, np.float64), np.asarray(C_new, np.float64)
     if delta is None:
-        delta = REMLSpectrum(K, y_fit, covariates=C).maximise()[0]  # K is copied, not overwritten
+        delta = REMLSpectrum(K, y_fit, covariates=C, single=single).maximise()[0]  # K is copied, not overwritten
     inner_pred = None
     if inner is not None:
         fit, held = inner
@@ -545,7 +563,8 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> 
         if theta not in fits:
             K = np.exp(D2[np.ix_(train, train)] * (-theta / scale))
             K_val = np.exp(D2[np.ix_(val, train)] * (-theta / scale))
-            p, delta, _, _ = gblup_kernel_predict(K, y[train], K_val, overwrite=True, **rows_of(covariates, train, val))
+            p, delta, _, _ = gblup_kernel_predict(K, y[train], K_val, overwrite=True, single=RKHS_SINGLE,
+                                                  **rows_of(covariates, train, val))
             fits[theta] = (float(np.mean((p - y[val]) ** 2)), p, delta)
         return fits[theta][0]
 
