@@ -190,8 +190,9 @@ class REMLSpectrum:
     come from it (``solve``): no Cholesky factorisation.
 
     ``single``: tridiagonalise in float32 (LAPACK ssytrd), about twice as fast as float64 at
-    n = 4,000; REML's delta then moves by about 1e-3 of itself at most (bench/RESULTS.md,
-    "RKHS REML in single precision").  The float32 reflectors are not kept: no ``solve``."""
+    n = 4,000.  The eigenvalues are then exact to ~1e-7 of the largest (~n here): REML's delta
+    moves by ~1e-3 of itself, more where delta itself is that small (bench/RESULTS.md, "RKHS
+    REML in single precision").  The float32 reflectors are not kept: no ``solve``."""
 
     def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None,
                  single: bool = False):
