@@ -34,16 +34,19 @@ from bench_full_cv import _finish, _start  # noqa: E402
 PREDICTIONS = ("predictions.csv", "val_predictions.csv", "seed_predictions.csv")
 
 
-def train_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
+TRAIN, BASELINE = ("train",), ("baseline", "--encoding", "all")  # the verb a round runs, with its options
+
+
+def fold_command(tree: Path, verb: tuple, store: Path, fold: int, run: Path, extra: list[str]):
     env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "HPCSNP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # --force: a fold finished by an earlier round in the same work directory trains again
-    return [sys.executable, "-m", "hpcsnp", "train", store, "-i", fold, "--run", run, "--force", *extra], env
+    # --force: a fold finished by an earlier round in the same work directory runs again
+    return [sys.executable, "-m", "hpcsnp", *verb, store, "-i", fold, "--run", run, "--force", *extra], env
 
 
-def baseline_command(tree: Path, store: Path, fold: int, run: Path, extra: list[str]):
-    env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "HPCSNP_THREADS": "1"}
-    return [sys.executable, "-m", "hpcsnp", "baseline", store, "-i", fold, "--run", run, "--encoding", "all",
-            "--force", *extra], env
+def check_tree(tree: Path, m: dict) -> None:
+    """Exits unless the record ``m`` was written by ``tree``'s code (PYTHONPATH not shadowed)."""
+    if not m["command"].startswith(str(tree.resolve() / "hpcsnp")):
+        sys.exit(f"a fold meant for {tree} ran {m['command'].split()[0]}")
 
 
 def baseline_records(run: Path, store: Path, fold: int) -> dict:
@@ -57,11 +60,14 @@ def baseline_records(run: Path, store: Path, fold: int) -> dict:
     return out
 
 
-def compare_baselines(runs: dict, store: Path, fold: int) -> bool:
+def compare_baselines(runs: dict, trees: dict, store: Path, fold: int) -> bool:
     """Prints each model's seconds, PCC and largest prediction difference; True when all equal."""
     import numpy as np
 
     old, new = (baseline_records(runs[w], store, fold) for w in ("old", "new"))
+    for which, records in (("old", old), ("new", new)):
+        for m, _ in records.values():
+            check_tree(trees[which], m)
     same = old.keys() == new.keys()
     for model in sorted(old.keys() & new.keys()):
         (mo, po), (mn, pn) = old[model], new[model]
@@ -98,6 +104,8 @@ def main() -> None:
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     runs = {"old": a.work / "run_old", "new": a.work / "run_new"}
+    trees = {"old": a.old, "new": a.new}
+    verb = BASELINE if a.baseline else TRAIN
     rounds = [(s.resolve(), int(f)) for s in a.store for f in a.folds.split(",")]
     differ = 0
     print(f"{'store':14s} fold  {'old s':>7s} {'new s':>7s}  new/old  {'epoch s old/new':>15s}  "
@@ -106,8 +114,7 @@ def main() -> None:
         order = ("old", "new") if i % 2 == 0 else ("new", "old")
         procs = {}
         for cpu, which in zip(cpus, order):
-            command = baseline_command if a.baseline else train_command
-            cmd, env = command(a.old if which == "old" else a.new, store, fold, runs[which], extra)
+            cmd, env = fold_command(trees[which], verb, store, fold, runs[which], extra)
             # run from the work directory: `python -m` puts the working directory first on
             # sys.path, and a tree there (this repository's root) would shadow PYTHONPATH
             procs[which] = (_start(cmd, env, cpu, cwd=a.work), time.perf_counter(), cmd)
@@ -118,12 +125,11 @@ def main() -> None:
         if a.baseline:
             print(f"{store.stem:14s} {fold:4d}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
                   f"{res['new'][0] / res['old'][0]:7.3f}  {'':15s}  {res['old'][1]:6.0f} / {res['new'][1]:5.0f}")
-            differ += not compare_baselines(runs, store, fold)
+            differ += not compare_baselines(runs, trees, store, fold)
             continue
         (old_dir, old_m), (new_dir, new_m) = (fold_record(runs[w], store, fold) for w in ("old", "new"))
-        for tree, m in ((a.old, old_m), (a.new, new_m)):  # each fold ran the code of its own tree
-            if not m["command"].startswith(str(tree.resolve() / "hpcsnp")):
-                sys.exit(f"a fold meant for {tree} ran {m['command'].split()[0]}")
+        for which, m in (("old", old_m), ("new", new_m)):  # each fold ran the code of its own tree
+            check_tree(trees[which], m)
         both = [(old_dir / f, new_dir / f) for f in PREDICTIONS if (old_dir / f).exists() or (new_dir / f).exists()]
         same = all(o.exists() and n.exists() and filecmp.cmp(o, n, shallow=False) for o, n in both)
         differ += not same
