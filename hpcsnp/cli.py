@@ -125,9 +125,8 @@ DEFAULTS = Config()
 HELP_SECTIONS = {
     "Settings as a whole": ("config_path", "publication"),
     "Training": ("max_epochs", "batch_size", "learning_rate", "patience", "patience_steps", "lr_decay_patience",
-                 "lr_decay_steps", "dropout", "mask_rate", "refit", "refit_start", "refit_epochs", "model_schedule",
-                 "n_models", "seed",
-                 "standardize"),
+                 "lr_decay_steps", "dropout", "mask_rate", "weight_average", "refit", "refit_start", "refit_epochs",
+                 "model_schedule", "n_models", "seed", "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
     "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb", "steps_per_epoch", "cache",
@@ -253,6 +252,10 @@ def config_options(fn):
         click.option("--mask-rate", type=click.FloatRange(0, 1, max_open=True),
                      help=f"Missing-genotype augmentation: the share of training calls set to missing, drawn "
                           f"afresh every step [{DEFAULTS.mask_rate}]."),
+        click.option("--weight-average", type=click.FloatRange(0, 1, max_open=True), metavar="DECAY",
+                     help="Validate, early-stop and keep an exponential moving average of the weights over the "
+                          "optimiser steps with this decay (e.g. 0.99: about the last 100 steps) instead of the "
+                          f"last step's weights; 0 = off [{DEFAULTS.weight_average}]."),
         click.option("--dropout", type=float, help=f"Dropout rate [{DEFAULTS.dropout}]."),
         click.option("--activation", type=click.Choice(ACTIVATIONS),
                      help="Activation of every convolution; the publication's network is linear up to its "

@@ -36,20 +36,21 @@ def test_publication_settings_and_overrides():
     assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
         8, 1e-3, 10, 0.75, 0, False)
     paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "n_models",
-             "l2_dense")
+             "l2_dense", "weight_average")
     assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
     assert cfg.n_models == 1 and Config().n_models == 0  # one model per fold, as published; by default, by data size
     assert cfg.l2_dense == 0.0 and Config().l2_dense > 0  # the published output layer has no L2
+    assert cfg.weight_average == 0.0 < Config().weight_average  # published: the last step's weights
     # a record written before --refit, --genotype-basis, --seeds, --dosage-scale and
     # --missing-dosage existed (no such keys) reads as trained without the refit, on the one-hot
     # channels, one model per fold, the dosage coordinate unscaled, missing calls at dosage 0
     recorded = Config().to_dict()
-    for key in ("refit", "genotype_basis", "n_models", "dosage_scale", "missing_dosage"):
+    for key in ("refit", "genotype_basis", "n_models", "dosage_scale", "missing_dosage", "weight_average"):
         del recorded[key]
     old = Config.from_dict(recorded)
-    assert (old.refit, old.genotype_basis, old.n_models, old.dosage_scale, old.missing_dosage) == (
-        False, "onehot", 1, 1.0, "zero")
+    assert (old.refit, old.genotype_basis, old.n_models, old.dosage_scale, old.missing_dosage,
+            old.weight_average) == (False, "onehot", 1, 1.0, "zero", 0.0)
     # a refit recorded before --refit-start existed was the fresh one
     assert Config.from_dict({"refit": True, "refit_start": "warm"}).refit_start == "warm"
     assert Config.from_dict({"refit": True}).refit_start == "fresh" == Config().refit_start
@@ -473,6 +474,42 @@ def test_micro_batches_give_the_whole_batch_update():
     for a, b in zip(wa, wb):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert not np.allclose(wa[0], start[0])  # the parameters did move
+
+
+@pytest.mark.parametrize("micro", [False, True], ids=["whole-batch", "micro-batches"])
+def test_weight_averages_follow_the_steps_and_stand_in_for_the_weights(micro):
+    """--weight-average d: after each optimiser step t the averages move to
+    d_t * average + (1 - d_t) * weights, d_t = min(d, (1 + t) / (10 + t)); inside
+    ``averaged()`` the model holds them, after it its own weights again."""
+    import tensorflow as tf
+
+    from hpcsnp.cnn.steps import CompiledSteps
+
+    cfg = Config(weight_average=0.5, dropout=0.0, step_activation_mb=1 if micro else 16, batch_size=8)
+    steps = CompiledSteps.build(30_000 if micro else 120, cfg, None, 1, lambda m: None)
+    params = steps.model.trainable_variables
+    assert len(steps.averages) == len(params) and all(any(a is r for r in steps.run_variables) for a in steps.averages)
+    expected = [v.numpy() for v in params]
+    rng = np.random.default_rng(2)
+    g = tf.constant(rng.integers(-1, 3, (8, steps.n_var)).astype(np.int8))
+    t = tf.constant(rng.standard_normal(8).astype(np.float32))
+    for step in range(1, 15):
+        steps.train_step(g, t)
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * v.numpy() for e, v in zip(expected, params)]
+        for a, e in zip(steps.averages, expected):
+            np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-7)
+    own = [v.numpy() for v in params]
+    assert not np.allclose(own[0], expected[0])  # the averages lag the weights
+    with steps.averaged():
+        for v, e in zip(params, expected):
+            np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-7)
+    for v, o in zip(params, own):
+        np.testing.assert_array_equal(v.numpy(), o)
+    off = CompiledSteps.build(120, Config(weight_average=0.0), None, 1, lambda m: None)
+    assert off.averages == []
+    with off.averaged():  # nothing to swap
+        pass
 
 
 def test_isru_is_bounded_by_alpha():

@@ -29,16 +29,19 @@ def _train_until(store, args, run, state, epoch):
     return proc
 
 
-def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
+@pytest.mark.parametrize("extra", [["--weight-average", "0"], []], ids=["own-weights", "averaged"])
+def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path, extra):
     """'Same' on CPU here: with the same thread count, the resumed fold's predictions,
     metrics and saliency are bitwise identical to an uninterrupted run's (data order is
-    seeded per epoch; weights, Adam state and the dropout RNG states are checkpointed)."""
+    seeded per epoch; weights, Adam state, the dropout RNG states and the weights' averages
+    are checkpointed)."""
     store, _ = sim_store
-    run_cli("train", store, *ARGS, "--run", tmp_path / "whole")
+    args = [*ARGS, *extra]
+    run_cli("train", store, *args, "--run", tmp_path / "whole")
     state = tmp_path / "killed" / "sim" / "fold_1.partial" / "state.json"
-    proc = _train_until(store, ARGS, tmp_path / "killed", state, 3)
+    proc = _train_until(store, args, tmp_path / "killed", state, 3)
     proc.send_signal(signal.SIGSTOP)  # frozen mid-training, still holding its lock: epochs take ~0.1 s
-    second = run_cli("train", store, *ARGS, "--run", tmp_path / "killed", check=False)
+    second = run_cli("train", store, *args, "--run", tmp_path / "killed", check=False)
     assert second.returncode == 1 and "is being trained by pid" in second.stderr
     from hpcsnp.errors import IncompleteRunError
     from hpcsnp.run.reduce import check_complete, datasets_in
@@ -50,7 +53,7 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
     epoch_at_kill = json.loads(state.read_text())["epoch"]
     assert 3 <= epoch_at_kill < 30, "the kill must land mid-training"
     assert not (tmp_path / "killed" / "sim" / "fold_1").exists()
-    resumed = run_cli("train", store, *ARGS, "--run", tmp_path / "killed")
+    resumed = run_cli("train", store, *args, "--run", tmp_path / "killed")
     assert f"resuming after epoch {epoch_at_kill}" in resumed.stderr
     assert "epoch    1 " not in resumed.stderr  # did not start over
     a, b = (tmp_path / d / "sim" / "fold_1" for d in ("whole", "killed"))
@@ -64,8 +67,10 @@ def test_killed_fold_resumes_to_the_identical_result(sim_store, tmp_path):
                                   zarr.open_array(str(b / "saliency.zarr"))[:])
 
 
-def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
-    """Without the refit, the saved model is the best validation epoch's, not the last one's."""
+@pytest.mark.parametrize("average", [0.0, 0.9])
+def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path, average):
+    """Without the refit, the saved model is the best validation epoch's, not the last one's;
+    with weight averaging, the best epoch's averaged weights, which early stopping validated."""
     import keras
 
     from hpcsnp.cnn.data import one_hot
@@ -75,7 +80,7 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     from hpcsnp.store import open_store
 
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, refit=False,
-                 n_models=1)
+                 n_models=1, weight_average=average)
     r = train_fold(sim_store[0], 1, tmp_path, cfg)
     m = r.metrics
     maes = [h["val_mae"] for h in m["history"]]
@@ -88,6 +93,10 @@ def test_best_epoch_weights_are_the_ones_kept(sim_store, tmp_path):
     mae = np.mean(np.abs(pred * m["target_sd"] + m["target_mean"] - store.phenotype[val]))
     assert mae == pytest.approx(m["best_val_mae"], rel=1e-5)
     assert mae != pytest.approx(maes[-1], rel=1e-6)
+    if average:  # the same training steps as without averaging; other weights validated
+        own = train_fold(sim_store[0], 1, tmp_path / "own", cfg.replace(weight_average=0.0)).metrics["history"]
+        assert [h["loss"] for h in own] == [h["loss"] for h in m["history"]]
+        assert all(h["val_mae"] != pytest.approx(a, rel=1e-4) for h, a in zip(own, maes))
 
 
 def test_sigterm_says_what_happens_and_a_rerun_resumes(sim_store, tmp_path):

@@ -83,11 +83,12 @@ def fit_epochs(steps: CompiledSteps, sources: FoldSources, state: dict, ckpt: Ch
         t0 = time.perf_counter()
         epoch = state["epoch"] + 1
         losses = train_epoch(steps, sources.train, state, cfg, epoch, n_threads)
-        vp, vr = steps.predict(sources.val)
-        val_mae = float(np.mean(np.abs(vp - y[vr])))
-        improved = stopping.update(epoch, val_mae)
-        if improved:
-            ckpt.save_best()
+        with steps.averaged():  # the weights validated and kept: the averaged ones, when averaging
+            vp, vr = steps.predict(sources.val)
+            val_mae = float(np.mean(np.abs(vp - y[vr])))
+            improved = stopping.update(epoch, val_mae)
+            if improved:
+                ckpt.save_best()
         plateau.update(improved)
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0

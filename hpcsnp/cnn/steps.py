@@ -4,6 +4,7 @@ one-hot inside the graph."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +39,7 @@ class CompiledSteps:
         forward = training_forward(model, cfg) if cfg.fuse_convolutions else model
         train_forward = on_codes(forward)  # the same function of the int8 codes, fewer passes
         encode = masked_codes(cfg, optimizer.iterations) if cfg.mask_rate else (lambda g: g)
+        self.averages, average = weight_averages(model, optimizer, cfg.weight_average)
 
         # The training step keeps its batch length in the graph: a graph for any length would
         # save the last short batch's retrace (~0.7 s once) but ran 0.6 s an epoch slower here.
@@ -50,11 +52,12 @@ class CompiledSteps:
                 loss = mse + tf.add_n(model.losses)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            average()
             return mse
 
         micro = micro_batch_size(cfg, n_var)
         if micro < cfg.batch_size:  # wide marker sets: the same update from micro-batches, flat memory
-            train_step = _accumulating_step(model, train_forward, optimizer, micro, encode)
+            train_step = _accumulating_step(model, train_forward, optimizer, micro, encode, average)
             say(f"batches of {cfg.batch_size} computed as micro-batches of {micro} "
                 f"(--step-activation-mb {cfg.step_activation_mb})")
         self.train_step = train_step
@@ -69,8 +72,29 @@ class CompiledSteps:
         # Resume state: every variable of the model (weights and the dropout layers' RNG
         # states) and of the optimiser.  (tf.train.Checkpoint on a Keras 3 model misses the
         # model's own variables.)
-        self.run_variables = list(model.variables) + list(optimizer.variables)
+        self.run_variables = list(model.variables) + list(optimizer.variables) + self.averages
         return self
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model holds the averaged weights inside the block (cfg.weight_average), its
+        own after it; without averaging, nothing changes."""
+        if not self.averages:
+            yield
+            return
+        params = self.model.trainable_variables
+        own = [v.numpy() for v in params]
+        self.use_averages()
+        try:
+            yield
+        finally:
+            for v, value in zip(params, own):
+                v.assign(value)
+
+    def use_averages(self) -> None:
+        """The model's weights become the averaged ones (the model kept, when averaging)."""
+        for v, a in zip(self.model.trainable_variables, self.averages):
+            v.assign(a)
 
     def predict(self, src) -> tuple[np.ndarray, np.ndarray]:
         """Predictions in phenotype units and the store rows they belong to."""
@@ -96,6 +120,27 @@ class CompiledSteps:
         for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
             acc.add(np.asarray(g), self.scale.back(self.predict_step(g).numpy()))
         return acc.result()
+
+
+def weight_averages(model, optimizer, decay: float):
+    """([averages], average): one variable per trainable weight and the graph function that
+    moves them towards the weights after an optimiser step, by ``decay`` (ramped up as
+    (1 + t) / (10 + t) over the first steps t, so that the initial weights fade fast).
+    Without averaging ([], a no-op)."""
+    import tensorflow as tf
+
+
+    if not decay:
+        return [], lambda: None
+    params = model.trainable_variables
+    averages = [tf.Variable(v, trainable=False, name=f"average_{i}") for i, v in enumerate(params)]
+
+    def average():
+        t = tf.cast(optimizer.iterations, tf.float32)
+        d = tf.minimum(tf.constant(decay, tf.float32), (1.0 + t) / (10.0 + t))
+        for a, v in zip(averages, params):
+            a.assign(d * a + (1.0 - d) * v)
+    return averages, average
 
 
 def masked_codes(cfg, counter):
@@ -125,7 +170,7 @@ def micro_batch_size(cfg, n_variants: int) -> int:
     return max(1, min(cfg.batch_size, cfg.step_activation_mb * 2**20 // per_sample))
 
 
-def _accumulating_step(model, forward, optimizer, micro: int, encode):
+def _accumulating_step(model, forward, optimizer, micro: int, encode, average=lambda: None):
     """train_step(g, t) for a batch too wide to differentiate at once: the gradient of the
     batch's mean squared error is accumulated over micro-batches (each weighted by its
     share of rows), the L2 penalty's added once, and one optimiser update applied: the
@@ -151,6 +196,7 @@ def _accumulating_step(model, forward, optimizer, micro: int, encode):
             penalty = tf.add_n(model.losses)
         grads = [a + p if p is not None else tf.identity(a) for a, p in zip(acc, tape.gradient(penalty, params))]
         optimizer.apply_gradients(zip(grads, params))
+        average()
         for a in acc:
             a.assign(tf.zeros_like(a))
 

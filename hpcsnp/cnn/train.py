@@ -252,6 +252,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
         fit = fit_epochs(steps, sources, state, ckpt, cfg, store.phenotype, n_threads, say)
         if cfg.restore_best and state["best_epoch"]:
             ckpt.restore_best()
+        else:
+            steps.use_averages()
         val_pred, val_rows = steps.predict(sources.val)  # of a model that never trained on the validation fold
         if cfg.refit:
             with signals_held():  # the early-stopped weights first: a warm refit starts from them
@@ -349,6 +351,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> 
         ckpt.save_epoch(rstate, epoch)
         say(f"refit epoch {epoch:4d}/{epochs}  loss {np.mean(losses):.4f}  lr {rstate['lr']:.3g}  "
             f"{time.perf_counter() - t0:.1f}s  rss {rss_mb('VmRSS'):.0f} MB")
+    steps.use_averages()  # the model kept, when averaging
     record = {"n_train": len(rows), "start": cfg.refit_start, "epochs": epochs, "seconds": rstate["train_seconds"],
               "samples": rstate.get("samples", 0), "history": rstate["history"]}
     return Refitted(steps, sources, scale, record)
