@@ -506,6 +506,9 @@ def test_weight_averages_follow_the_steps_and_stand_in_for_the_weights(micro):
             np.testing.assert_allclose(v.numpy(), e, rtol=1e-5, atol=1e-7)
     for v, o in zip(params, own):
         np.testing.assert_array_equal(v.numpy(), o)
+    steps.start_averages()  # a warm refit's: from the weights it loaded
+    for a, o in zip(steps.averages, own):
+        np.testing.assert_array_equal(a.numpy(), o)
     off = CompiledSteps.build(120, Config(weight_average=0.0), None, 1, lambda m: None)
     assert off.averages == []
     with off.averaged():  # nothing to swap

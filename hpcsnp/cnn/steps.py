@@ -91,6 +91,11 @@ class CompiledSteps:
             for v, value in zip(params, own):
                 v.assign(value)
 
+    def start_averages(self) -> None:
+        """The averages start again from the model's weights (a warm refit's loaded ones)."""
+        for a, v in zip(self.averages, self.model.trainable_variables):
+            a.assign(v)
+
     def use_averages(self) -> None:
         """The model's weights become the averaged ones (the model kept, when averaging)."""
         for v, a in zip(self.model.trainable_variables, self.averages):

@@ -331,6 +331,7 @@ def _refit(store, split, where: Path, cfg, state: dict, n_threads: int, say) -> 
                                 None if warm else training_fill(sources.train, cfg))
     if warm:
         load_variables(where / STOPPED_WEIGHTS, steps.model.variables)
+        steps.start_averages()  # from the early-stopped weights, not the initialisation
     (where / REFIT_DIR).mkdir(exist_ok=True)
     ckpt = Checkpointer(where / REFIT_DIR, steps.run_variables, steps.model.variables)
     rstate = ckpt.resume({**new_state(cfg, store), "epochs": epochs}, cfg, store, steps.optimizer)
