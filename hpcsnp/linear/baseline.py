@@ -42,6 +42,7 @@ from hpcsnp.atomic import atomic_replace_dir, atomic_write_text
 from hpcsnp.errors import FoldFailedError, InputError
 from hpcsnp.folds import check_fold_usable, fold_split
 from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
+from hpcsnp.linear import tridiagonal
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.models import ENCODINGS, KERNELS, KINDS, model_name
 from hpcsnp.resources import memory_limit_bytes, provenance
@@ -189,14 +190,18 @@ class REMLSpectrum:
     is mean(y) and the GBLUP coefficients (K + d I)^-1 yc = H Q (T + d I)^-1 |yc| e1 also
     come from it (``solve``): no Cholesky factorisation.
 
-    ``single``: tridiagonalise in float32 (LAPACK ssytrd), about twice as fast as float64 at
-    n = 4,000.  The eigenvalues are then exact to ~1e-7 of the largest (~n here): REML's delta
-    moves by ~1e-3 of itself, more where delta itself is that small (bench/RESULTS.md, "RKHS
-    REML in single precision").  The float32 reflectors are not kept: no ``solve``."""
+    The tridiagonalisation is LAPACK's two-stage one where scipy's LAPACK has it
+    (``tridiagonal.tridiagonalise``), which keeps no reflectors: ``solve`` is then not offered
+    and the caller's Cholesky solve is faster than the one-stage reduction's extra time.
+
+    ``single``: tridiagonalise in float32, about twice as fast as float64 at n = 4,000.  The
+    eigenvalues are then exact to ~1e-7 of the largest (~n here): REML's delta moves by ~1e-3
+    of itself, more where delta itself is that small (bench/RESULTS.md, "RKHS REML in single
+    precision").  The float32 reflectors are not kept: no ``solve``."""
 
     def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None,
                  single: bool = False):
-        from scipy.linalg import eigh_tridiagonal, lapack
+        from scipy.linalg import eigh_tridiagonal
         from scipy.linalg.blas import dsyr2
 
         n = len(y)
@@ -209,7 +214,9 @@ class REMLSpectrum:
         self.centred = bool(np.abs(r).max() <= 1e-10 * scale)  # then S K S = K
         Q = covariate_basis(covariates)
         self.fixed = Q.shape[1]  # covariates besides the intercept (then solve() is not offered)
-        A = K if overwrite and self.centred and not self.fixed and not single else K.astype(np.float64, copy=True)
+        # the reflectors give solve() where the one-stage reduction is the only one
+        keep = self.centred and not self.fixed and not single and tridiagonal.two_stage(np.float64) is None
+        A = K if overwrite and keep else K.astype(np.float64, copy=True)
         if not self.centred:  # S A S: A minus its row and column means plus the grand mean
             A -= r[None, :]
             A -= r[:, None]
@@ -234,18 +241,12 @@ class REMLSpectrum:
         q = beta * (w - 0.5 * beta * (v @ w) * v)
         A = A.T if A.flags.c_contiguous else np.asfortranarray(A)  # symmetric: its transpose, in Fortran order
         A = dsyr2(-1.0, v, q, a=A, lower=1, overwrite_a=1)  # H A H = A - v q' - q v' (lower triangle)
-        sytrd, sytrd_lwork = lapack.dsytrd, lapack.dsytrd_lwork
         if single:
             A = A.astype(np.float32, order="F")
-            sytrd, sytrd_lwork = lapack.ssytrd, lapack.ssytrd_lwork
-        lwork = int(sytrd_lwork(n, lower=1)[0])
-        refl, d, e, tau, info = sytrd(A, lower=1, lwork=lwork, overwrite_a=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"sytrd failed (info {info})")
+        d, e, self._q = tridiagonal.tridiagonalise(A, reflectors=keep)
         self.d, self.e = d.astype(np.float64), e.astype(np.float64)
         self._h = (v, beta, s * norm)
-        self._q = (refl, tau) if self.centred and not self.fixed and not single else None
-        lam = eigh_tridiagonal(self.d, self.e, eigvals_only=True)
+        lam = eigh_tridiagonal(self.d, self.e, eigvals_only=True, lapack_driver="sterf")
         # c belongs to the intercept; the covariates' directions are the fixed smallest, at 0
         self.xi = np.maximum(np.sort(np.delete(lam, np.argmax(lam)))[self.fixed:], 0.0)
 
@@ -286,13 +287,15 @@ class REMLSpectrum:
 
     @property
     def solvable(self) -> bool:
-        """Whether ``solve`` is offered (a kernel centred by its rows, in float64, no covariates)."""
+        """Whether ``solve`` is offered (a kernel centred by its rows, in float64, no covariates,
+        where the one-stage reduction is the only one)."""
         return self._q is not None
 
     def solve(self, delta: float) -> np.ndarray:
         """(K + delta I)^-1 (y - mean(y)), for a kernel centred by its own rows (K 1 = 0)."""
         if self._q is None:
-            raise ValueError("solve() needs a kernel whose rows sum to zero, tridiagonalised in float64")
+            raise ValueError("solve() needs a kernel whose rows sum to zero, tridiagonalised in float64 "
+                             "by the one-stage reduction")
         x = self._tridiagonal_solve(delta, np.eye(1, self.n)[0] * self._h[2])
         refl, tau = self._q
         for i in range(self.n - 2, -1, -1):  # Q x = H(1) ... H(n-1) x, v_i = (1, refl[i+2:, i])
@@ -367,7 +370,7 @@ def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=Fals
         inner_pred = mu_in + inner_K[1] @ a_in
     if spectrum is not None and spectrum.solvable:
         alpha, mu = spectrum.solve(delta), spectrum.mean
-    else:  # REMLSpectrum overwrites K only when it is centred and in float64
+    else:  # REMLSpectrum overwrites K only when it is solvable
         alpha, mu = gblup_solve(K, y_fit, delta, overwrite=overwrite)
     pred = mu + K_new @ alpha
     return KernelPrediction(pred, float(delta), mu, inner_pred)
@@ -543,6 +546,24 @@ def rows_of(covariates, fit, new) -> dict:
     return {"covariates": covariates[fit], "covariates_new": covariates[new]}
 
 
+def off_diagonal_median(D2: np.ndarray) -> float:
+    """The median squared distance between two different rows, from the square matrix of
+    squared distances (overwritten; a zero diagonal).  Each pair is in it twice, which leaves
+    the median as it is, and the n zeros of the diagonal are the smallest values: the middle
+    of the other n (n - 1) is found by one partition, without the upper triangle's indices.
+
+    >>> off_diagonal_median(np.array([[0.0, 1, 4], [1, 0, 9], [4, 9, 0]]))
+    4.0
+    """
+    n = D2.shape[0]
+    if n < 2:
+        return 0.0
+    flat = D2.reshape(-1)
+    mid = n + n * (n - 1) // 2  # the off-diagonal values' middle two, as 0-based ranks among all n^2
+    flat.partition([mid - 1, mid])
+    return float((flat[mid - 1] + flat[mid]) / 2)
+
+
 def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> dict:
     """theta by the validation MSE of fits on the training folds alone; D2: squared distances.
     The grid is walked downhill from its middle (grid_descent), not fitted whole: 3-4 of its
@@ -552,9 +573,7 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> 
     "The whole default CV, profiled").  ``done``: theta -> (validation MSE, predictions)
     of fits already made; the result's ``fits`` holds every fit, made or reused."""
     fit_rows = np.asarray(fit_rows)
-    sub = D2[np.ix_(fit_rows, fit_rows)]
-    scale = float(np.median(sub[np.triu_indices(len(fit_rows), 1)])) or 1.0
-    del sub
+    scale = off_diagonal_median(D2[np.ix_(fit_rows, fit_rows)]) or 1.0
     train, val = fit_rows[inner[0]], fit_rows[inner[1]]
     fits = dict(done or {})
     grid = sorted(thetas)

@@ -94,7 +94,7 @@ def fit_kernel(store, K: np.ndarray, fit_rows, delta: float | None = None) -> tu
         return (*gblup_solve(K, y, delta, overwrite=True), float(delta))
     spectrum = REMLSpectrum(K, y, overwrite=True)
     delta, _ = spectrum.maximise()
-    if spectrum.centred:  # a kernel centred by its own rows: the solve reuses REML's work
+    if spectrum.solvable:  # a kernel centred by its own rows: the solve reuses REML's work
         return spectrum.solve(delta), spectrum.mean, float(delta)
     return (*gblup_solve(K, y, delta, overwrite=True), float(delta))  # REMLSpectrum left K as it was
 
