@@ -73,7 +73,7 @@ def tridiagonalise(A: np.ndarray, reflectors: bool = False):
             raise np.linalg.LinAlgError(f"sytrd_2stage failed (info {info.value})")
 
     hous, work = np.empty(1, A.dtype), np.empty(1, A.dtype)
-    call(hous, -1, work, -1)  # workspace query
-    hous, work = np.empty(int(hous[0]), A.dtype), np.empty(int(work[0]), A.dtype)
+    call(hous, -1, work, -1)  # workspace query: sizes as floats (float32 rounds above 2^24: a margin)
+    hous, work = (np.empty(int(x[0]) + int(x[0]) // 1000 + 8, A.dtype) for x in (hous, work))
     call(hous, len(hous), work, len(work))
     return d[:n], e[:n - 1], None
