@@ -188,16 +188,18 @@ class REMLSpectrum:
     and the log-determinant comes from T's eigenvalues alone.  For a kernel whose rows
     sum to zero (centred by the fitting samples, as every fold's is) the GLS intercept
     is mean(y) and the GBLUP coefficients (K + d I)^-1 yc = H Q (T + d I)^-1 |yc| e1 also
-    come from it (``solve``): no Cholesky factorisation.
+    come from it (``solve``, with the one-stage reduction's reflectors Q): no Cholesky
+    factorisation.
 
     The tridiagonalisation is LAPACK's two-stage one where scipy's LAPACK has it
     (``tridiagonal.tridiagonalise``), which keeps no reflectors: ``solve`` is then not offered
     and the caller's Cholesky solve is faster than the one-stage reduction's extra time.
 
     ``single``: tridiagonalise in float32, about twice as fast as float64 at n = 4,000.  The
-    eigenvalues are then exact to ~1e-7 of the largest (~n here): REML's delta moves by ~1e-3
-    of itself, more where delta itself is that small (bench/RESULTS.md, "RKHS REML in single
-    precision").  The float32 reflectors are not kept: no ``solve``."""
+    eigenvalues are then exact to ~1e-7 of the largest (~n here) with the one-stage reduction,
+    ~1.5e-6 with the two-stage one: REML's delta moves by ~1e-3 of itself, more where delta
+    itself is that small (bench/RESULTS.md, "RKHS REML in single precision", "Two-stage
+    tridiagonalisation").  The float32 reflectors are not kept: no ``solve``."""
 
     def __init__(self, K: np.ndarray, y: np.ndarray, overwrite: bool = False, covariates=None,
                  single: bool = False):
@@ -349,8 +351,9 @@ class ValidatedPrediction(NamedTuple):
 def gblup_kernel_predict(K, y_fit, K_new, delta=None, inner=None, overwrite=False, covariates=None,
                          covariates_new=None, single=False) -> KernelPrediction:
     """GBLUP from kernels: K [fit, fit] and K_new [new, fit]; as gblup_fit_predict.
-    ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML and
-    K centred by its rows (every CV fold's), the solve reuses REML's tridiagonalisation.
+    ``overwrite``: K may be overwritten (saves one n x n copy).  With delta from REML, K
+    centred by its rows (every CV fold's) and the one-stage reduction (no two-stage one in
+    scipy's LAPACK), the solve reuses REML's tridiagonalisation; otherwise one Cholesky.
     ``covariates`` [fit, c] and ``covariates_new`` [new, c]: fixed effects besides the
     intercept (REML projects them out; b by GLS; mu is the intercept at their mean).
     ``single``: REML's tridiagonalisation in float32 (REMLSpectrum); the solve stays float64."""
@@ -551,6 +554,10 @@ def off_diagonal_median(D2: np.ndarray) -> float:
     squared distances (overwritten; a zero diagonal).  Each pair is in it twice, which leaves
     the median as it is, and the n zeros of the diagonal are the smallest values: the middle
     of the other n (n - 1) is found by one partition, without the upper triangle's indices.
+    The upper triangle's median to the bit where the matrix is exactly symmetric;
+    ``squared_distances`` of a Gram matrix that is not made of integers can round d_ij and
+    d_ji apart in the last bit, and then so can the two medians.  The CV and ``predict``'s
+    refit both use this one.
 
     >>> off_diagonal_median(np.array([[0.0, 1, 4], [1, 0, 9], [4, 9, 0]]))
     4.0

@@ -25,6 +25,7 @@ from hpcsnp.linear.baseline import (
     fixed_design,
     gblup_solve,
     gls_solve,
+    off_diagonal_median,
     read_rows,
     squared_distances,
     uncentred,
@@ -198,7 +199,7 @@ def kernel_fit(store, G: np.ndarray, fit_rows, theta: float, distance: str = "do
     fit_rows = np.sort(np.asarray(fit_rows, dtype=np.int64))
     D2 = squared_distances(G)[np.ix_(fit_rows, fit_rows)]
     del G
-    scale = float(np.median(D2[np.triu_indices(len(fit_rows), 1)])) or 1.0
+    scale = off_diagonal_median(D2.copy()) or 1.0  # as the CV's fold computed it
     K = np.exp(D2 * (-theta / scale))
     del D2
     alpha, mu, delta = fit_kernel(store, K, fit_rows, delta)
