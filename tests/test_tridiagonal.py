@@ -46,14 +46,7 @@ def test_two_stage_reduction_keeps_the_spectrum_and_the_first_axis(n, dtype, tol
 def test_two_stage_reduction_is_found_in_the_wheels_lapack():
     """scipy's wheels bundle an OpenBLAS with ssytrd_2stage and dsytrd_2stage; where scipy was
     built otherwise the one-stage reduction is used (the same results to rounding)."""
-    import glob
-    import os
-    import sys
-
-    import scipy
-
-    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    if not sys.platform.startswith("linux") or not glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
+    if not tridiagonal.bundled_openblas():
         pytest.skip("scipy was not installed from its Linux wheels (no bundled OpenBLAS)")
     assert tridiagonal.two_stage(np.float32) is not None and tridiagonal.two_stage(np.float64) is not None
 

@@ -24,16 +24,21 @@ import numpy as np
 _INT = ctypes.c_int  # scipy's bundled OpenBLAS has 32-bit LAPACK integers (numpy's ILP64 one is not used)
 
 
+def bundled_openblas() -> list[str]:
+    """The OpenBLAS libraries with 32-bit LAPACK integers that scipy's Linux wheels bundle
+    (none where scipy was built otherwise)."""
+    import scipy
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    return [p for p in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so*")))
+            if "openblas64" not in os.path.basename(p)]
+
+
 @functools.cache
 def two_stage(dtype) -> ctypes._CFuncPtr | None:
     """LAPACK's ``ssytrd_2stage`` / ``dsytrd_2stage`` from scipy's bundled OpenBLAS, or None."""
-    import scipy
-
     char = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}[np.dtype(dtype)]
-    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so*"))):
-        if "openblas64" in os.path.basename(path):
-            continue
+    for path in bundled_openblas():
         try:
             return getattr(ctypes.CDLL(path), f"scipy_{char}sytrd_2stage_")
         except (OSError, AttributeError):
