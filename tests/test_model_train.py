@@ -515,6 +515,43 @@ def test_weight_averages_follow_the_steps_and_stand_in_for_the_weights(micro):
         pass
 
 
+@pytest.mark.parametrize("basis", ["additive", "onehot"])
+def test_affine_readout_predicts_what_the_convolutions_do(basis):
+    """The per-SNP effect table (readout.py) gives the network's predictions: for the default
+    basis (missing calls read at a per-SNP fill) and the one-hot one, on near-zero weights
+    and after training steps that moved them, with missing calls and every code; a network
+    with non-linear convolutions predicts through them."""
+    import tensorflow as tf
+
+    from hpcsnp.cnn.steps import CompiledSteps
+
+    n = 300
+    rng = np.random.default_rng(3)
+    cfg = Config(genotype_basis=basis, batch_size=16)
+    steps = CompiledSteps.build(n, cfg, None, 1, lambda m: None,
+                                missing_dosage=rng.uniform(-1, 1, n).astype(np.float32))
+    assert steps.readout is not None
+    g = rng.integers(-1, 3, (40, n)).astype(np.int8)
+    t = tf.constant(rng.standard_normal(16).astype(np.float32))
+
+    def agree():
+        want = steps.predict_step(tf.constant(g)).numpy()
+        got = steps.predictor()(g)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        return want
+
+    first = agree()
+    for _ in range(20):
+        steps.train_step(tf.constant(g[:16]), t)
+    moved = agree()
+    # the weights, and the table with them, moved; the output is not saturated (ISRU's bound 5.77)
+    assert np.abs(moved - first).max() > 0.5 * np.ptp(first) > 0 and np.abs(moved).max() < 4
+    relu = CompiledSteps.build(n, Config(activation="relu"), None, 1, lambda m: None)
+    assert relu.readout is None
+    np.testing.assert_array_equal(relu.predictor()(g), relu.predict_step(tf.constant(g)).numpy())
+
+
 def test_isru_is_bounded_by_alpha():
     from hpcsnp.cnn.model import ISRU
 

@@ -14,6 +14,7 @@ from hpcsnp.cnn.attribution.marginal import MarginalAssociation
 from hpcsnp.cnn.data import one_hot
 from hpcsnp.cnn.fused import on_codes, training_forward
 from hpcsnp.cnn.model import build_model
+from hpcsnp.cnn.readout import AffineReadout, affine_problem
 
 if TYPE_CHECKING:
     from hpcsnp.cnn.train import TargetScale
@@ -69,6 +70,11 @@ class CompiledSteps:
             # (through the one-hot call: the table of on_codes took ~38 MB more at its batch size)
             return forward(one_hot(g), training=False)[:, 0]
         self.predict_step = predict_step
+        # the same predictions by the network's per-SNP effect table, where it is affine (readout.py)
+        why = affine_problem(model, cfg)
+        self.readout = AffineReadout(model) if why is None else None
+        if why is not None:
+            say(f"predictions through the convolutions ({why})")
         # Resume state: every variable of the model (weights and the dropout layers' RNG
         # states) and of the optimiser.  (tf.train.Checkpoint on a Keras 3 model misses the
         # model's own variables.)
@@ -101,11 +107,20 @@ class CompiledSteps:
         for v, a in zip(self.model.trainable_variables, self.averages):
             v.assign(a)
 
+    def predictor(self):
+        """A function of a batch's int8 codes: the model's output (float32) with its current
+        weights; through the per-SNP effect table where the network is affine (readout.py)."""
+        if self.readout is None:
+            return lambda g: self.predict_step(g).numpy()
+        table = self.readout.table()
+        return lambda g: self.readout.predict(g, table)
+
     def predict(self, src) -> tuple[np.ndarray, np.ndarray]:
         """Predictions in phenotype units and the store rows they belong to."""
         preds, rows = [], []
+        predict = self.predictor()
         for g, _, r in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
-            preds.append(self.predict_step(g).numpy())
+            preds.append(predict(g))
             rows.append(np.asarray(r))
         rows = np.concatenate(rows)
         return self.scale.back(np.concatenate(preds), rows), rows
@@ -122,8 +137,9 @@ class CompiledSteps:
         """The ``marginal`` attribution of this model over ``src``'s lines (phenotype units)."""
 
         acc = MarginalAssociation(self.n_var)
+        predict = self.predictor()
         for g, _, _ in src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads):
-            acc.add(np.asarray(g), self.scale.back(self.predict_step(g).numpy()))
+            acc.add(np.asarray(g), self.scale.back(predict(g)))
         return acc.result()
 
 
