@@ -32,6 +32,30 @@ def data(n=60, p=40, h2=0.6, seed=0):
     return g, Z, y
 
 
+@pytest.mark.parametrize("condition", [1e3, 1e12], ids=["refined", "falls-back"])
+def test_spd_solve_is_a_float64_solve(condition):
+    """spd_solve (float32 Cholesky refined in float64) returns the float64 solution to
+    rounding: where H's condition number allows the refinement, and, by the float64
+    Cholesky, where it does not; a zero right-hand side gives a zero column."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    from hpcsnp.linear.baseline import spd_solve
+
+    rng = np.random.default_rng(7)
+    n = 300
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    H = (Q * np.geomspace(1.0, 1.0 / condition, n)) @ Q.T
+    H = (H + H.T) / 2
+    B = np.column_stack([rng.standard_normal(n), np.zeros(n), np.ones(n)])
+    want = cho_solve(cho_factor(H.copy(), lower=True), B)
+    got = spd_solve(H.copy(), B)
+    scale = np.abs(want).max(axis=0)
+    scale[1] = 1.0
+    # float64 accuracy: cond x 1e-16 relative; float32's alone would be cond x 1e-7
+    assert (np.abs(got - want).max(axis=0) / scale).max() < condition * 1e-13
+    assert not got[:, 1].any()
+
+
 def test_gblup_equals_henderson_mixed_model_equations():
     """[[n, 1'Z], [Z'1, Z'Z + lambda I]] [mu; beta] = [1'y; Z'y], lambda = delta * p."""
     _, Z, y = data()

@@ -405,16 +405,43 @@ def gls_solve(K, y, delta, X, overwrite=False):
     """The mixed model y = X b + g + e, Var = sg2 (K + delta I): b by GLS and alpha = (K +
     delta I)^-1 (y - X b), so the BLUP of new lines is X_new b + K_new alpha; returns (alpha,
     b).  One Cholesky factorisation for every right-hand side; alpha is linear in them."""
-    from scipy.linalg import cho_factor, cho_solve
-
     n = len(y)
     H = K if overwrite else K.copy()
     H[np.diag_indices(n)] += delta
-    sol = cho_solve(cho_factor(H, lower=True, overwrite_a=True, check_finite=False),
-                    np.column_stack([X, y]), check_finite=False)
+    sol = spd_solve(H, np.column_stack([X, y]).astype(np.float64))
     HiX, Hiy = sol[:, :-1], sol[:, -1]
     b = np.linalg.lstsq(X.T @ HiX, X.T @ Hiy, rcond=None)[0]
     return Hiy - HiX @ b, b
+
+
+def spd_solve(H: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """H^-1 B for a symmetric positive definite H [n, n] (float64, kept) and B [n, k]:
+    LAPACK's mixed-precision dsposv, written out (scipy does not wrap it).  The Cholesky
+    factor is computed in float32, about three times as fast as in float64 here (n = 4,000,
+    one thread: 0.27 against 0.8 s), and the solution refined in float64 until every
+    column's residual passes dsposv's test, |r| <= sqrt(n) |x| |H|_inf eps: the backward
+    error of a float64 solve, so the same solution to rounding.  Where H is too
+    ill-conditioned for that (or not positive definite in float32), the float64 Cholesky
+    solve, as dsposv falls back (overwriting H).  Memory: a float32 copy of H besides it."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    n = H.shape[0]
+    single = H.astype(np.float32)
+    norm = float(np.abs(single).sum(axis=1, dtype=np.float64).max(initial=0.0))  # |H|_inf, from the smaller copy
+    try:
+        factor = cho_factor(single, lower=True, overwrite_a=True, check_finite=False)
+    except LinAlgError:
+        factor = None
+    del single
+    if factor is not None:
+        tol = np.sqrt(n) * norm * np.finfo(np.float64).eps / 2
+        x = cho_solve(factor, B.astype(np.float32), check_finite=False).astype(np.float64)
+        for _ in range(30):  # dsposv's ITERMAX
+            r = B - H @ x
+            if np.all(np.abs(r).max(axis=0) <= tol * np.abs(x).max(axis=0)):
+                return x
+            x += cho_solve(factor, r.astype(np.float32), check_finite=False)
+    return cho_solve(cho_factor(H, lower=True, overwrite_a=True, check_finite=False), B, check_finite=False)
 
 
 def covariate_basis(covariates) -> np.ndarray:
