@@ -2,6 +2,9 @@
 finds the maximum of a directly computed restricted likelihood."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -487,3 +490,29 @@ def test_a_baseline_that_cannot_fit_in_memory_is_refused_up_front(sim_store, tmp
     fitted = [json.loads(p.read_text()) for p in (tmp_path / "auto").rglob("metrics.json")]
     assert sorted(m["model"] for m in fitted) == ["gblup_dosage", "gblup_onehot"]
     assert all(m["solver"] == "scalable" for m in fitted)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_keep_freed_memory_reuses_large_arrays_where_memory_allows():
+    """keep_freed_memory: where the memory allows twice the need, an n x n array made again
+    after the last one was freed reuses its pages (few page faults) instead of a fresh
+    mapping faulted in page by page; with too little memory it changes nothing.  In a
+    child process: malloc's settings last for the process."""
+    code = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from hpcsnp.resources import keep_freed_memory
+        kept = keep_freed_memory(10 << 20, available=int(sys.argv[1]))
+        np.ones((2048, 2048)).sum()  # 32 MB made and freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        np.ones((2048, 2048)).sum()
+        print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    out = {}
+    for available in (1 << 40, 15 << 20):
+        proc = subprocess.run([sys.executable, "-c", code, str(available)], capture_output=True, text=True, check=True)
+        kept, faults = proc.stdout.split()
+        out[kept] = int(faults)
+    assert set(out) == {"True", "False"}
+    # 32 MB is 8,192 pages of 4 KB (or 16 huge pages): a fresh mapping faults at least 16 times
+    assert out["True"] < 10 <= out["False"], out

@@ -45,7 +45,7 @@ from hpcsnp.genotypes import ONE_HOT_TABLE, mean_dosage
 from hpcsnp.linear import tridiagonal
 from hpcsnp.metrics import all_finite, regression_metrics
 from hpcsnp.models import ENCODINGS, KERNELS, KINDS, model_name
-from hpcsnp.resources import memory_limit_bytes, provenance
+from hpcsnp.resources import keep_freed_memory, memory_limit_bytes, provenance
 from hpcsnp.rundir import (
     METRICS_JSON,
     PREDICTIONS_CSV,
@@ -674,6 +674,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
     solver, why = choose_solver(store, solver)
     if solver == "exact":
         check_memory(store)
+        keep_freed_memory(memory_needed(store.n_samples, store.n_variants))
     else:
         skipped = [e for e in encodings if e in KERNEL_KINDS]
         if skipped:

@@ -56,9 +56,11 @@ from hpcsnp.linear.baseline import (
     covariate_basis,
     fixed_design,
     gram_matrix,
+    memory_needed,
     orthonormal_columns,
     read_rows,
 )
+from hpcsnp.resources import keep_freed_memory
 from hpcsnp.rundir import GWAS_TSV, LEGACY_GWAS_CSV
 
 logger = logging.getLogger(__name__)
@@ -234,6 +236,7 @@ def gwas_store(store, *, gram=None, block: int = 1024, loco: bool = False, progr
         return _finish(store, len(rows), frame, delta, loco, loco_note, len(groups), method, t0,
                        {"solver": "scalable", **info})
     check_memory(store)
+    keep_freed_memory(memory_needed(store.n_samples, store.n_variants))
     g = read_rows(store, rows)
     # a run's cached Gram matrix is of every line of the store: used when every line is tested
     G, width = gram if gram is not None and len(rows) == store.n_samples else gram_matrix(g, "dosage")
