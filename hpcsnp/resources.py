@@ -322,9 +322,10 @@ def keep_freed_memory(need: int, available: int | None = None) -> bool:
     process may use (``available``, default ``memory_limit_bytes``) holds twice ``need``, its
     expected peak.  Otherwise every array over 32 MB is a fresh mapping whose pages are
     faulted in again: the exact baselines make and drop n x n arrays dozens of times a fold,
-    and on SoyNAM a fold's four took 19 % less time this way (bench/RESULTS.md).  The price:
-    the process keeps its peak memory until it exits, and the heap's fragments can raise that
-    peak (by 17 % there), hence the headroom asked for.  True when set; False elsewhere
+    and on SoyNAM a fold's four took 15-20 % less time this way (bench/RESULTS.md).  The
+    price: the process keeps its peak memory until it exits, and the heap's fragments can
+    raise that peak (by 13-30 % there), hence the headroom asked for: where SLURM grants
+    less, nothing changes.  True when set; False elsewhere
     (not glibc, or too little memory)."""
     available = memory_limit_bytes() if available is None else available
     if available is not None and available < 2 * need:
