@@ -408,7 +408,7 @@ def gls_solve(K, y, delta, X, overwrite=False):
     n = len(y)
     H = K if overwrite else K.copy()
     H[np.diag_indices(n)] += delta
-    sol = spd_solve(H, np.column_stack([X, y]).astype(np.float64))
+    sol = spd_solve(H, np.asarray(np.column_stack([X, y]), np.float64))
     HiX, Hiy = sol[:, :-1], sol[:, -1]
     b = np.linalg.lstsq(X.T @ HiX, X.T @ Hiy, rcond=None)[0]
     return Hiy - HiX @ b, b
