@@ -1049,8 +1049,10 @@ def main(argv=None):
     import faulthandler
     import signal
 
-    from hpcsnp.resources import die_with_parent
+    from hpcsnp.resources import die_with_parent, exec_with_huge_pages
 
+    if argv is None:  # this process's own command line: start it again with huge pages where they apply
+        exec_with_huge_pages()
     # a crash in a native library (BLAS, LAPACK, TensorFlow) writes the Python stack to stderr, the
     # fold's log: which call died, where a bare "Segmentation fault" says nothing
     with contextlib.suppress(AttributeError, ValueError, OSError):  # a stderr without a file descriptor

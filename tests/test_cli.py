@@ -183,6 +183,48 @@ def test_hpcsnp_threads_env_and_cgroup_quota(monkeypatch, tmp_path):
     assert _cgroup_cpu_quota(v1) == 1 and _cgroup_cpu_quota(tmp_path / "absent") is None
 
 
+def test_huge_pages_env_asks_glibc_where_the_kernel_offers_them(monkeypatch, tmp_path):
+    from hpcsnp.resources import huge_pages_env
+
+    monkeypatch.setattr("platform.libc_ver", lambda: ("glibc", "2.36"))
+    thp = tmp_path / "enabled"
+    for setting in ("always [madvise] never\n", "[always] madvise never\n"):
+        thp.write_text(setting)
+        assert huge_pages_env({"A": "1"}, thp) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    # the user's own tunables are kept; their own choice of huge pages is left as it is
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert huge_pages_env(mine, thp)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, thp) is None
+    thp.write_text("always madvise [never]\n")
+    assert huge_pages_env({}, thp) is None
+    assert huge_pages_env({}, tmp_path / "absent") is None
+    monkeypatch.setattr("platform.libc_ver", lambda: ("", ""))  # musl, macOS
+    thp.write_text("always [madvise] never\n")
+    assert huge_pages_env({}, thp) is None
+
+
+def test_the_command_line_starts_again_with_huge_pages_once(tmp_path):
+    """hpcsnp's entry point replaces its process by itself under glibc's huge-page tunable, once:
+    the code before main() runs twice, the second time with the tunable, and the verb once."""
+    import os
+
+    from hpcsnp.resources import huge_pages_env
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if huge_pages_env(env) is None:
+        pytest.skip("no transparent huge pages for glibc's malloc on this machine (not glibc, or THP off)")
+    code = ("import os, sys; print('tunables', os.environ.get('GLIBC_TUNABLES'), os.getpid(), flush=True); "
+            "sys.argv = ['hpcsnp', '--version']; from hpcsnp.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert [ln.split()[:2] for ln in lines[:2]] == [["tunables", "None"], ["tunables", "glibc.malloc.hugetlb=1"]]
+    assert lines[0].split()[2] == lines[1].split()[2]  # the same process, started again
+    assert lines[2:] == ["hpcsnp, version " + __import__("hpcsnp").__version__]
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(off) == 2 and off[0].split()[1] == "glibc.malloc.hugetlb=0"
+
+
 def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):
     proc = run_cli("demo", tmp_path / "q", "--samples", 300, "--snps", 60, "--threads", 1, "--no-progress")
     assert "planted causal SNPs, rank by the combined score and by mean saliency:" in proc.stdout
