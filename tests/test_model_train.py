@@ -1,5 +1,6 @@
 """Model shape, one fold's outputs, saliency averaging and the reduce contract."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,6 +25,10 @@ def test_model_follows_the_spec():
     assert all(c.filters == 10 and c.padding == "same" for c in convs.values())
     assert m.get_layer("dense").input.shape[-1] == 100 * 10
     assert m.get_layer("dropout1").rate == 0.75
+    # the defaults: no dropout after the first block (the layer kept, inactive), the others at --dropout
+    d = build_model(100, Config())
+    assert [d.get_layer(f"dropout{i}").rate for i in (1, 2, 3)] == [0.0, 0.25, 0.25]
+    assert build_model(100, Config(dropout1=None, dropout=0.5)).get_layer("dropout1").rate == 0.5
     # conv1 4*4*10+10, conv2 20*10*10+10, shortcut 4*4*10+10, conv3 4*10*10+10, dense 1000+1
     trainable = sum(int(np.prod(v.shape)) for v in m.trainable_variables)
     assert trainable == 170 + 2010 + 170 + 410 + 1001
@@ -35,9 +40,10 @@ def test_publication_settings_and_overrides():
     cfg = _build_config(publication=True, batch_size=8)
     assert (cfg.batch_size, cfg.learning_rate, cfg.patience, cfg.dropout, cfg.lr_decay_patience, cfg.refit) == (
         8, 1e-3, 10, 0.75, 0, False)
-    paper = ("learning_rate", "patience", "dropout", "lr_decay_patience", "refit", "genotype_basis", "n_models",
-             "l2_dense", "weight_average")
-    assert Config().replace(**{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
+    paper = ("learning_rate", "patience", "dropout", "dropout1", "lr_decay_patience", "refit", "genotype_basis",
+             "n_models", "l2_dense", "weight_average")
+    assert cfg.dropout1 is None and cfg.first_dropout() == 0.75  # every dropout at the publication's rate
+    assert dataclasses.replace(Config(), **{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
     assert cfg.n_models == 1 and Config().n_models == 0  # one model per fold, as published; by default, by data size
     assert cfg.l2_dense == 0.0 and Config().l2_dense > 0  # the published output layer has no L2
@@ -259,11 +265,12 @@ def test_an_activation_lets_the_network_represent_interactions_within_its_recept
     assert Config(activation="relu", bf16_step=True).ignored()
 
 
-@pytest.mark.parametrize("n_snps", [300, 40])
-def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
+@pytest.mark.parametrize("n_snps,r1", [(300, 0.25), (40, 0.25), (300, 0.0)])
+def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps, r1):
     """With dropout on, TrainingForward (scale folded into the kernels, mask as one
     multiplication) equals the Keras layers with the same masks applied and scaled by
-    1 / keep explicitly, and so do the loss gradients."""
+    1 / keep explicitly, and so do the loss gradients.  With dropout1 off (the default) it
+    draws no mask there: that layer's counter does not move."""
     import keras
     import tensorflow as tf
 
@@ -272,7 +279,7 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
     from hpcsnp.cnn.model import build_model
     from hpcsnp.config import Config
 
-    cfg = Config(dropout=0.25, bf16_step=False)  # float32: the function, not bfloat16's rounding
+    cfg = Config(dropout=0.25, dropout1=r1, bf16_step=False)  # float32: the function, not bfloat16's rounding
     keras.utils.set_random_seed(4)
     m = build_model(n_snps, cfg, np.random.default_rng(1).uniform(-1, 1, n_snps))  # missing calls mean-filled
     for v in m.trainable_variables:
@@ -281,12 +288,13 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
     L = m.get_layer
     x = one_hot(np.random.default_rng(2).integers(-1, 3, (6, n_snps)).astype(np.int8))
     t = tf.constant(np.linspace(-1, 1, 6), tf.float32)
-    r1, r = 0.25, 1 - 0.75 ** 2
+    r = 1 - 0.75 ** 2
 
     def explicit(x):
         x = L("basis")(x)  # the default genotype basis
         y = L("conv2")(L("conv1")(x))
-        y = y * f.drop1.keep_mask(y, r1) / (1 - r1)
+        if r1:
+            y = y * f.drop1.keep_mask(y, r1) / (1 - r1)
         z = tf.reshape(L("conv3")(L("shortcut")(x) + y), [6, -1])
         z = z * f.drop2.keep_mask(z, r) / (1 - r)
         return L("isru")(L("dense")(z))
@@ -300,6 +308,7 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps):
         return out.numpy(), tape.gradient(loss, m.trainable_variables)
 
     out_f, g_f = run(lambda x: f(x, training=True))
+    assert int(f.drop1.counter.numpy()) == (8 if r1 else 7) and int(f.drop2.counter.numpy()) == 12
     out_e, g_e = run(explicit)
     assert not np.allclose(out_f, m(x, training=False).numpy(), rtol=1e-3)  # the masks did something
     np.testing.assert_allclose(out_f, out_e, rtol=2e-5, atol=2e-6)

@@ -175,7 +175,8 @@ def _conv(cfg, kernel, name):
 
 def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
     """docs/method.md, Model: two stacked convolutions plus a shortcut, one more
-    convolution, flatten, and a dense ISRU output; dropout after each block.  With a
+    convolution, flatten, and a dense ISRU output; dropout after each block (the first
+    block's at ``cfg.first_dropout()``, by default 0: the layer is kept, inactive).  With a
     genotype basis other than "onehot" the convolutions read the one-hot input through
     a fixed GenotypeBasis layer; with ``cfg.missing_dosage`` "mean" its missing calls read as
     ``missing_dosage`` (per SNP, centred; ``mean_dosage`` of the training lines)."""
@@ -184,7 +185,7 @@ def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
         cfg.genotype_basis, cfg.dosage_scale, fill_missing=fills_missing(cfg), name="basis")(inp)
     x = _conv(cfg, cfg.kernel_1, "conv1")(coded)
     x = _conv(cfg, cfg.kernel_2, "conv2")(x)
-    x = FastDropout(cfg.dropout, seed=cfg.seed * 3 + 1, name="dropout1")(x)
+    x = FastDropout(cfg.first_dropout(), seed=cfg.seed * 3 + 1, name="dropout1")(x)
     s = _conv(cfg, cfg.kernel_shortcut, "shortcut")(coded)
     x = layers.Add(name="residual")([s, x])
     x = _conv(cfg, cfg.kernel_3, "conv3")(x)
