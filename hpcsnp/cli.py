@@ -125,8 +125,8 @@ DEFAULTS = Config()
 HELP_SECTIONS = {
     "Settings as a whole": ("config_path", "publication"),
     "Training": ("max_epochs", "batch_size", "learning_rate", "patience", "patience_steps", "lr_decay_patience",
-                 "lr_decay_steps", "dropout", "dropout1", "mask_rate", "weight_average", "refit", "refit_start", "refit_epochs",
-                 "model_schedule", "n_models", "seed", "standardize"),
+                 "lr_decay_steps", "dropout", "dropout1", "mask_rate", "weight_average", "refit", "refit_start",
+                 "refit_epochs", "model_schedule", "n_models", "seed", "standardize"),
     "Model": ("genotype_basis", "dosage_scale", "missing_dosage", "l2_dense", "activation", "alpha"),
     "Attribution": ("attribution",),
     "Speed and memory": ("fuse_convolutions", "bf16_step", "step_activation_mb", "steps_per_epoch", "cache",
