@@ -62,7 +62,8 @@ class Config:
     dropout: float = 0.25  # the publication's 0.75: --publication
     # the dropout after the first two convolutions, on the branch the shortcut bypasses (layer
     # "dropout1"); None = ``dropout``, as published.  Off by default: a quarter of the training
-    # step's time, and on SoyNAM the headline's PCC within 0.0005 (bench/RESULTS.md)
+    # step's time; on SoyNAM the headline's PCC within 0.0005, the CNN's alone up to 0.002 lower
+    # (bench/RESULTS.md)
     dropout1: float | None = 0.0
     alpha: float = 0.03  # ISRU bound is +-1/sqrt(alpha), on the standardised target
     l2_kernel: float = 0.1

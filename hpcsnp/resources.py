@@ -448,23 +448,30 @@ def dask_context(scheduler: str = "threads", threads: int | None = None):
         yield None
 
 
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"  # glibc 2.35 and later
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+RESTARTED = "HPCSNP_RESTARTED"  # set in the restarted process: never a second restart
 
 
 def huge_pages_env(env=None, thp_setting: Path = THP_SETTING) -> dict | None:
     """The environment under which glibc's malloc asks the kernel for transparent huge pages
     (GLIBC_TUNABLES glibc.malloc.hugetlb=1: madvise(MADV_HUGEPAGE) on the memory it maps), or
-    None where it does not apply: not glibc, the kernel's huge pages off ("[never]"), or the
-    tunable given already (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 keeps them off).  A training
-    step streams activations of several MB each; on 4 kB pages every pass over one walks
-    ~1,300 pages' translations.  glibc reads its tunables when a process starts, so
-    ``cli.main`` starts itself again under this environment (``exec_with_huge_pages``)."""
+    None where it does not apply: not glibc 2.35 or later, the kernel's huge pages off
+    ("[never]"), the tunable given already (GLIBC_TUNABLES=glibc.malloc.hugetlb=0 keeps them
+    off), or this process the restarted one.  A training step streams activations of several
+    MB each, which TensorFlow takes from malloc; on 4 kB pages a pass over one walks ~1,300
+    pages' translations.  glibc reads its tunables when a process starts, so ``cli.main``
+    starts itself again under this environment (``exec_with_huge_pages``)."""
     import platform
 
     env = dict(os.environ if env is None else env)
     tunables = env.get("GLIBC_TUNABLES", "")
-    if HUGE_PAGES_TUNABLE in tunables or platform.libc_ver()[0] != "glibc":
+    libc, version = platform.libc_ver()
+    try:
+        recent = tuple(int(p) for p in version.split(".")[:2]) >= (2, 35)
+    except ValueError:
+        recent = False
+    if HUGE_PAGES_TUNABLE in tunables or env.get(RESTARTED) or libc != "glibc" or not recent:
         return None
     try:
         setting = thp_setting.read_text()
@@ -473,15 +480,24 @@ def huge_pages_env(env=None, thp_setting: Path = THP_SETTING) -> dict | None:
     if "[always]" not in setting and "[madvise]" not in setting:
         return None
     env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"{HUGE_PAGES_TUNABLE}=1") if t)
+    env[RESTARTED] = "1"
     return env
 
 
+def started_as_hpcsnp(argv0: str | None = None) -> bool:
+    """Whether this interpreter runs the ``hpcsnp`` command itself: its console script or
+    ``python -m hpcsnp`` (not a script, ``python -c``, stdin or a notebook calling main())."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    path = Path(argv0)
+    return path.name == "hpcsnp" or path.parts[-2:] == ("hpcsnp", "__main__.py")
+
+
 def exec_with_huge_pages() -> None:
-    """Replace this process by itself under ``huge_pages_env`` (same pid, arguments and open
-    files), before anything is imported or started; nothing happens where it does not apply
-    or the exec fails."""
+    """Replace this process by itself under ``huge_pages_env`` (same pid, command line and open
+    files), before TensorFlow, numpy or any data is loaded; only the ``hpcsnp`` command itself
+    (``started_as_hpcsnp``), once; nothing happens where it does not apply or the exec fails."""
     env = huge_pages_env()
-    if env is None or not getattr(sys, "orig_argv", None):
+    if env is None or not getattr(sys, "orig_argv", None) or not sys.executable or not started_as_hpcsnp():
         return
     with contextlib.suppress(OSError):
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

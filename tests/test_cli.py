@@ -188,41 +188,56 @@ def test_huge_pages_env_asks_glibc_where_the_kernel_offers_them(monkeypatch, tmp
 
     monkeypatch.setattr("platform.libc_ver", lambda: ("glibc", "2.36"))
     thp = tmp_path / "enabled"
+    asked = {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "HPCSNP_RESTARTED": "1"}
     for setting in ("always [madvise] never\n", "[always] madvise never\n"):
         thp.write_text(setting)
-        assert huge_pages_env({"A": "1"}, thp) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+        assert huge_pages_env({"A": "1"}, thp) == asked
     # the user's own tunables are kept; their own choice of huge pages is left as it is
     mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     assert huge_pages_env(mine, thp)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, thp) is None
+    assert huge_pages_env({"HPCSNP_RESTARTED": "1"}, thp) is None  # once, whatever became of the tunable
     thp.write_text("always madvise [never]\n")
     assert huge_pages_env({}, thp) is None
     assert huge_pages_env({}, tmp_path / "absent") is None
-    monkeypatch.setattr("platform.libc_ver", lambda: ("", ""))  # musl, macOS
     thp.write_text("always [madvise] never\n")
-    assert huge_pages_env({}, thp) is None
+    for libc in (("glibc", "2.31"), ("glibc", ""), ("", "")):  # the tunable is glibc 2.35's; musl, macOS
+        monkeypatch.setattr("platform.libc_ver", lambda libc=libc: libc)
+        assert huge_pages_env({}, thp) is None
 
 
-def test_the_command_line_starts_again_with_huge_pages_once(tmp_path):
-    """hpcsnp's entry point replaces its process by itself under glibc's huge-page tunable, once:
-    the code before main() runs twice, the second time with the tunable, and the verb once."""
+def test_the_hpcsnp_command_starts_again_with_huge_pages_once(tmp_path):
+    """`python -m hpcsnp` and the console script replace their process by themselves once, under
+    glibc's huge-page tunable, with the same arguments; a script that calls main() does not."""
     import os
+    import shutil
 
     from hpcsnp.resources import huge_pages_env
 
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HPCSNP_RESTARTED")}
     if huge_pages_env(env) is None:
-        pytest.skip("no transparent huge pages for glibc's malloc on this machine (not glibc, or THP off)")
-    code = ("import os, sys; print('tunables', os.environ.get('GLIBC_TUNABLES'), os.getpid(), flush=True); "
-            "sys.argv = ['hpcsnp', '--version']; from hpcsnp.cli import main; main()")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    lines = out.splitlines()
-    assert [ln.split()[:2] for ln in lines[:2]] == [["tunables", "None"], ["tunables", "glibc.malloc.hugetlb=1"]]
-    assert lines[0].split()[2] == lines[1].split()[2]  # the same process, started again
-    assert lines[2:] == ["hpcsnp, version " + __import__("hpcsnp").__version__]
-    off = subprocess.run([sys.executable, "-c", code], env={**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(off) == 2 and off[0].split()[1] == "glibc.malloc.hugetlb=0"
+        pytest.skip("no transparent huge pages for glibc's malloc here (glibc < 2.35, not glibc, or THP off)")
+    # every interpreter start says its pid and tunables, before and after the exec
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nprint('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), file=sys.stderr)\n")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    version = "hpcsnp, version " + __import__("hpcsnp").__version__
+    script = tmp_path / "mine.py"
+    script.write_text("import sys\nsys.argv[1:] = ['--version']\nfrom hpcsnp.cli import main\nmain()\n")
+    console = shutil.which("hpcsnp", path=str(Path(sys.executable).parent))
+    commands = [[sys.executable, "-m", "hpcsnp", "--version"]] + ([[console, "--version"]] if console else [])
+    for cmd in commands + [[sys.executable, str(script)]]:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=120)
+        starts = [ln.split() for ln in proc.stderr.splitlines() if ln.startswith("start ")]
+        assert proc.stdout.strip() == version, (cmd, proc.stdout)
+        if cmd[-1] == str(script):
+            assert starts == [["start", starts[0][1], "None"]], (cmd, starts)  # not restarted
+            continue
+        assert [s[2:] for s in starts] == [["None"], ["glibc.malloc.hugetlb=1"]], (cmd, starts)
+        assert starts[0][1] == starts[1][1]  # the same process, started again
+    off = subprocess.run(commands[0], env={**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert [ln for ln in off.stderr.splitlines() if ln.startswith("start ")][1:] == []
 
 
 def test_demo_runs_the_whole_job_and_ranks_the_planted_snps(tmp_path):

@@ -43,6 +43,7 @@ def test_publication_settings_and_overrides():
     paper = ("learning_rate", "patience", "dropout", "dropout1", "lr_decay_patience", "refit", "genotype_basis",
              "n_models", "l2_dense", "weight_average")
     assert cfg.dropout1 is None and cfg.first_dropout() == 0.75  # every dropout at the publication's rate
+    assert Config.from_dict({}).first_dropout() == 0.25  # a run recorded before dropout1: as it trained
     assert dataclasses.replace(Config(), **{k: getattr(cfg, k) for k in paper}) == cfg.replace(batch_size=64)
     assert cfg.genotype_basis == "onehot" and Config().genotype_basis == "additive"
     assert cfg.n_models == 1 and Config().n_models == 0  # one model per fold, as published; by default, by data size

@@ -58,3 +58,17 @@ def test_a_browser_renders_the_report(reported, tmp_path):
     assert image.size == (1280, 2400)
     extrema = image.getextrema()
     assert extrema[0] < 100 and extrema[1] > 200  # text and figures on a white page, not a blank one
+
+
+def test_the_settings_give_dropout1_its_rate_where_it_follows_dropout(tmp_path):
+    """dropout1 recorded as None (--publication, or a run from before the setting) means
+    --dropout's rate there too: the report says that rate, not "None"."""
+    from hpcsnp.config import Config
+    from hpcsnp.run.html import _settings
+    from hpcsnp.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    Config.publication().save(run.config_path)
+    assert re.search(r"dropout1</td>\s*<td>0.75 \(as dropout\)", _settings(run, [])), _settings(run, [])[:2000]
+    Config().save(run.config_path)
+    assert re.search(r"dropout1</td>\s*<td>0.0</td>", _settings(run, []))

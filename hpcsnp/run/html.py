@@ -125,7 +125,9 @@ def _datasets_table(datasets) -> str:
 
 def _settings(run: RunDir, datasets) -> str:
     cfg = run.config() or {}
-    table = pd.DataFrame({"setting": list(cfg), "value": [str(v) for v in cfg.values()]})
+    shown = {k: f"{cfg.get('dropout')} (as dropout)" if k == "dropout1" and v is None else str(v)
+             for k, v in cfg.items()}  # dropout1 None: --dropout's rate there too, as published
+    table = pd.DataFrame({"setting": list(shown), "value": list(shown.values())})
     versions = {}
     if datasets:
         metrics = run.fold(datasets[0].dataset, 1) / METRICS_JSON
