@@ -241,8 +241,10 @@ def test_a_warm_refit_goes_on_from_the_early_stopped_weights(sim_store, tmp_path
     from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
 
-    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, lr_decay_patience=1,
-                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="warm", refit_epochs=3)
+    # dropout1 as well: settings whose best epoch comes before the last (without it here, at the last)
+    cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.5, dropout1=0.5,
+                 lr_decay_patience=1, lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="warm",
+                 refit_epochs=3)
     kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
     r = train_fold(sim_store[0], 1, tmp_path / "warm", cfg)
     m, k = r.metrics, kept.metrics
