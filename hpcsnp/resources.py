@@ -466,12 +466,14 @@ def huge_pages_env(env=None, thp_setting: Path = THP_SETTING) -> dict | None:
 
     env = dict(os.environ if env is None else env)
     tunables = env.get("GLIBC_TUNABLES", "")
+    if HUGE_PAGES_TUNABLE in tunables or env.get(RESTARTED):  # the restarted process, and cv's folds
+        return None
     libc, version = platform.libc_ver()
     try:
         recent = tuple(int(p) for p in version.split(".")[:2]) >= (2, 35)
     except ValueError:
         recent = False
-    if HUGE_PAGES_TUNABLE in tunables or env.get(RESTARTED) or libc != "glibc" or not recent:
+    if libc != "glibc" or not recent:
         return None
     try:
         setting = thp_setting.read_text()
