@@ -498,8 +498,10 @@ def exec_with_huge_pages() -> None:
     """Replace this process by itself under ``huge_pages_env`` (same pid, command line and open
     files), before TensorFlow, numpy or any data is loaded; only the ``hpcsnp`` command itself
     (``started_as_hpcsnp``), once; nothing happens where it does not apply or the exec fails."""
-    env = huge_pages_env()
-    if env is None or not getattr(sys, "orig_argv", None) or not sys.executable or not started_as_hpcsnp():
+    if not started_as_hpcsnp() or not getattr(sys, "orig_argv", None) or not sys.executable:
+        return
+    env = huge_pages_env()  # reads the kernel's setting: only for the command itself
+    if env is None:
         return
     with contextlib.suppress(OSError):
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
