@@ -68,15 +68,21 @@ def test_publication_settings_and_overrides():
         _build_config("x.json", publication=True)
 
 
-@pytest.mark.parametrize("rate", [0.75, 0.3])
-def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate):
-    from hpcsnp.cnn.model import FastDropout
+@pytest.mark.parametrize("rate,bits", [(0.75, 4), (0.4375, 4), (66 / 256, 8), (0.3, 16)])
+def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate, bits):
+    from hpcsnp.cnn.model import FastDropout, mask_bits
 
+    assert mask_bits(rate) == bits
     d = FastDropout(rate, seed=7)
     x = np.ones((50, 400, 10), np.float32)
     a = d(x, training=True).numpy()
     kept = a != 0
     assert abs(kept.mean() - (1 - rate)) < 0.01  # 200,000 draws: sd of the mean < 0.0011
+    # elements drawn from the same random word are independent: a nibble mask's two halves
+    # come from the same bytes, a byte mask's neighbours from the same word
+    flat = kept.reshape(-1)
+    for a_, b_ in ((flat[:100_000], flat[100_000:]), (flat[0::2], flat[1::2])):
+        assert abs((a_ & b_).mean() - (1 - rate) ** 2) < 0.01
     assert np.allclose(a[kept], 1 / (1 - rate))
     assert np.array_equal(d(x, training=False).numpy(), x)
     b = d(x, training=True).numpy()

@@ -112,17 +112,32 @@ def fills_missing(cfg) -> bool:
     return cfg.missing_dosage == "mean" and BASES[cfg.genotype_basis] is not None
 
 
+def mask_bits(rate: float) -> int:
+    """Bits of a random word per mask element: the fewest (4, 8 or 16) that give ``rate``
+    exactly, 16 (rate quantised to 1/65536) where none does.
+
+    >>> [mask_bits(r) for r in (0.25, 0.4375, 0.75, 66 / 256, 0.3)]
+    [4, 4, 4, 8, 16]
+    """
+    for bits in (4, 8):
+        units = rate * (1 << bits)
+        if 0 < rate < 1 and abs(units - round(units)) < 1e-9:
+            return bits
+    return 16
+
+
 @keras.saving.register_keras_serializable(package="hpcsnp")
 class FastDropout(layers.Layer):
     """Inverted dropout whose mask costs a quarter of Keras' own.
 
     Keras draws one Philox uniform float per element; here one 32-bit draw is
-    bit-cast into four bytes (rate a multiple of 1/256, e.g. 0.75) or two
-    16-bit halves (any other rate, quantised to 1/65536), each compared with a
-    threshold: the same Bernoulli(1 - rate) mask distribution, scaled by
-    1 / (1 - rate).  The draws are stateless, keyed by (seed, step counter);
-    the counter is a layer variable, so it is checkpointed with the weights and
-    a resumed run draws the masks the uninterrupted run would have.
+    split into eight nibbles (rate a multiple of 1/16, e.g. 0.75, or 0.4375 for
+    two of 0.25 merged), four bytes (a multiple of 1/256) or two 16-bit halves
+    (any other rate, quantised to 1/65536), each compared with a threshold: the
+    same Bernoulli(1 - rate) mask distribution, scaled by 1 / (1 - rate).  The
+    draws are stateless, keyed by (seed, step counter); the counter is a layer
+    variable, so it is checkpointed with the weights and a resumed run draws the
+    masks the uninterrupted run would have.
     """
 
     def __init__(self, rate, seed=0, **kwargs):
@@ -149,18 +164,21 @@ class FastDropout(layers.Layer):
         1 - rate, unscaled: a caller that folds 1 / (1 - rate) into the next or previous
         linear map applies it with one multiplication.  (A multiplication by a cast mask
         costs about half of tf.where with a broadcast scalar here.)"""
-        byte = rate * 256
-        bits = 8 if abs(byte - round(byte)) < 1e-9 else 16
+        n = tf.size(x, out_type=tf.int64)
+        bits = mask_bits(rate)
         threshold = round((1.0 - rate) * (1 << bits))
         per_word = 32 // bits
-        n = tf.size(x, out_type=tf.int64)
         step = tf.convert_to_tensor(self.counter.value)
         seed = tf.stack([tf.constant(self.seed, tf.int64), step])
         self.counter.assign(step + 1)
         words = tf.random.stateless_uniform([(n + per_word - 1) // per_word], seed=seed, minval=None,
                                             maxval=None, dtype=tf.int32)
-        draws = tf.reshape(tf.bitcast(words, tf.uint8 if bits == 8 else tf.uint16), [-1])[:n]
-        return tf.cast(tf.reshape(draws < threshold, tf.shape(x)), x.dtype)
+        if bits == 4:  # each byte's high nibble (byte < 16 t), then its low one, as two halves
+            b = tf.reshape(tf.bitcast(words, tf.uint8), [-1])
+            keep = tf.concat([b < threshold << 4, tf.bitwise.bitwise_and(b, 15) < threshold], 0)[:n]
+        else:
+            keep = tf.reshape(tf.bitcast(words, tf.uint8 if bits == 8 else tf.uint16), [-1])[:n] < threshold
+        return tf.cast(tf.reshape(keep, tf.shape(x)), x.dtype)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
@@ -203,6 +221,16 @@ def build_model(n_snps: int, cfg, missing_dosage=None) -> keras.Model:
     return model
 
 
+def same_pads(*kernels: int) -> tuple[int, int]:
+    """The positions before and after its own that an output of TF/Keras 'same' convolutions
+    of these sizes in a row reads.
+
+    >>> same_pads(4), same_pads(4, 20), same_pads(1)
+    ((1, 2), (10, 12), (0, 0))
+    """
+    return sum((k - 1) // 2 for k in kernels), sum(k // 2 for k in kernels)
+
+
 def flops_per_sample(n_snps: int, cfg) -> dict:
     """Floating-point operations per sample (multiply and add counted apart), by layer
     shape: forward; a training step (forward, weight gradients, and input gradients for
@@ -220,9 +248,13 @@ def flops_per_sample(n_snps: int, cfg) -> dict:
     forward = sum(fwd.values())
     train = 2 * forward + sum(v for k, v in fwd.items() if k not in reads_input)
     saliency = 2 * forward
-    # the fused training step (TrainingForward): conv1+conv2 as one convolution of the input
+    # the fused training step (TrainingForward): conv1+conv2 as one convolution of the input,
+    # and with no dropout between the residual's branches the shortcut added into its kernel
     k12 = cfg.kernel_1 + cfg.kernel_2 - 1
     fused_fwd = forward - fwd["conv1"] - fwd["conv2"] + 2 * k12 * 4 * f * L
+    reach = [max(a, b) for a, b in zip(same_pads(cfg.kernel_1, cfg.kernel_2), same_pads(cfg.kernel_shortcut))]
+    if not cfg.first_dropout():
+        fused_fwd += 2 * (sum(reach) + 1 - k12) * 4 * f * L - fwd["shortcut"]
     fused_train = 2 * fused_fwd + fwd["conv3"] + fwd["dense"]
     return {"forward": forward, "train_step": train, "saliency": saliency, "train_step_fused": fused_train,
             "by_layer_forward": fwd}
