@@ -95,6 +95,8 @@ def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate, b
 @pytest.mark.parametrize("n_snps,kernels", [
     (300, (4, 20, 4, 4)), (30, (4, 20, 4, 4)),  # the paper's: fused; too short to fuse (two convolutions)
     (200, (3, 7, 5, 2)), (200, (2, 2, 3, 1)), (200, (5, 11, 1, 3)), (120, (1, 1, 1, 1)),  # odd/even/size-1 pads
+    (200, (1, 2, 7, 3)),  # a shortcut wider than conv1 + conv2 on both sides
+    (12, (1, 2, 3, 41)),  # conv3 wider than the SNPs: fused, but the edges put in place (not one block)
 ])
 def test_training_forward_is_the_keras_model_with_fewer_flops(n_snps, kernels, basis):
     """TrainingForward computes the Keras model's function (edges included) and the same

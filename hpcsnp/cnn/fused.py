@@ -164,7 +164,13 @@ class TrainingForward:
         self.l1, self.r1 = same_pads(k1)
         self.l2, self.r2 = same_pads(k2)
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
-        self.fused = model.input.shape[1] >= 2 * self.span
+        n = model.input.shape[1]
+        self.fused = n >= 2 * self.span
+        # the layers' own sizes (cfg's kernel sizes made them)
+        self.ks, self.k3 = self.shortcut.kernel.shape[0], self.conv3.kernel.shape[0]
+        l3, r3 = same_pads(self.k3)
+        # block1: the edges' differences reach conv3's outputs within l2 + l3 / r2 + r3 of each end
+        self.one_block = self.fused and n >= max(self.l2 + l3, self.r2 + r3)
         self.train_dtype = tf.bfloat16 if cfg.bf16() else tf.float32
 
     @staticmethod
@@ -231,7 +237,7 @@ class TrainingForward:
     def _from_coordinates(self, x, training):
         r1 = self.drop1.rate if training else 0.0
         edges = None
-        if self.fused and not r1:  # nothing between the residual's branches: one convolution
+        if self.one_block and not r1:  # nothing between the residual's branches: one convolution
             y, edges = self.block1(x)
         else:
             y = self.conv12(x, 1.0 / (1.0 - r1))
@@ -260,7 +266,7 @@ class TrainingForward:
         convolutions' outputs and the composed one's at each end (see ``_edges_out``)."""
         k = compose_kernels(self.conv1.kernel, self.conv2.kernel)
         left, right = self.l1 + self.l2, self.r1 + self.r2  # the composed kernel's reach
-        ls, rs = same_pads(self.cfg.kernel_shortcut)
+        ls, rs = same_pads(self.ks)
         reach = max(left, ls), max(right, rs)  # the merged kernel's
         merged = (tf.pad(k, [[reach[0] - left, reach[1] - right], [0, 0], [0, 0]])
                   + tf.pad(self.shortcut.kernel, [[reach[0] - ls, reach[1] - rs], [0, 0], [0, 0]]))
@@ -284,8 +290,8 @@ class TrainingForward:
         output: no pass over the whole activation to put them in place.  ``w`` is the dense
         kernel as the step uses it (dropout's scale folded in, in the step's type)."""
         head, tail = edges
-        l3, r3 = same_pads(self.cfg.kernel_3)
-        f = self.cfg.filters
+        l3, r3 = same_pads(self.k3)
+        f = self.conv3.kernel.shape[-1]
         w3 = tf.cast(self.conv3.kernel, head.dtype)
         out = 0
         if self.l2:  # conv3's outputs 0 .. l2 + l3 - 1 read the head's differences

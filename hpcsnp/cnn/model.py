@@ -128,7 +128,7 @@ def mask_bits(rate: float) -> int:
 
 @keras.saving.register_keras_serializable(package="hpcsnp")
 class FastDropout(layers.Layer):
-    """Inverted dropout whose mask costs a quarter of Keras' own.
+    """Inverted dropout whose mask costs an eighth to a half of Keras' own.
 
     Keras draws one Philox uniform float per element; here one 32-bit draw is
     split into eight nibbles (rate a multiple of 1/16, e.g. 0.75, or 0.4375 for
@@ -161,7 +161,7 @@ class FastDropout(layers.Layer):
 
     def keep_mask(self, x, rate):
         """A fresh 0/1 float mask shaped like ``x``, each element kept with probability
-        1 - rate, unscaled: a caller that folds 1 / (1 - rate) into the next or previous
+        1 - rate (0 < rate < 1), unscaled: a caller that folds 1 / (1 - rate) into the next or previous
         linear map applies it with one multiplication.  (A multiplication by a cast mask
         costs about half of tf.where with a broadcast scalar here.)"""
         n = tf.size(x, out_type=tf.int64)
