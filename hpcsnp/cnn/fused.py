@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import tensorflow as tf
 
 from hpcsnp.cnn.data import one_hot
-from hpcsnp.cnn.model import ISRU, FastDropout, GenotypeBasis, same_pads
+from hpcsnp.cnn.model import DOSAGE, ISRU, FastDropout, GenotypeBasis, same_pads
+from hpcsnp.genotypes import ONE_HOT_TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +91,37 @@ def training_forward(model, cfg):
     return TrainingForward(model, cfg)
 
 
+def constant_combination(basis) -> tuple[int, np.ndarray] | None:
+    """(j, c) with c . x = 1 for the coordinates x of every call (the rows of the one-hot
+    table, or of its map by ``basis``, a GenotypeBasis or None) and c[j] != 0, or None where
+    no such c exists: then a bias B of a convolution of the coordinates is the kernel tap
+    B c on the position each output stands at, which is a SNP's, never the padding
+    (``TrainingForward.block1``).  The one-hot channels sum to 1; the additive basis's
+    missing and called coordinates do.
+
+    >>> constant_combination(None)
+    (3, array([1., 1., 1., 1.]))
+    """
+    table = ONE_HOT_TABLE.astype(np.float64) if basis is None else ONE_HOT_TABLE @ basis.matrix.astype(np.float64)
+    c = np.linalg.lstsq(table, np.ones(len(table)), rcond=None)[0]
+    c[np.abs(c) < 1e-9] = 0.0
+    if not np.allclose(table @ c, 1.0, atol=1e-9):
+        return None
+    if basis is not None and basis.fill_missing and c[DOSAGE]:
+        return None  # a missing call's dosage coordinate is its SNP's mean fill, not the table's
+    j = len(c) - 1 - int(np.argmax(np.abs(c[::-1])))  # the last of the largest
+    return j, c
+
+
 def compose_kernels(w1, w2):
     """Kernel of conv(conv(x, w1), w2) as one convolution: [k1 + k2 - 1, C_in, F].
-    K[u] = sum over s + t = u of w1[t] @ w2[s] (TF convolutions are correlations)."""
+    K[u] = sum over s + t = u of w1[t] @ w2[s] (TF convolutions are correlations): itself a
+    convolution, of w1 [k1, C_in, F1] read as C_in sequences of F1 channels, zero-padded by
+    k2 - 1 at each end, with w2 reversed along its positions.  One operation (and two in the
+    gradient) instead of k2 products, pads and a sum."""
     k2 = w2.shape[0]
-    return tf.add_n([tf.pad(tf.einsum("tcf,fg->tcg", w1, w2[s]), [[s, k2 - 1 - s], [0, 0], [0, 0]])
-                     for s in range(k2)])
+    seqs = tf.pad(tf.transpose(w1, [1, 0, 2]), [[0, 0], [k2 - 1, k2 - 1], [0, 0]])  # [C_in, k1 + 2 (k2 - 1), F1]
+    return tf.transpose(tf.nn.conv1d(seqs, tf.reverse(w2, [0]), 1, "VALID"), [1, 0, 2])
 
 
 @tf.custom_gradient
@@ -166,11 +193,15 @@ class TrainingForward:
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
         n = model.input.shape[1]
         self.fused = n >= 2 * self.span
+        # the ends' slices: the first l2 outputs of the two convolutions read l2 + r1 + r2 positions, the last r2 theirs
+        self.edge_span = max(self.l2 + self.r1 + self.r2, self.r2 + self.l1 + self.l2, 1)
         # the layers' own sizes (cfg's kernel sizes made them)
         self.ks, self.k3 = self.shortcut.kernel.shape[0], self.conv3.kernel.shape[0]
         l3, r3 = same_pads(self.k3)
         # block1: the edges' differences reach conv3's outputs within l2 + l3 / r2 + r3 of each end
         self.one_block = self.fused and n >= max(self.l2 + l3, self.r2 + r3)
+        # block1's bias as a kernel tap (constant_combination): no bias gradient's sum over the activation
+        self.constant = constant_combination(self.basis)
         self.train_dtype = tf.bfloat16 if cfg.bf16() else tf.float32
 
     @staticmethod
@@ -196,8 +227,7 @@ class TrainingForward:
         k = compose_kernels(self.conv1.kernel, w2) * scale
         xp = tf.pad(x, [[0, 0], [self.l1 + self.l2, self.r1 + self.r2], [0, 0]])
         interior = self._conv(xp, k, self._composed_bias() * scale, "VALID")
-        left = self._two_convs(x[:, :self.span], scale)[:, :self.l2]
-        right = self._two_convs(x[:, n - self.span:], scale)[:, self.span - self.r2:]
+        left, right = self._at_ends(x, lambda ends: self._two_convs(ends, scale))
         # the edges replaced in place by an add of their differences (a scatter): unlike a
         # slice + concat, no pass over the whole tensor forward or backward
         b = tf.shape(x)[0]
@@ -271,14 +301,26 @@ class TrainingForward:
         merged = (tf.pad(k, [[reach[0] - left, reach[1] - right], [0, 0], [0, 0]])
                   + tf.pad(self.shortcut.kernel, [[reach[0] - ls, reach[1] - rs], [0, 0], [0, 0]]))
         bias = self._composed_bias()
-        y = self._conv(tf.pad(x, [[0, 0], list(reach), [0, 0]]), merged, bias + self.shortcut.bias, "VALID")
-        n, s = tf.shape(x)[1], self.span
+        xp = tf.pad(x, [[0, 0], list(reach), [0, 0]])
+        if self.constant is None:
+            y = self._conv(xp, merged, bias + self.shortcut.bias, "VALID")
+        else:  # the bias B as the tap B c on the output's own position: B c . x = B at every SNP
+            c = tf.constant(self.constant[1], tf.float32)
+            tap = tf.one_hot(reach[0], merged.shape[0])[:, None, None]
+            merged = merged + tap * (c[:, None] * (bias + self.shortcut.bias))
+            y = tf.nn.conv1d(xp, tf.cast(merged, x.dtype), 1, "VALID")
 
-        def composed(piece):
-            return self._conv(tf.pad(piece, [[0, 0], [left, right], [0, 0]]), k, bias, "VALID")
-        head, tail = x[:, :s], x[:, n - s:]
-        return y, ((self._two_convs(head) - composed(head))[:, :self.l2],
-                   (self._two_convs(tail) - composed(tail))[:, s - self.r2:])
+        def difference(ends):  # the two convolutions minus the composed one
+            return self._two_convs(ends) - self._conv(tf.pad(ends, [[0, 0], [left, right], [0, 0]]), k, bias, "VALID")
+        return y, self._at_ends(x, difference)
+
+    def _at_ends(self, x, f):
+        """f's outputs at the first l2 and the last r2 positions, f the two convolutions of x
+        [b, N, C] (or the composed one): f of the two ends' slices, as long as those outputs
+        read, as one batch of 2b (one operation for both ends, not two)."""
+        b, n, s = tf.shape(x)[0], tf.shape(x)[1], self.edge_span
+        y = f(tf.concat([x[:, :s], x[:, n - s:]], axis=0))
+        return y[:b, :self.l2], y[b:, s - self.r2:]
 
     def _composed_bias(self):
         return tf.einsum("f,sfg->g", self.conv1.bias, self.conv2.kernel) + self.conv2.bias
@@ -292,16 +334,19 @@ class TrainingForward:
         head, tail = edges
         l3, r3 = same_pads(self.k3)
         f = self.conv3.kernel.shape[-1]
-        w3 = tf.cast(self.conv3.kernel, head.dtype)
+        # conv3's outputs 0 .. l2 + l3 - 1 read the head's differences, its last r2 + r3 the
+        # tail's: both ends zero-padded to one length, the head's on the right, the tail's on
+        # the left, and convolved as one batch (no bias: that is the whole activation's)
+        h, t = self.l2 + l3, self.r2 + r3
+        length = max(h, t)
+        c = tf.nn.conv1d(tf.concat([tf.pad(head, [[0, 0], [0, length - self.l2], [0, 0]]),
+                                    tf.pad(tail, [[0, 0], [length - self.r2, 0], [0, 0]])], axis=0),
+                         tf.cast(self.conv3.kernel, head.dtype), 1, "SAME")
+        b = tf.shape(head)[0]
         out = 0
-        if self.l2:  # conv3's outputs 0 .. l2 + l3 - 1 read the head's differences
-            c = tf.nn.conv1d(tf.pad(head, [[0, 0], [0, l3], [0, 0]]), w3, 1, "SAME")
-            c = tf.reshape(c, [tf.shape(c)[0], -1])
-            m = (self.l2 + l3) * f
-            out = tf.matmul(c if mask is None else c * mask[:, :m], w[:m])
-        if self.r2:  # conv3's last r2 + r3 outputs read the tail's
-            c = tf.nn.conv1d(tf.pad(tail, [[0, 0], [r3, 0], [0, 0]]), w3, 1, "SAME")
-            c = tf.reshape(c, [tf.shape(c)[0], -1])
-            m = (self.r2 + r3) * f
-            out = out + tf.matmul(c if mask is None else c * mask[:, -m:], w[-m:])
+        ends = ((self.l2, c[:b, :h], slice(0, h * f)), (self.r2, c[b:, length - t:], slice(-t * f, None)))
+        for size, part, rows in ends:
+            if size:  # an end without differences (l2 or r2 0) adds nothing
+                part = tf.reshape(part, [b, -1])
+                out = out + tf.matmul(part if mask is None else part * mask[:, rows], w[rows])
         return out
