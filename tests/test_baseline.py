@@ -394,7 +394,7 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
     the one-hot distance keeps them apart, the filled dosage does not. The choice is the
     (distance, theta) with the smallest validation MSE, and its predictions are that
     distance's alone; one-hot squared distances count twice the SNPs whose codes differ."""
-    from hpcsnp.linear.baseline import gram_matrix, rkhs_choose, rkhs_fit_predict
+    from hpcsnp.linear.baseline import RKHS_THETAS, RKHS_WALK_MARGIN, gram_matrix, rkhs_choose, rkhs_fit_predict
 
     rng = np.random.default_rng(5)
     n, p = 120, 60
@@ -409,11 +409,36 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
     single = {e: rkhs_fit_predict(grams[e].copy(), y, fit, inner, test) for e in grams}
     best = {e: min(single[e][2]["val_mse_by_theta"].values()) for e in grams}
     assert info["distance"] == min(best, key=best.get) == "onehot"
-    assert info["val_mse_by_distance"] == {e: single[e][2]["val_mse_by_theta"] for e in grams}
+    # the winner walked as alone; the loser's start was more than RKHS_WALK_MARGIN worse: not walked
+    tried = info["val_mse_by_distance"]
+    assert tried["onehot"] == single["onehot"][2]["val_mse_by_theta"]
+    start = str(sorted(RKHS_THETAS)[(len(RKHS_THETAS) - 1) // 2])
+    assert tried["dosage"] == {start: single["dosage"][2]["val_mse_by_theta"][start]}
+    assert tried["dosage"][start] > (1 + RKHS_WALK_MARGIN) * best["onehot"]
     np.testing.assert_allclose(pred, single["onehot"][0], rtol=1e-12)
     np.testing.assert_allclose(val_pred, single["onehot"][1], rtol=1e-12)
     mismatches = (g[fit][:, None, :] != g[fit][None, :, :]).sum(-1)
     assert info["distance_scale"] == pytest.approx(np.median(2 * mismatches[np.triu_indices(len(fit), 1)]))
+
+
+def test_rkhs_walks_every_distance_whose_start_is_within_the_margin(monkeypatch):
+    """With a margin no start exceeds, every distance is walked as it would be alone, and the
+    choice, its predictions and every MSE tried are those of the distances chosen apart."""
+    import hpcsnp.linear.baseline as bl
+
+    monkeypatch.setattr(bl, "RKHS_WALK_MARGIN", 1e9)
+    rng = np.random.default_rng(3)
+    n, p = 110, 50
+    g = rng.integers(0, 3, size=(n, p)).astype(np.int8)
+    g[rng.random(g.shape) < 0.05] = -1
+    y = g[:, 1] * 1.0 + (g[:, 4] == 1) * 1.5 + rng.normal(0, 0.5, n)
+    fit, test, inner = np.arange(90), np.arange(90, n), (np.arange(70), np.arange(70, 90))
+    grams = {e: bl.gram_matrix(g, e)[0] for e in ("dosage", "onehot")}
+    pred, val_pred, info = bl.rkhs_choose(lambda e: grams[e].copy(), y, fit, inner, test)
+    single = {e: bl.rkhs_fit_predict(grams[e].copy(), y, fit, inner, test) for e in grams}
+    assert info["val_mse_by_distance"] == {e: single[e][2]["val_mse_by_theta"] for e in grams}
+    assert all(len(v) > 1 for v in info["val_mse_by_distance"].values())  # both walked
+    np.testing.assert_array_equal(pred, single[info["distance"]][0])
 
 
 def test_the_narrow_kernel_reuses_the_fits_of_the_wide_one(monkeypatch):

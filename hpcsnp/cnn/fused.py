@@ -165,6 +165,13 @@ class TrainingForward:
       through conv3, the mask and the dense layer (linear too) on their few positions and
       added to the output (``_edges_out``): no scatter over the whole activation forward
       or backward.  Bench_step: the bfloat16 step 19 % faster (bench/RESULTS.md).
+    * Where the coordinates of every call have a constant combination c (one-hot channels
+      and the additive basis's missing + called sum to 1), that one convolution's bias B
+      is the kernel tap B c at each output's own position (``constant_combination``): no
+      bias gradient's sum over the activation.  The composed kernel is one small
+      convolution of the two kernels (``compose_kernels``), and the ends' differences are
+      computed on slices only as long as they read, both ends as one batch: a third fewer
+      operations in the step.
     * dropout2 and dropout3 follow each other with nothing between them: one mask with
       keep probability (1 - r)^2, scaled by its inverse, has the same distribution as
       two masks; it is drawn from dropout2's stream.

@@ -64,10 +64,17 @@ RKHS_DISTANCES = ENCODINGS  # d: between dosages or between one-hot codes; chose
 # rkhs_local: the grid's narrowest kernel, fixed.  The validation fold picks a wide kernel for RKHS alone (close to
 # GBLUP); a narrow one only calls close relatives alike, which the ensemble can weigh beside it
 RKHS_LOCAL_THETAS = (2.0,)
+# a distance whose starting width's validation MSE exceeds the best found by more than this share is not
+# walked further: along SoyNAM's grids a walk lowered its start's MSE by at most 2.7 %, while the losing
+# distance started 40-55 % above the winner on the file with missing calls
+RKHS_WALK_MARGIN = 0.10
 KERNEL_KINDS = dict(zip(KERNELS, (RKHS_THETAS, RKHS_LOCAL_THETAS)))
 # the RKHS fits' REML in float32: 3-4 of them per distance and fold, where they were most of the
-# baselines' time; GBLUP keeps float64 (its solve reuses the tridiagonalisation)
+# baselines' time
 RKHS_SINGLE = True
+# GBLUP's REML too, in the CV and predict's refit (its solve is a float64 Cholesky where the two-stage reduction
+# runs); the GWAS keeps float64
+GBLUP_SINGLE = True
 GRAM_VERSION = 1
 GRAM_BLOCK = 1024  # SNPs per block when accumulating a Gram matrix
 
@@ -521,18 +528,37 @@ def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=
     of the same fold to reuse and add to (RKHSFits).  ``covariates`` [store rows, c]: fixed
     effects besides the intercept."""
     fits = fits or RKHSFits()
-    best, by_distance = None, {}
-    for d in distances:
-        choice = _rkhs_select(squared_distances(load_gram(d)), y, fit_rows, inner, thetas,
-                              {t: v for (e, t), v in fits.val.items() if e == d}, covariates)
+    best, by_distance, start, scale = None, {}, {}, {}
+    loaded = [None, None]  # the distance whose squared distances are in memory, and they
+
+    def select(d, walk):
+        nonlocal best
+        if loaded[0] != d:
+            loaded[:] = None, None  # one n x n matrix at a time
+            loaded[:] = d, squared_distances(load_gram(d))
+        choice = _rkhs_select(loaded[1], y, fit_rows, inner, thetas,
+                              {t: v for (e, t), v in fits.val.items() if e == d}, covariates, walk, scale.get(d))
         fits.val.update({(d, t): v for t, v in choice.pop("fits").items()})
-        by_distance[d] = choice["val_mse_by_theta"]
+        by_distance[d], scale[d] = choice["val_mse_by_theta"], choice["scale"]
         if best is None or choice["val_mse"] < best[1]["val_mse"]:
             best = (d, choice)
+        return choice["val_mse"]
+    # every distance's starting width first; then the walks, the best start's first, of every distance
+    # whose start is within RKHS_WALK_MARGIN of the best MSE found so far
+    for d in distances:
+        start[d] = select(d, walk=len(distances) == 1)
+    if len(distances) > 1:
+        for d in sorted(distances, key=start.get):
+            if start[d] <= (1.0 + RKHS_WALK_MARGIN) * best[1]["val_mse"]:
+                select(d, walk=True)
+    by_distance = {d: by_distance[d] for d in distances}
     d, choice = best
     key = (d, choice["theta"])
     if key not in fits.refit:
-        fits.refit[key] = _rkhs_refit(squared_distances(load_gram(d)), y, fit_rows, test_rows, choice, covariates)
+        D2 = loaded[1] if loaded[0] == d else None
+        loaded[:] = None, None  # before another is loaded: one n x n matrix at a time
+        D2 = squared_distances(load_gram(d)) if D2 is None else D2
+        fits.refit[key] = _rkhs_refit(D2, y, fit_rows, test_rows, choice, covariates)
     pred, _, info = fits.refit[key]
     return ValidatedPrediction(pred, choice["val_pred"], {
         "kernel": "gaussian", "distance": d,
@@ -598,16 +624,19 @@ def off_diagonal_median(D2: np.ndarray) -> float:
     return float((flat[mid - 1] + flat[mid]) / 2)
 
 
-def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> dict:
+def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None, walk=True, scale=None) -> dict:
     """theta by the validation MSE of fits on the training folds alone; D2: squared distances.
     The grid is walked downhill from its middle (grid_descent), not fitted whole: 3-4 of its
     6 REML fits, and the narrow kernel (rkhs_local) reuses the narrowest width's fit when the
     walk went there.  It finds the grid's minimum wherever the MSE falls, then rises, along
     the grid; on a flat curve with a second dip it can stop short of it (bench/RESULTS.md,
     "The whole default CV, profiled").  ``done``: theta -> (validation MSE, predictions)
-    of fits already made; the result's ``fits`` holds every fit, made or reused."""
+    of fits already made; the result's ``fits`` holds every fit, made or reused.  ``walk``
+    False: the walk's start alone.  ``scale``: the fitting rows' median squared distance, where
+    an earlier call on the same D2 found it."""
     fit_rows = np.asarray(fit_rows)
-    scale = off_diagonal_median(D2[np.ix_(fit_rows, fit_rows)]) or 1.0
+    if scale is None:
+        scale = off_diagonal_median(D2[np.ix_(fit_rows, fit_rows)]) or 1.0
     train, val = fit_rows[inner[0]], fit_rows[inner[1]]
     fits = dict(done or {})
     grid = sorted(thetas)
@@ -622,7 +651,10 @@ def _rkhs_select(D2, y, fit_rows, inner, thetas, done=None, covariates=None) -> 
             fits[theta] = (float(np.mean((p - y[val]) ** 2)), p, delta)
         return fits[theta][0]
 
-    theta = grid[grid_descent(len(grid), val_mse, (len(grid) - 1) // 2)]
+    start = (len(grid) - 1) // 2
+    if not walk:
+        val_mse(start)
+    theta = grid[grid_descent(len(grid), val_mse, start) if walk else start]
     tried = {t: fits[t][0] for t in grid if t in fits}
     return {"theta": theta, "val_pred": fits[theta][1], "val_mse": fits[theta][0], "delta": fits[theta][2],
             "scale": scale,
@@ -714,6 +746,7 @@ def baseline_fold(store_path, fold: int, run_dir, *, encodings=KINDS, dataset=No
             K, K_test = centred_kernels(G, width, fit_rows, split.test)
             del G
             pred, delta, mu, val_pred = gblup_kernel_predict(K, y[fit_rows], K_test, inner=inner, overwrite=True,
+                                                             single=GBLUP_SINGLE,
                                                              **rows_of(store.covariates, fit_rows, split.test))
             del K
             info = {"encoding": enc, "delta": delta, "h2_reml": 1.0 / (1.0 + delta), "mu": mu, "solver": "exact"}

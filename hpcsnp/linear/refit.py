@@ -17,6 +17,7 @@ from hpcsnp.atomic import atomic_write_text
 from hpcsnp.errors import InputError
 from hpcsnp.genotypes import mean_dosage
 from hpcsnp.linear.baseline import (
+    GBLUP_SINGLE,
     KERNEL_KINDS,
     REMLSpectrum,
     cached_gram,
@@ -88,12 +89,12 @@ def fit_kernel(store, K: np.ndarray, fit_rows, delta: float | None = None) -> tu
     if store.covariates is not None:
         C = store.covariates[fit_rows]
         if delta is None:
-            delta, _ = REMLSpectrum(K, y, covariates=C).maximise()
+            delta, _ = REMLSpectrum(K, y, covariates=C, single=GBLUP_SINGLE).maximise()
         alpha, b = gls_solve(K, y, delta, fixed_design(C), overwrite=True)
         return alpha, float(b[0]), float(delta)
     if delta is not None:
         return (*gblup_solve(K, y, delta, overwrite=True), float(delta))
-    spectrum = REMLSpectrum(K, y, overwrite=True)
+    spectrum = REMLSpectrum(K, y, overwrite=True, single=GBLUP_SINGLE)  # as the CV's GBLUP
     delta, _ = spectrum.maximise()
     if spectrum.solvable:  # a kernel centred by its own rows: the solve reuses REML's work
         return spectrum.solve(delta), spectrum.mean, float(delta)
