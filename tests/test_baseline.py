@@ -415,6 +415,7 @@ def test_rkhs_chooses_its_distance_with_theta_on_the_validation_fold():
     start = str(sorted(RKHS_THETAS)[(len(RKHS_THETAS) - 1) // 2])
     assert tried["dosage"] == {start: single["dosage"][2]["val_mse_by_theta"][start]}
     assert tried["dosage"][start] > (1 + RKHS_WALK_MARGIN) * best["onehot"]
+    assert info["val_mse_by_theta"] == tried["onehot"]  # the chosen distance's whole walk
     np.testing.assert_allclose(pred, single["onehot"][0], rtol=1e-12)
     np.testing.assert_allclose(val_pred, single["onehot"][1], rtol=1e-12)
     mismatches = (g[fit][:, None, :] != g[fit][None, :, :]).sum(-1)
@@ -427,6 +428,9 @@ def test_rkhs_walks_every_distance_whose_start_is_within_the_margin(monkeypatch)
     import hpcsnp.linear.baseline as bl
 
     monkeypatch.setattr(bl, "RKHS_WALK_MARGIN", 1e9)
+    fits_made = []
+    real = bl.gblup_kernel_predict
+    monkeypatch.setattr(bl, "gblup_kernel_predict", lambda *a, **k: fits_made.append(1) or real(*a, **k))
     rng = np.random.default_rng(3)
     n, p = 110, 50
     g = rng.integers(0, 3, size=(n, p)).astype(np.int8)
@@ -435,8 +439,11 @@ def test_rkhs_walks_every_distance_whose_start_is_within_the_margin(monkeypatch)
     fit, test, inner = np.arange(90), np.arange(90, n), (np.arange(70), np.arange(70, 90))
     grams = {e: bl.gram_matrix(g, e)[0] for e in ("dosage", "onehot")}
     pred, val_pred, info = bl.rkhs_choose(lambda e: grams[e].copy(), y, fit, inner, test)
+    tried = info["val_mse_by_distance"]
+    assert len(fits_made) == sum(map(len, tried.values())) + 1  # one REML fit a (distance, width), one refit
     single = {e: bl.rkhs_fit_predict(grams[e].copy(), y, fit, inner, test) for e in grams}
-    assert info["val_mse_by_distance"] == {e: single[e][2]["val_mse_by_theta"] for e in grams}
+    assert tried == {e: single[e][2]["val_mse_by_theta"] for e in grams}
+    assert info["val_mse_by_theta"] == tried[info["distance"]]
     assert all(len(v) > 1 for v in info["val_mse_by_distance"].values())  # both walked
     np.testing.assert_array_equal(pred, single[info["distance"]][0])
 

@@ -534,31 +534,33 @@ def rkhs_choose(load_gram, y: np.ndarray, fit_rows, inner, test_rows, distances=
     def select(d, walk):
         nonlocal best
         if loaded[0] != d:
-            loaded[:] = None, None  # one n x n matrix at a time
-            loaded[:] = d, squared_distances(load_gram(d))
+            loaded[:] = d, take(d)
         choice = _rkhs_select(loaded[1], y, fit_rows, inner, thetas,
                               {t: v for (e, t), v in fits.val.items() if e == d}, covariates, walk, scale.get(d))
         fits.val.update({(d, t): v for t, v in choice.pop("fits").items()})
         by_distance[d], scale[d] = choice["val_mse_by_theta"], choice["scale"]
-        if best is None or choice["val_mse"] < best[1]["val_mse"]:
+        # (a walk's result replaces its own start's: the same or lower MSE, and every width it tried)
+        if best is None or choice["val_mse"] < best[1]["val_mse"] or best[0] == d:
             best = (d, choice)
         return choice["val_mse"]
+
+    def take(d):  # d's squared distances, the matrix in memory dropped first: one n x n matrix at a time
+        D2 = loaded[1] if loaded[0] == d else None
+        loaded[:] = None, None
+        return squared_distances(load_gram(d)) if D2 is None else D2
     # every distance's starting width first; then the walks, the best start's first, of every distance
-    # whose start is within RKHS_WALK_MARGIN of the best MSE found so far
+    # whose start is within RKHS_WALK_MARGIN of the best MSE found so far (a grid of one width: no walk)
     for d in distances:
         start[d] = select(d, walk=len(distances) == 1)
-    if len(distances) > 1:
+    if len(distances) > 1 and len(thetas) > 1:
         for d in sorted(distances, key=start.get):
             if start[d] <= (1.0 + RKHS_WALK_MARGIN) * best[1]["val_mse"]:
                 select(d, walk=True)
     by_distance = {d: by_distance[d] for d in distances}
     d, choice = best
     key = (d, choice["theta"])
-    if key not in fits.refit:
-        D2 = loaded[1] if loaded[0] == d else None
-        loaded[:] = None, None  # before another is loaded: one n x n matrix at a time
-        D2 = squared_distances(load_gram(d)) if D2 is None else D2
-        fits.refit[key] = _rkhs_refit(D2, y, fit_rows, test_rows, choice, covariates)
+    if key not in fits.refit:  # (no name here holds the matrix: _rkhs_refit frees it before its solve)
+        fits.refit[key] = _rkhs_refit(take(d), y, fit_rows, test_rows, choice, covariates)
     pred, _, info = fits.refit[key]
     return ValidatedPrediction(pred, choice["val_pred"], {
         "kernel": "gaussian", "distance": d,
