@@ -91,16 +91,15 @@ def training_forward(model, cfg):
     return TrainingForward(model, cfg)
 
 
-def constant_combination(basis) -> tuple[int, np.ndarray] | None:
-    """(j, c) with c . x = 1 for the coordinates x of every call (the rows of the one-hot
-    table, or of its map by ``basis``, a GenotypeBasis or None) and c[j] != 0, or None where
-    no such c exists: then a bias B of a convolution of the coordinates is the kernel tap
-    B c on the position each output stands at, which is a SNP's, never the padding
-    (``TrainingForward.block1``).  The one-hot channels sum to 1; the additive basis's
-    missing and called coordinates do.
+def constant_combination(basis) -> np.ndarray | None:
+    """c with c . x = 1 for the coordinates x of every call (the rows of the one-hot table,
+    or of its map by ``basis``, a GenotypeBasis or None), or None where no such c exists:
+    then a bias B of a convolution of the coordinates is the kernel tap B c on the position
+    each output stands at, which is a SNP's, never the padding (``TrainingForward.block1``).
+    The one-hot channels sum to 1; the additive basis's missing and called coordinates do.
 
     >>> constant_combination(None)
-    (3, array([1., 1., 1., 1.]))
+    array([1., 1., 1., 1.])
     """
     table = ONE_HOT_TABLE.astype(np.float64) if basis is None else ONE_HOT_TABLE @ basis.matrix.astype(np.float64)
     c = np.linalg.lstsq(table, np.ones(len(table)), rcond=None)[0]
@@ -109,8 +108,7 @@ def constant_combination(basis) -> tuple[int, np.ndarray] | None:
         return None
     if basis is not None and basis.fill_missing and c[DOSAGE]:
         return None  # a missing call's dosage coordinate is its SNP's mean fill, not the table's
-    j = len(c) - 1 - int(np.argmax(np.abs(c[::-1])))  # the last of the largest
-    return j, c
+    return c
 
 
 def compose_kernels(w1, w2):
@@ -312,7 +310,7 @@ class TrainingForward:
         if self.constant is None:
             y = self._conv(xp, merged, bias + self.shortcut.bias, "VALID")
         else:  # the bias B as the tap B c on the output's own position: B c . x = B at every SNP
-            c = tf.constant(self.constant[1], tf.float32)
+            c = tf.constant(self.constant, tf.float32)
             tap = tf.one_hot(reach[0], merged.shape[0])[:, None, None]
             merged = merged + tap * (c[:, None] * (bias + self.shortcut.bias))
             y = tf.nn.conv1d(xp, tf.cast(merged, x.dtype), 1, "VALID")
