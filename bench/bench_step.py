@@ -15,6 +15,12 @@ sum.  `--filters 20` times the network with twice the filters: more work than tw
 
 usage: python bench/bench_step.py [--batch 64] [--threads 2] [--snps 4236] [--filters 10] [--seconds 8] [--pair]
        python bench/bench_step.py --profile 25 --threads 1 [--bf16]
+       python bench/bench_step.py --kernel-lengths 13,24,25,26 --threads 1
+
+``--kernel-lengths``: the first convolution alone (4 coordinates in, the filters out, 'valid'
+over the batch's SNPs) at each kernel length, its forward and weight gradient, the gradient
+in one oneDNN call or in pieces of at most hpcsnp.cnn.fused.FILTER_GRAD_TAPS taps as the step
+computes it, bfloat16 and float32: where oneDNN's weight gradient slows down.
 """
 import argparse
 import json
@@ -173,6 +179,59 @@ def profile(args) -> None:
         print(f"  {v:7.2f} ms  {name}")
 
 
+def kernel_lengths(args) -> None:
+    """Milliseconds of one convolution of the coordinates, forward and weight gradient, per kernel length."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from hpcsnp.resources import configure_tensorflow
+
+    configure_tensorflow(args.threads)
+    import tensorflow as tf
+
+    from hpcsnp.cnn.fused import FILTER_GRAD_TAPS
+
+    print(f"one convolution, batch {args.batch}, {args.snps} SNPs, 4 coordinates -> {args.filters} filters, "
+          f"{args.threads} thread(s); forward + weight gradient, the gradient in one oneDNN call or in pieces "
+          f"of at most {FILTER_GRAD_TAPS} taps (hpcsnp.cnn.fused._conv_valid, as the step computes it)")
+    for dtype in (tf.bfloat16, tf.float32):
+        for k in (int(v) for v in args.kernel_lengths.split(",")):
+            one, pieces = _kernel_ms(args, k, dtype)
+            print(f"  {dtype.name:8s} {k:3d} taps: {one:6.2f} ms in one call, {pieces:6.2f} ms in pieces")
+
+
+def _kernel_ms(args, k: int, dtype) -> tuple[float, float]:
+    import numpy as np
+    import tensorflow as tf
+
+    from hpcsnp.cnn.fused import _conv_valid
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((args.batch, args.snps + k - 1, 4)), dtype)
+    w = tf.constant(rng.standard_normal((k, 4, args.filters)), dtype)
+    dy = tf.constant(rng.standard_normal((args.batch, args.snps, args.filters)), dtype)
+
+    @tf.function
+    def one_call():
+        return tf.nn.conv1d(x, w, 1, "VALID"), tf.raw_ops.Conv2DBackpropFilter(
+            input=x[:, None], filter_sizes=[1, k, 4, args.filters], out_backprop=dy[:, None], strides=[1, 1, 1, 1],
+            padding="VALID")
+
+    @tf.function
+    def in_pieces():
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            y = _conv_valid(x, w)
+        return y, tape.gradient(y, w, output_gradients=dy)
+
+    def ms(f):
+        f()
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < args.seconds / 4:
+            f()
+            n += 1
+        return (time.perf_counter() - t0) / n * 1e3
+    return ms(one_call), ms(in_pieces)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
@@ -187,8 +246,13 @@ def main():
     ap.add_argument("--pair", action="store_true", help="two 1-thread copies at once; print their sum")
     ap.add_argument("--profile", type=int, metavar="N", default=0,
                     help="instead: the N costliest operations of the shipped step, from TensorFlow's profiler")
+    ap.add_argument("--kernel-lengths", metavar="K,K,...",
+                    help="instead: the first convolution's forward and weight gradient at these kernel lengths")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.kernel_lengths:
+        kernel_lengths(a)
+        return
     if a.profile:
         profile(a)
         return

@@ -490,7 +490,9 @@ def test_micro_batches_give_the_whole_batch_update():
     lb, wb = after(lambda opt: _accumulating_step(m, on_codes(f), opt, 5, lambda g: g))
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for a, b in zip(wa, wb):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # Adam divides each gradient by its own root mean square, so float rounding of a
+        # near-zero gradient's sums moves its parameter by ~1e-6 of the ~1e-2 steps taken
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(wa[0], start[0])  # the parameters did move
 
 

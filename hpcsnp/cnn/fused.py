@@ -146,6 +146,33 @@ def _replace_edges(interior, edges, idx):
     return out, grad
 
 
+# oneDNN's weight gradient of a convolution of the 4 coordinates slows ~4x past some kernel
+# length (here past 24 taps in bfloat16, past 14 in float32: bench/RESULTS.md), so the one
+# convolution's is computed in pieces of at most this many taps
+FILTER_GRAD_TAPS = 13
+
+
+@tf.custom_gradient
+def _conv_valid(xp, kernel):
+    """tf.nn.conv1d(xp, kernel, 1, "VALID") (kernel in xp's type) whose kernel gradient is
+    computed in pieces of at most FILTER_GRAD_TAPS taps, each the weight gradient of the
+    convolution of its own slice of xp: the same sums, grouped by tap."""
+    y = tf.nn.conv1d(xp, kernel, 1, "VALID")
+
+    def grad(dy):
+        k, c, f = kernel.shape
+        size = -(-k // -(-k // FILTER_GRAD_TAPS))  # equal pieces
+        n, dy4, x4 = tf.shape(dy)[1], dy[:, None], xp[:, None]
+        parts = [tf.raw_ops.Conv2DBackpropFilter(input=x4[:, :, s:s + n + min(size, k - s) - 1],
+                                                 filter_sizes=[1, min(size, k - s), c, f], out_backprop=dy4,
+                                                 strides=[1, 1, 1, 1], padding="VALID")[0]
+                 for s in range(0, k, size)]
+        dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x4), filter=kernel[None], out_backprop=dy4,
+                                            strides=[1, 1, 1, 1], padding="VALID")[:, 0]
+        return dx, tf.concat(parts, 0)
+    return y, grad
+
+
 class TrainingForward:
     """The model's function computed faster for training, with the same parameters.
 
@@ -157,19 +184,21 @@ class TrainingForward:
       computed the original way on a short slice, so the result is the Keras model's to
       float rounding (a test checks it).
     * With no dropout after conv2 (``dropout1`` 0, the default) the residual's two branches
-      are linear maps of the same input: the shortcut's kernel is added into the composed
-      one, and the block is one convolution (no shortcut convolution, forward or weight
-      gradient, and no add).  Its edges' differences are not put in place but carried
-      through conv3, the mask and the dense layer (linear too) on their few positions and
-      added to the output (``_edges_out``): no scatter over the whole activation forward
-      or backward.  Bench_step: the bfloat16 step 19 % faster (bench/RESULTS.md).
+      are linear maps of the same input, and so is conv3 after them: the shortcut's kernel
+      is added into the composed one and conv3's composed with the sum, so the whole
+      network up to the mask is one convolution of the coordinates (``whole``: 26 taps at
+      the default sizes; no shortcut or conv3 convolution, forward or gradient, and no
+      add).  Its ends' differences from the layers are not put in place but carried
+      through the mask and the dense layer (linear too) on their few positions and added
+      to the output (``_edges_out``): no scatter over the whole activation forward or
+      backward.  That convolution's weight gradient is computed in pieces of at most
+      FILTER_GRAD_TAPS taps (oneDNN's slows ~4x on longer kernels).
     * Where the coordinates of every call have a constant combination c (one-hot channels
-      and the additive basis's missing + called sum to 1), that one convolution's bias B
-      is the kernel tap B c at each output's own position (``constant_combination``): no
-      bias gradient's sum over the activation.  The composed kernel is one small
-      convolution of the two kernels (``compose_kernels``), and the ends' differences are
-      computed on slices only as long as they read, both ends as one batch: a third fewer
-      operations in the step.
+      and the additive basis's missing + called sum to 1), the biases are kernel taps B c
+      on each output's own position (``constant_combination``): no bias gradient's sum
+      over the activation.  The composed kernels are small convolutions of the layers'
+      kernels (``compose_kernels``), and the ends' differences are computed on slices
+      only as long as they read, both ends as one batch.
     * dropout2 and dropout3 follow each other with nothing between them: one mask with
       keep probability (1 - r)^2, scaled by its inverse, has the same distribution as
       two masks; it is drawn from dropout2's stream.
@@ -198,14 +227,22 @@ class TrainingForward:
         self.span = 2 * (k1 + k2)  # a slice long enough that its own padding cannot reach the edges
         n = model.input.shape[1]
         self.fused = n >= 2 * self.span
-        # the ends' slices: the first l2 outputs of the two convolutions read l2 + r1 + r2 positions, the last r2 theirs
-        self.edge_span = max(self.l2 + self.r1 + self.r2, self.r2 + self.l1 + self.l2, 1)
+        # conv12's ends: the first l2 outputs of the two convolutions read l2 + r1 + r2 positions, the last r2 theirs
+        self.pair_span = max(self.l2 + self.r1 + self.r2, self.r2 + self.l1 + self.l2, 1)
         # the layers' own sizes (cfg's kernel sizes made them)
         self.ks, self.k3 = self.shortcut.kernel.shape[0], self.conv3.kernel.shape[0]
         l3, r3 = same_pads(self.k3)
-        # block1: the edges' differences reach conv3's outputs within l2 + l3 / r2 + r3 of each end
-        self.one_block = self.fused and n >= max(self.l2 + l3, self.r2 + r3)
-        # block1's bias as a kernel tap (constant_combination): no bias gradient's sum over the activation
+        ls, rs = same_pads(self.ks)
+        # the block (conv2 . conv1 + shortcut) as one kernel reaches this far each side, and
+        # conv3 . block (the whole network up to the mask, ``whole``) l3 / r3 further
+        self.block_reach = max(self.l1 + self.l2, ls), max(self.r1 + self.r2, rs)
+        self.reach = self.block_reach[0] + l3, self.block_reach[1] + r3
+        # whole's outputs differ from the network's within head of the start, tail of the end
+        # (conv2's and conv3's padding), and slices of edge_span positions hold what those read
+        self.head, self.tail = self.l2 + l3, self.r2 + r3
+        self.edge_span = max(self.head + self.reach[1], self.tail + self.reach[0], 1)
+        self.one_block = self.fused and n >= 2 * self.edge_span
+        # the biases as kernel taps (constant_combination): no bias gradient's sum over the activation
         self.constant = constant_combination(self.basis)
         self.train_dtype = tf.bfloat16 if cfg.bf16() else tf.float32
 
@@ -232,7 +269,7 @@ class TrainingForward:
         k = compose_kernels(self.conv1.kernel, w2) * scale
         xp = tf.pad(x, [[0, 0], [self.l1 + self.l2, self.r1 + self.r2], [0, 0]])
         interior = self._conv(xp, k, self._composed_bias() * scale, "VALID")
-        left, right = self._at_ends(x, lambda ends: self._two_convs(ends, scale))
+        left, right = self._at_ends(x, lambda ends: self._two_convs(ends, scale), self.pair_span, self.l2, self.r2)
         # the edges replaced in place by an add of their differences (a scatter): unlike a
         # slice + concat, no pass over the whole tensor forward or backward
         b = tf.shape(x)[0]
@@ -273,13 +310,13 @@ class TrainingForward:
         r1 = self.drop1.rate if training else 0.0
         edges = None
         if self.one_block and not r1:  # nothing between the residual's branches: one convolution
-            y, edges = self.block1(x)
+            y, edges = self.whole(x)
         else:
             y = self.conv12(x, 1.0 / (1.0 - r1))
             if r1:
                 y = y * self.drop1.keep_mask(y, r1)
             y = self._conv(x, self.shortcut.kernel, self.shortcut.bias) + y
-        y = self._conv(y, self.conv3.kernel, self.conv3.bias)
+            y = self._conv(y, self.conv3.kernel, self.conv3.bias)
         y = tf.reshape(y, [tf.shape(y)[0], -1])
         w = self.dense.kernel
         mask = None
@@ -294,64 +331,69 @@ class TrainingForward:
             out = out + self._edges_out(edges, mask, w)
         return self.isru(tf.nn.bias_add(tf.cast(out, tf.float32), self.dense.bias))
 
-    def block1(self, x):
-        """shortcut(x) + conv2(conv1(x)) as one convolution of x (the shortcut's kernel added
-        into the composed one; its bias into theirs), without the edges' correction: that is
-        returned apart, as the differences [b, l2, F] and [b, r2, F] between the two
-        convolutions' outputs and the composed one's at each end (see ``_edges_out``)."""
-        k = compose_kernels(self.conv1.kernel, self.conv2.kernel)
+    def whole(self, x):
+        """conv3(shortcut(x) + conv2(conv1(x))) as one convolution of x (``whole_kernel``),
+        without the edges' correction: that is returned apart, as the differences [b, head, F]
+        and [b, tail, F] between the layers' outputs and the one convolution's at each end
+        (see ``_edges_out``)."""
+        kernel, bias = self.whole_kernel()
+        y = self._whole_conv(x, kernel, bias)
+
+        def difference(ends):  # the layers minus the one convolution
+            block = self._two_convs(ends) + self._conv(ends, self.shortcut.kernel, self.shortcut.bias)
+            return self._conv(block, self.conv3.kernel, self.conv3.bias) - self._whole_conv(ends, kernel, bias)
+        return y, self._at_ends(x, difference, self.edge_span, self.head, self.tail)
+
+    def whole_kernel(self):
+        """The kernel [reach[0] + reach[1] + 1, C, F] of conv3 . (conv2 . conv1 + shortcut), and
+        its bias, or None where the biases are kernel taps: the block's bias B as the tap B c
+        on each block output's own position (B c . x = B at every SNP, 0 in the padding, as
+        conv3's padding of the block's outputs is), composed with conv3 like the rest, and
+        conv3's bias the tap on the output's own position."""
         left, right = self.l1 + self.l2, self.r1 + self.r2  # the composed kernel's reach
         ls, rs = same_pads(self.ks)
-        reach = max(left, ls), max(right, rs)  # the merged kernel's
-        merged = (tf.pad(k, [[reach[0] - left, reach[1] - right], [0, 0], [0, 0]])
-                  + tf.pad(self.shortcut.kernel, [[reach[0] - ls, reach[1] - rs], [0, 0], [0, 0]]))
-        bias = self._composed_bias()
-        xp = tf.pad(x, [[0, 0], list(reach), [0, 0]])
+        a = self.block_reach
+        block = (tf.pad(compose_kernels(self.conv1.kernel, self.conv2.kernel),
+                        [[a[0] - left, a[1] - right], [0, 0], [0, 0]])
+                 + tf.pad(self.shortcut.kernel, [[a[0] - ls, a[1] - rs], [0, 0], [0, 0]]))
+        bias = self._composed_bias() + self.shortcut.bias
         if self.constant is None:
-            y = self._conv(xp, merged, bias + self.shortcut.bias, "VALID")
-        else:  # the bias B as the tap B c on the output's own position: B c . x = B at every SNP
-            c = tf.constant(self.constant, tf.float32)
-            tap = tf.one_hot(reach[0], merged.shape[0])[:, None, None]
-            merged = merged + tap * (c[:, None] * (bias + self.shortcut.bias))
-            y = tf.nn.conv1d(xp, tf.cast(merged, x.dtype), 1, "VALID")
+            return (compose_kernels(block, self.conv3.kernel),
+                    tf.einsum("f,sfg->g", bias, self.conv3.kernel) + self.conv3.bias)
+        c = tf.constant(self.constant, tf.float32)[:, None]
+        block = block + tf.one_hot(a[0], block.shape[0])[:, None, None] * (c * bias)
+        kernel = compose_kernels(block, self.conv3.kernel)
+        return kernel + tf.one_hot(self.reach[0], kernel.shape[0])[:, None, None] * (c * self.conv3.bias), None
 
-        def difference(ends):  # the two convolutions minus the composed one
-            return self._two_convs(ends) - self._conv(tf.pad(ends, [[0, 0], [left, right], [0, 0]]), k, bias, "VALID")
-        return y, self._at_ends(x, difference)
+    def _whole_conv(self, x, kernel, bias):
+        xp = tf.pad(x, [[0, 0], list(self.reach), [0, 0]])
+        y = _conv_valid(xp, tf.cast(kernel, x.dtype))
+        if bias is None:
+            return y
+        bias = tf.cast(bias, x.dtype)
+        return tf.nn.bias_add(y, bias) if x.dtype == tf.float32 else _bias_add_low_precision(y, bias)
 
-    def _at_ends(self, x, f):
-        """f's outputs at the first l2 and the last r2 positions, f the two convolutions of x
-        [b, N, C] (or the composed one): f of the two ends' slices, as long as those outputs
-        read, as one batch of 2b (one operation for both ends, not two)."""
-        b, n, s = tf.shape(x)[0], tf.shape(x)[1], self.edge_span
-        y = f(tf.concat([x[:, :s], x[:, n - s:]], axis=0))
-        return y[:b, :self.l2], y[b:, s - self.r2:]
+    def _at_ends(self, x, f, span, head, tail):
+        """f's outputs at the first ``head`` and the last ``tail`` positions, f convolutions
+        of x [b, N, C]: f of the two ends' slices of ``span`` positions (as long as those
+        outputs read) as one batch of 2b (one operation for both ends, not two)."""
+        b, n = tf.shape(x)[0], tf.shape(x)[1]
+        y = f(tf.concat([x[:, :span], x[:, n - span:]], axis=0))
+        return y[:b, :head], y[b:, span - tail:]
 
     def _composed_bias(self):
         return tf.einsum("f,sfg->g", self.conv1.bias, self.conv2.kernel) + self.conv2.bias
 
     def _edges_out(self, edges, mask, w):
-        """The output's share of the edges' differences: conv3 is linear, and so are the
-        mask and the dense layer after it, so the differences pass through them on their own
-        (conv3 without its bias, over the few positions they reach) and are added to the
+        """The output's share of the edges' differences: the mask and the dense layer are
+        linear, so the differences pass through them on their own and are added to the
         output: no pass over the whole activation to put them in place.  ``w`` is the dense
         kernel as the step uses it (dropout's scale folded in, in the step's type)."""
-        head, tail = edges
-        l3, r3 = same_pads(self.k3)
         f = self.conv3.kernel.shape[-1]
-        # conv3's outputs 0 .. l2 + l3 - 1 read the head's differences, its last r2 + r3 the
-        # tail's: both ends zero-padded to one length, the head's on the right, the tail's on
-        # the left, and convolved as one batch (no bias: that is the whole activation's)
-        h, t = self.l2 + l3, self.r2 + r3
-        length = max(h, t)
-        c = tf.nn.conv1d(tf.concat([tf.pad(head, [[0, 0], [0, length - self.l2], [0, 0]]),
-                                    tf.pad(tail, [[0, 0], [length - self.r2, 0], [0, 0]])], axis=0),
-                         tf.cast(self.conv3.kernel, head.dtype), 1, "SAME")
-        b = tf.shape(head)[0]
         out = 0
-        ends = ((self.l2, c[:b, :h], slice(0, h * f)), (self.r2, c[b:, length - t:], slice(-t * f, None)))
-        for size, part, rows in ends:
-            if size:  # an end without differences (l2 or r2 0) adds nothing
-                part = tf.reshape(part, [b, -1])
+        for size, part, rows in ((self.head, edges[0], slice(0, self.head * f)),
+                                 (self.tail, edges[1], slice(-self.tail * f, None))):
+            if size:  # an end without differences (head or tail 0) adds nothing
+                part = tf.reshape(part, [tf.shape(part)[0], -1])
                 out = out + tf.matmul(part if mask is None else part * mask[:, rows], w[rows])
         return out

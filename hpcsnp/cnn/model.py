@@ -248,13 +248,17 @@ def flops_per_sample(n_snps: int, cfg) -> dict:
     forward = sum(fwd.values())
     train = 2 * forward + sum(v for k, v in fwd.items() if k not in reads_input)
     saliency = 2 * forward
-    # the fused training step (TrainingForward): conv1+conv2 as one convolution of the input,
-    # and with no dropout between the residual's branches the shortcut added into its kernel
+    # the fused training step (TrainingForward): conv1+conv2 as one convolution of the input;
+    # with no dropout between the residual's branches the shortcut added into its kernel and
+    # conv3 composed with it, so the whole network up to the mask is one convolution
     k12 = cfg.kernel_1 + cfg.kernel_2 - 1
-    fused_fwd = forward - fwd["conv1"] - fwd["conv2"] + 2 * k12 * 4 * f * L
-    reach = [max(a, b) for a, b in zip(same_pads(cfg.kernel_1, cfg.kernel_2), same_pads(cfg.kernel_shortcut))]
-    if not cfg.first_dropout():
-        fused_fwd += 2 * (sum(reach) + 1 - k12) * 4 * f * L - fwd["shortcut"]
-    fused_train = 2 * fused_fwd + fwd["conv3"] + fwd["dense"]
+    if cfg.first_dropout():
+        fused_fwd = forward - fwd["conv1"] - fwd["conv2"] + 2 * k12 * 4 * f * L
+        fused_train = 2 * fused_fwd + fwd["conv3"] + fwd["dense"]
+    else:
+        reach = [max(a, b) + c for a, b, c in zip(same_pads(cfg.kernel_1, cfg.kernel_2),
+                                                  same_pads(cfg.kernel_shortcut), same_pads(cfg.kernel_3))]
+        fused_fwd = 2 * (sum(reach) + 1) * 4 * f * L + fwd["dense"]
+        fused_train = 2 * fused_fwd + fwd["dense"]
     return {"forward": forward, "train_step": train, "saliency": saliency, "train_step_fused": fused_train,
             "by_layer_forward": fwd}
