@@ -747,6 +747,47 @@ def test_rotated_models_early_stop_on_validation_folds_of_their_own(sim_store, t
         (default.path / "predictions.csv").read_bytes()
 
 
+def test_a_folds_second_model_restarts_the_first_ones_compiled_steps(sim_store, tmp_path, monkeypatch):
+    """Two rotated models (no refit): the second trains with the first one's compiled
+    functions restarted (CompiledSteps.restart: one build, no retrace), and every output is
+    the one a build of its own gives, to the bit: its initial weights, dropout masks,
+    optimiser and averages start afresh, and its saved model holds its own seeds."""
+    import zipfile
+
+    import zarr
+
+    from hpcsnp.cnn import steps as steps_mod
+    from hpcsnp.cnn.train import train_fold
+
+    store, _ = sim_store
+    cfg = FAST.replace(n_models=2, model_schedule="rotate")
+    builds = []
+    build = steps_mod.CompiledSteps.build.__func__
+
+    def counted(cls, *args, **kwargs):
+        builds.append(kwargs)
+        return build(cls, *args, **kwargs)
+    monkeypatch.setattr(steps_mod.CompiledSteps, "build", classmethod(counted))
+    restarted = train_fold(store, 1, tmp_path / "restarted", cfg).path
+    assert len(builds) == 1
+    monkeypatch.setattr(steps_mod.CompiledSteps, "restart", lambda self, *args, **kwargs: False)
+    built = train_fold(store, 1, tmp_path / "built", cfg).path
+    assert len(builds) == 3
+    for name in ("predictions.csv", "val_predictions.csv", "seed_predictions.csv"):
+        assert (restarted / name).read_bytes() == (built / name).read_bytes(), name
+    for shard in ("saliency.zarr", "marginal.zarr"):
+        np.testing.assert_array_equal(*(zarr.open_array(str(d / shard))[:] for d in (restarted, built)))
+    per_seed = pd.read_csv(restarted / "seed_predictions.csv")
+    assert not np.allclose(per_seed["seed_0"], per_seed["seed_1"], rtol=1e-3)  # two different models
+
+    def dropout_seeds(model_dir):
+        config = json.loads(zipfile.ZipFile(model_dir / "model.keras").read("config.json"))
+        return {lr["config"]["name"]: lr["config"]["seed"] for lr in config["config"]["layers"]
+                if lr["config"]["name"].startswith("dropout")}
+    assert dropout_seeds(restarted / "seed_1") == dropout_seeds(built / "seed_1") == \
+        {"dropout1": 4, "dropout2": 5, "dropout3": 6}  # seed 1's: 3 seed + 1, 2, 3
+
+
 def test_a_fold_interrupted_before_its_second_model_resumes_to_the_same_result(sim_store, tmp_path, monkeypatch):
     """With a shared schedule, a fold that dies after its first model reads that model back
     (its schedule included) and trains the second as an uninterrupted fold does."""

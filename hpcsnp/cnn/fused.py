@@ -245,6 +245,14 @@ class TrainingForward:
         # the biases as kernel taps (constant_combination): no bias gradient's sum over the activation
         self.constant = constant_combination(self.basis)
         self.train_dtype = tf.bfloat16 if cfg.bf16() else tf.float32
+        # the dropout layers' seeds as variables of the step, so that a traced step can train
+        # another model of the fold (CompiledSteps.restart) without a retrace
+        self.seeds = {d.name: tf.Variable(d.seed, dtype=tf.int64, trainable=False) for d in (self.drop1, self.drop2)}
+
+    def take_seeds(self) -> None:
+        """The masks draw from the dropout layers' seeds as they are now."""
+        for name, seed in self.seeds.items():
+            seed.assign(self.model.get_layer(name).seed)
 
     @staticmethod
     def _conv(x, kernel, bias, padding="SAME"):
@@ -314,7 +322,7 @@ class TrainingForward:
         else:
             y = self.conv12(x, 1.0 / (1.0 - r1))
             if r1:
-                y = y * self.drop1.keep_mask(y, r1)
+                y = y * self.drop1.keep_mask(y, r1, self.seeds[self.drop1.name])
             y = self._conv(x, self.shortcut.kernel, self.shortcut.bias) + y
             y = self._conv(y, self.conv3.kernel, self.conv3.bias)
         y = tf.reshape(y, [tf.shape(y)[0], -1])
@@ -322,7 +330,7 @@ class TrainingForward:
         mask = None
         if training and (self.drop2.rate or self.drop3.rate):
             r = 1.0 - (1.0 - self.drop2.rate) * (1.0 - self.drop3.rate)
-            mask = self.drop2.keep_mask(y, r)
+            mask = self.drop2.keep_mask(y, r, self.seeds[self.drop2.name])
             y = y * mask
             w = w * (1.0 / (1.0 - r))
         w = tf.cast(w, y.dtype)

@@ -159,17 +159,19 @@ class FastDropout(layers.Layer):
         this layer and the next when the training step merges two in a row)."""
         return x * (self.keep_mask(x, rate) * (1.0 / (1.0 - rate)))
 
-    def keep_mask(self, x, rate):
+    def keep_mask(self, x, rate, seed=None):
         """A fresh 0/1 float mask shaped like ``x``, each element kept with probability
         1 - rate (0 < rate < 1), unscaled: a caller that folds 1 / (1 - rate) into the next or previous
         linear map applies it with one multiplication.  (A multiplication by a cast mask
-        costs about half of tf.where with a broadcast scalar here.)"""
+        costs about half of tf.where with a broadcast scalar here.)  ``seed``: an int64
+        tensor holding the layer's seed (a variable, so that a traced step can change it),
+        or None for the seed itself, a constant of the graph."""
         n = tf.size(x, out_type=tf.int64)
         bits = mask_bits(rate)
         threshold = round((1.0 - rate) * (1 << bits))
         per_word = 32 // bits
         step = tf.convert_to_tensor(self.counter.value)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        seed = tf.stack([tf.constant(self.seed, tf.int64) if seed is None else seed, step])
         self.counter.assign(step + 1)
         words = tf.random.stateless_uniform([(n + per_word - 1) // per_word], seed=seed, minval=None,
                                             maxval=None, dtype=tf.int32)

@@ -115,7 +115,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     t_start = time.perf_counter()
-    members = []
+    members, compiled = [], {}  # compiled: the last model's CompiledSteps, restarted for the next
     n_models = cfg.models_per_fold(len(split.train))
     rotate = cfg.rotates(n_models)
     refit = cfg.refits(n_models)  # rotated models are not refitted; the fold records the run's settings
@@ -126,7 +126,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         member_split = fold_split(store.fold, store.n_folds, split.test_fold, shift=k) if rotate else split
         members.append(_train_member(store, member_split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
-                                     lead=members[0] if k and cfg.shares_schedule() else None))
+                                     lead=members[0] if k and cfg.shares_schedule() else None, compiled=compiled))
     test_pred = np.mean([m.test_pred for m in members], axis=0)
     test_rows, val_rows = members[0].test_rows, members[0].val_rows
     # the models with predictions of the fold's validation fold that never trained on it
@@ -200,7 +200,8 @@ class Member:
     attr_seconds: dict  # method -> seconds
 
 
-def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Member | None = None) -> Member:
+def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Member | None = None,
+                  compiled: dict | None = None) -> Member:
 
     """Fit one model of the fold in ``where`` (checkpointed there): early-stopped on the
     validation fold, whose predictions it makes, then (cfg.refit) refitted on training +
@@ -209,7 +210,9 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
     rates) this one's refit replays instead of early-stopping itself (cfg.shares_schedule()):
     it then has no validation predictions.  A model finished before an interruption of the
     fold (its MEMBER_FILE is there) is read back, not trained again; an interrupted refit
-    resumes without the early-stopped training being redone."""
+    resumes without the early-stopped training being redone.  ``compiled``: holds the fold's
+    last CompiledSteps (under "steps"), which an early-stopped model without refit restarts
+    (CompiledSteps.restart) instead of building and tracing its own, and leaves there."""
     import keras
 
     from hpcsnp.cnn.steps import CompiledSteps  # TensorFlow: after the checks and thread caps
@@ -240,7 +243,10 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
     else:
         keras.utils.set_random_seed(cfg.seed * 1009 + fold)
         sources = FoldSources.build(store, split, scale, cfg)
-        steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, training_fill(sources.train, cfg))
+        fill = training_fill(sources.train, cfg)
+        steps = compiled.pop("steps", None) if compiled is not None and not cfg.refit else None
+        if steps is None or not steps.restart(cfg, scale, fill):
+            steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, fill)
         ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
         state = ckpt.resume(new_state(cfg, store), cfg, store, steps.optimizer)
         if state["epoch"]:
@@ -275,6 +281,8 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
         attr["marginal"] = steps.marginal(everyone(store, cfg)) * sal_n
         attr_seconds["marginal"] = time.perf_counter() - t_marginal
     steps.model.save(where / MODEL_KERAS)
+    if compiled is not None and not cfg.refit:
+        compiled["steps"] = steps
     member = Member(where, cfg.seed, scale, state, fit, test_pred, test_rows, val_pred, val_rows, attr, sal_n,
                     predict_seconds, attr_seconds)
     with signals_held():
