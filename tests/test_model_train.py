@@ -760,7 +760,9 @@ def test_a_folds_second_model_restarts_the_first_ones_compiled_steps(sim_store, 
     from hpcsnp.cnn.train import train_fold
 
     store, _ = sim_store
-    cfg = FAST.replace(n_models=2, model_schedule="rotate")
+    # no epoch counts as better than the first (min_delta), so the first model's learning
+    # rate is halved after its second epoch: the second model must start at the full rate
+    cfg = FAST.replace(n_models=2, model_schedule="rotate", min_delta=1e9, lr_decay_patience=1, lr_decay_steps=0)
     builds = []
     build = steps_mod.CompiledSteps.build.__func__
 
@@ -779,6 +781,8 @@ def test_a_folds_second_model_restarts_the_first_ones_compiled_steps(sim_store, 
         np.testing.assert_array_equal(*(zarr.open_array(str(d / shard))[:] for d in (restarted, built)))
     per_seed = pd.read_csv(restarted / "seed_predictions.csv")
     assert not np.allclose(per_seed["seed_0"], per_seed["seed_1"], rtol=1e-3)  # two different models
+    history = json.loads((restarted / "metrics.json").read_text())["history"]  # the first model's
+    assert history[-1]["lr"] < cfg.learning_rate, "the first model's rate must fall for this to test its reset"
 
     def dropout_seeds(model_dir):
         config = json.loads(zipfile.ZipFile(model_dir / "model.keras").read("config.json"))

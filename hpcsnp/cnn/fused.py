@@ -95,7 +95,7 @@ def constant_combination(basis) -> np.ndarray | None:
     """c with c . x = 1 for the coordinates x of every call (the rows of the one-hot table,
     or of its map by ``basis``, a GenotypeBasis or None), or None where no such c exists:
     then a bias B of a convolution of the coordinates is the kernel tap B c on the position
-    each output stands at, which is a SNP's, never the padding (``TrainingForward.block1``).
+    each output stands at, which is a SNP's, never the padding (``TrainingForward.whole_kernel``).
     The one-hot channels sum to 1; the additive basis's missing and called coordinates do.
 
     >>> constant_combination(None)

@@ -127,6 +127,7 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         members.append(_train_member(store, member_split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
                                      lead=members[0] if k and cfg.shares_schedule() else None, compiled=compiled))
+    compiled.clear()  # the last model's graphs and variables: not held while the fold's outputs are written
     test_pred = np.mean([m.test_pred for m in members], axis=0)
     test_rows, val_rows = members[0].test_rows, members[0].val_rows
     # the models with predictions of the fold's validation fold that never trained on it
