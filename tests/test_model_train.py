@@ -572,6 +572,49 @@ def test_affine_readout_predicts_what_the_convolutions_do(basis):
     np.testing.assert_array_equal(relu.predictor()(g), relu.predict_step(tf.constant(g)).numpy())
 
 
+class _Batches:
+    """A row source of fixed int8 codes, in batches of ``size`` (the shape CompiledSteps reads)."""
+
+    def __init__(self, g, size):
+        self.g, self.size = g, size
+
+    def iterate(self, batch, shuffle, threads):
+        for s in range(0, len(self.g), self.size):
+            yield self.g[s:s + self.size], None, None
+
+
+@pytest.mark.parametrize("basis", ["additive", "onehot"])
+def test_saliency_from_the_effect_table_is_the_gradients(basis):
+    """The saliency a fold writes comes from the per-SNP effect table where the network is
+    affine (readout.saliency_sum): the same per-SNP sums as the gradient pass over every
+    line, on weights that training moved into ISRU's curved part; with another gradient
+    method asked for too, that one still comes from the gradients."""
+    import tensorflow as tf
+
+    from hpcsnp.cnn.attribution import fold_attributions
+    from hpcsnp.cnn.steps import CompiledSteps
+
+    n = 300
+    rng = np.random.default_rng(5)
+    cfg = Config(genotype_basis=basis, batch_size=16, attribution="smoothgrad")
+    steps = CompiledSteps.build(n, cfg, None, 1, lambda m: None,
+                                missing_dosage=rng.uniform(-1, 1, n).astype(np.float32))
+    g = rng.integers(-1, 3, (45, n)).astype(np.int8)
+    t = tf.constant(rng.standard_normal(16).astype(np.float32) * 3)
+    for _ in range(30):
+        steps.train_step(tf.constant(g[:16]), t)
+    src = _Batches(g, 20)  # a short last batch
+    want = fold_attributions(steps.model, src.iterate(20, False, 1), n, ["saliency", "smoothgrad"])
+    got = steps.attributions(src)
+    assert list(got.sums) == ["saliency", "smoothgrad"] and got.n == want.n == 45
+    np.testing.assert_allclose(got.sums["saliency"], want.sums["saliency"], rtol=2e-5)
+    np.testing.assert_array_equal(got.sums["smoothgrad"], want.sums["smoothgrad"])
+    # the lines' slopes differ (ISRU is curved where they are), so no common factor hides an error
+    z = steps.readout.z(g, steps.readout.table())
+    slope = (1 + 0.03 * z * z) ** -1.5
+    assert slope.min() < 0.9 * slope.max()
+
+
 def test_isru_is_bounded_by_alpha():
     from hpcsnp.cnn.model import ISRU
 
@@ -790,6 +833,37 @@ def test_a_folds_second_model_restarts_the_first_ones_compiled_steps(sim_store, 
                 if lr["config"]["name"].startswith("dropout")}
     assert dropout_seeds(restarted / "seed_1") == dropout_seeds(built / "seed_1") == \
         {"dropout1": 4, "dropout2": 5, "dropout3": 6}  # seed 1's: 3 seed + 1, 2, 3
+
+
+def test_a_folds_models_read_every_line_once_for_their_marginal(sim_store, tmp_path, monkeypatch):
+    """The ``marginal`` attribution reads every line of the store: a fold of two models
+    reads it once (cached, then kept for the second model) where it fits the cache, and
+    each model streams it where it does not (the fold's own lines cached either way); the
+    shards are the same."""
+    import zarr
+
+    from hpcsnp.cnn import train as train_mod
+
+    store, _ = sim_store
+    made = []
+    real = train_mod.RowSource
+
+    def counted(store_, rows, *args, **kwargs):
+        src = real(store_, rows, *args, **kwargs)
+        if len(rows) == store_.n_samples:
+            made.append(src.cached is not None)
+        return src
+    monkeypatch.setattr(train_mod, "RowSource", counted)
+    cfg = FAST.replace(n_models=2, model_schedule="rotate")
+    shared = train_mod.train_fold(store, 1, tmp_path / "shared", cfg).path
+    assert made == [True]
+    made.clear()
+    real_everyone = train_mod.everyone
+    monkeypatch.setattr(train_mod, "everyone", lambda store_, cfg_, shared_=None:
+                        real_everyone(store_, cfg_.replace(cache="never"), shared_))
+    streamed = train_mod.train_fold(store, 1, tmp_path / "streamed", cfg).path
+    assert made == [False, False]
+    np.testing.assert_array_equal(*(zarr.open_array(str(d / "marginal.zarr"))[:] for d in (shared, streamed)))
 
 
 def test_a_fold_interrupted_before_its_second_model_resumes_to_the_same_result(sim_store, tmp_path, monkeypatch):

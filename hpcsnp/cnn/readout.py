@@ -8,10 +8,11 @@ beta = dz/dx, the same for every input, and a line's prediction is z(0) plus one
 entry per SNP, T[n, code] = beta[n] . one_hot(code).  ``AffineReadout`` computes z(0) and
 T with one forward and one backward pass of a single zero input, then predicts a batch of
 int8 codes by a gather and a sum: ~4 operations per SNP and line instead of the ~12,500
-FLOPs per SNP and line of the convolutions.  Training validates its model after every
-epoch and ``marginal`` predicts every line of the store: on SoyNAM a fold took 6-7.5 %
-less time.  The result is the convolutions' to float32 rounding (the sum runs in float64;
-a test checks it).
+FLOPs per SNP and line of the convolutions.  The same table gives every line's saliency
+(``saliency_sum``): the gradient is the table's row times ISRU's slope at the line's z.
+Training validates its model after every epoch and ``marginal`` predicts every line of the
+store: on SoyNAM a fold took 6-7.5 % less time.  The result is the convolutions' to float32
+rounding (the sum runs in float64; a test checks it).
 """
 
 from __future__ import annotations
@@ -61,9 +62,22 @@ class AffineReadout:
         z0, t = self._effects()
         return float(z0), t.numpy().astype(np.float64).reshape(-1)
 
-    def predict(self, codes, table) -> np.ndarray:
-        """The model's output (float32) for a batch of int8 codes [b, N] (-1 missing, 0, 1, 2),
-        from ``table()``."""
+    def z(self, codes, table) -> np.ndarray:
+        """z (float64, before ISRU) for a batch of int8 codes [b, N] (-1 missing, 0, 1, 2), from ``table()``."""
         z0, t = table
-        z = z0 + t[self.offsets + np.asarray(codes, np.intp)].sum(axis=1)
+        return z0 + t[self.offsets + np.asarray(codes, np.intp)].sum(axis=1)
+
+    def predict(self, codes, table) -> np.ndarray:
+        """The model's output (float32) for a batch of int8 codes [b, N], from ``table()``."""
+        z = self.z(codes, table)
         return (z / np.sqrt(1.0 + self.alpha * z * z)).astype(np.float32)
+
+    def saliency_sum(self, codes, table) -> np.ndarray:
+        """The publication's saliency (attribution/saliency.py) summed over a batch of int8
+        codes [b, N]: per SNP, sum_b max_c |df(x_b) / dx_b[n, c]|.  df/dx = ISRU'(z) beta with
+        ISRU'(z) = (1 + alpha z^2)^(-3/2) > 0, and the table's 4 entries of a SNP are its
+        beta's 4 (ONE_HOT_TABLE is a permutation), so it is sum_b ISRU'(z_b) max |T[n, :]|:
+        no gradient pass (the gradient's to float32 rounding; a test checks it)."""
+        z = self.z(codes, table)
+        slope = np.power(1.0 + self.alpha * z * z, -1.5).sum()
+        return slope * np.abs(table[1].reshape(-1, 4)).max(axis=1)

@@ -115,8 +115,10 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
     n_threads = granted_cpus(threads)
     configure_tensorflow(n_threads)
     t_start = time.perf_counter()
-    members, compiled = [], {}  # compiled: the last model's CompiledSteps, restarted for the next
     n_models = cfg.models_per_fold(len(split.train))
+    # what the fold's models share: the last model's CompiledSteps, restarted for the next
+    # ("steps"); the store's every line, when cached, for their ``marginal`` ("everyone")
+    members, shared = [], {} if n_models > 1 else None
     rotate = cfg.rotates(n_models)
     refit = cfg.refits(n_models)  # rotated models are not refitted; the fold records the run's settings
     for k in range(n_models):
@@ -126,8 +128,9 @@ def _train(store, split, dataset, final, partial, cfg, threads) -> FoldResult:
         member_split = fold_split(store.fold, store.n_folds, split.test_fold, shift=k) if rotate else split
         members.append(_train_member(store, member_split, where, member_cfg, n_threads,
                                      say if n_models == 1 else FoldLog(dataset, fold, f"seed {member_cfg.seed}"),
-                                     lead=members[0] if k and cfg.shares_schedule() else None, compiled=compiled))
-    compiled.clear()  # the last model's graphs and variables: not held while the fold's outputs are written
+                                     lead=members[0] if k and cfg.shares_schedule() else None, shared=shared))
+    if shared:
+        shared.clear()  # the last model's graphs and variables: not held while the fold's outputs are written
     test_pred = np.mean([m.test_pred for m in members], axis=0)
     test_rows, val_rows = members[0].test_rows, members[0].val_rows
     # the models with predictions of the fold's validation fold that never trained on it
@@ -202,7 +205,7 @@ class Member:
 
 
 def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Member | None = None,
-                  compiled: dict | None = None) -> Member:
+                  shared: dict | None = None) -> Member:
 
     """Fit one model of the fold in ``where`` (checkpointed there): early-stopped on the
     validation fold, whose predictions it makes, then (cfg.refit) refitted on training +
@@ -211,9 +214,10 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
     rates) this one's refit replays instead of early-stopping itself (cfg.shares_schedule()):
     it then has no validation predictions.  A model finished before an interruption of the
     fold (its MEMBER_FILE is there) is read back, not trained again; an interrupted refit
-    resumes without the early-stopped training being redone.  ``compiled``: holds the fold's
+    resumes without the early-stopped training being redone.  ``shared``: holds the fold's
     last CompiledSteps (under "steps"), which an early-stopped model without refit restarts
-    (CompiledSteps.restart) instead of building and tracing its own, and leaves there."""
+    (CompiledSteps.restart) instead of building and tracing its own, and leaves there; and
+    the store's every line ("everyone", cached where it fits) for the ``marginal`` attribution."""
     import keras
 
     from hpcsnp.cnn.steps import CompiledSteps  # TensorFlow: after the checks and thread caps
@@ -245,7 +249,7 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
         keras.utils.set_random_seed(cfg.seed * 1009 + fold)
         sources = FoldSources.build(store, split, scale, cfg)
         fill = training_fill(sources.train, cfg)
-        steps = compiled.pop("steps", None) if compiled is not None and not cfg.refit else None
+        steps = shared.pop("steps", None) if shared is not None and not cfg.refit else None
         if steps is None or not steps.restart(cfg, scale, fill):
             steps = CompiledSteps.build(store.n_variants, cfg, scale, n_threads, say, fill)
         ckpt = Checkpointer(where, steps.run_variables, steps.model.variables)
@@ -279,11 +283,11 @@ def _train_member(store, split, where: Path, cfg, n_threads: int, say, lead: Mem
     if "marginal" in cfg.attribution_methods():
         t_marginal = time.perf_counter()
         # over every line of the store; times the test count, which reduce divides the shards' sums by
-        attr["marginal"] = steps.marginal(everyone(store, cfg)) * sal_n
+        attr["marginal"] = steps.marginal(everyone(store, cfg, shared)) * sal_n
         attr_seconds["marginal"] = time.perf_counter() - t_marginal
     steps.model.save(where / MODEL_KERAS)
-    if compiled is not None and not cfg.refit:
-        compiled["steps"] = steps
+    if shared is not None and not cfg.refit:
+        shared["steps"] = steps
     member = Member(where, cfg.seed, scale, state, fit, test_pred, test_rows, val_pred, val_rows, attr, sal_n,
                     predict_seconds, attr_seconds)
     with signals_held():
@@ -455,10 +459,18 @@ class TargetScale:
         return out if self.effects is None or rows is None else out + self.effects[rows]
 
 
-def everyone(store, cfg) -> RowSource:
-    """Every line of the store, streamed (for the ``marginal`` attribution)."""
+def everyone(store, cfg, shared: dict | None = None) -> RowSource:
+    """Every line of the store (for the ``marginal`` attribution): cached where it fits
+    (``should_cache``) and then kept in ``shared`` for the fold's next model, which reads it
+    from memory; streamed otherwise."""
+    if shared is not None and "everyone" in shared:
+        return shared["everyone"]
     n = store.n_samples
-    return RowSource(store, np.arange(n), np.zeros(n, np.float32), cache=False, window_chunks=cfg.window_chunks)
+    src = RowSource(store, np.arange(n), np.zeros(n, np.float32), cache=should_cache(cfg, n, store.n_variants),
+                    window_chunks=cfg.window_chunks)
+    if shared is not None and src.cached is not None:
+        shared["everyone"] = src
+    return src
 
 
 @dataclass
