@@ -91,6 +91,31 @@ def test_fast_dropout_is_inverted_bernoulli_and_replays_from_its_counter(rate, b
     assert np.array_equal(d(x, training=True).numpy(), a)  # the counter alone fixes the mask
 
 
+def test_random_words_are_uniform_and_independent_across_words_steps_and_seeds():
+    """The masks' random words (model.random_words, a counter-based hash): every bit and
+    every nibble uniform, neighbouring words, consecutive steps and neighbouring seeds
+    uncorrelated, and the same (seed, step) the same words."""
+    from hpcsnp.cnn.model import random_words
+
+    n = 1 << 17
+
+    def words(seed, step):
+        return random_words(n, np.int64(seed), np.int64(step)).numpy()
+    w = words(3, 10)
+    assert w.dtype == np.uint32 and np.array_equal(w, words(3, 10))
+    bits = (w[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    assert np.abs(bits.mean(axis=0) - 0.5).max() < 0.01  # sd of each bit's mean 0.0014
+    nibbles = np.bincount(((w[:, None] >> np.arange(0, 32, 4, dtype=np.uint32)) & 15).ravel(), minlength=16)
+    expected = 8 * n / 16
+    assert ((nibbles - expected) ** 2 / expected).sum() < 45  # chi-square, 15 df: P(> 45) < 1e-4
+
+    def corr(a, b):
+        return np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1]
+    for a, b in ((w[:-1], w[1:]), (w, words(3, 11)), (w, words(4, 10)), (w & 15, words(3, 11) & 15)):
+        assert abs(corr(a, b)) < 0.015  # sd 0.0028
+    assert np.mean(w == words(3, 11)) < 1e-3
+
+
 @pytest.mark.parametrize("basis", ["additive", "onehot"])
 @pytest.mark.parametrize("n_snps,kernels", [
     (300, (4, 20, 4, 4)), (30, (4, 20, 4, 4)),  # the paper's: fused; too short to fuse (two convolutions)
@@ -321,8 +346,8 @@ def test_training_forward_with_dropout_applies_the_drawn_masks_scaled(n_snps, r1
     out_e, g_e = run(explicit)
     assert not np.allclose(out_f, m(x, training=False).numpy(), rtol=1e-3)  # the masks did something
     np.testing.assert_allclose(out_f, out_e, rtol=2e-5, atol=2e-6)
-    for a, b in zip(g_f, g_e):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-5)
+    for a, b in zip(g_f, g_e):  # sums of terms up to ~40 that cancel: float32 error relative to the largest
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-4 * np.abs(b.numpy()).max())
 
 
 @pytest.mark.fast

@@ -202,12 +202,13 @@ def test_the_refit_learns_from_training_and_validation_for_the_epochs_validation
     from hpcsnp.folds import fold_split
     from hpcsnp.store import open_store
 
-    # settings under which this fold's best epoch comes before its last (the one-hot channels:
-    # in the additive basis it still improves at epoch 12; at dropout 0.5 too) and after a
-    # learning-rate cut (with averaged weights it comes at epoch 5, before any), so the refit's
-    # epochs and their learning rates are tested; a warm refit with averaged weights: the test below
+    # settings under which this fold's best epoch comes before its last (the one-hot channels
+    # and seed 1: with seeds 0 and 3 it still improves at epoch 12) and after a learning-rate
+    # cut (not so with seed 2, nor at dropout 0.5), so the refit's epochs and their learning
+    # rates are tested (the asserts below check both); a warm refit with averaged weights: the test below
     cfg = Config(max_epochs=12, patience=12, batch_size=8, learning_rate=0.02, dropout=0.3, lr_decay_patience=1,
-                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="fresh", weight_average=0.0)
+                 lr_decay_steps=0, genotype_basis="onehot", n_models=1, refit_start="fresh", weight_average=0.0,
+                 seed=1)
     kept = train_fold(sim_store[0], 1, tmp_path / "kept", cfg.replace(refit=False))
     r = train_fold(sim_store[0], 1, tmp_path / "refit", cfg)
     m, k = r.metrics, kept.metrics
