@@ -141,7 +141,8 @@ def random_words(n, seed, step):
     mix(mix(i * odd) ^ key), a counter-based generator (like Philox, stateless: the same
     key gives the same words), the key itself a mix of the seed and the step.  Half the
     time of TF's Philox per word here (12 elementwise passes over the words against
-    Philox's 10 rounds); the masks' statistics are tested."""
+    Philox's 10 rounds); the masks' statistics are tested.  The key has 32 bits (Philox's
+    64): seeds that differ by a multiple of 2^32 draw the same masks."""
     as_u32 = lambda v: tf.bitcast(tf.cast(v, tf.int32), tf.uint32)  # noqa: E731 (the low 32 bits)
     key = _mix32(_mix32(as_u32(seed) ^ tf.constant(0x9E3779B9, tf.uint32)) ^ as_u32(step))
     i = tf.bitcast(tf.range(n, dtype=tf.int32), tf.uint32)

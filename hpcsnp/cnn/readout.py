@@ -72,12 +72,16 @@ class AffineReadout:
         z = self.z(codes, table)
         return (z / np.sqrt(1.0 + self.alpha * z * z)).astype(np.float32)
 
-    def saliency_sum(self, codes, table) -> np.ndarray:
+    @staticmethod
+    def peak(table) -> np.ndarray:
+        """Per SNP, the largest magnitude of its table entries, max_c |beta[n, c]| (the table's
+        4 entries of a SNP are its beta's 4: ONE_HOT_TABLE is a permutation)."""
+        return np.abs(table[1].reshape(-1, 4)).max(axis=1)
+
+    def saliency_sum(self, codes, table, peak) -> np.ndarray:
         """The publication's saliency (attribution/saliency.py) summed over a batch of int8
         codes [b, N]: per SNP, sum_b max_c |df(x_b) / dx_b[n, c]|.  df/dx = ISRU'(z) beta with
-        ISRU'(z) = (1 + alpha z^2)^(-3/2) > 0, and the table's 4 entries of a SNP are its
-        beta's 4 (ONE_HOT_TABLE is a permutation), so it is sum_b ISRU'(z_b) max |T[n, :]|:
+        ISRU'(z) = (1 + alpha z^2)^(-3/2) > 0, so it is sum_b ISRU'(z_b) times ``peak(table)``:
         no gradient pass (the gradient's to float32 rounding; a test checks it)."""
         z = self.z(codes, table)
-        slope = np.power(1.0 + self.alpha * z * z, -1.5).sum()
-        return slope * np.abs(table[1].reshape(-1, 4)).max(axis=1)
+        return np.power(1.0 + self.alpha * z * z, -1.5).sum() * peak

@@ -162,21 +162,26 @@ class CompiledSteps:
 
         methods = [m for m in self.cfg.attribution_methods() if is_gradient(m)]
         readout = None if self.cfg.saliency_dropout else self.readout
-        graph = [m for m in methods if readout is None or m != "saliency"]
         if readout is None:
-            return fold_attributions(self.model, self._in_order(src), self.n_var, graph,
+            return fold_attributions(self.model, self._in_order(src), self.n_var, methods,
                                      training=self.cfg.saliency_dropout)
-        done = fold_attributions(self.model, self._in_order(src), self.n_var, graph) if graph else \
-            AttributionSums({}, 0, {})
-        t = time.perf_counter()  # the saliency from the per-SNP effect table (readout.py): no gradient pass
+        # the saliency from the per-SNP effect table (readout.py): no gradient pass; the
+        # other methods from the gradients of the same batches
+        t = time.perf_counter()
         table = readout.table()
-        total, count = np.zeros(self.n_var), 0
-        for g, _, _ in self._in_order(src):
-            total += readout.saliency_sum(g, table)
-            count += int(g.shape[0])
-        sums = {"saliency": total, **done.sums}
-        return AttributionSums({m: sums[m] for m in methods}, count,
-                               {**done.seconds, "saliency": time.perf_counter() - t})
+        peak = readout.peak(table)
+        saliency, seconds = np.zeros(self.n_var), [time.perf_counter() - t]
+
+        def with_saliency(batches):
+            for batch in batches:
+                t = time.perf_counter()
+                saliency[:] += readout.saliency_sum(batch[0], table, peak)
+                seconds.append(time.perf_counter() - t)
+                yield batch
+        done = fold_attributions(self.model, with_saliency(self._in_order(src)), self.n_var,
+                                 [m for m in methods if m != "saliency"])
+        sums = {"saliency": saliency, **done.sums}
+        return AttributionSums({m: sums[m] for m in methods}, done.n, {**done.seconds, "saliency": sum(seconds)})
 
     def _in_order(self, src):
         return src.iterate(self.eval_batch, shuffle=False, threads=self.n_threads)

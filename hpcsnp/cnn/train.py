@@ -460,15 +460,16 @@ class TargetScale:
 
 
 def everyone(store, cfg, shared: dict | None = None) -> RowSource:
-    """Every line of the store (for the ``marginal`` attribution): cached where it fits
-    (``should_cache``) and then kept in ``shared`` for the fold's next model, which reads it
-    from memory; streamed otherwise."""
+    """Every line of the store (for the ``marginal`` attribution).  With ``shared`` (a fold of
+    several models) cached, and kept there for the next model, which reads it from memory,
+    where it and the fold's own cached lines fit ``cache_limit_mb`` together (twice the
+    store's int8 genotypes); otherwise streamed (the read overlaps the predictions)."""
     if shared is not None and "everyone" in shared:
         return shared["everyone"]
     n = store.n_samples
-    src = RowSource(store, np.arange(n), np.zeros(n, np.float32), cache=should_cache(cfg, n, store.n_variants),
-                    window_chunks=cfg.window_chunks)
-    if shared is not None and src.cached is not None:
+    cache = shared is not None and cfg.cache != "never" and 2 * n * store.n_variants <= cfg.cache_limit_mb << 20
+    src = RowSource(store, np.arange(n), np.zeros(n, np.float32), cache=cache, window_chunks=cfg.window_chunks)
+    if cache:
         shared["everyone"] = src
     return src
 
